@@ -1,0 +1,182 @@
+"""Built-in GPUs, nodes, networks and hardware profiles, read from ``data/*.yaml``."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sextant.catalog._loader import load_yaml, lookup
+from sextant.errors import SpecError
+from sextant.spec.hardware import ClusterSpec, GPUSpec, LinkSpec, MemoryTier, NodeSpec
+from sextant.spec.profile import HardwareProfile
+from sextant.units import GB, TB, TFLOPS, Gbps, GiB, MICROSECOND
+
+#: Theoretical PCIe bandwidth per lane and direction, bytes/s, after line encoding
+#: (PCI-SIG: Gen3 8 GT/s 128b/130b, Gen4 16 GT/s, Gen5 32 GT/s).
+PCIE_BYTES_PER_S_PER_LANE = {3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
+PCIE_LATENCY_S = 2 * MICROSECOND
+
+
+def gpu_names() -> list[str]:
+    return sorted(load_yaml("gpus.yaml"))
+
+
+def node_names() -> list[str]:
+    return sorted(load_yaml("nodes.yaml"))
+
+
+def network_names() -> list[str]:
+    return sorted(load_yaml("networks.yaml"))
+
+
+def _pcie(gen: int, lanes: int) -> LinkSpec:
+    return LinkSpec(
+        name=f"PCIe Gen{gen} x{lanes}",
+        kind="pcie",
+        bandwidth_bytes_per_s=PCIE_BYTES_PER_S_PER_LANE[gen] * lanes,
+        latency_s=PCIE_LATENCY_S,
+        source="PCI-SIG base specification (per direction, after encoding)",
+    )
+
+
+@cache
+def get_gpu(name: str) -> GPUSpec:
+    key = name.strip().lower()
+    entry = lookup(load_yaml("gpus.yaml"), key, kind="GPU", field="gpu")
+    mem = entry["memory"]
+    link = entry.get("nvlink")
+    return GPUSpec(
+        name=key,
+        vendor=entry["vendor"],
+        architecture=entry["architecture"],
+        peak_flops={dtype: tflops * TFLOPS for dtype, tflops in entry["tflops"].items()},
+        memory=MemoryTier(
+            name=mem["kind"],
+            capacity_bytes=mem["gib"] * GiB,
+            read_bytes_per_s=mem["gb_per_s"] * GB,
+            write_bytes_per_s=mem["gb_per_s"] * GB,
+            source=entry["source"],
+        ),
+        intra_node_link=None
+        if link is None
+        else LinkSpec(
+            name=link["name"],
+            kind=link.get("kind", "nvlink"),
+            bandwidth_bytes_per_s=link["gb_per_s"] * GB,
+            latency_s=2 * MICROSECOND,
+            source=entry["source"],
+        ),
+        pcie=_pcie(entry["pcie"]["gen"], entry["pcie"]["lanes"]),
+        tdp_w=entry["tdp_w"],
+        default_node=entry["default_node"],
+        source=entry["source"],
+    )
+
+
+@cache
+def get_network(name: str) -> LinkSpec:
+    key = name.strip().lower()
+    entry = lookup(load_yaml("networks.yaml"), key, kind="network", field="network")
+    return LinkSpec(
+        name=key,
+        kind=entry["kind"],
+        bandwidth_bytes_per_s=entry["gbit_per_s"] * Gbps,
+        latency_s=entry["latency_us"] * MICROSECOND,
+        source=entry["source"],
+    )
+
+
+@cache
+def get_node(name: str) -> NodeSpec:
+    key = name.strip().lower()
+    entry = lookup(load_yaml("nodes.yaml"), key, kind="node", field="node")
+    intra = entry["intra"]
+    host = entry["host_memory"]
+    nvme = entry.get("nvme")
+    return NodeSpec(
+        name=key,
+        gpu=entry["gpu"],
+        gpus_per_node=entry["gpus_per_node"],
+        intra_node_link=LinkSpec(
+            name=intra["name"],
+            kind=intra["kind"],
+            bandwidth_bytes_per_s=intra["gb_per_s"] * GB,
+            latency_s=intra["latency_us"] * MICROSECOND,
+            source=entry["source"],
+        ),
+        nic=get_network(entry["nic"]),
+        nics_per_node=entry["nics_per_node"],
+        host_memory=MemoryTier(
+            name="dram",
+            capacity_bytes=host["gib"] * GiB,
+            read_bytes_per_s=host["gb_per_s"] * GB,
+            write_bytes_per_s=host["gb_per_s"] * GB,
+            source=entry["source"],
+        ),
+        nvme=None
+        if nvme is None
+        else MemoryTier(
+            name="nvme",
+            capacity_bytes=nvme["tb"] * TB,
+            read_bytes_per_s=nvme["read_gb_per_s"] * GB,
+            write_bytes_per_s=nvme["write_gb_per_s"] * GB,
+            source=entry["source"],
+        ),
+        source=entry["source"],
+    )
+
+
+@cache
+def get_profile(gpu_name: str) -> HardwareProfile:
+    """The built-in profile of a catalog GPU: its own entry, else its architecture's defaults."""
+    profiles = load_yaml("profiles.yaml")
+    gpu = get_gpu(gpu_name)
+    entry = profiles.get(gpu.name) or profiles.get(gpu.architecture)
+    if entry is None:
+        raise SpecError(f"no built-in profile for {gpu.name} ({gpu.architecture})", field="gpu")
+    fields = {k: v for k, v in entry.items() if k not in ("inherit",)}
+    base = profiles.get(entry.get("inherit", ""), {})
+    merged = {**{k: v for k, v in base.items() if k != "inherit"}, **fields}
+    merged.setdefault("name", gpu.name)
+    return HardwareProfile(gpu=gpu.name, **{k: v for k, v in merged.items() if k != "gpu"})
+
+
+def build_cluster(
+    gpu: str,
+    num_gpus: int,
+    *,
+    gpus_per_node: int | None = None,
+    node: str | None = None,
+    network: str | None = None,
+    nics_per_node: int | None = None,
+) -> ClusterSpec:
+    """A cluster of ``num_gpus`` GPUs in the GPU's usual node unless ``node`` names another.
+
+    ``gpus_per_node`` shrinks the node (the NICs per GPU stay as in the full node); ``network``
+    swaps the NIC type (e.g. RoCE or plain Ethernet instead of InfiniBand).
+    """
+    gpu_spec = get_gpu(gpu)
+    node_spec = get_node(node or gpu_spec.default_node)
+    if node_spec.gpu != gpu_spec.name:
+        raise SpecError(
+            f"node {node_spec.name} holds {node_spec.gpu}, not {gpu_spec.name}; "
+            f"pick a node of {gpu_spec.name} or leave --node out",
+            field="node",
+        )
+    if num_gpus <= 0:
+        raise SpecError(f"must be positive, got {num_gpus}", field="gpus")
+    updates: dict[str, object] = {}
+    if gpus_per_node is not None:
+        if gpus_per_node <= 0 or gpus_per_node > node_spec.gpus_per_node:
+            raise SpecError(
+                f"{gpus_per_node} GPUs per node; {node_spec.name} holds 1 to {node_spec.gpus_per_node}",
+                field="gpus_per_node",
+            )
+        nics = node_spec.nics_per_node * gpus_per_node / node_spec.gpus_per_node
+        updates.update(gpus_per_node=gpus_per_node, nics_per_node=max(1, round(nics)))
+    if network is not None:
+        updates["nic"] = get_network(network)
+    if nics_per_node is not None:
+        updates["nics_per_node"] = nics_per_node
+    if updates:
+        node_spec = node_spec.model_copy(update=updates)
+    return ClusterSpec(node=node_spec, gpu=gpu_spec, num_gpus=num_gpus)

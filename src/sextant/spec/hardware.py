@@ -1,0 +1,113 @@
+"""Hardware: GPUs, links, memory tiers, nodes and clusters. Units are SI (bytes, bytes/s,
+FLOP/s, seconds, watts); every catalog entry carries its ``source``.
+
+Link bandwidths are *per GPU and per direction*, the figure a ring collective is bounded by:
+NVLink4 on H100 is quoted as 900 GB/s total bidirectional, so 450 GB/s here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sextant.spec.base import Spec
+
+Dtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4"]
+
+
+class LinkSpec(Spec):
+    """A point-to-point or switched link, as seen by one GPU."""
+
+    name: str
+    kind: Literal["nvlink", "xgmi", "pcie", "infiniband", "roce", "ethernet", "c2c"]
+    bandwidth_bytes_per_s: float = Field(gt=0, description="Per GPU, per direction.")
+    latency_s: float = Field(ge=0, description="Per message/hop (alpha of the alpha-beta model).")
+    source: str = ""
+
+
+class MemoryTier(Spec):
+    """One level of the memory hierarchy (HBM, host DRAM, NVMe, CXL)."""
+
+    name: Literal["hbm", "gddr", "dram", "nvme", "cxl"]
+    capacity_bytes: float = Field(gt=0)
+    read_bytes_per_s: float = Field(gt=0)
+    write_bytes_per_s: float = Field(gt=0)
+    source: str = ""
+
+
+class GPUSpec(Spec):
+    """One accelerator. ``peak_flops`` holds *dense* (no 2:4 sparsity) tensor-core peaks."""
+
+    name: str
+    vendor: Literal["nvidia", "amd"]
+    architecture: str
+    peak_flops: dict[Dtype, float] = Field(description="Dense peak FLOP/s per dtype.")
+    memory: MemoryTier
+    intra_node_link: LinkSpec | None = Field(
+        default=None, description="NVLink/xGMI; None when GPUs talk over PCIe only."
+    )
+    pcie: LinkSpec
+    tdp_w: float = Field(gt=0)
+    default_node: str = Field(description="Catalog node that this GPU implies.")
+    source: str
+
+    @model_validator(mode="after")
+    def _check(self) -> GPUSpec:
+        if "bf16" not in self.peak_flops and "fp16" not in self.peak_flops:
+            raise ValueError(f"{self.name}: peak_flops needs bf16 or fp16")
+        return self
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; bf16 and fp16 stand in for each other."""
+        if dtype in self.peak_flops:
+            return self.peak_flops[dtype]  # type: ignore[index]
+        if dtype in ("bf16", "fp16"):
+            other = "fp16" if dtype == "bf16" else "bf16"
+            return self.peak_flops[other]  # type: ignore[index]
+        from sextant.errors import SpecError
+
+        raise SpecError(
+            f"{self.name} has no {dtype} tensor cores; use one of {sorted(self.peak_flops)}",
+            field="precision",
+        )
+
+
+class NodeSpec(Spec):
+    """A server: GPUs, the fabric between them, NICs and host memory tiers."""
+
+    name: str
+    gpu: str = Field(description="Catalog GPU name.")
+    gpus_per_node: int = Field(gt=0)
+    intra_node_link: LinkSpec = Field(description="NVSwitch/NVLink, xGMI, or PCIe between GPUs.")
+    nic: LinkSpec = Field(description="One network port; bandwidth per NIC per direction.")
+    nics_per_node: int = Field(gt=0)
+    host_memory: MemoryTier
+    nvme: MemoryTier | None = None
+    source: str
+
+    @property
+    def network_bytes_per_s_per_gpu(self) -> float:
+        return self.nic.bandwidth_bytes_per_s * self.nics_per_node / self.gpus_per_node
+
+
+class ClusterSpec(Spec):
+    """``num_nodes`` identical nodes on one network (rail-optimized fat tree assumed)."""
+
+    node: NodeSpec
+    gpu: GPUSpec
+    num_gpus: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        if self.node.gpu != self.gpu.name:
+            raise ValueError(f"node {self.node.name} holds {self.node.gpu}, not {self.gpu.name}")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return min(self.node.gpus_per_node, self.num_gpus)
+
+    @property
+    def num_nodes(self) -> int:
+        return -(-self.num_gpus // self.node.gpus_per_node)

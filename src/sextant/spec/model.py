@@ -1,0 +1,105 @@
+"""Model architecture: a decoder-only transformer, dense or mixture-of-experts.
+
+Field names follow Megatron-LM where HuggingFace and Megatron differ (``ffn_hidden_size``,
+``num_query_groups`` is called ``num_kv_heads`` here). Parameter counts live in
+:mod:`sextant.cost.params`, not here: a spec holds data, the cost package derives from it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sextant.spec.base import Spec
+
+
+class MoESpec(Spec):
+    """Mixture-of-experts feed-forward layers (Switch/GShard style top-k routing).
+
+    ``first_dense_layers`` leading layers use the dense MLP of ``ModelSpec.ffn_hidden_size``
+    (DeepSeek-V3's ``first_k_dense_replace``); every ``layer_freq``-th layer after them is MoE.
+    """
+
+    num_experts: int = Field(gt=0)
+    top_k: int = Field(gt=0)
+    expert_ffn_hidden_size: int = Field(gt=0)
+    num_shared_experts: int = Field(default=0, ge=0)
+    shared_expert_ffn_hidden_size: int = Field(default=0, ge=0)
+    first_dense_layers: int = Field(default=0, ge=0)
+    layer_freq: int = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MoESpec:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_shared_experts and not self.shared_expert_ffn_hidden_size:
+            raise ValueError("num_shared_experts > 0 needs shared_expert_ffn_hidden_size")
+        return self
+
+
+class MLASpec(Spec):
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank compressed queries and KV."""
+
+    q_lora_rank: int = Field(ge=0)  # 0: queries are not compressed (DeepSeek-V2-Lite)
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+
+class ModelSpec(Spec):
+    """A decoder-only transformer. Sizes are counts (not bytes)."""
+
+    name: str
+    source: str = Field(description="Where the architecture comes from (paper, config.json).")
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    ffn_hidden_size: int = Field(gt=0, description="Dense MLP intermediate size.")
+    vocab_size: int = Field(gt=0)
+    max_seq_len: int = Field(default=4096, gt=0)
+    #: Gated MLPs (SwiGLU, GeGLU) have three matrices, plain ones (GeLU, ReLU) two.
+    mlp: Literal["swiglu", "geglu", "gelu", "relu"] = "swiglu"
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    position_embedding: Literal["rope", "learned", "alibi"] = "rope"
+    tie_embeddings: bool = False
+    #: Bias on every linear layer (GPT-2/3, OPT, GPT-NeoX).
+    linear_bias: bool = False
+    #: Bias on the QKV projection only (Qwen2).
+    qkv_bias: bool = False
+    #: Attention and MLP read the same normalized input and are summed (GPT-J, Falcon).
+    parallel_attention: bool = False
+    #: Number of LayerNorms per layer when ``parallel_attention`` (Falcon-40B/180B use two).
+    parallel_attention_norms: int = Field(default=1, ge=1, le=2)
+    moe: MoESpec | None = None
+    mla: MLASpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        return self
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    @property
+    def num_moe_layers(self) -> int:
+        if self.moe is None:
+            return 0
+        eligible = self.num_layers - self.moe.first_dense_layers
+        return max(0, (eligible + self.moe.layer_freq - 1) // self.moe.layer_freq)
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers

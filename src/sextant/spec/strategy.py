@@ -1,0 +1,57 @@
+"""How a training job is parallelized and executed (Megatron-LM / TorchTitan vocabulary)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sextant.spec.base import Spec
+
+Recompute = Literal["none", "selective", "full"]
+Schedule = Literal["gpipe", "1f1b", "interleaved"]
+Precision = Literal["bf16", "fp16", "fp8"]
+AttentionKernel = Literal["flash", "unfused"]
+CollectiveAlgorithm = Literal["hierarchical", "flat_ring"]
+
+RECOMPUTE_CODES: dict[str, int] = {"none": 0, "selective": 1, "full": 2}
+SCHEDULE_CODES: dict[str, int] = {"gpipe": 0, "1f1b": 1, "interleaved": 2}
+
+
+class Overlap(Spec):
+    """Which communication the framework hides behind compute.
+
+    Defaults follow Megatron-Core with ``--overlap-grad-reduce --overlap-param-gather`` and
+    FSDP/ZeRO-3 prefetching. Megatron-LM as of the SC21 paper overlapped none of them.
+    """
+
+    dp_grad_reduce: bool = True
+    dp_param_gather: bool = True
+    tp_comm: bool = False
+    pp_p2p: bool = True
+
+
+class Strategy(Spec):
+    """Parallel degrees and execution choices. ``dp`` may be left out: gpus / (tp*pp*cp)."""
+
+    dp: int | None = Field(default=None, gt=0)
+    tp: int = Field(default=1, gt=0)
+    pp: int = Field(default=1, gt=0)
+    cp: int = Field(default=1, gt=0)
+    ep: int = Field(default=1, gt=0)
+    vpp: int = Field(default=1, gt=0, description="Virtual pipeline stages per rank.")
+    zero: int = Field(default=1, ge=0, le=3, description="ZeRO stage; 3 is FSDP full shard.")
+    micro_batch: int = Field(default=1, gt=0)
+    recompute: Recompute = "none"
+    sequence_parallel: bool = False
+    schedule: Schedule | None = Field(default=None, description="Default: interleaved if vpp>1 else 1f1b.")
+    precision: Precision = "bf16"
+    attention_kernel: AttentionKernel = "flash"
+    dp_collective: CollectiveAlgorithm = "hierarchical"
+    overlap: Overlap = Overlap()
+
+    @property
+    def resolved_schedule(self) -> Schedule:
+        if self.schedule is not None:
+            return self.schedule
+        return "interleaved" if self.vpp > 1 else "1f1b"
