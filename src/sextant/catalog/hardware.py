@@ -8,7 +8,7 @@ from sextant.catalog._loader import load_yaml, lookup
 from sextant.errors import SpecError
 from sextant.spec.hardware import ClusterSpec, GPUSpec, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.profile import HardwareProfile
-from sextant.units import GB, TB, TFLOPS, Gbps, GiB, MICROSECOND
+from sextant.units import GB, MICROSECOND, TB, TFLOPS, Gbps, GiB
 
 #: Theoretical PCIe bandwidth per lane and direction, bytes/s, after line encoding
 #: (PCI-SIG: Gen3 8 GT/s 128b/130b, Gen4 16 GT/s, Gen5 32 GT/s).
@@ -125,19 +125,28 @@ def get_node(name: str) -> NodeSpec:
     )
 
 
+def _resolve_profile_entry(profiles: dict, key: str, seen: tuple[str, ...] = ()) -> dict:
+    """A profile entry with its ``inherit`` chain merged in (the child's keys win)."""
+    if key in seen:
+        raise SpecError(f"profiles.yaml: inheritance cycle {' -> '.join(seen + (key,))}", field="profile")
+    entry = dict(profiles[key])
+    parent = entry.pop("inherit", None)
+    if parent is None:
+        return entry
+    return {**_resolve_profile_entry(profiles, parent, seen + (key,)), **entry}
+
+
 @cache
 def get_profile(gpu_name: str) -> HardwareProfile:
     """The built-in profile of a catalog GPU: its own entry, else its architecture's defaults."""
     profiles = load_yaml("profiles.yaml")
     gpu = get_gpu(gpu_name)
-    entry = profiles.get(gpu.name) or profiles.get(gpu.architecture)
-    if entry is None:
+    key = gpu.name if gpu.name in profiles else gpu.architecture
+    if key not in profiles:
         raise SpecError(f"no built-in profile for {gpu.name} ({gpu.architecture})", field="gpu")
-    fields = {k: v for k, v in entry.items() if k not in ("inherit",)}
-    base = profiles.get(entry.get("inherit", ""), {})
-    merged = {**{k: v for k, v in base.items() if k != "inherit"}, **fields}
-    merged.setdefault("name", gpu.name)
-    return HardwareProfile(gpu=gpu.name, **{k: v for k, v in merged.items() if k != "gpu"})
+    merged = _resolve_profile_entry(profiles, key)
+    merged.pop("gpu", None)
+    return HardwareProfile(gpu=gpu.name, **merged)
 
 
 def build_cluster(

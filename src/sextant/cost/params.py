@@ -166,3 +166,18 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
 def v_h(model: ModelSpec) -> int:
     """Parameters of the logits projection (used as a matmul whether or not it is tied)."""
     return model.vocab_size * model.hidden_size
+
+
+def largest_matrix_params(model: ModelSpec) -> int:
+    """Parameters of the largest single weight matrix as frameworks store it: the fused QKV
+    projection, the fused gate+up projection of a gated MLP (Megatron's ``linear_fc1``), the
+    down projection, or one expert's fused fc1."""
+    h = model.hidden_size
+    gate = 2 if model.gated_mlp else 1
+    candidates = [
+        h * (model.num_heads + 2 * model.num_kv_heads) * model.head_dim,
+        h * gate * model.ffn_hidden_size,
+    ]
+    if model.moe is not None:
+        candidates.append(h * gate * model.moe.expert_ffn_hidden_size)
+    return max(candidates)

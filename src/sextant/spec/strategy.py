@@ -29,6 +29,10 @@ class Overlap(Spec):
     dp_param_gather: bool = True
     tp_comm: bool = False
     pp_p2p: bool = True
+    #: Fraction of the shorter of (communication, compute it overlaps with) that is actually
+    #: hidden: 1.0 is perfect overlap; less models streams contending for SMs and memory, and
+    #: prefetching that starts late.
+    efficiency: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
 class Strategy(Spec):
@@ -48,6 +52,10 @@ class Strategy(Spec):
     precision: Precision = "bf16"
     attention_kernel: AttentionKernel = "flash"
     dp_collective: CollectiveAlgorithm = "hierarchical"
+    #: What ZeRO-3/FSDP gathers at once: a whole transformer layer (FSDP wrapping per block, as
+    #: TorchTitan) or each sub-module's weights (DeepSpeed ZeRO-3). Two units are live at a time
+    #: (the one in use and the one prefetched).
+    zero3_gather_unit: Literal["layer", "module"] = "layer"
     overlap: Overlap = Overlap()
 
     @property

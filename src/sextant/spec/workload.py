@@ -17,3 +17,5 @@ class TrainWorkload(Spec):
     global_batch: int = Field(default=128, gt=0)
     seq_len: int = Field(default=4096, gt=0)
     optimizer: Optimizer = "adamw"
+    #: Dropout on attention scores and residual branches (GPT-3-era recipes; Llama trains without).
+    dropout: bool = False

@@ -1,0 +1,54 @@
+"""Entry point and error handling: a user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from sextant.cli import train_cmds
+from sextant.errors import SextantError
+
+app = typer.Typer(
+    name="sextant",
+    help="Predict how large models train and serve on given hardware, before you rent it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+predict_app = typer.Typer(help="Predict one configuration.", no_args_is_help=True)
+validate_app = typer.Typer(help="Compare predictions with published measurements.", no_args_is_help=True)
+catalog_app = typer.Typer(help="List built-in GPUs, nodes, networks and models.", no_args_is_help=True)
+app.add_typer(predict_app, name="predict")
+app.add_typer(validate_app, name="validate")
+app.add_typer(catalog_app, name="catalog")
+predict_app.command("train")(train_cmds.predict_train_cmd)
+validate_app.command("train")(train_cmds.validate_train_cmd)
+catalog_app.command("list")(train_cmds.catalog_list_cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 validation gate failed, 2 user error)."""
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="sextant", standalone_mode=False)
+    except SextantError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exit as done:
+        return done.exit_code
+    except Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except TyperException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # help was asked for by giving nothing
+            print(err.format_message())
+            return 0
+        print(f"error: {err.format_message()}", file=sys.stderr)
+        return 2
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Rich rendering of results for people. JSON output bypasses this module."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "█" * filled + "·" * (width - filled)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def render_train(result: TrainResult, console: Console) -> None:
+    r = result
+    title = (f"{r.model} on {r.gpus}x {r.gpu}: dp={r.dp} tp={r.tp} pp={r.pp} cp={r.cp} ep={r.ep}"
+             f"{f' vpp={r.vpp}' if r.vpp > 1 else ''} zero={r.zero}")
+    console.print(Text(title, style="bold"))
+    console.print(
+        f"micro-batch {r.micro_batch} x {r.num_microbatches:g} per step, global batch {r.global_batch} "
+        f"x {r.seq_len} tokens, recompute {r.recompute}, sequence parallel "
+        f"{'on' if r.sequence_parallel else 'off'}, {r.schedule}, {r.precision}, profile {r.profile}"
+    )
+    summary = Table(show_header=False, box=None, pad_edge=False)
+    summary.add_column(style="cyan")
+    summary.add_column(justify="right")
+    summary.add_row("step time", _duration(r.step_time_s))
+    summary.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s ({r.tokens_per_s_per_gpu:,.0f} per GPU)")
+    summary.add_row("model TFLOP/s per GPU", f"{r.model_tflops_per_gpu:.1f}")
+    summary.add_row("MFU / HFU", f"{r.mfu:.1%} / {r.hfu:.1%}")
+    fit = "[green]fits[/green]" if r.fits else "[red]does NOT fit[/red]"
+    summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: {fit}"
+                    f" ({abs(r.memory_headroom_gb):.1f} GiB {'free' if r.fits else 'short'})")
+    summary.add_row("bottleneck", r.bottleneck)
+    console.print(summary)
+
+    times = Table(title="where the step time goes", title_justify="left")
+    times.add_column("part")
+    times.add_column("time", justify="right")
+    times.add_column("share", justify="right")
+    times.add_column("")
+    for key, value in sorted(r.time_breakdown_s.items(), key=lambda kv: kv[1], reverse=True):
+        if value <= 0:
+            continue
+        share = value / r.step_time_s
+        times.add_row(TIME_PART_LABELS[key], _duration(value), f"{share:.1%}", _bar(share))
+    console.print(times)
+
+    mem = Table(title="memory per GPU (GiB), on the stage that needs the most", title_justify="left")
+    mem.add_column("part")
+    mem.add_column("GiB", justify="right")
+    mem.add_column("")
+    cap = r.memory_capacity_gb
+    for key, label in MEMORY_PART_LABELS.items():
+        value = r.memory_gb_per_gpu[key]
+        if value > 0:
+            mem.add_row(label, f"{value:.2f}", _bar(value / cap))
+    mem.add_row("[bold]total[/bold]", f"[bold]{r.memory_gb_per_gpu['total']:.2f}[/bold]", f"capacity {cap:.0f}")
+    console.print(mem)
+    console.print(Text("FLOPs: " + r.flop_convention, style="dim"))
+    for line in r.assumptions:
+        console.print(Text("assumes " + line, style="dim"))

@@ -1,0 +1,165 @@
+"""``predict train``, ``validate train`` and ``catalog list``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sextant.spec.scenario import load_scenario, parse_scenario
+from sextant.train.predict import predict_train
+
+# Typer needs Optional[...] on Python 3.10 for options that may be absent.
+Opt = typer.Option
+
+
+class RecomputeChoice(str, Enum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+class PrecisionChoice(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+
+
+class ScheduleChoice(str, Enum):
+    gpipe = "gpipe"
+    one_f_one_b = "1f1b"
+    interleaved = "interleaved"
+
+
+def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
+    if value is not None:
+        tree.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
+
+
+def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts call
+    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML scenario; flags override its values."),
+    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    framework: Optional[str] = Opt(None, help="Framework preset, e.g. megatron-core-2024 (kernels, overlap)."),
+    gpu: Optional[str] = Opt(None, help="Catalog GPU name (see `sextant catalog list gpus`)."),
+    gpus: Optional[int] = Opt(None, help="Total number of GPUs."),
+    gpus_per_node: Optional[int] = Opt(None, help="GPUs per node (default: the GPU's usual node)."),
+    node: Optional[str] = Opt(None, help="Catalog node, instead of the GPU's usual one."),
+    network: Optional[str] = Opt(None, help="Network port type, e.g. ib-ndr-400, roce-400, eth-100."),
+    dp: Optional[int] = Opt(None, help="Data-parallel degree (default gpus / (tp*pp*cp))."),
+    tp: Optional[int] = Opt(None, help="Tensor-parallel degree."),
+    pp: Optional[int] = Opt(None, help="Pipeline-parallel degree."),
+    cp: Optional[int] = Opt(None, help="Context-parallel degree."),
+    ep: Optional[int] = Opt(None, help="Expert-parallel degree (MoE)."),
+    vpp: Optional[int] = Opt(None, help="Virtual pipeline stages per rank (interleaved 1F1B)."),
+    zero: Optional[int] = Opt(None, help="ZeRO stage 0-3 (3 = FSDP full shard)."),
+    micro_batch: Optional[int] = Opt(None, help="Sequences per micro-batch."),
+    global_batch: Optional[int] = Opt(None, help="Sequences per optimizer step."),
+    seq_len: Optional[int] = Opt(None, help="Tokens per sequence."),
+    recompute: Optional[RecomputeChoice] = Opt(None, help="Activation recomputation."),
+    sequence_parallel: Optional[bool] = Opt(None, "--sequence-parallel/--no-sequence-parallel",
+                                            help="Megatron sequence parallelism (needs tp > 1)."),
+    precision: Optional[PrecisionChoice] = Opt(None, help="Training precision."),
+    schedule: Optional[ScheduleChoice] = Opt(None, help="Pipeline schedule (default 1f1b, interleaved if vpp > 1)."),
+    optimizer: Optional[str] = Opt(None, help="adamw, adam, sgd or adam8bit."),
+    profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+) -> None:
+    """Predict step time, throughput, MFU and memory of one training configuration.
+
+    With no arguments: Llama 3.1 8B on one 8x H100 node.
+    """
+    tree: dict[str, Any] = {}
+    if scenario is not None:
+        tree = load_scenario(scenario).model_dump(exclude_unset=True)
+    if model is not None:
+        tree["model"] = model
+    if framework is not None:
+        tree["framework"] = framework
+    for key, value in (("gpu", gpu), ("gpus", gpus), ("gpus_per_node", gpus_per_node), ("node", node),
+                       ("network", network), ("profile", str(profile) if profile else None)):
+        _set(tree, "hardware", key, value)
+    for key, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp), ("zero", zero),
+                       ("micro_batch", micro_batch), ("recompute", recompute),
+                       ("sequence_parallel", sequence_parallel), ("precision", precision), ("schedule", schedule)):
+        _set(tree, "strategy", key, value)
+    for key, value in (("global_batch", global_batch), ("seq_len", seq_len), ("optimizer", optimizer)):
+        _set(tree, "workload", key, value)
+    result = predict_train(parse_scenario(tree, source="options"))
+    if as_json:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+        return
+    from sextant.cli.render import render_train
+
+    render_train(result, Console())
+
+
+def validate_train_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
+    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in training ledger)."),
+) -> None:
+    """Predict every published run of the training ledger and report the error per row."""
+    from sextant.validate.train import validate_training
+
+    report = validate_training(ledger)
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    console = Console()
+    table = Table(title="training ledger: predicted vs published", title_justify="left")
+    for col, justify in (("id", "left"), ("model", "left"), ("gpus", "right"), ("metric", "left"),
+                         ("published", "right"), ("predicted", "right"), ("error", "right"), ("fits", "left")):
+        table.add_column(col, justify=justify)
+    for row in report.rows:
+        err = row.predicted / row.published - 1
+        style = "red" if row.ape > 0.25 else ("yellow" if row.ape > 0.10 else "")
+        table.add_row(row.id, row.model, str(row.gpus), row.metric, f"{row.published:.4g}", f"{row.predicted:.4g}",
+                      f"[{style}]{err:+.1%}[/{style}]" if style else f"{err:+.1%}", "yes" if row.fits else "[red]no[/red]")
+    console.print(table)
+    console.print(f"{len(report.rows)} rows: median APE {report.median_ape:.1%}, max APE {report.max_ape:.1%} "
+                  f"({report.max_ape_id}); {report.rows_not_fitting} predicted not to fit")
+
+
+def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks or models")) -> None:
+    """List catalog entries with their key figures and sources."""
+    from sextant import catalog
+    from sextant.errors import SpecError
+
+    console = Console()
+    if kind == "gpus":
+        table = Table("name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM GB/s", "link GB/s/dir", "TDP W", "source")
+        for name in catalog.gpu_names():
+            g = catalog.get_gpu(name)
+            table.add_row(name, f"{g.peak('fp16') / 1e12:.0f}",
+                          f"{g.peak_flops['fp8'] / 1e12:.0f}" if "fp8" in g.peak_flops else "-",
+                          f"{g.memory.capacity_bytes / 2**30:.0f}", f"{g.memory.read_bytes_per_s / 1e9:.0f}",
+                          f"{g.intra_node_link.bandwidth_bytes_per_s / 1e9:.0f}" if g.intra_node_link else "PCIe",
+                          f"{g.tdp_w:.0f}", g.source)
+    elif kind == "nodes":
+        table = Table("name", "GPU", "GPUs", "intra-node", "NICs", "host GiB", "source")
+        for name in catalog.node_names():
+            n = catalog.get_node(name)
+            table.add_row(name, n.gpu, str(n.gpus_per_node), n.intra_node_link.name,
+                          f"{n.nics_per_node}x {n.nic.name}", f"{n.host_memory.capacity_bytes / 2**30:.0f}", n.source)
+    elif kind == "networks":
+        table = Table("name", "kind", "Gb/s", "latency us", "source")
+        for name in catalog.network_names():
+            link = catalog.get_network(name)
+            table.add_row(name, link.kind, f"{link.bandwidth_bytes_per_s * 8 / 1e9:.0f}", f"{link.latency_s * 1e6:.0f}",
+                          link.source)
+    elif kind == "models":
+        from sextant.cost.params import count_params
+
+        table = Table("name", "params (B)", "active (B)", "layers", "hidden", "heads/kv", "source")
+        for name in catalog.model_names():
+            m = catalog.get_model(name)
+            counts = count_params(m)
+            table.add_row(name, f"{counts.total / 1e9:.2f}", f"{counts.active / 1e9:.2f}", str(m.num_layers),
+                          str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", m.source)
+    else:
+        raise SpecError(f"unknown catalog '{kind}'; use gpus, nodes, networks or models", field="kind")
+    console.print(table)

@@ -1,0 +1,54 @@
+"""Time of one kernel: roofline (compute peak vs memory bandwidth) times an achieved efficiency.
+
+Roofline: Williams, Waterman and Patterson, "Roofline: an insightful visual performance model",
+CACM 2009: t = max(FLOPs / (peak * eff_compute), bytes / (bandwidth * eff_memory)). The
+efficiencies come from a :class:`HardwareProfile`; the shape dependence of GEMM efficiency is a
+saturating curve per dimension (tile and wave quantization make small dimensions under-fill the
+tensor cores; NVIDIA Deep Learning Performance guide, "Matrix multiplication background").
+
+All functions accept NumPy arrays or floats and broadcast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sextant.spec.profile import HardwareProfile
+
+ArrayLike = np.ndarray | float
+
+
+def shape_factor(dim: ArrayLike, half_dim: float) -> np.ndarray:
+    """Fraction of the large-shape efficiency reached by a GEMM dimension of size ``dim``."""
+    dim = np.asarray(dim, dtype=float)
+    return dim / (dim + half_dim)
+
+
+def gemm_efficiency(m: ArrayLike, n: ArrayLike, k: ArrayLike, profile: HardwareProfile) -> np.ndarray:
+    """Achieved fraction of dense peak for an (m x k) @ (k x n) matrix multiply."""
+    h = profile.gemm_half_dim
+    return profile.gemm_max_efficiency * shape_factor(m, h) * shape_factor(n, h) * shape_factor(k, h)
+
+
+def gemm_time(
+    m: ArrayLike,
+    n: ArrayLike,
+    k: ArrayLike,
+    *,
+    peak_flops: float,
+    mem_bw: float,
+    bytes_per_element: float,
+    profile: HardwareProfile,
+    count: ArrayLike = 1.0,
+) -> np.ndarray:
+    """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once."""
+    flops = 2.0 * np.asarray(m, float) * n * k
+    traffic = bytes_per_element * (np.asarray(m, float) * k + np.asarray(k, float) * n + np.asarray(m, float) * n)
+    eff = gemm_efficiency(m, n, k, profile)
+    t = np.maximum(flops / (peak_flops * eff), traffic / (mem_bw * profile.memory_bw_efficiency))
+    return count * (t + profile.kernel_overhead_s)
+
+
+def memory_bound_time(bytes_moved: ArrayLike, *, mem_bw: float, profile: HardwareProfile, kernels: ArrayLike = 1.0) -> np.ndarray:
+    """Seconds for element-wise kernels that move ``bytes_moved`` in total over ``kernels`` launches."""
+    return np.asarray(bytes_moved, float) / (mem_bw * profile.memory_bw_efficiency) + kernels * profile.kernel_overhead_s

@@ -1,0 +1,233 @@
+"""Lowering of one transformer layer to kernels: GEMMs, attention, element-wise ops.
+
+Shapes are per GPU for a micro-batch of ``b`` sequences whose local length is ``s`` (the full
+length divided by context parallelism), with tensor parallelism ``t`` splitting heads and the
+MLP intermediate dimension as in Megatron-LM (Shoeybi et al. 2019, section 3). With sequence
+parallelism (Korthikanti et al. 2022, section 4.2.2) norms, dropout and residual adds also run on
+1/t of the tokens.
+
+Backward costs: each GEMM's backward is two GEMMs of the same FLOPs (input and weight gradients);
+FlashAttention's backward runs 5 matmuls against the forward's 2 (Dao 2023, FlashAttention-2,
+algorithm 2), i.e. 2.5x the forward FLOPs; element-wise backward kernels move about twice the
+forward bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sextant.cost.compute import gemm_time, memory_bound_time
+from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.spec.model import ModelSpec
+from sextant.spec.profile import HardwareProfile
+
+#: FlashAttention backward FLOPs relative to forward (5 matmuls vs 2).
+FLASH_BWD_FLOP_RATIO = 2.5
+#: Fraction of the s_q x s_kv score matrix a causal mask leaves to compute (block skipping).
+CAUSAL_FRACTION = 0.5
+ACT_BYTES = 2.0  # activations in bf16/fp16 (fp8 training keeps bf16 activations between layers)
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the lowering needs of a GPU: peaks for the precision at hand and HBM bandwidth."""
+
+    gemm_peak: float  # FLOP/s for the training precision (fp8 GEMMs under Transformer Engine)
+    attention_peak: float  # FLOP/s for attention (bf16/fp16)
+    mem_bw: float  # bytes/s
+    gemm_bytes: float  # bytes per GEMM operand element
+    profile: HardwareProfile
+
+
+@dataclass
+class PassTimes:
+    """Seconds per micro-batch for one layer, by kind of work; each field an array."""
+
+    gemm: np.ndarray
+    attention: np.ndarray
+    elementwise: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.gemm + self.attention + self.elementwise
+
+
+@dataclass
+class LayerCost:
+    """Forward and backward time of one layer, recomputation costs, and its FLOPs."""
+
+    fwd: PassTimes
+    bwd: PassTimes
+    #: Forward time of the attention core alone (what selective recomputation re-runs).
+    attention_core_fwd: np.ndarray
+    flops_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
+
+
+def _gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
+    return gemm_time(m, n, k, peak_flops=dev.gemm_peak, mem_bw=dev.mem_bw,
+                     bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count)
+
+
+def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bool, dropout: bool):
+    """Forward and backward seconds of softmax(QK^T)V for one layer, and its forward FLOPs.
+
+    Flash: one fused kernel, causal block skipping (CAUSAL_FRACTION of the scores), no s^2
+    traffic. Unfused (Megatron-LM 2021): two batched GEMMs that materialize the full score
+    matrix, a fused scale-mask-softmax kernel and attention dropout, each moving the scores.
+    """
+    p = dev.profile
+    heads = model.num_heads / t
+    dqk, dv = attention_qk_dim(model), attention_v_dim(model)
+    if flash:
+        flops_fwd = 2.0 * b * heads * s_q * s_kv * (dqk + dv) * CAUSAL_FRACTION
+        eff = p.flash_attention_efficiency
+        fwd = flops_fwd / (dev.attention_peak * eff) + p.kernel_overhead_s
+        bwd = FLASH_BWD_FLOP_RATIO * flops_fwd / (dev.attention_peak * eff) + 2 * p.kernel_overhead_s
+        return fwd, bwd, flops_fwd
+    flops_fwd = 2.0 * b * heads * s_q * s_kv * (dqk + dv)
+    gemm = flops_fwd / (dev.attention_peak * p.unfused_attention_gemm_efficiency)
+    scores = b * heads * s_q * s_kv  # elements
+    # scale-mask-softmax: read + write scores; dropout: read, write, write a 1-byte mask.
+    softmax_bytes = 2 * ACT_BYTES * scores
+    dropout_bytes = (2 * ACT_BYTES + 1) * scores if dropout else 0.0
+    ew_fwd = memory_bound_time(softmax_bytes + dropout_bytes, mem_bw=dev.mem_bw, profile=p, kernels=2)
+    fwd = gemm + ew_fwd + 2 * p.kernel_overhead_s
+    bwd = 2.0 * gemm + 2.0 * ew_fwd + 4 * p.kernel_overhead_s
+    return fwd, bwd, flops_fwd
+
+
+def _mlp_gemms(model: ModelSpec, tokens, ffn, t, dev: Device, count=1.0):
+    """Forward seconds and FLOPs of one MLP (up[, gate], down) on ``tokens`` rows."""
+    h = model.hidden_size
+    up_width = (2 if model.gated_mlp else 1) * ffn / t
+    time = _gemm(tokens, up_width, h, dev, count) + _gemm(tokens, h, ffn / t, dev, count)
+    flops = count * 2.0 * tokens * h * (up_width + ffn / t)
+    return time, flops
+
+
+def _attention_projections(model: ModelSpec, tokens, t, dev: Device):
+    """Forward seconds and FLOPs of the QKV and output projections (MLA: its low-rank chain)."""
+    h, a = model.hidden_size, model.num_heads
+    if model.mla is not None:
+        m = model.mla
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        time = np.zeros_like(np.asarray(tokens, float))
+        flops = np.zeros_like(time)
+        shapes = []
+        if m.q_lora_rank:
+            shapes += [(h, m.q_lora_rank, 1.0), (m.q_lora_rank, a * qk, t)]
+        else:
+            shapes += [(h, a * qk, t)]
+        shapes += [(h, m.kv_lora_rank + m.qk_rope_head_dim, 1.0),
+                   (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), t),
+                   (a * m.v_head_dim, h, t)]
+        for k_dim, n_dim, split in shapes:
+            # Column-parallel (n split) except the output projection (row-parallel: k split);
+            # both move the same FLOPs per GPU, 1/split of the unsplit GEMM.
+            n_local = n_dim / split if (k_dim, n_dim) != (a * m.v_head_dim, h) else n_dim
+            k_local = k_dim if (k_dim, n_dim) != (a * m.v_head_dim, h) else k_dim / split
+            time = time + _gemm(tokens, n_local, k_local, dev)
+            flops = flops + 2.0 * tokens * n_local * k_local
+        return time, flops
+    d, g = model.head_dim, model.num_kv_heads
+    qkv_width = (a + 2 * g) * d / t
+    time = _gemm(tokens, qkv_width, h, dev) + _gemm(tokens, h, a * d / t, dev)
+    flops = 2.0 * tokens * h * (qkv_width + a * d / t)
+    return time, flops
+
+
+def _elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, moe_tokens=None):
+    """Bytes moved by the forward element-wise kernels of one layer, and their kernel count.
+
+    Norms and residual adds (bias-dropout-add fused, as Megatron-LM) run on all tokens without
+    sequence parallelism and on 1/t of them with it; rotary embedding and the MLP activation act on
+    the tensor-parallel shards.
+    """
+    h = model.hidden_size
+    seq_split = np.where(sp, t, 1.0)
+    norms = 1 if (model.parallel_attention and model.parallel_attention_norms == 1) else 2
+    norm_bytes = norms * 2 * ACT_BYTES * tokens * h / seq_split
+    residual_bytes = 2 * (3 * ACT_BYTES + (1 if dropout else 0)) * tokens * h / seq_split
+    rotary = 0.0
+    if model.position_embedding == "rope":
+        rotary = 2 * ACT_BYTES * tokens * (model.num_heads + model.num_kv_heads) * attention_qk_dim(model) / t
+    act_tokens = tokens if moe_tokens is None else moe_tokens
+    act_reads = 2 if model.gated_mlp else 1
+    activation = (act_reads + 1) * ACT_BYTES * act_tokens * ffn_local
+    kernels = norms + 2 + (1 if model.position_embedding == "rope" else 0) + 1
+    return norm_bytes + residual_bytes + rotary + activation, kernels
+
+
+def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flash: bool, dropout: bool) -> LayerCost:
+    """One dense transformer layer per micro-batch on one GPU."""
+    tokens = np.asarray(b, float) * s_q
+    proj_t, proj_f = _attention_projections(model, tokens, t, dev)
+    mlp_t, mlp_f = _mlp_gemms(model, tokens, model.ffn_hidden_size, t, dev)
+    att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
+    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout)
+    ew = memory_bound_time(ew_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels)
+    gemm = proj_t + mlp_t
+    return LayerCost(
+        fwd=PassTimes(gemm=gemm, attention=att_fwd, elementwise=ew),
+        bwd=PassTimes(gemm=2.0 * gemm, attention=att_bwd, elementwise=2.0 * ew),
+        attention_core_fwd=att_fwd,
+        flops_fwd=proj_f + mlp_f + att_f,
+    )
+
+
+def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool, dropout: bool,
+                   imbalance: float) -> LayerCost:
+    """One MoE layer: attention as a dense layer, then router, routed experts and shared experts.
+
+    With expert parallelism ``ep`` each GPU holds num_experts/ep experts and receives, after the
+    all-to-all, ``tokens * top_k`` token-expert pairs on average (GShard, Lepikhin et al. 2020);
+    ``imbalance`` >= 1 scales the busiest GPU's share (the one that sets the pace).
+    """
+    moe = model.moe
+    assert moe is not None
+    h = model.hidden_size
+    tokens = np.asarray(b, float) * s_q
+    proj_t, proj_f = _attention_projections(model, tokens, t, dev)
+    att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
+    router_t = _gemm(tokens, moe.num_experts, h, dev)
+    routed_tokens = tokens * moe.top_k * imbalance
+    local_experts = moe.num_experts / np.asarray(ep, float)
+    rows_per_expert = routed_tokens / local_experts
+    expert_t, expert_f = _mlp_gemms(model, rows_per_expert, moe.expert_ffn_hidden_size, t, dev, count=local_experts)
+    shared_t, shared_f = 0.0, 0.0
+    if moe.num_shared_experts:
+        shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev)
+    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
+                                           dropout=dropout, moe_tokens=routed_tokens)
+    # Permutation of tokens to experts and back: read + write the routed activations twice.
+    permute_bytes = 2 * 2 * ACT_BYTES * routed_tokens * h
+    ew = memory_bound_time(ew_bytes + permute_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels + 4)
+    gemm = proj_t + router_t + expert_t + shared_t
+    return LayerCost(
+        fwd=PassTimes(gemm=gemm, attention=att_fwd, elementwise=ew),
+        bwd=PassTimes(gemm=2.0 * gemm, attention=att_bwd, elementwise=2.0 * ew),
+        attention_core_fwd=att_fwd,
+        flops_fwd=proj_f + att_f + 2.0 * tokens * moe.num_experts * h + expert_f / imbalance + shared_f,
+    )
+
+
+def logits_cost(model: ModelSpec, b, s_q, t, dev: Device) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward seconds of the output projection and vocab-parallel cross-entropy.
+
+    The logits are computed in the training precision and the loss in fp32 (Megatron-LM's
+    vocab-parallel cross entropy), so the softmax moves 4-byte values over s*b*V/t elements.
+    """
+    tokens = np.asarray(b, float) * s_q
+    v_local = model.vocab_size / t
+    proj = _gemm(tokens, v_local, model.hidden_size, dev)
+    loss = memory_bound_time(3 * 4.0 * tokens * v_local, mem_bw=dev.mem_bw, profile=dev.profile, kernels=3)
+    return proj + loss, 2.0 * proj + loss
+
+
+def embedding_cost(model: ModelSpec, b, s_q, dev: Device) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward seconds of the token-embedding lookup (a gather, memory-bound)."""
+    tokens = np.asarray(b, float) * s_q
+    fwd = memory_bound_time(2 * ACT_BYTES * tokens * model.hidden_size, mem_bw=dev.mem_bw, profile=dev.profile)
+    return fwd, 2.0 * fwd

@@ -1,0 +1,133 @@
+"""Memory per GPU: model states (weights, gradients, optimizer) and activations.
+
+Model states follow ZeRO (Rajbhandari et al., SC20, section 3.1): mixed-precision Adam keeps
+2 bytes of weights, 2 bytes of gradients and K = 12 bytes of fp32 master weights, momentum and
+variance per parameter; ZeRO stage 1 shards the optimizer state over data parallelism, stage 2
+also the gradients, stage 3 (= FSDP full shard) also the weights. With bf16, Megatron-LM keeps
+gradients in an fp32 ``main_grad`` buffer (4 bytes). 8-bit Adam (Dettmers et al., ICLR 2022)
+stores the two moments in one byte each.
+
+Activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models", section 4, generalized term by term: their per-layer 34sbh + 5as^2b bytes
+(GPT, MHA, GeLU MLP of 4h, dropout) is rebuilt from the tensors each kernel saves, so that GQA,
+gated MLPs, MLA, MoE, FlashAttention (no s^2 terms) and dropout-free training follow from the
+same derivation. Every function broadcasts over NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.spec.model import ModelSpec
+
+#: Bytes per parameter of optimizer state (fp32 master weights included), per optimizer.
+OPTIMIZER_STATE_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adam8bit": 6.0}
+WEIGHT_BYTES = 2.0
+
+
+def grad_bytes(precision: str) -> float:
+    """Bytes per gradient element: fp32 main_grad for bf16/fp8 (Megatron-LM requires fp32
+    accumulation for bf16), fp16 gradients for fp16 mixed precision (Micikevicius et al. 2018)."""
+    return 2.0 if precision == "fp16" else 4.0
+
+
+def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str):
+    """(weights, gradients, optimizer) bytes per GPU for ``params_local`` parameters held by the
+    GPU's model-parallel shard before ZeRO sharding over ``dp`` ranks."""
+    params_local = np.asarray(params_local, float)
+    dp = np.asarray(dp, float)
+    zero = np.asarray(zero)
+    weights = params_local * WEIGHT_BYTES / np.where(zero >= 3, dp, 1.0)
+    grads = params_local * grad_bytes(precision) / np.where(zero >= 2, dp, 1.0)
+    optim = params_local * OPTIMIZER_STATE_BYTES[optimizer] / np.where(zero >= 1, dp, 1.0)
+    return weights, grads, optim
+
+
+def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
+                           moe_layer: bool = False) -> np.ndarray:
+    """Bytes one layer keeps for backward per micro-batch (``s``: local sequence length).
+
+    ``recompute``: 0 none, 1 selective (attention core recomputed: no s^2 terms), 2 full (only
+    the layer input is kept). Terms, with 2-byte activations and 1-byte dropout masks:
+    norms 2sbh each; QKV input 2sbh; Q, K, V; scores (unfused: softmax output 2, dropout mask 1,
+    dropout output 2 per score); attention output 2 s b a d_v; output-projection dropout mask sbh;
+    MLP input 2sbh; MLP intermediates (GeLU: input and output, 2 x 2 s b f; gated: gate, up and
+    their product, 3 x 2 s b f); MLP dropout mask sbh. Tensors before the column-parallel split
+    are divided by t only with sequence parallelism.
+    """
+    h, a, g = model.hidden_size, model.num_heads, model.num_kv_heads
+    b = np.asarray(b, float)
+    t = np.asarray(t, float)
+    sbh = s * b * h
+    seq_split = np.where(sp, t, 1.0)
+    mask = 1.0 if dropout else 0.0
+    norms = 1 if (model.parallel_attention and model.parallel_attention_norms == 1) else 2
+    dqk, dv = attention_qk_dim(model), attention_v_dim(model)
+
+    replicated = (norms * 2 + 2 + mask) * sbh  # norm inputs, QKV input, out-proj dropout mask
+    if not model.parallel_attention:
+        replicated = replicated + (2 + mask) * sbh  # MLP input, MLP dropout mask
+    else:
+        replicated = replicated + mask * sbh
+    if model.mla is not None:
+        m = model.mla
+        kv_heads_qk = a  # MLA up-projects keys and values for every head
+        latent = 2 * s * b * (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim)
+        replicated = replicated + latent
+    else:
+        kv_heads_qk = g
+    qkv = 2 * s * b * (a * dqk + kv_heads_qk * dqk + kv_heads_qk * dv) / t
+    attn_out = 2 * s * b * a * dv / t
+    if flash:
+        scores = 4.0 * b * a * s / t  # fp32 log-sum-exp per row
+    else:
+        scores = (2 + mask + 2) * b * a * s * s / t
+    if moe_layer and model.moe is not None:
+        moe = model.moe
+        routed = s * b * moe.top_k
+        inter = (3 if model.gated_mlp else 2) * 2 * routed * moe.expert_ffn_hidden_size / t
+        inter = inter + 2 * routed * h  # permuted expert inputs
+        if moe.num_shared_experts:
+            f_sh = moe.shared_expert_ffn_hidden_size * moe.num_shared_experts
+            inter = inter + (3 if model.gated_mlp else 2) * 2 * s * b * f_sh / t
+    else:
+        inter = (3 if model.gated_mlp else 2) * 2 * s * b * model.ffn_hidden_size / t
+
+    full_layer = replicated / seq_split + qkv + attn_out + scores + inter
+    selective = full_layer - np.where(flash, 0.0, scores)
+    only_input = 2 * sbh / seq_split
+    recompute = np.asarray(recompute)
+    return np.where(recompute == 2, only_input, np.where(recompute == 1, selective, full_layer))
+
+
+def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
+                                moe_layer: bool = False) -> np.ndarray:
+    """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
+    layer's complete activations exist again for the duration of its backward."""
+    full = layer_activation_bytes(model, b, s, t, sp, 0, flash=flash, dropout=dropout, moe_layer=moe_layer)
+    sel = layer_activation_bytes(model, b, s, t, sp, 1, flash=flash, dropout=dropout, moe_layer=moe_layer)
+    recompute = np.asarray(recompute)
+    return np.where(recompute == 2, full, np.where(recompute == 1, full - sel, 0.0))
+
+
+def logits_activation_bytes(model: ModelSpec, b, s, t) -> np.ndarray:
+    """Output layer on the last stage: its input (2sbh) and fp32 logits for the loss (4sbV/t),
+    which Korthikanti et al. keep in fp32 as well."""
+    return 2.0 * s * np.asarray(b, float) * model.hidden_size + 4.0 * s * np.asarray(b, float) * model.vocab_size / np.asarray(t, float)
+
+
+def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) -> np.ndarray:
+    """Micro-batches whose activations a stage holds at its peak.
+
+    GPipe: all m. 1F1B (Narayanan et al. 2021, PipeDream-Flush): stage i holds pp - i.
+    Interleaved 1F1B: the first stage holds pp * (1 + (pp - 1) / (pp * vpp)) micro-batches' worth
+    of its layers (Korthikanti et al. 2022, section 4.2.3); later stages proportionally fewer.
+    """
+    pp = np.asarray(pp, float)
+    vpp = np.asarray(vpp, float)
+    m = np.asarray(num_microbatches, float)
+    base = np.maximum(pp - stage_index, 1.0)
+    interleaved = base * (1 + (pp - 1) / (pp * vpp))
+    in_flight = np.where(schedule_code == 0, m, np.where(schedule_code == 2, interleaved, base))
+    return np.minimum(in_flight, np.maximum(m, 1.0) * np.where(schedule_code == 2, 1 + (pp - 1) / (pp * vpp), 1.0))

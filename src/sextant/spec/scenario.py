@@ -1,0 +1,79 @@
+"""A training scenario: which model, on which hardware, run how. Read from YAML or built from
+CLI flags; both pass through the same pydantic model, so unknown keys are errors either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from sextant.errors import ScenarioError
+from sextant.spec.base import Spec
+from sextant.spec.model import ModelSpec
+from sextant.spec.strategy import Strategy
+from sextant.spec.workload import TrainWorkload
+
+
+class HardwareRef(Spec):
+    """Hardware by catalog names: the GPU implies its usual node unless ``node`` names one."""
+
+    gpu: str = "h100-sxm"
+    gpus: int = Field(default=8, gt=0)
+    gpus_per_node: int | None = Field(default=None, gt=0)
+    node: str | None = None
+    network: str | None = None
+    nics_per_node: int | None = Field(default=None, gt=0)
+    profile: str | None = Field(default=None, description="Path of a hardware profile JSON.")
+
+
+class TrainScenario(Spec):
+    """``model`` is a catalog name, a path to a HuggingFace config.json, or an inline spec."""
+
+    model: str | ModelSpec = "llama-3.1-8b"
+    #: Framework preset (catalog/data/frameworks.yaml): fills the strategy and workload fields
+    #: this scenario leaves unset (kernels, overlap, dropout) and states its kernel efficiency.
+    framework: str | None = None
+    hardware: HardwareRef = HardwareRef()
+    strategy: Strategy = Strategy()
+    workload: TrainWorkload = TrainWorkload()
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """The first problem of a pydantic error as one line: ``field.path: message``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    loc = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see docs/scenarios.md for the keys)"
+    elif "input" in first and first["type"] not in ("missing",):
+        msg = f"{msg} (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    return f"{loc}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def parse_scenario(data: dict[str, Any], source: str = "scenario") -> TrainScenario:
+    try:
+        return TrainScenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(format_validation_error(err), field=source) from None
+
+
+def load_scenario(path: str | Path) -> TrainScenario:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"no such file {path}", field="scenario") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"{path} is not valid YAML{where}", field="scenario") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path} must hold a mapping of keys (model, hardware, strategy, workload)",
+                            field="scenario")
+    return parse_scenario(data, source=str(path))

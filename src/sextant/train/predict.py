@@ -1,0 +1,136 @@
+"""``predict train``: resolve a scenario, check it, evaluate one row, and explain the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sextant.catalog import build_cluster, get_model, get_profile
+from sextant.catalog.frameworks import get_framework
+from sextant.errors import SpecError
+from sextant.spec.model import ModelSpec
+from sextant.spec.profile import HardwareProfile
+from sextant.spec.scenario import TrainScenario
+from sextant.train.candidates import Candidates
+from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
+from sextant.train.step import (
+    ALLOCATOR_OVERHEAD,
+    EXPERT_IMBALANCE,
+    RUNTIME_RESERVED_BYTES,
+    TrainContext,
+    evaluate,
+)
+from sextant.train.validate_strategy import check_strategy
+from sextant.units import GiB
+
+FLOP_CONVENTION = (
+    "model FLOPs per PaLM appendix B (6 x matmul params + 12 x layers x heads x head_dim x seq per "
+    "token, non-causal); MFU over the dense peak of the training precision; HFU adds recomputation"
+)
+
+
+def load_profile_file(path: str) -> HardwareProfile:
+    try:
+        return HardwareProfile.model_validate(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise SpecError(f"no such file {path}", field="profile") from None
+    except (json.JSONDecodeError, ValueError) as err:
+        raise SpecError(f"{path} is not a valid hardware profile: {str(err).splitlines()[0]}", field="profile") from None
+
+
+def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, float]:
+    """Fill the strategy and workload fields the scenario left unset from its framework preset;
+    return the scenario and the preset's kernel efficiency (1.0 without a preset)."""
+    if scenario.framework is None:
+        return scenario, 1.0
+    preset = get_framework(scenario.framework)
+    updates = {}
+    for section in ("strategy", "workload"):
+        current = getattr(scenario, section)
+        unset = {k: v for k, v in preset.get(section, {}).items() if k not in current.model_fields_set}
+        if unset:
+            merged = {**current.model_dump(exclude_unset=True), **unset}
+            updates[section] = type(current).model_validate(merged)
+    return scenario.model_copy(update=updates), float(preset.get("kernel_efficiency", 1.0))
+
+
+def build_context(scenario: TrainScenario) -> tuple[TrainContext, Candidates]:
+    scenario, kernel_efficiency = apply_framework(scenario)
+    model = scenario.model if isinstance(scenario.model, ModelSpec) else get_model(scenario.model)
+    hw = scenario.hardware
+    cluster = build_cluster(hw.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node, node=hw.node,
+                            network=hw.network, nics_per_node=hw.nics_per_node)
+    profile = load_profile_file(hw.profile) if hw.profile else get_profile(cluster.gpu.name)
+    if kernel_efficiency != 1.0:
+        profile = profile.model_copy(update={
+            "name": f"{profile.name} x {scenario.framework} kernels {kernel_efficiency:g}",
+            **{k: getattr(profile, k) * kernel_efficiency for k in (
+                "gemm_max_efficiency", "flash_attention_efficiency", "unfused_attention_gemm_efficiency",
+                "memory_bw_efficiency")},
+        })
+    strategy, workload = scenario.strategy, scenario.workload
+    cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100
+    dp = check_strategy(model, cluster, strategy, workload)
+    ctx = TrainContext(
+        model=model, cluster=cluster, profile=profile, workload=workload,
+        precision=strategy.precision, attention_kernel=strategy.attention_kernel,
+        dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
+        zero3_gather_unit=strategy.zero3_gather_unit,
+    )
+    return ctx, Candidates.from_strategy(strategy, dp)
+
+
+def bottleneck_sentence(parts: dict[str, float], step: float) -> str:
+    ranked = sorted(parts.items(), key=lambda kv: kv[1], reverse=True)
+    name, value = ranked[0]
+    text = f"{TIME_PART_LABELS[name]}: {value / step:.0%} of the step"
+    if len(ranked) > 1 and ranked[1][1] > 0.1 * step:
+        text += f"; then {TIME_PART_LABELS[ranked[1][0]]} ({ranked[1][1] / step:.0%})"
+    return text
+
+
+def predict_train(scenario: TrainScenario) -> TrainResult:
+    ctx, cand = build_context(scenario)
+    scenario, _ = apply_framework(scenario)
+    ev = evaluate(ctx, cand)
+    s = scenario.strategy
+    step = float(ev.step_time_s[0])
+    parts = {k: float(v[0]) for k, v in ev.time_parts_s.items()}
+    memory = {k: float(v[0]) / GiB for k, v in ev.memory_parts_bytes.items()}
+    memory["total"] = float(ev.memory_bytes[0]) / GiB
+    capacity = ev.capacity_bytes / GiB
+    assumptions = [
+        f"framework overhead: {ALLOCATOR_OVERHEAD:.0%} allocator fragmentation + "
+        f"{RUNTIME_RESERVED_BYTES / GiB:.1f} GiB runtime (CUDA context, workspaces, NCCL)",
+        f"attention kernel: {ctx.attention_kernel}; dropout: {'on' if ctx.dropout else 'off'}",
+        f"overlap: {', '.join(k for k, v in ctx.overlap.model_dump().items() if v) or 'none'}",
+        f"data-parallel collectives: {ctx.dp_collective}",
+    ]
+    if ctx.model.is_moe:
+        assumptions.append(f"expert load imbalance {EXPERT_IMBALANCE} (busiest rank / mean)")
+    return TrainResult(
+        model=ctx.model.name, gpu=ctx.cluster.gpu.name, gpus=ctx.cluster.num_gpus,
+        dp=int(cand.dp[0]), tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, vpp=s.vpp, zero=s.zero,
+        micro_batch=s.micro_batch, global_batch=scenario.workload.global_batch,
+        seq_len=scenario.workload.seq_len, recompute=s.recompute, sequence_parallel=s.sequence_parallel,
+        schedule=s.resolved_schedule, precision=s.precision,
+        num_microbatches=float(ev.num_microbatches[0]),
+        step_time_s=step,
+        tokens_per_s=float(ev.tokens_per_s[0]),
+        tokens_per_s_per_gpu=float(ev.tokens_per_s[0]) / ctx.cluster.num_gpus,
+        model_tflops_per_gpu=float(ev.model_tflops_per_gpu[0]),
+        mfu=float(ev.mfu[0]),
+        hfu=float(ev.hfu[0]),
+        flop_convention=FLOP_CONVENTION,
+        memory_gb_per_gpu=memory,
+        memory_capacity_gb=capacity,
+        fits=bool(ev.fits[0]),
+        memory_headroom_gb=capacity - memory["total"],
+        time_breakdown_s=parts,
+        bottleneck=bottleneck_sentence(parts, step),
+        profile=ctx.profile.name,
+        assumptions=assumptions,
+    )
+
+
+__all__ = ["MEMORY_PART_LABELS", "TIME_PART_LABELS", "build_context", "predict_train"]

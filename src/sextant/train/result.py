@@ -1,0 +1,68 @@
+"""The result of predicting one training configuration (the JSON shape of ``predict train``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+TIME_PART_LABELS = {
+    "gemm": "matrix multiplies (GEMM)",
+    "attention": "attention kernels",
+    "elementwise": "memory-bound element-wise kernels",
+    "recompute": "activation recomputation",
+    "embedding_logits": "embedding, logits and loss",
+    "tp_comm": "tensor-parallel communication (intra-node link)",
+    "cp_comm": "context-parallel ring attention communication",
+    "ep_comm": "expert-parallel all-to-all",
+    "pp_p2p": "pipeline send/receive",
+    "pipeline_bubble": "pipeline bubble",
+    "dp_comm": "data-parallel gradient/parameter communication",
+    "optimizer": "optimizer step",
+}
+MEMORY_PART_LABELS = {
+    "weights": "weights",
+    "gradients": "gradients",
+    "optimizer": "optimizer state",
+    "activations": "activations (in-flight micro-batches)",
+    "comm_buffers": "communication buffers",
+    "overhead": "allocator and runtime overhead",
+}
+
+
+class TrainResult(BaseModel):
+    """Keys are stable: scripts read them (see README, "JSON output")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    gpu: str
+    gpus: int
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    vpp: int
+    zero: int
+    micro_batch: int
+    global_batch: int
+    seq_len: int
+    recompute: str
+    sequence_parallel: bool
+    schedule: str
+    precision: str
+    num_microbatches: float
+    step_time_s: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    model_tflops_per_gpu: float
+    mfu: float
+    hfu: float
+    flop_convention: str
+    memory_gb_per_gpu: dict[str, float]
+    memory_capacity_gb: float
+    fits: bool
+    memory_headroom_gb: float
+    time_breakdown_s: dict[str, float]
+    bottleneck: str
+    profile: str
+    assumptions: list[str]

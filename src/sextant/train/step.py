@@ -1,0 +1,385 @@
+"""The training step: compute, communication, pipeline schedule, optimizer and memory per GPU.
+
+One function, :func:`evaluate`, takes a :class:`Candidates` table and returns a
+:class:`StepEvaluation` of arrays. ``predict`` calls it with one row, the planner with many.
+
+Assumptions stated per collective (the ``Overlap`` flags of the strategy switch them):
+- Tensor-parallel all-reduce (or reduce-scatter + all-gather with sequence parallelism): two in
+  the forward and two in the backward of each layer (Shoeybi et al. 2019, figure 4), two more in
+  the recomputed forward. Exposed unless ``tp_comm`` overlap, which hides them behind the layer's
+  GEMMs (Transformer Engine userbuffers; Wang et al. ASPLOS 2023).
+- Context-parallel ring attention: cp - 1 exchanges of the local K and V in the forward, twice
+  that (K, V and their gradients) in the backward, overlapped with the attention blocks (Liu et
+  al. 2023, Ring Attention); only the excess is exposed.
+- Expert-parallel all-to-all: dispatch and combine in the forward and the backward, exposed.
+- Pipeline send/receive: exposed per micro-batch unless ``pp_p2p`` overlap.
+- Data-parallel gradient reduction over the dp*cp group (all-reduce for ZeRO-0, reduce-scatter
+  for ZeRO >= 1) overlapped with the last micro-batch's backward when ``dp_grad_reduce``; the
+  ZeRO-1/2 parameter all-gather overlapped with the next forward when ``dp_param_gather``.
+  ZeRO-3 gathers parameters for the forward, the recomputed forward and the backward of every
+  micro-batch, and reduce-scatters its gradients, prefetched so only the excess over compute
+  shows (Rajbhandari et al. 2020; Zhao et al. 2023, PyTorch FSDP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sextant.cost import comm
+from sextant.cost.compute import memory_bound_time
+from sextant.cost.layer import (
+    Device,
+    LayerCost,
+    dense_layer_cost,
+    embedding_cost,
+    logits_cost,
+    moe_layer_cost,
+)
+from sextant.cost.memory import (
+    grad_bytes,
+    layer_activation_bytes,
+    layer_activation_peak_extra,
+    logits_activation_bytes,
+    model_state_bytes,
+    pipeline_in_flight,
+)
+from sextant.cost.params import (
+    attention_qk_dim,
+    attention_v_dim,
+    count_params,
+    largest_matrix_params,
+    model_flops_per_token,
+)
+from sextant.spec.hardware import ClusterSpec
+from sextant.spec.model import ModelSpec
+from sextant.spec.profile import HardwareProfile
+from sextant.spec.strategy import Overlap
+from sextant.spec.workload import TrainWorkload
+from sextant.train.candidates import Candidates
+from sextant.train.pipeline import schedule_time, stage_layers
+from sextant.units import GiB
+
+#: Bytes each optimizer step reads and writes per local parameter (Adam: fp32 master, m and v
+#: read and written, fp32 gradient read, 2-byte weight written; SGD with momentum and 8-bit Adam
+#: move less). The step is memory-bound (fused multi-tensor Adam in Apex/PyTorch).
+OPTIMIZER_STEP_BYTES = {"adamw": 30.0, "adam": 30.0, "sgd": 18.0, "adam8bit": 18.0}
+#: The busiest expert-parallel rank receives this multiple of the mean token count. DeepSeek-V3
+#: and Mixtral report near-balanced routing with auxiliary losses; 1.2 is a stated default.
+EXPERT_IMBALANCE = 1.2
+#: Device memory outside PyTorch's tensors: CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers.
+RUNTIME_RESERVED_BYTES = 1.0 * GiB
+#: Caching-allocator fragmentation, as a fraction of the memory in tensors.
+ALLOCATOR_OVERHEAD = 0.05
+
+TIME_PARTS = (
+    "gemm", "attention", "elementwise", "recompute", "embedding_logits", "tp_comm", "cp_comm",
+    "ep_comm", "pp_p2p", "pipeline_bubble", "dp_comm", "optimizer",
+)
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "comm_buffers", "overhead")
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Everything fixed across the candidates of one evaluation."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    profile: HardwareProfile
+    workload: TrainWorkload
+    precision: str = "bf16"
+    attention_kernel: str = "flash"
+    dropout: bool = False
+    overlap: Overlap = Overlap()
+    dp_collective: str = "hierarchical"
+    zero3_gather_unit: str = "layer"
+    expert_imbalance: float = EXPERT_IMBALANCE
+
+    @property
+    def device(self) -> Device:
+        gpu = self.cluster.gpu
+        gemm_dtype = self.precision
+        return Device(
+            gemm_peak=gpu.peak(gemm_dtype),
+            attention_peak=gpu.peak("bf16" if self.precision == "fp8" else self.precision),
+            mem_bw=gpu.memory.read_bytes_per_s,
+            gemm_bytes=1.0 if self.precision == "fp8" else 2.0,
+            profile=self.profile,
+        )
+
+
+@dataclass
+class StepEvaluation:
+    """Arrays, one entry per candidate."""
+
+    step_time_s: np.ndarray
+    time_parts_s: dict[str, np.ndarray]
+    memory_parts_bytes: dict[str, np.ndarray]
+    memory_bytes: np.ndarray
+    capacity_bytes: float
+    num_microbatches: np.ndarray
+    model_flops_per_step: float
+    hardware_flops_per_step: np.ndarray
+    peak_flops: float
+    num_gpus: int
+    tokens_per_step: float
+
+    @property
+    def fits(self) -> np.ndarray:
+        return self.memory_bytes <= self.capacity_bytes
+
+    @property
+    def tokens_per_s(self) -> np.ndarray:
+        return self.tokens_per_step / self.step_time_s
+
+    @property
+    def model_tflops_per_gpu(self) -> np.ndarray:
+        return self.model_flops_per_step / self.step_time_s / self.num_gpus / 1e12
+
+    @property
+    def mfu(self) -> np.ndarray:
+        return self.model_flops_per_step / self.step_time_s / self.num_gpus / self.peak_flops
+
+    @property
+    def hfu(self) -> np.ndarray:
+        return self.hardware_flops_per_step / self.step_time_s / self.num_gpus / self.peak_flops
+
+
+def _pick(index: np.ndarray, first, mid, last) -> np.ndarray:
+    return np.choose(index, [np.broadcast_to(first, index.shape), np.broadcast_to(mid, index.shape),
+                             np.broadcast_to(last, index.shape)])
+
+
+def _average_layer(ctx: TrainContext, c: Candidates, b, s_q, s_kv) -> tuple[LayerCost, float]:
+    """Cost of the average layer (dense and MoE layers mixed in proportion), and the MoE share."""
+    model, dev = ctx.model, ctx.device
+    flash = ctx.attention_kernel == "flash"
+    dense = dense_layer_cost(model, b, s_q, s_kv, c.tp, c.sequence_parallel, dev, flash=flash, dropout=ctx.dropout)
+    if not model.is_moe:
+        return dense, 0.0
+    moe = moe_layer_cost(model, b, s_q, s_kv, c.tp, c.sequence_parallel, c.ep, dev, flash=flash,
+                         dropout=ctx.dropout, imbalance=ctx.expert_imbalance)
+    f = model.num_moe_layers / model.num_layers
+
+    def mix(x, y):
+        return (1 - f) * x + f * y
+
+    from sextant.cost.layer import PassTimes
+
+    return LayerCost(
+        fwd=PassTimes(*(mix(getattr(dense.fwd, k), getattr(moe.fwd, k)) for k in ("gemm", "attention", "elementwise"))),
+        bwd=PassTimes(*(mix(getattr(dense.bwd, k), getattr(moe.bwd, k)) for k in ("gemm", "attention", "elementwise"))),
+        attention_core_fwd=mix(dense.attention_core_fwd, moe.attention_core_fwd),
+        flops_fwd=mix(dense.flops_fwd, moe.flops_fwd),
+    ), f
+
+
+def _exposed(comm_s, window_s, efficiency: float) -> np.ndarray:
+    """Communication time left visible when it overlaps ``window_s`` of compute."""
+    return comm_s - efficiency * np.minimum(comm_s, window_s)
+
+
+def _group_per_node(size, stride, gpus_per_node) -> np.ndarray:
+    """Members of a process group in one node, for groups whose ranks are ``stride`` apart
+    (Megatron-LM rank order tp, cp, ep/dp, pp: tp varies fastest)."""
+    return np.maximum(1.0, np.minimum(np.asarray(size, float), gpus_per_node / np.asarray(stride, float)))
+
+
+def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 - one formula, kept together
+    model, cluster, prof, wl = ctx.model, ctx.cluster, ctx.profile, ctx.workload
+    fab = comm.Fabric.of(cluster, prof)
+    gpn = cluster.gpus_per_node
+    h = model.hidden_size
+    f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    tp, pp, cp, ep, dp, vpp, b = f(c.tp), f(c.pp), f(c.cp), f(c.ep), f(c.dp), f(c.vpp), f(c.micro_batch)
+    sp = c.sequence_parallel
+    rc = c.recompute
+    m = wl.global_batch / (dp * b)
+    s_local = wl.seq_len / cp
+
+    # ---- compute per micro-batch ------------------------------------------------------------
+    layer, moe_share = _average_layer(ctx, c, b, s_local, wl.seq_len)
+    recompute_layer = np.where(rc == 2, layer.fwd.total, np.where(rc == 1, layer.attention_core_fwd, 0.0))
+    emb_fwd, emb_bwd = embedding_cost(model, b, s_local, ctx.device)
+    log_fwd, log_bwd = logits_cost(model, b, s_local, tp, ctx.device)
+
+    # ---- per-layer communication ------------------------------------------------------------
+    act_bytes = 2.0 * b * s_local * h
+    tp_per_node = _group_per_node(tp, 1, gpn)
+    tp_one = comm.all_reduce(act_bytes, tp, tp_per_node, fab)
+    tp_count = 4.0 + np.where(rc == 2, 2.0, 0.0)
+    tp_total = tp_count * tp_one
+    gemm_layer = layer.fwd.gemm + layer.bwd.gemm
+    eta = ctx.overlap.efficiency
+    tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
+
+    kv_dim = (model.num_heads if model.mla else model.num_kv_heads) * (attention_qk_dim(model) + attention_v_dim(model))
+    kv_bytes = 2.0 * b * s_local * kv_dim / tp
+    cp_per_node = _group_per_node(cp, tp, gpn)
+    cp_step = comm.p2p(kv_bytes, cp_per_node < cp, fab)
+    cp_comm = (cp - 1) * cp_step * 3.0  # forward: K,V; backward: K,V and dK,dV
+    cp_exposed = np.where(cp > 1, _exposed(cp_comm, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
+
+    if model.is_moe:
+        moe = model.moe
+        a2a_bytes = 2.0 * b * s_local * h * moe.top_k / np.where(sp, tp, 1.0)
+        ep_per_node = _group_per_node(ep, tp * cp, gpn)
+        ep_comm = 4.0 * comm.all_to_all(a2a_bytes * ctx.expert_imbalance, ep, ep_per_node, fab) * moe_share
+    else:
+        ep_comm = np.zeros_like(tp)
+
+    layer_compute = layer.fwd.total + layer.bwd.total + recompute_layer
+    layer_time = layer_compute + tp_exposed + cp_exposed + ep_comm
+
+    # ---- stages and pipeline ----------------------------------------------------------------
+    n_first, n_mid, n_last = stage_layers(model.num_layers, pp)
+    single = pp == 1
+    t_first = n_first * layer_time + emb_fwd + emb_bwd + np.where(single, log_fwd + log_bwd, 0.0)
+    t_mid = n_mid * layer_time
+    t_last = n_last * layer_time + log_fwd + log_bwd + np.where(single, emb_fwd + emb_bwd, 0.0)
+    stage_t = np.stack([t_first, t_mid, t_last])
+    slowest = np.argmax(stage_t, axis=0)
+    t_max = stage_t.max(axis=0)
+    t_sum = model.num_layers * layer_time + emb_fwd + emb_bwd + log_fwd + log_bwd
+
+    crosses = (tp * cp * dp) >= gpn
+    p2p_one = comm.p2p(act_bytes / tp, crosses, fab)
+    p2p_per_mb = np.where(single, 0.0, 2.0 * vpp * p2p_one)
+    p2p_exposed_mb = 0.0 * p2p_per_mb if ctx.overlap.pp_p2p else p2p_per_mb
+    pipe = schedule_time(t_max + p2p_exposed_mb, t_sum + 2.0 * (pp - 1) * p2p_one, m, vpp)
+
+    # ---- parameters per stage, data parallelism and the optimizer ---------------------------
+    counts = count_params(model)
+    moe_layers = counts.num_moe_layers
+    nonexpert_layer = ((model.num_layers - moe_layers) * counts.dense_layer
+                       + moe_layers * (counts.moe_layer_total - counts.num_experts * counts.moe_expert)) / model.num_layers
+    expert_layer = moe_layers * counts.num_experts * counts.moe_expert / model.num_layers
+    emb_params = (counts.embedding + counts.position_embedding) / tp
+    out_params = np.where(single & (counts.output == 0), 0.0, model.vocab_size * h / tp) + counts.final_norm
+    ne_first = n_first * nonexpert_layer / tp + emb_params + np.where(single, out_params, 0.0)
+    ne_mid = n_mid * nonexpert_layer / tp
+    ne_last = n_last * nonexpert_layer / tp + out_params + np.where(single, emb_params, 0.0)
+    ex_first, ex_mid, ex_last = (n * expert_layer / (tp * ep) for n in (n_first, n_mid, n_last))
+
+    dp_group = dp * cp
+    edp_group = np.maximum(dp_group / ep, 1.0)
+    dp_per_node = _group_per_node(dp_group, tp, gpn)
+    edp_per_node = _group_per_node(edp_group, tp * ep, gpn)
+    gb = grad_bytes(ctx.precision)
+    flat = ctx.dp_collective == "flat_ring"
+    zero = c.zero
+
+    def dp_time(ne, ex, compute_mb, fwd_mb, bwd_mb):
+        ar = comm.all_reduce(ne * gb, dp_group, dp_per_node, fab, flat=flat) + comm.all_reduce(
+            ex * gb, edp_group, edp_per_node, fab, flat=flat)
+        rs = comm.all_gather(ne * gb, dp_group, dp_per_node, fab, flat=flat) + comm.all_gather(
+            ex * gb, edp_group, edp_per_node, fab, flat=flat)
+        ag = comm.all_gather(ne * 2.0, dp_group, dp_per_node, fab, flat=flat) + comm.all_gather(
+            ex * 2.0, edp_group, edp_per_node, fab, flat=flat)
+        grad_sync = np.where(zero == 0, ar, rs)
+        grad_exposed = _exposed(grad_sync, bwd_mb, eta) if ctx.overlap.dp_grad_reduce else grad_sync
+        gather_exposed = _exposed(ag, fwd_mb, eta) if ctx.overlap.dp_param_gather else ag
+        zero12 = grad_exposed + np.where(zero >= 1, gather_exposed, 0.0)
+        # ZeRO-3: per micro-batch, gathers for forward, (recomputed forward,) backward, and a
+        # reduce-scatter of gradients; prefetching overlaps them with that micro-batch's compute.
+        z3_mb = ag * (2.0 + np.where(rc == 2, 1.0, 0.0)) + rs
+        z3 = m * (_exposed(z3_mb, compute_mb, eta) if ctx.overlap.dp_param_gather else z3_mb)
+        return np.where(zero >= 3, z3, zero12)
+
+    fwd_parts = [n_first * layer.fwd.total, n_mid * layer.fwd.total, n_last * layer.fwd.total]
+    bwd_parts = [n_first * layer.bwd.total, n_mid * layer.bwd.total, n_last * layer.bwd.total]
+    dp_first = dp_time(ne_first, ex_first, t_first, fwd_parts[0], bwd_parts[0])
+    dp_mid = np.where(pp > 2, dp_time(ne_mid, ex_mid, t_mid, fwd_parts[1], bwd_parts[1]), 0.0)
+    dp_last = dp_time(ne_last, ex_last, t_last, fwd_parts[2], bwd_parts[2])
+
+    def optimizer_time(ne, ex):
+        local = ne / np.where(zero >= 1, dp_group, 1.0) + ex / np.where(zero >= 1, edp_group, 1.0)
+        return memory_bound_time(local * OPTIMIZER_STEP_BYTES[wl.optimizer], mem_bw=ctx.device.mem_bw,
+                                 profile=prof, kernels=8)
+
+    opt_first, opt_mid, opt_last = optimizer_time(ne_first, ex_first), optimizer_time(ne_mid, ex_mid), optimizer_time(ne_last, ex_last)
+    tail = np.stack([dp_first + opt_first, dp_mid + opt_mid, dp_last + opt_last])
+    tail_stage = np.argmax(tail, axis=0)
+    # Tied embeddings with pp > 1: the first and last stage all-reduce the embedding gradient.
+    emb_sync = np.where(single | (counts.output != 0), 0.0,
+                        comm.p2p(model.vocab_size * h / tp * gb, crosses, fab) * 2.0)
+
+    step = pipe + tail.max(axis=0) + emb_sync
+
+    # ---- time breakdown (sums to the step time) ---------------------------------------------
+    n_slow = _pick(slowest, n_first, n_mid, n_last)
+    has_emb = (slowest == 0) | single
+    has_log = (slowest == 2) | single
+    parts = {
+        "gemm": m * n_slow * (layer.fwd.gemm + layer.bwd.gemm),
+        "attention": m * n_slow * (layer.fwd.attention + layer.bwd.attention),
+        "elementwise": m * n_slow * (layer.fwd.elementwise + layer.bwd.elementwise),
+        "recompute": m * n_slow * recompute_layer,
+        "embedding_logits": m * (np.where(has_emb, emb_fwd + emb_bwd, 0.0) + np.where(has_log, log_fwd + log_bwd, 0.0)),
+        "tp_comm": m * n_slow * tp_exposed,
+        "cp_comm": m * n_slow * cp_exposed,
+        "ep_comm": m * n_slow * ep_comm,
+        "pp_p2p": m * p2p_exposed_mb,
+    }
+    parts["pipeline_bubble"] = pipe - sum(parts.values())
+    parts["dp_comm"] = _pick(tail_stage, dp_first, dp_mid, dp_last) + emb_sync
+    parts["optimizer"] = _pick(tail_stage, opt_first, opt_mid, opt_last)
+
+    # ---- memory per GPU, on the stage that needs the most ---------------------------------------
+    flash = ctx.attention_kernel == "flash"
+    act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
+    act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
+    if model.is_moe:
+        moe_act = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True)
+        act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
+        act_extra = np.maximum(act_extra, layer_activation_peak_extra(
+            model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True))
+    logits_act = logits_activation_bytes(model, b, s_local, tp)
+
+    if ctx.zero3_gather_unit == "module":
+        gather_unit_params = largest_matrix_params(model) / tp
+    else:
+        gather_unit_params = nonexpert_layer / tp + expert_layer / (tp * ep)
+
+    def stage_memory(ne, ex, n_layers, stage_index, with_logits):
+        w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer)
+        w_ex, g_ex, o_ex = model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer)
+        in_flight = pipeline_in_flight(pp, vpp, m, c.schedule, stage_index)
+        acts = n_layers * in_flight * act_layer + act_extra + np.where(with_logits, logits_act, 0.0)
+        z3_buffers = np.where(zero >= 3, 2.0 * 2.0 * gather_unit_params, 0.0)
+        tensors = w_ne + w_ex + g_ne + g_ex + o_ne + o_ex + acts + z3_buffers
+        overhead = ALLOCATOR_OVERHEAD * tensors + RUNTIME_RESERVED_BYTES
+        return {"weights": w_ne + w_ex, "gradients": g_ne + g_ex, "optimizer": o_ne + o_ex,
+                "activations": acts, "comm_buffers": z3_buffers, "overhead": overhead}
+
+    mems = [
+        stage_memory(ne_first, ex_first, n_first, 0.0, single),
+        stage_memory(ne_mid, ex_mid, n_mid, 1.0, np.zeros_like(single)),
+        stage_memory(ne_last, ex_last, n_last, pp - 1, np.ones_like(single)),
+    ]
+    totals = np.stack([sum(mm.values()) for mm in mems])
+    totals[1] = np.where(pp > 2, totals[1], 0.0)
+    peak_stage = np.argmax(totals, axis=0)
+    memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS}
+
+    # ---- FLOPs ---------------------------------------------------------------------------
+    tokens = float(wl.global_batch) * wl.seq_len
+    model_flops = model_flops_per_token(model, wl.seq_len) * tokens
+    attn_fwd_per_token = 2.0 * model.num_layers * model.num_heads * (attention_qk_dim(model) + attention_v_dim(model)) * wl.seq_len
+    layers_fwd_per_token = 2.0 * counts.layers_active + attn_fwd_per_token
+    recompute_flops = np.where(rc == 2, layers_fwd_per_token, np.where(rc == 1, attn_fwd_per_token, 0.0)) * tokens
+
+    return StepEvaluation(
+        step_time_s=step,
+        time_parts_s=parts,
+        memory_parts_bytes=memory_parts,
+        memory_bytes=totals.max(axis=0),
+        capacity_bytes=cluster.gpu.memory.capacity_bytes,
+        num_microbatches=m,
+        model_flops_per_step=model_flops,
+        hardware_flops_per_step=model_flops + recompute_flops,
+        peak_flops=cluster.gpu.peak(ctx.precision),
+        num_gpus=cluster.num_gpus,
+        tokens_per_step=tokens,
+    )

@@ -1,0 +1,87 @@
+"""Checks that a strategy can run this model on this cluster, with one-line errors that name the
+field and the fix. The planner applies the same rules as vectorised masks (kept beside them)."""
+
+from __future__ import annotations
+
+from sextant.errors import SpecError
+from sextant.spec.hardware import ClusterSpec
+from sextant.spec.model import ModelSpec
+from sextant.spec.strategy import Strategy
+from sextant.spec.workload import TrainWorkload
+
+
+def resolve_dp(strategy: Strategy, num_gpus: int) -> int:
+    model_parallel = strategy.tp * strategy.pp * strategy.cp
+    if num_gpus % model_parallel:
+        raise SpecError(
+            f"gpus={num_gpus} is not divisible by tp*pp*cp={model_parallel}; "
+            "change --gpus or the parallel degrees",
+            field="gpus",
+        )
+    dp = num_gpus // model_parallel
+    if strategy.dp is not None and strategy.dp != dp:
+        raise SpecError(
+            f"dp={strategy.dp} but gpus/(tp*pp*cp) = {num_gpus}/{model_parallel} = {dp}; "
+            "leave --dp out or make dp*tp*pp*cp equal --gpus",
+            field="dp",
+        )
+    return dp
+
+
+def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workload: TrainWorkload) -> int:  # noqa: C901
+    """Raise :class:`SpecError` for a strategy that cannot run; return the data-parallel degree."""
+    s = strategy
+    dp = resolve_dp(s, cluster.num_gpus)
+    if model.num_heads % s.tp:
+        raise SpecError(f"tp={s.tp} does not divide the {model.num_heads} attention heads of {model.name}", field="tp")
+    if model.mla is None and model.num_kv_heads % s.tp and s.tp % model.num_kv_heads:
+        raise SpecError(
+            f"tp={s.tp} and the {model.num_kv_heads} KV heads of {model.name} must divide one another",
+            field="tp",
+        )
+    if s.pp > model.num_layers:
+        raise SpecError(f"pp={s.pp} exceeds the {model.num_layers} layers of {model.name}", field="pp")
+    schedule = s.resolved_schedule
+    if s.vpp > 1:
+        if s.pp == 1:
+            raise SpecError("vpp > 1 needs pipeline parallelism (pp > 1)", field="vpp")
+        if schedule != "interleaved":
+            raise SpecError(f"vpp={s.vpp} needs the interleaved schedule, not {schedule}", field="vpp")
+        # Uneven chunks are allowed (Megatron-Core --account-for-embedding-in-pipeline-split:
+        # Llama 3 405B ran 126 layers as 16 x 8 chunks, the first holding only the embedding and
+        # the last only the loss), but every other chunk needs a layer.
+        if s.pp * s.vpp > model.num_layers + 2:
+            raise SpecError(
+                f"pp*vpp={s.pp * s.vpp} virtual stages exceed the {model.num_layers} layers of {model.name}",
+                field="vpp",
+            )
+    elif schedule == "interleaved" and s.pp > 1:
+        raise SpecError("the interleaved schedule needs vpp > 1", field="schedule")
+    if workload.seq_len % s.cp or (s.cp > 1 and (workload.seq_len // s.cp) % 2):
+        raise SpecError(
+            f"cp={s.cp} must split seq_len={workload.seq_len} into chunks of even length "
+            "(load-balanced causal ring attention)",
+            field="cp",
+        )
+    if s.ep > 1:
+        if model.moe is None:
+            raise SpecError(f"ep={s.ep} needs a mixture-of-experts model; {model.name} is dense", field="ep")
+        if model.moe.num_experts % s.ep:
+            raise SpecError(f"ep={s.ep} does not divide the {model.moe.num_experts} experts", field="ep")
+        if (dp * s.cp) % s.ep:
+            raise SpecError(f"ep={s.ep} must divide dp*cp={dp * s.cp} (experts are sharded across data-parallel ranks)",
+                            field="ep")
+    if s.sequence_parallel and s.tp == 1:
+        raise SpecError("sequence parallelism splits work across tensor-parallel ranks; it needs tp > 1", field="sequence_parallel")
+    per_replica = workload.global_batch / dp
+    if workload.global_batch % dp:
+        raise SpecError(f"global_batch={workload.global_batch} is not divisible by dp={dp}", field="global_batch")
+    if (workload.global_batch // dp) % s.micro_batch:
+        raise SpecError(
+            f"micro_batch={s.micro_batch} does not divide the {int(per_replica)} sequences per data-parallel replica "
+            f"(global_batch {workload.global_batch} / dp {dp})",
+            field="micro_batch",
+        )
+    if workload.seq_len > 10_000_000:
+        raise SpecError(f"seq_len={workload.seq_len} is beyond any model's context", field="seq_len")
+    return dp

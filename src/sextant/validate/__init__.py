@@ -1,0 +1,1 @@
+"""Validation: the published-run ledger, predictions against it, and the error report."""

@@ -1,0 +1,78 @@
+"""The training ledger: published runs with their configuration, citation and assumptions."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from sextant.catalog.frameworks import get_framework
+from sextant.errors import ScenarioError
+from sextant.spec.base import Spec
+from sextant.spec.scenario import TrainScenario, format_validation_error
+
+Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu"]
+
+
+class LedgerRow(Spec):
+    id: str
+    source: str
+    url: str | None = None
+    model: str
+    gpu: str
+    gpus: int = Field(gt=0)
+    gpus_per_node: int | None = None
+    node: str | None = None
+    network: str | None = None
+    nics_per_node: int | None = None
+    framework: str
+    strategy: dict[str, Any]
+    workload: dict[str, Any]
+    metric: Metric
+    published: float = Field(gt=0)
+    assumptions: list[str] = []
+    notes: str = ""
+
+    def scenario(self) -> TrainScenario:
+        """The row as a scenario; its framework preset fills what the row leaves unset."""
+        get_framework(self.framework)  # unknown names fail here, naming the row
+        hardware = {"gpu": self.gpu, "gpus": self.gpus}
+        for key in ("gpus_per_node", "node", "network", "nics_per_node"):
+            if getattr(self, key) is not None:
+                hardware[key] = getattr(self, key)
+        try:
+            return TrainScenario.model_validate(
+                {"model": self.model, "framework": self.framework, "hardware": hardware,
+                 "strategy": self.strategy, "workload": self.workload})
+        except ValidationError as err:
+            raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
+
+
+def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
+    if path is None:
+        text = resources.files("sextant.validate").joinpath("data", "training.yaml").read_text()
+        where = "built-in training ledger"
+    else:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ScenarioError(f"no such file {path}", field="ledger") from None
+        where = str(path)
+    data = yaml.safe_load(text) or []
+    if not isinstance(data, list):
+        raise ScenarioError(f"{where} must be a YAML list of rows", field="ledger")
+    rows = []
+    for i, item in enumerate(data):
+        try:
+            rows.append(LedgerRow.model_validate(item))
+        except ValidationError as err:
+            ident = item.get("id", f"#{i}") if isinstance(item, dict) else f"#{i}"
+            raise ScenarioError(format_validation_error(err), field=f"{where} row {ident}") from None
+    ids = [r.id for r in rows]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise ScenarioError(f"duplicate row ids {sorted(dupes)}", field=where)
+    return rows

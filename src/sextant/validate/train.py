@@ -1,0 +1,72 @@
+"""``validate train``: predict every ledger row and report the absolute percentage errors."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from sextant.train.candidates import Candidates
+from sextant.train.predict import build_context
+from sextant.train.step import evaluate
+from sextant.validate.ledger import LedgerRow, load_ledger
+
+
+class ValidationRow(BaseModel):
+    id: str
+    model: str
+    gpu: str
+    gpus: int
+    metric: str
+    published: float
+    predicted: float
+    ape: float
+    fits: bool
+    step_time_s: float
+    source: str
+    assumptions: list[str]
+
+
+class ValidationReport(BaseModel):
+    rows: list[ValidationRow]
+    median_ape: float
+    max_ape: float
+    max_ape_id: str
+    rows_not_fitting: int
+
+
+def predicted_metric(row: LedgerRow) -> tuple[float, float, bool]:
+    """(predicted value of the row's metric, predicted step time, fits) for one row."""
+    ctx, cand = build_context(row.scenario())
+    return metric_of(row.metric, ctx, cand)
+
+
+def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
+    ev = evaluate(ctx, cand)
+    step = float(ev.step_time_s[0])
+    n = ev.num_gpus
+    value = {
+        "step_time_s": step,
+        "megatron_tflops_per_gpu": float(ev.hardware_flops_per_step[0]) / step / n / 1e12,
+        "model_tflops_per_gpu": ev.model_flops_per_step / step / n / 1e12,
+        "mfu": float(ev.mfu[0]),
+        "hfu": float(ev.hfu[0]),
+        "tokens_per_s_per_gpu": ev.tokens_per_step / step / n,
+    }[metric]
+    return value, step, bool(ev.fits[0])
+
+
+def validate_training(path: str | Path | None = None) -> ValidationReport:
+    rows = []
+    for row in load_ledger(path):
+        predicted, step, fits = predicted_metric(row)
+        rows.append(ValidationRow(
+            id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric,
+            published=row.published, predicted=predicted, ape=abs(predicted - row.published) / row.published,
+            fits=fits, step_time_s=step, source=row.source, assumptions=row.assumptions,
+        ))
+    apes = [r.ape for r in rows]
+    worst = max(rows, key=lambda r: r.ape)
+    return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape,
+                            max_ape_id=worst.id, rows_not_fitting=sum(not r.fits for r in rows))
