@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sextant.spec.scenario import load_scenario, parse_scenario
+from sextant.spec.scenario import default_train_scenario_path, load_scenario, parse_scenario
 from sextant.train.predict import predict_train
 
 # Typer needs Optional[...] on Python 3.10 for options that may be absent.
@@ -71,11 +71,11 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
 ) -> None:
     """Predict step time, throughput, MFU and memory of one training configuration.
 
-    With no arguments: Llama 3.1 8B on one 8x H100 node.
+    With no arguments: the built-in default scenario (src/sextant/scenarios/default-train.yaml),
+    Llama 3.1 8B on one 8x H100 node; flags override any of its values.
     """
-    tree: dict[str, Any] = {}
-    if scenario is not None:
-        tree = load_scenario(scenario).model_dump(exclude_unset=True)
+    base = scenario if scenario is not None else default_train_scenario_path()
+    tree: dict[str, Any] = load_scenario(base).model_dump(exclude_unset=True)
     if model is not None:
         tree["model"] = model
     if framework is not None:
@@ -89,7 +89,7 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         _set(tree, "strategy", key, value)
     for key, value in (("global_batch", global_batch), ("seq_len", seq_len), ("optimizer", optimizer)):
         _set(tree, "workload", key, value)
-    result = predict_train(parse_scenario(tree, source="options"))
+    result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None))
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return

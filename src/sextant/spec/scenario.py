@@ -54,10 +54,23 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     return f"{loc}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def parse_scenario(data: dict[str, Any], source: str = "scenario") -> TrainScenario:
+def default_train_scenario_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("sextant").joinpath("scenarios", "default-train.yaml")))
+
+
+def parse_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> TrainScenario:
+    """Validate a scenario tree. ``from_flags``: name the offending CLI flag (``--tp``) rather
+    than its path in the scenario (``strategy.tp``)."""
     try:
         return TrainScenario.model_validate(data)
     except ValidationError as err:
+        if from_flags:
+            first = err.errors()[0]
+            flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else source
+            got = f" (got {first['input']!r})" if "input" in first else ""
+            raise ScenarioError(f"{first['msg']}{got}", field=flag) from None
         raise ScenarioError(format_validation_error(err), field=source) from None
 
 

@@ -103,13 +103,14 @@ def predict_train(scenario: TrainScenario) -> TrainResult:
         f"framework overhead: {ALLOCATOR_OVERHEAD:.0%} allocator fragmentation + "
         f"{RUNTIME_RESERVED_BYTES / GiB:.1f} GiB runtime (CUDA context, workspaces, NCCL)",
         f"attention kernel: {ctx.attention_kernel}; dropout: {'on' if ctx.dropout else 'off'}",
-        f"overlap: {', '.join(k for k, v in ctx.overlap.model_dump().items() if v) or 'none'}",
+        "overlap: " + (", ".join(k for k, v in ctx.overlap.model_dump().items() if v is True) or "none")
+        + (f" (hiding {ctx.overlap.efficiency:.0%} of the overlappable time)" if ctx.overlap.efficiency < 1 else ""),
         f"data-parallel collectives: {ctx.dp_collective}",
     ]
     if ctx.model.is_moe:
         assumptions.append(f"expert load imbalance {EXPERT_IMBALANCE} (busiest rank / mean)")
     return TrainResult(
-        model=ctx.model.name, gpu=ctx.cluster.gpu.name, gpus=ctx.cluster.num_gpus,
+        model=ctx.model.name, framework=scenario.framework, gpu=ctx.cluster.gpu.name, gpus=ctx.cluster.num_gpus,
         dp=int(cand.dp[0]), tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, vpp=s.vpp, zero=s.zero,
         micro_batch=s.micro_batch, global_batch=scenario.workload.global_batch,
         seq_len=scenario.workload.seq_len, recompute=s.recompute, sequence_parallel=s.sequence_parallel,

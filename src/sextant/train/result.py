@@ -34,6 +34,7 @@ class TrainResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
+    framework: str | None
     gpu: str
     gpus: int
     dp: int

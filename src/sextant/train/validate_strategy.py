@@ -31,7 +31,6 @@ def resolve_dp(strategy: Strategy, num_gpus: int) -> int:
 def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workload: TrainWorkload) -> int:  # noqa: C901
     """Raise :class:`SpecError` for a strategy that cannot run; return the data-parallel degree."""
     s = strategy
-    dp = resolve_dp(s, cluster.num_gpus)
     if model.num_heads % s.tp:
         raise SpecError(f"tp={s.tp} does not divide the {model.num_heads} attention heads of {model.name}", field="tp")
     if model.mla is None and model.num_kv_heads % s.tp and s.tp % model.num_kv_heads:
@@ -39,6 +38,7 @@ def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
             f"tp={s.tp} and the {model.num_kv_heads} KV heads of {model.name} must divide one another",
             field="tp",
         )
+    dp = resolve_dp(s, cluster.num_gpus)
     if s.pp > model.num_layers:
         raise SpecError(f"pp={s.pp} exceeds the {model.num_layers} layers of {model.name}", field="pp")
     schedule = s.resolved_schedule
