@@ -148,9 +148,24 @@ def test_memory_parts_non_negative_and_sum_to_total(case):
 @given(model_and_row())
 def test_zero_stage_never_increases_memory(case):
     name, row = case
+    model = context(name).model
     assume(row["dp"] * row["cp"] > 1)
+    # ZeRO-3 keeps gathered-weight buffers for about two layers: with fewer than 4 layers per
+    # stage and dp = 2 it may legitimately cost more than ZeRO-2. Expert weights are sharded over
+    # dp*cp/ep ranks; with that group of 1 see test_zero3_moe_unsharded_experts.
+    assume(model.num_layers // row["pp"] >= 4)
+    assume(model.moe is None or row["dp"] * row["cp"] // row["ep"] > 1)
     ev = evaluate(context(name), table(variants(row, "zero", [0, 1, 2, 3])))
     assert np.all(np.diff(ev.memory_bytes) <= 1e-12 * ev.memory_bytes[1:]), ev.memory_bytes
+
+
+def test_zero3_moe_unsharded_experts():
+    ctx = build_context(TrainScenario(model="mixtral-8x7b", hardware={"gpu": "h100-sxm", "gpus": 8},
+                                      workload={"global_batch": 32, "seq_len": 2048}))[0]
+    row = dict(dp=2, tp=4, pp=1, cp=1, ep=2, vpp=1, zero=2, micro_batch=1, recompute=0, schedule=1,
+               sequence_parallel=True)  # expert-data-parallel group: dp*cp/ep = 1
+    ev = evaluate(ctx, table(variants(row, "zero", [2, 3])))
+    assert ev.memory_bytes[1] <= ev.memory_bytes[0]
 
 
 # ---- recomputation ------------------------------------------------------------------------------
@@ -165,10 +180,6 @@ def test_more_recompute_less_activation_memory_more_time(case):
     assert non_decreasing(ev.step_time_s), ev.step_time_s
 
 
-@pytest.mark.xfail(strict=True, reason="full recomputation counts the checkpointed layer input twice (kept input "
-                   "2sbh + the recomputed layer's full activations, which already include that input): when a "
-                   "stage holds one layer of one micro-batch, full recompute reports more activation memory "
-                   "than no recompute")
 def test_full_recompute_one_layer_per_stage():
     ctx = context("gpt3-1.3b")
     # pp = 24: one layer per stage; global batch 768 = dp 4 x micro-batch 192 x 1 micro-batch.

@@ -129,7 +129,7 @@ def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks
     from sextant import catalog
     from sextant.errors import SpecError
 
-    console = Console()
+    console = Console(width=max(Console().width, 200))  # names must survive a pipe to grep
     if kind == "gpus":
         table = Table("name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM GB/s", "link GB/s/dir", "TDP W", "source")
         for name in catalog.gpu_names():

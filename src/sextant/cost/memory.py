@@ -104,11 +104,13 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
 def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
                                 moe_layer: bool = False) -> np.ndarray:
     """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
-    layer's complete activations exist again for the duration of its backward."""
+    layer's complete activations exist again for the duration of its backward (less its input,
+    which was kept and is counted already); with selective, its attention core's."""
     full = layer_activation_bytes(model, b, s, t, sp, 0, flash=flash, dropout=dropout, moe_layer=moe_layer)
     sel = layer_activation_bytes(model, b, s, t, sp, 1, flash=flash, dropout=dropout, moe_layer=moe_layer)
+    kept_input = layer_activation_bytes(model, b, s, t, sp, 2, flash=flash, dropout=dropout, moe_layer=moe_layer)
     recompute = np.asarray(recompute)
-    return np.where(recompute == 2, full, np.where(recompute == 1, full - sel, 0.0))
+    return np.where(recompute == 2, full - kept_input, np.where(recompute == 1, full - sel, 0.0))
 
 
 def logits_activation_bytes(model: ModelSpec, b, s, t) -> np.ndarray:

@@ -40,10 +40,24 @@ class TrainScenario(Spec):
     workload: TrainWorkload = TrainWorkload()
 
 
+#: Tags pydantic puts in an error's location for the branch of a union (``model: str | ModelSpec``).
+_UNION_TAGS = {"str", "ModelSpec", "MoESpec", "MLASpec"}
+
+
+def _most_useful(errors: list) -> dict:
+    """The error a person should see first: an unknown key, else the deepest location, and never
+    the "should be a string" of the union branch the input plainly was not meant for."""
+    def rank(e):
+        loc = [str(p) for p in e["loc"]]
+        return (e["type"] != "extra_forbidden", bool(loc) and loc[-1] in _UNION_TAGS, -len(loc))
+
+    return min(errors, key=rank)
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """The first problem of a pydantic error as one line: ``field.path: message``."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    """The most useful problem of a pydantic error as one line: ``field.path: message``."""
+    first = _most_useful(err.errors())
+    loc = ".".join(str(p) for p in first["loc"] if str(p) not in _UNION_TAGS)
     loc = f"{prefix}{loc}" if loc else prefix.rstrip(".")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":

@@ -21,15 +21,22 @@ import numpy as np
 
 
 def stage_layers(num_layers: int, pp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Layers on the first stage, on the fullest middle stage, and on the last stage."""
+    """Layers on the first stage, on the fullest middle stage, and on the last stage.
+
+    Every stage gets floor(L/p) layers; the L mod p left over go one each to middle stages first
+    (the first and last stage also carry the embedding and the output layer), and only when every
+    middle stage has one, to the first stage. With p = 1 the single stage is first and last;
+    with p <= 2 there is no middle stage (its count is 0).
+    """
     pp = np.asarray(pp, dtype=float)
-    n_mid = np.ceil(num_layers / pp)
-    rest = num_layers - np.maximum(pp - 2, 0) * n_mid
-    n_first = np.floor(rest / np.where(pp >= 2, 2.0, 1.0))
-    n_last = rest - np.where(pp >= 2, n_first, 0.0)
+    base = np.floor(num_layers / pp)
+    extra = num_layers - base * pp
+    middles = np.maximum(pp - 2, 0)
+    n_mid = np.where(middles > 0, base + (extra > 0), 0.0)
+    n_first = base + np.where(extra > middles, 1.0, 0.0)
+    n_last = base.copy()
     n_first = np.where(pp == 1, num_layers, n_first)
     n_last = np.where(pp == 1, num_layers, n_last)
-    n_mid = np.where(pp <= 2, 0.0, n_mid)
     return n_first, n_mid, n_last
 
 

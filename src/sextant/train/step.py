@@ -340,7 +340,8 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
     if ctx.zero3_gather_unit == "module":
         gather_unit_params = largest_matrix_params(model) / tp
     else:
-        gather_unit_params = nonexpert_layer / tp + expert_layer / (tp * ep)
+        # Experts are sharded (and gathered) only over their expert-data-parallel group.
+        gather_unit_params = nonexpert_layer / tp + np.where(edp_group > 1, expert_layer / (tp * ep), 0.0)
 
     def stage_memory(ne, ex, n_layers, stage_index, with_logits):
         w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer)
