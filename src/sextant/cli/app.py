@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import train_cmds
+from sextant.cli import plan_cmds, train_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -19,11 +19,14 @@ app = typer.Typer(
 )
 predict_app = typer.Typer(help="Predict one configuration.", no_args_is_help=True)
 validate_app = typer.Typer(help="Compare predictions with published measurements.", no_args_is_help=True)
+plan_app = typer.Typer(help="Search for the best configuration.", no_args_is_help=True)
 catalog_app = typer.Typer(help="List built-in GPUs, nodes, networks and models.", no_args_is_help=True)
 app.add_typer(predict_app, name="predict")
+app.add_typer(plan_app, name="plan")
 app.add_typer(validate_app, name="validate")
 app.add_typer(catalog_app, name="catalog")
 predict_app.command("train")(train_cmds.predict_train_cmd)
+plan_app.command("train")(plan_cmds.plan_train_cmd)
 validate_app.command("train")(train_cmds.validate_train_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
 

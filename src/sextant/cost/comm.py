@@ -52,50 +52,105 @@ def _f(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+@dataclass(frozen=True)
+class Collective:
+    """Time of one collective on one group as a function of the buffer size: the minimum over
+    algorithms of ``bytes * per_byte + fixed``. Build it once per group, apply it to many sizes
+    (the planner evaluates millions of groups; the algorithms are affine in the size)."""
+
+    terms: tuple[tuple[np.ndarray, np.ndarray], ...]
+    active: np.ndarray  # False where the group has one rank: no communication
+
+    def __call__(self, bytes_) -> np.ndarray:
+        times = [bytes_ * a + c for a, c in self.terms]
+        t = times[0] if len(times) == 1 else np.minimum(*times) if len(times) == 2 else np.min(times, axis=0)
+        return np.where(self.active, t, 0.0)
+
+
+def _ring_ar(n, bw, latency):
+    """(per_byte, fixed) of a ring all-reduce over n ranks."""
+    return 2 * (n - 1) / n / bw, 2 * (n - 1) * latency
+
+
+def _tree_ar(n, bw, latency):
+    """(per_byte, fixed) of a double-binary-tree all-reduce over n ranks."""
+    return 2 / bw + 0 * n, 2 * np.log2(np.maximum(n, 1)) * latency
+
+
+def _ring_ag(n, bw, latency):
+    """(per_byte, fixed) of a ring all-gather / reduce-scatter over n ranks."""
+    return (n - 1) / n / bw, (n - 1) * latency
+
+
 def ring_all_reduce(bytes_, n, bw, latency) -> np.ndarray:
     n = _f(n)
-    return np.where(n > 1, 2 * (n - 1) / n * bytes_ / bw + 2 * (n - 1) * latency, 0.0)
+    a, c = _ring_ar(n, bw, latency)
+    return np.where(n > 1, bytes_ * a + c, 0.0)
 
 
 def tree_all_reduce(bytes_, n, bw, latency) -> np.ndarray:
     n = _f(n)
-    return np.where(n > 1, 2 * bytes_ / bw + 2 * np.log2(np.maximum(n, 1)) * latency, 0.0)
+    a, c = _tree_ar(n, bw, latency)
+    return np.where(n > 1, bytes_ * a + c, 0.0)
 
 
 def ring_all_gather(bytes_, n, bw, latency) -> np.ndarray:
     """Also the time of a reduce-scatter of the same buffer."""
     n = _f(n)
-    return np.where(n > 1, (n - 1) / n * bytes_ / bw + (n - 1) * latency, 0.0)
+    a, c = _ring_ag(n, bw, latency)
+    return np.where(n > 1, bytes_ * a + c, 0.0)
 
 
 def _split(n, per_node) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of a group in one node (g) and number of nodes it spans (k), for ``per_node``
     group members per node as placed by the rank order."""
-    g = np.minimum(_f(n), _f(per_node))
-    g = np.maximum(g, 1.0)
+    g = np.maximum(np.minimum(_f(n), _f(per_node)), 1.0)
     return g, _f(n) / g
 
 
-def all_reduce(bytes_, n, per_node, fab: Fabric, *, flat: bool | np.ndarray = False) -> np.ndarray:
-    """All-reduce over a group of ``n`` ranks with ``per_node`` of them in each node."""
+def _combine(spans, inside, across):
+    """Per-row choice between the intra-node and the spanning terms (same algorithm order)."""
+    return tuple((np.where(spans, a2, a1), np.where(spans, c2, c1)) for (a1, c1), (a2, c2) in zip(inside, across))
+
+
+def all_reduce_cost(n, per_node, fab: Fabric, *, flat: bool = False) -> Collective:
+    """All-reduce over groups of ``n`` ranks with ``per_node`` of them in each node."""
+    n = _f(n)
     g, k = _split(n, per_node)
-    intra_only = np.minimum(ring_all_reduce(bytes_, g, fab.intra_bw, fab.intra_latency),
-                            tree_all_reduce(bytes_, g, fab.intra_bw, fab.intra_latency))
-    inter = np.minimum(ring_all_reduce(bytes_ / g, k, fab.inter_bw, fab.inter_latency),
-                       tree_all_reduce(bytes_ / g, k, fab.inter_bw, fab.inter_latency))
-    hier = 2 * ring_all_gather(bytes_, g, fab.intra_bw, fab.intra_latency) + inter
-    flat_t = ring_all_reduce(bytes_, n, np.minimum(fab.intra_bw, fab.inter_bw), fab.inter_latency)
-    spanning = np.where(flat, flat_t, hier)
-    return np.where(k > 1, spanning, intra_only)
+    inside = (_ring_ar(g, fab.intra_bw, fab.intra_latency), _tree_ar(g, fab.intra_bw, fab.intra_latency))
+    if flat:
+        bw = min(fab.intra_bw, fab.inter_bw)
+        across = (_ring_ar(n, bw, fab.inter_latency), _tree_ar(n, bw, fab.inter_latency))
+    else:
+        # Hierarchical: intra reduce-scatter + inter all-reduce of bytes/g + intra all-gather.
+        a_in, c_in = _ring_ag(g, fab.intra_bw, fab.intra_latency)
+        across = tuple((2 * a_in + a / g, 2 * c_in + c) for a, c in (
+            _ring_ar(k, fab.inter_bw, fab.inter_latency), _tree_ar(k, fab.inter_bw, fab.inter_latency)))
+    return Collective(terms=_combine(k > 1, inside, across), active=n > 1)
 
 
-def all_gather(bytes_, n, per_node, fab: Fabric, *, flat: bool | np.ndarray = False) -> np.ndarray:
+def all_gather_cost(n, per_node, fab: Fabric, *, flat: bool = False) -> Collective:
+    """All-gather (or reduce-scatter) over groups of ``n`` ranks with ``per_node`` per node."""
+    n = _f(n)
+    g, k = _split(n, per_node)
+    inside = (_ring_ag(g, fab.intra_bw, fab.intra_latency),)
+    if flat:
+        across = (_ring_ag(n, min(fab.intra_bw, fab.inter_bw), fab.inter_latency),)
+    else:
+        a_in, c_in = _ring_ag(g, fab.intra_bw, fab.intra_latency)
+        a_out, c_out = _ring_ag(k, fab.inter_bw, fab.inter_latency)
+        across = ((a_in + a_out / g, c_in + c_out),)
+    return Collective(terms=_combine(k > 1, inside, across), active=n > 1)
+
+
+def all_reduce(bytes_, n, per_node, fab: Fabric, *, flat: bool = False) -> np.ndarray:
+    """All-reduce of a ``bytes_`` buffer over ``n`` ranks, ``per_node`` of them per node."""
+    return all_reduce_cost(n, per_node, fab, flat=flat)(bytes_)
+
+
+def all_gather(bytes_, n, per_node, fab: Fabric, *, flat: bool = False) -> np.ndarray:
     """All-gather (or reduce-scatter) of a ``bytes_`` buffer over ``n`` ranks."""
-    g, k = _split(n, per_node)
-    intra = ring_all_gather(bytes_, g, fab.intra_bw, fab.intra_latency)
-    hier = ring_all_gather(bytes_ / g, k, fab.inter_bw, fab.inter_latency) + intra
-    flat_t = ring_all_gather(bytes_, n, np.minimum(fab.intra_bw, fab.inter_bw), fab.inter_latency)
-    return np.where(k > 1, np.where(flat, flat_t, hier), intra)
+    return all_gather_cost(n, per_node, fab, flat=flat)(bytes_)
 
 
 def all_to_all(bytes_, n, per_node, fab: Fabric) -> np.ndarray:

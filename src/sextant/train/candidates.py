@@ -49,5 +49,9 @@ class Candidates:
             schedule=col(SCHEDULE_CODES[strategy.resolved_schedule]),
         )
 
+    def take(self, index: np.ndarray) -> Candidates:
+        """The rows at ``index``, as a new table."""
+        return Candidates(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
     def row(self, i: int) -> dict[str, int | bool]:
         return {name: getattr(self, name)[i].item() for name in self.__dataclass_fields__}

@@ -54,7 +54,9 @@ def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, float]:
     return scenario.model_copy(update=updates), float(preset.get("kernel_efficiency", 1.0))
 
 
-def build_context(scenario: TrainScenario) -> tuple[TrainContext, Candidates]:
+def resolve_context(scenario: TrainScenario) -> TrainContext:
+    """The scenario's model, cluster, profile and fixed options, with its framework preset
+    applied; the parallel strategy is not checked (the planner varies it)."""
     scenario, kernel_efficiency = apply_framework(scenario)
     model = scenario.model if isinstance(scenario.model, ModelSpec) else get_model(scenario.model)
     hw = scenario.hardware
@@ -70,13 +72,19 @@ def build_context(scenario: TrainScenario) -> tuple[TrainContext, Candidates]:
         })
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100
-    dp = check_strategy(model, cluster, strategy, workload)
-    ctx = TrainContext(
+    return TrainContext(
         model=model, cluster=cluster, profile=profile, workload=workload,
         precision=strategy.precision, attention_kernel=strategy.attention_kernel,
         dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
         zero3_gather_unit=strategy.zero3_gather_unit,
     )
+
+
+def build_context(scenario: TrainScenario) -> tuple[TrainContext, Candidates]:
+    """The context and the scenario's strategy as a one-row table, after checking it can run."""
+    ctx = resolve_context(scenario)
+    strategy = apply_framework(scenario)[0].strategy
+    dp = check_strategy(ctx.model, ctx.cluster, strategy, ctx.workload)
     return ctx, Candidates.from_strategy(strategy, dp)
 
 

@@ -147,8 +147,8 @@ class StepEvaluation:
 
 
 def _pick(index: np.ndarray, first, mid, last) -> np.ndarray:
-    return np.choose(index, [np.broadcast_to(first, index.shape), np.broadcast_to(mid, index.shape),
-                             np.broadcast_to(last, index.shape)])
+    """Per row, the value of the stage ``index`` names (0 first, 1 middle, 2 last)."""
+    return np.where(index == 0, first, np.where(index == 1, mid, last))
 
 
 def _average_layer(ctx: TrainContext, c: Candidates, b, s_q, s_kv) -> tuple[LayerCost, float]:
@@ -186,62 +186,125 @@ def _group_per_node(size, stride, gpus_per_node) -> np.ndarray:
     return np.maximum(1.0, np.minimum(np.asarray(size, float), gpus_per_node / np.asarray(stride, float)))
 
 
-def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 - one formula, kept together
+#: Columns that every per-layer quantity depends on; the rest only select and combine them.
+LAYER_KEY = ("tp", "cp", "ep", "micro_batch", "sequence_parallel", "recompute")
+
+
+def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
+    """Everything that depends only on the LAYER_KEY columns: one layer's compute, exposed
+    tensor/context/expert-parallel communication and activation memory per micro-batch, and the
+    embedding and output layer."""
+    model, wl, fab = ctx.model, ctx.workload, comm.Fabric.of(ctx.cluster, ctx.profile)
+    gpn = ctx.cluster.gpus_per_node
+    h = model.hidden_size
+    f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    tp, cp, ep, b = f(c.tp), f(c.cp), f(c.ep), f(c.micro_batch)
+    sp, rc = c.sequence_parallel, c.recompute
+    s_local = wl.seq_len / cp
+    flash = ctx.attention_kernel == "flash"
+    eta = ctx.overlap.efficiency
+
+    layer, moe_share = _average_layer(ctx, c, b, s_local, wl.seq_len)
+    recompute_layer = np.where(rc == 2, layer.fwd.total, np.where(rc == 1, layer.attention_core_fwd, 0.0))
+    emb_fwd, emb_bwd = embedding_cost(model, b, s_local, ctx.device)
+    log_fwd, log_bwd = logits_cost(model, b, s_local, tp, ctx.device)
+
+    act_bytes = 2.0 * b * s_local * h
+    tp_one = comm.all_reduce(act_bytes, tp, _group_per_node(tp, 1, gpn), fab)
+    tp_total = (4.0 + np.where(rc == 2, 2.0, 0.0)) * tp_one
+    gemm_layer = layer.fwd.gemm + layer.bwd.gemm
+    tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
+
+    kv_dim = (model.num_heads if model.mla else model.num_kv_heads) * (attention_qk_dim(model) + attention_v_dim(model))
+    kv_bytes = 2.0 * b * s_local * kv_dim / tp
+    cp_per_node = _group_per_node(cp, tp, gpn)
+    cp_comm = (cp - 1) * comm.p2p(kv_bytes, cp_per_node < cp, fab) * 3.0  # fwd: K,V; bwd: K,V, dK,dV
+    cp_exposed = np.where(cp > 1, _exposed(cp_comm, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
+
+    if model.is_moe:
+        a2a_bytes = 2.0 * b * s_local * h * model.moe.top_k / np.where(sp, tp, 1.0)
+        ep_per_node = _group_per_node(ep, tp * cp, gpn)
+        ep_comm = 4.0 * comm.all_to_all(a2a_bytes * ctx.expert_imbalance, ep, ep_per_node, fab) * moe_share
+    else:
+        ep_comm = np.zeros_like(tp)
+
+    act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
+    act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
+    if model.is_moe:
+        moe_act = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True)
+        act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
+        act_extra = np.maximum(act_extra, layer_activation_peak_extra(
+            model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True))
+
+    return {
+        "fwd_gemm": layer.fwd.gemm, "fwd_attention": layer.fwd.attention, "fwd_elementwise": layer.fwd.elementwise,
+        "bwd_gemm": layer.bwd.gemm, "bwd_attention": layer.bwd.attention, "bwd_elementwise": layer.bwd.elementwise,
+        "fwd": layer.fwd.total, "bwd": layer.bwd.total, "recompute": recompute_layer,
+        "emb": emb_fwd + emb_bwd, "logits": log_fwd + log_bwd,
+        "tp_exposed": tp_exposed, "cp_exposed": cp_exposed, "ep_comm": ep_comm,
+        "time": layer.fwd.total + layer.bwd.total + recompute_layer + tp_exposed + cp_exposed + ep_comm,
+        "act_layer": act_layer, "act_extra": act_extra,
+        "logits_act": logits_activation_bytes(model, b, s_local, tp),
+    }
+
+
+def _unique_rows(c: Candidates, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first row of each distinct combination of ``columns``, and for every row
+    the index of its combination (so ``values[inverse]`` expands per-combination values)."""
+    key = np.zeros(len(c), dtype=np.int64)
+    size = 1
+    for name in columns:
+        col = getattr(c, name).astype(np.int64)
+        # Rank of each value among the column's distinct values (a lookup table over 0..max).
+        present = np.zeros(int(col.max()) + 1, dtype=bool)
+        present[col] = True
+        rank = np.cumsum(present) - 1
+        key = key * int(rank[-1] + 1) + rank[col]
+        size *= int(rank[-1] + 1)
+    if size > 1 << 22:  # sparse key space: sort
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    # Dense key space: a lookup table, O(rows). Writing the row numbers in reverse order leaves
+    # each key's first row in the table.
+    first_of_key = np.full(size, -1, dtype=np.int64)
+    first_of_key[key[::-1]] = np.arange(len(key) - 1, -1, -1)
+    present = np.flatnonzero(first_of_key >= 0)
+    slot = np.full(size, -1, dtype=np.int64)
+    slot[present] = np.arange(len(present))
+    return first_of_key[present], slot[key]
+
+
+def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEvaluation:  # noqa: C901
+    """Step time, memory and FLOPs of every row of ``c``. ``detail=False`` skips the per-part
+    time and memory breakdowns (empty dicts) for searches that only rank; the totals are the same
+    expressions either way."""
     model, cluster, prof, wl = ctx.model, ctx.cluster, ctx.profile, ctx.workload
     fab = comm.Fabric.of(cluster, prof)
     gpn = cluster.gpus_per_node
     h = model.hidden_size
     f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     tp, pp, cp, ep, dp, vpp, b = f(c.tp), f(c.pp), f(c.cp), f(c.ep), f(c.dp), f(c.vpp), f(c.micro_batch)
-    sp = c.sequence_parallel
     rc = c.recompute
+    eta = ctx.overlap.efficiency
     m = wl.global_batch / (dp * b)
     s_local = wl.seq_len / cp
 
-    # ---- compute per micro-batch ------------------------------------------------------------
-    layer, moe_share = _average_layer(ctx, c, b, s_local, wl.seq_len)
-    recompute_layer = np.where(rc == 2, layer.fwd.total, np.where(rc == 1, layer.attention_core_fwd, 0.0))
-    emb_fwd, emb_bwd = embedding_cost(model, b, s_local, ctx.device)
-    log_fwd, log_bwd = logits_cost(model, b, s_local, tp, ctx.device)
-
-    # ---- per-layer communication ------------------------------------------------------------
+    # ---- per layer: computed once per distinct (tp, cp, ep, micro_batch, sp, recompute) --------
+    first, inverse = _unique_rows(c, LAYER_KEY)
+    per_layer = {k: np.broadcast_to(v, first.shape)[inverse] for k, v in _per_layer(ctx, c.take(first)).items()}
+    layer_time = per_layer["time"]
+    emb_both, log_both = per_layer["emb"], per_layer["logits"]
     act_bytes = 2.0 * b * s_local * h
-    tp_per_node = _group_per_node(tp, 1, gpn)
-    tp_one = comm.all_reduce(act_bytes, tp, tp_per_node, fab)
-    tp_count = 4.0 + np.where(rc == 2, 2.0, 0.0)
-    tp_total = tp_count * tp_one
-    gemm_layer = layer.fwd.gemm + layer.bwd.gemm
-    eta = ctx.overlap.efficiency
-    tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
-
-    kv_dim = (model.num_heads if model.mla else model.num_kv_heads) * (attention_qk_dim(model) + attention_v_dim(model))
-    kv_bytes = 2.0 * b * s_local * kv_dim / tp
-    cp_per_node = _group_per_node(cp, tp, gpn)
-    cp_step = comm.p2p(kv_bytes, cp_per_node < cp, fab)
-    cp_comm = (cp - 1) * cp_step * 3.0  # forward: K,V; backward: K,V and dK,dV
-    cp_exposed = np.where(cp > 1, _exposed(cp_comm, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
-
-    if model.is_moe:
-        moe = model.moe
-        a2a_bytes = 2.0 * b * s_local * h * moe.top_k / np.where(sp, tp, 1.0)
-        ep_per_node = _group_per_node(ep, tp * cp, gpn)
-        ep_comm = 4.0 * comm.all_to_all(a2a_bytes * ctx.expert_imbalance, ep, ep_per_node, fab) * moe_share
-    else:
-        ep_comm = np.zeros_like(tp)
-
-    layer_compute = layer.fwd.total + layer.bwd.total + recompute_layer
-    layer_time = layer_compute + tp_exposed + cp_exposed + ep_comm
 
     # ---- stages and pipeline ----------------------------------------------------------------
     n_first, n_mid, n_last = stage_layers(model.num_layers, pp)
     single = pp == 1
-    t_first = n_first * layer_time + emb_fwd + emb_bwd + np.where(single, log_fwd + log_bwd, 0.0)
+    t_first = n_first * layer_time + emb_both + np.where(single, log_both, 0.0)
     t_mid = n_mid * layer_time
-    t_last = n_last * layer_time + log_fwd + log_bwd + np.where(single, emb_fwd + emb_bwd, 0.0)
+    t_last = n_last * layer_time + log_both + np.where(single, emb_both, 0.0)
     stage_t = np.stack([t_first, t_mid, t_last])
-    slowest = np.argmax(stage_t, axis=0)
     t_max = stage_t.max(axis=0)
-    t_sum = model.num_layers * layer_time + emb_fwd + emb_bwd + log_fwd + log_bwd
+    t_sum = model.num_layers * layer_time + emb_both + log_both
 
     crosses = (tp * cp * dp) >= gpn
     p2p_one = comm.p2p(act_bytes / tp, crosses, fab)
@@ -270,13 +333,17 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
     flat = ctx.dp_collective == "flat_ring"
     zero = c.zero
 
+    # One cost per group, applied to every buffer size below (collectives are affine in size).
+    dp_ar = comm.all_reduce_cost(dp_group, dp_per_node, fab, flat=flat)
+    dp_ag = comm.all_gather_cost(dp_group, dp_per_node, fab, flat=flat)
+    if model.is_moe:
+        edp_ar = comm.all_reduce_cost(edp_group, edp_per_node, fab, flat=flat)
+        edp_ag = comm.all_gather_cost(edp_group, edp_per_node, fab, flat=flat)
+
     def dp_time(ne, ex, compute_mb, fwd_mb, bwd_mb):
-        ar = comm.all_reduce(ne * gb, dp_group, dp_per_node, fab, flat=flat) + comm.all_reduce(
-            ex * gb, edp_group, edp_per_node, fab, flat=flat)
-        rs = comm.all_gather(ne * gb, dp_group, dp_per_node, fab, flat=flat) + comm.all_gather(
-            ex * gb, edp_group, edp_per_node, fab, flat=flat)
-        ag = comm.all_gather(ne * 2.0, dp_group, dp_per_node, fab, flat=flat) + comm.all_gather(
-            ex * 2.0, edp_group, edp_per_node, fab, flat=flat)
+        ar, rs, ag = dp_ar(ne * gb), dp_ag(ne * gb), dp_ag(ne * 2.0)
+        if model.is_moe:
+            ar, rs, ag = ar + edp_ar(ex * gb), rs + edp_ag(ex * gb), ag + edp_ag(ex * 2.0)
         grad_sync = np.where(zero == 0, ar, rs)
         grad_exposed = _exposed(grad_sync, bwd_mb, eta) if ctx.overlap.dp_grad_reduce else grad_sync
         gather_exposed = _exposed(ag, fwd_mb, eta) if ctx.overlap.dp_param_gather else ag
@@ -287,8 +354,9 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
         z3 = m * (_exposed(z3_mb, compute_mb, eta) if ctx.overlap.dp_param_gather else z3_mb)
         return np.where(zero >= 3, z3, zero12)
 
-    fwd_parts = [n_first * layer.fwd.total, n_mid * layer.fwd.total, n_last * layer.fwd.total]
-    bwd_parts = [n_first * layer.bwd.total, n_mid * layer.bwd.total, n_last * layer.bwd.total]
+    fwd_l, bwd_l = per_layer["fwd"], per_layer["bwd"]
+    fwd_parts = [n_first * fwd_l, n_mid * fwd_l, n_last * fwd_l]
+    bwd_parts = [n_first * bwd_l, n_mid * bwd_l, n_last * bwd_l]
     dp_first = dp_time(ne_first, ex_first, t_first, fwd_parts[0], bwd_parts[0])
     dp_mid = np.where(pp > 2, dp_time(ne_mid, ex_mid, t_mid, fwd_parts[1], bwd_parts[1]), 0.0)
     dp_last = dp_time(ne_last, ex_last, t_last, fwd_parts[2], bwd_parts[2])
@@ -300,42 +368,37 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
 
     opt_first, opt_mid, opt_last = optimizer_time(ne_first, ex_first), optimizer_time(ne_mid, ex_mid), optimizer_time(ne_last, ex_last)
     tail = np.stack([dp_first + opt_first, dp_mid + opt_mid, dp_last + opt_last])
-    tail_stage = np.argmax(tail, axis=0)
     # Tied embeddings with pp > 1: the first and last stage all-reduce the embedding gradient.
     emb_sync = np.where(single | (counts.output != 0), 0.0,
                         comm.p2p(model.vocab_size * h / tp * gb, crosses, fab) * 2.0)
 
     step = pipe + tail.max(axis=0) + emb_sync
 
-    # ---- time breakdown (sums to the step time) ---------------------------------------------
-    n_slow = _pick(slowest, n_first, n_mid, n_last)
-    has_emb = (slowest == 0) | single
-    has_log = (slowest == 2) | single
-    parts = {
-        "gemm": m * n_slow * (layer.fwd.gemm + layer.bwd.gemm),
-        "attention": m * n_slow * (layer.fwd.attention + layer.bwd.attention),
-        "elementwise": m * n_slow * (layer.fwd.elementwise + layer.bwd.elementwise),
-        "recompute": m * n_slow * recompute_layer,
-        "embedding_logits": m * (np.where(has_emb, emb_fwd + emb_bwd, 0.0) + np.where(has_log, log_fwd + log_bwd, 0.0)),
-        "tp_comm": m * n_slow * tp_exposed,
-        "cp_comm": m * n_slow * cp_exposed,
-        "ep_comm": m * n_slow * ep_comm,
-        "pp_p2p": m * p2p_exposed_mb,
-    }
-    parts["pipeline_bubble"] = pipe - sum(parts.values())
-    parts["dp_comm"] = _pick(tail_stage, dp_first, dp_mid, dp_last) + emb_sync
-    parts["optimizer"] = _pick(tail_stage, opt_first, opt_mid, opt_last)
+    parts: dict[str, np.ndarray] = {}
+    if detail:
+        # ---- time breakdown (sums to the step time) ---------------------------------------------
+        slowest = np.argmax(stage_t, axis=0)
+        n_slow = _pick(slowest, n_first, n_mid, n_last)
+        has_emb = (slowest == 0) | single
+        has_log = (slowest == 2) | single
+        parts = {
+            "gemm": m * n_slow * (per_layer["fwd_gemm"] + per_layer["bwd_gemm"]),
+            "attention": m * n_slow * (per_layer["fwd_attention"] + per_layer["bwd_attention"]),
+            "elementwise": m * n_slow * (per_layer["fwd_elementwise"] + per_layer["bwd_elementwise"]),
+            "recompute": m * n_slow * per_layer["recompute"],
+            "embedding_logits": m * (np.where(has_emb, emb_both, 0.0) + np.where(has_log, log_both, 0.0)),
+            "tp_comm": m * n_slow * per_layer["tp_exposed"],
+            "cp_comm": m * n_slow * per_layer["cp_exposed"],
+            "ep_comm": m * n_slow * per_layer["ep_comm"],
+            "pp_p2p": m * p2p_exposed_mb,
+        }
+        parts["pipeline_bubble"] = pipe - sum(parts.values())
+        tail_stage = np.argmax(tail, axis=0)
+        parts["dp_comm"] = _pick(tail_stage, dp_first, dp_mid, dp_last) + emb_sync
+        parts["optimizer"] = _pick(tail_stage, opt_first, opt_mid, opt_last)
 
     # ---- memory per GPU, on the stage that needs the most ---------------------------------------
-    flash = ctx.attention_kernel == "flash"
-    act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
-    act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
-    if model.is_moe:
-        moe_act = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True)
-        act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
-        act_extra = np.maximum(act_extra, layer_activation_peak_extra(
-            model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True))
-    logits_act = logits_activation_bytes(model, b, s_local, tp)
+    act_layer, act_extra, logits_act = per_layer["act_layer"], per_layer["act_extra"], per_layer["logits_act"]
 
     if ctx.zero3_gather_unit == "module":
         gather_unit_params = largest_matrix_params(model) / tp
@@ -345,7 +408,8 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
 
     def stage_memory(ne, ex, n_layers, stage_index, with_logits):
         w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer)
-        w_ex, g_ex, o_ex = model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer)
+        w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer)
+                            if model.is_moe else (0.0, 0.0, 0.0))
         in_flight = pipeline_in_flight(pp, vpp, m, c.schedule, stage_index)
         acts = n_layers * in_flight * act_layer + act_extra + np.where(with_logits, logits_act, 0.0)
         z3_buffers = np.where(zero >= 3, 2.0 * 2.0 * gather_unit_params, 0.0)
@@ -362,7 +426,7 @@ def evaluate(ctx: TrainContext, c: Candidates) -> StepEvaluation:  # noqa: C901 
     totals = np.stack([sum(mm.values()) for mm in mems])
     totals[1] = np.where(pp > 2, totals[1], 0.0)
     peak_stage = np.argmax(totals, axis=0)
-    memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS}
+    memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS} if detail else {}
 
     # ---- FLOPs ---------------------------------------------------------------------------
     tokens = float(wl.global_batch) * wl.seq_len

@@ -85,3 +85,29 @@ def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
     if workload.seq_len > 10_000_000:
         raise SpecError(f"seq_len={workload.seq_len} is beyond any model's context", field="seq_len")
     return dp
+
+
+def rule_masks(model: ModelSpec, num_gpus: int, workload: TrainWorkload, c) -> dict:
+    """The rules of :func:`check_strategy` as boolean masks over a :class:`Candidates` table
+    (True: the row passes), keyed by the reason a planner reports. Kept beside the scalar checks
+    above; tests/test_plan.py holds the two in agreement."""
+    import numpy as np
+
+    tp, pp, cp, ep, dp, vpp = c.tp, c.pp, c.cp, c.ep, c.dp, c.vpp
+    kv_ok = np.ones(len(c), bool) if model.mla is not None else (
+        (model.num_kv_heads % tp == 0) | (tp % model.num_kv_heads == 0))
+    experts = model.moe.num_experts if model.moe is not None else 1
+    per_replica = np.where(workload.global_batch % dp == 0, workload.global_batch // dp, 0)
+    local_seq = workload.seq_len // cp
+    return {
+        "tp does not divide the attention heads": model.num_heads % tp == 0,
+        "tp and the KV heads do not divide one another": kv_ok,
+        "dp*tp*pp*cp is not the GPU count": dp * tp * pp * cp == num_gpus,
+        "pp exceeds the layers": pp <= model.num_layers,
+        "virtual stages exceed the layers": (vpp == 1) | ((pp > 1) & (pp * vpp <= model.num_layers + 2)),
+        "cp does not split the sequence evenly": (workload.seq_len % cp == 0) & ((cp == 1) | (local_seq % 2 == 0)),
+        "ep does not divide the experts or dp*cp": (ep == 1) | ((model.moe is not None) & (experts % ep == 0)
+                                                               & ((dp * cp) % ep == 0)),
+        "sequence parallelism without tp": ~c.sequence_parallel | (tp > 1),
+        "batch does not divide into micro-batches": (per_replica > 0) & (per_replica % c.micro_batch == 0),
+    }

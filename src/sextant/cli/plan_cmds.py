@@ -1,0 +1,157 @@
+"""``plan train``: search the whole strategy space and explain the best configuration."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sextant.errors import SpecError
+from sextant.spec.scenario import default_train_scenario_path, load_scenario, parse_scenario
+
+Opt = typer.Option
+
+
+class ObjectiveChoice(str, Enum):
+    throughput = "throughput"
+    time_to_train = "time-to-train"
+    cost = "cost"
+    energy = "energy"
+
+
+def parse_gpu_counts(text: str) -> list[int]:
+    """``512``, ``256,512,1024`` or ``256-4096`` (lo, 2*lo, 4*lo, ... up to hi)."""
+    counts: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo <= 0 or hi < lo:
+                    raise ValueError
+                n = lo
+                while n <= hi:
+                    counts.append(n)
+                    n *= 2
+            else:
+                counts.append(int(part))
+    except ValueError:
+        raise SpecError(f"'{text}' is not a GPU count, a list (256,512) or a range (256-4096)", field="--gpus") from None
+    if not counts or min(counts) <= 0:
+        raise SpecError(f"'{text}' must name positive GPU counts", field="--gpus")
+    return sorted(set(counts))
+
+
+def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
+    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML scenario; flags override its values."),
+    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
+    gpus: Optional[str] = Opt(None, help="GPU count, list (256,512,1024) or doubling range (256-4096)."),
+    gpus_per_node: Optional[int] = Opt(None, help="GPUs per node (default: the GPU's usual node)."),
+    node: Optional[str] = Opt(None, help="Catalog node, instead of the GPU's usual one."),
+    network: Optional[str] = Opt(None, help="Network port type, e.g. ib-ndr-400, roce-400."),
+    framework: Optional[str] = Opt(None, help="Framework preset (kernels, overlap)."),
+    global_batch: Optional[int] = Opt(None, help="Sequences per optimizer step."),
+    seq_len: Optional[int] = Opt(None, help="Tokens per sequence."),
+    precision: Optional[str] = Opt(None, help="bf16, fp16 or fp8 (not searched)."),
+    objective: ObjectiveChoice = Opt(ObjectiveChoice.throughput, help="What to optimize."),
+    tokens: Optional[float] = Opt(None, help="Token budget: report days (and dollars with a price)."),
+    price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost."),
+    top: int = Opt(5, help="How many configurations to report."),
+    headroom: float = Opt(0.0, help="Fraction of GPU memory to leave free (0-0.5)."),
+    max_micro_batch: int = Opt(16, help="Largest micro-batch searched."),
+    cross_node_tp: bool = Opt(False, "--cross-node-tp", help="Let tensor parallelism span nodes."),
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+) -> None:
+    """Find the best way to train: search every dp/tp/pp/cp(/ep) factorization, micro-batch,
+    recomputation, sequence parallelism, ZeRO stage and pipeline interleaving; keep what fits.
+
+    With no arguments: plans the built-in default scenario (Llama 3.1 8B on one 8x H100 node).
+    """
+    from sextant.plan.search import plan_train
+    from sextant.plan.space import SearchSpace
+
+    base = scenario if scenario is not None else default_train_scenario_path()
+    tree: dict[str, Any] = load_scenario(base).model_dump(exclude_unset=True)
+    tree.pop("strategy", None) if scenario is None else None
+    if model is not None:
+        tree["model"] = model
+    if framework is not None:
+        tree["framework"] = framework
+    hw = tree.setdefault("hardware", {})
+    for key, value in (("gpu", gpu), ("gpus_per_node", gpus_per_node), ("node", node), ("network", network)):
+        if value is not None:
+            hw[key] = value
+    counts = parse_gpu_counts(gpus) if gpus is not None else [int(hw.get("gpus", 8))]
+    hw["gpus"] = counts[0]
+    for key, value in (("global_batch", global_batch), ("seq_len", seq_len)):
+        if value is not None:
+            tree.setdefault("workload", {})[key] = value
+    if precision is not None:
+        tree.setdefault("strategy", {})["precision"] = precision
+    if top <= 0:
+        raise SpecError(f"must be positive, got {top}", field="--top")
+    if not 0.0 <= headroom < 0.5:
+        raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
+    if tokens is not None and tokens <= 0:
+        raise SpecError(f"must be positive, got {tokens}", field="--tokens")
+    if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
+        raise SpecError(f"must not be negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
+    parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
+    space = SearchSpace(headroom=headroom, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp)
+    console = Console(stderr=True)
+    with Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
+        task = bar.add_task("search", total=None)
+        result = plan_train(parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
+                            price_per_gpu_hour=price_per_gpu_hour,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+        return
+    render_plan(result, Console())
+
+
+def render_plan(result, console: Console) -> None:
+    r = result
+    console.print(f"[bold]{r.model} on {', '.join(map(str, r.gpus))}x {r.gpu}[/bold], global batch {r.global_batch} "
+                  f"x {r.seq_len} tokens, objective {r.objective}")
+    console.print(f"{r.configs_total:,} configurations enumerated, {r.configs_evaluated:,} evaluated in "
+                  f"{r.search_seconds:.2f} s ({r.evaluations_per_second:,.0f}/s), {r.configs_feasible:,} fit")
+    rejected = Table(title="rejected", title_justify="left", show_header=False)
+    for reason, count in sorted(r.rejected.items(), key=lambda kv: -kv[1]):
+        rejected.add_row(reason, f"{count:,}")
+    console.print(rejected)
+    table = Table(title=f"top {len(r.top)}", title_justify="left")
+    for col in ("#", "gpus", "dp", "tp", "pp", "cp", "ep", "vpp", "zero", "mb", "recompute", "sp", "step s",
+                "tokens/s", "MFU", "GiB", "bottleneck"):
+        table.add_column(col, justify="left" if col in ("recompute", "bottleneck") else "right")
+    for i, t in enumerate(r.top, 1):
+        table.add_row(str(i), str(t.gpus), str(t.dp), str(t.tp), str(t.pp), str(t.cp), str(t.ep), str(t.vpp),
+                      str(t.zero), str(t.micro_batch), t.recompute, "on" if t.sequence_parallel else "off",
+                      f"{t.step_time_s:.3f}", f"{t.tokens_per_s:,.0f}", f"{t.mfu:.1%}",
+                      f"{t.memory_gb_per_gpu['total']:.1f}", t.bottleneck.split(":")[0])
+    console.print(table)
+    for line in r.why_best:
+        console.print(f"  {line}")
+    if len(r.by_gpu_count) > 1 or r.tokens:
+        counts = Table(title="by GPU count (* on the throughput/GPU-count Pareto front)", title_justify="left")
+        for col in ("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"):
+            counts.add_column(col, justify="right")
+        for s in r.by_gpu_count:
+            counts.add_row(f"{s.gpus}{'*' if s.on_pareto_front else ''}", f"{s.configs_feasible:,}",
+                           f"{s.best_tokens_per_s:,.0f}" if s.best_tokens_per_s else "-",
+                           f"{s.best_mfu:.1%}" if s.best_mfu else "-",
+                           f"{s.days:.1f}" if s.days is not None else "-",
+                           f"{s.dollars:,.0f}" if s.dollars is not None else "-",
+                           f"{s.energy_mwh:,.1f}" if s.energy_mwh is not None else "-")
+        console.print(counts)
+    if r.days is not None:
+        money = f", ${r.dollars:,.0f}" if r.dollars is not None else ""
+        console.print(f"{r.tokens:.3g} tokens with the best configuration: {r.days:.1f} days{money}")

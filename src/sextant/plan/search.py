@@ -1,0 +1,306 @@
+"""``plan train``: evaluate a whole space, keep what fits, rank by the objective, explain.
+
+The evaluation is :func:`sextant.train.step.evaluate` on the table, in chunks (for the progress
+report and bounded memory); the top configurations are then re-predicted one by one through
+``predict_train`` (the scalar path), which both builds their full reports and cross-checks the
+vectorised numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from sextant.errors import InfeasibleError
+from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
+from sextant.spec.scenario import TrainScenario
+from sextant.spec.strategy import RECOMPUTE_CODES
+from sextant.train.candidates import Candidates
+from sextant.train.predict import apply_framework, predict_train, resolve_context
+from sextant.train.result import TIME_PART_LABELS, TrainResult
+from sextant.train.step import StepEvaluation, evaluate
+from sextant.units import GiB
+
+Objective = Literal["throughput", "time-to-train", "cost", "energy"]
+RECOMPUTE_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
+CHUNK = 250_000
+
+Progress = Callable[[int, int], None]
+
+
+class GpuCountSummary(BaseModel):
+    gpus: int
+    configs_evaluated: int
+    configs_feasible: int
+    best_tokens_per_s: float | None
+    best_mfu: float | None
+    days: float | None = None
+    dollars: float | None = None
+    energy_mwh: float | None = None
+    on_pareto_front: bool = False
+
+
+class PlanResult(BaseModel):
+    """JSON shape of ``plan train --json``."""
+
+    model: str
+    gpu: str
+    objective: Objective
+    gpus: list[int]
+    global_batch: int
+    seq_len: int
+    configs_total: int
+    configs_evaluated: int
+    configs_feasible: int
+    rejected: dict[str, int]
+    search_seconds: float
+    evaluations_per_second: float
+    best: TrainResult
+    top: list[TrainResult]
+    why_best: list[str]
+    by_gpu_count: list[GpuCountSummary]
+    tokens: float | None = None
+    price_per_gpu_hour: float | None = None
+    days: float | None = None
+    dollars: float | None = None
+    assumptions: list[str] = Field(default_factory=list)
+
+
+def _score(objective: Objective, tokens_per_s: np.ndarray, gpus: int, tdp_w: float) -> np.ndarray:
+    """Higher is better. Throughput and time-to-train rank alike at one GPU count; cost ranks by
+    tokens per GPU-second (price is a constant factor); energy by tokens per joule at TDP."""
+    if objective in ("throughput", "time-to-train"):
+        return tokens_per_s
+    if objective == "cost":
+        return tokens_per_s / gpus
+    return tokens_per_s / (gpus * tdp_w)
+
+
+def _strategy_of(c: Candidates, i: int, base: dict) -> dict:
+    row = c.row(i)
+    return {**base, "dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"],
+            "vpp": row["vpp"], "zero": row["zero"], "micro_batch": row["micro_batch"],
+            "recompute": RECOMPUTE_NAMES[row["recompute"]], "sequence_parallel": bool(row["sequence_parallel"]),
+            "schedule": "interleaved" if row["vpp"] > 1 else "1f1b"}
+
+
+def _model_parallel(row: dict) -> tuple:
+    return (row["tp"] * row["pp"] * row["cp"] * row["ep"], row["vpp"], row["zero"], row["recompute"])
+
+
+def rank_rows(score: np.ndarray, memory: np.ndarray, c: Candidates) -> np.ndarray:
+    """Row indices, best first: by score (equal to 1e-9 relative counts as a tie), then less
+    memory, then fewer model-parallel ranks, fewer virtual stages, lower ZeRO stage and less
+    recomputation: among equals, the simpler configuration with more headroom."""
+    feasible = np.flatnonzero(np.isfinite(score))
+    s = score[feasible]
+    tied = np.round(s / s.max(), 9)
+    model_parallel = (c.tp * c.pp * c.cp * c.ep)[feasible]
+    keys = (c.recompute[feasible], c.zero[feasible], c.vpp[feasible], model_parallel, memory[feasible], -tied)
+    return feasible[np.lexsort(keys)]
+
+
+def explain_difference(best: TrainResult, runner_up: TrainResult) -> list[str]:
+    """Why the best beats the runner-up: the configuration differences and the breakdown parts
+    whose time differs most."""
+    keys = ("dp", "tp", "pp", "cp", "ep", "vpp", "zero", "micro_batch", "recompute", "sequence_parallel")
+    diffs = [f"{k} {getattr(runner_up, k)} -> {getattr(best, k)}" for k in keys if getattr(best, k) != getattr(runner_up, k)]
+    gain = runner_up.step_time_s / best.step_time_s - 1
+    if gain < 1e-6:
+        memory = runner_up.memory_gb_per_gpu["total"] - best.memory_gb_per_gpu["total"]
+        lines = [f"best ties with the runner-up on step time ({', '.join(diffs)}); preferred for "
+                 + (f"{memory:.1f} GiB less memory per GPU" if memory > 0.05 else "its simpler layout")]
+    else:
+        lines = [f"best is {gain:.1%} faster than the runner-up ({', '.join(diffs)})"]
+    deltas = sorted(((runner_up.time_breakdown_s[k] - best.time_breakdown_s[k], k) for k in best.time_breakdown_s),
+                    key=lambda d: abs(d[0]), reverse=True)
+    for delta, key in deltas[:3]:
+        if abs(delta) > 1e-3 * best.step_time_s:
+            verb = "saves" if delta > 0 else "costs"
+            lines.append(f"{verb} {abs(delta) * 1e3:.1f} ms per step in {TIME_PART_LABELS[key]}")
+    return lines
+
+
+def _evaluate_chunks(ctx, cand: Candidates, progress: Progress | None) -> StepEvaluation | None:
+    """Evaluate the table in chunks on a thread pool (NumPy releases the GIL inside its array
+    operations, so the chunks run on all cores); results are concatenated in table order."""
+    n = len(cand)
+    if n == 0:
+        return None
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    size = max(20_000, min(CHUNK, -(-n // (2 * workers))))
+    slices = [slice(start, min(n, start + size)) for start in range(0, n, size)]
+    parts: list[StepEvaluation] = [None] * len(slices)  # type: ignore[list-item]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(evaluate, ctx, cand.take(np.arange(sl.start, sl.stop)), detail=False): i
+                   for i, sl in enumerate(slices)}
+        done = 0
+        for future in as_completed(futures):
+            i = futures[future]
+            parts[i] = future.result()
+            done += slices[i].stop - slices[i].start
+            if progress:
+                progress(done, n)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    cat = np.concatenate
+    return StepEvaluation(
+        step_time_s=cat([p.step_time_s for p in parts]),
+        time_parts_s={k: cat([p.time_parts_s[k] for p in parts]) for k in first.time_parts_s},
+        memory_parts_bytes={k: cat([p.memory_parts_bytes[k] for p in parts]) for k in first.memory_parts_bytes},
+        memory_bytes=cat([p.memory_bytes for p in parts]),
+        capacity_bytes=first.capacity_bytes,
+        num_microbatches=cat([p.num_microbatches for p in parts]),
+        model_flops_per_step=first.model_flops_per_step,
+        hardware_flops_per_step=cat([p.hardware_flops_per_step for p in parts]),
+        peak_flops=first.peak_flops, num_gpus=first.num_gpus, tokens_per_step=first.tokens_per_step,
+    )
+
+
+def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: float, headroom: float):
+    """(fits, score) per row: score is -inf where the row does not fit with the headroom."""
+    fits = ev.memory_bytes <= ev.capacity_bytes * (1.0 - headroom)
+    return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
+
+
+def _fixed_strategy(scenario: TrainScenario) -> dict:
+    """The strategy fields the search does not vary (precision, kernels, overlap, collectives)."""
+    s = scenario.strategy
+    return {"precision": s.precision, "attention_kernel": s.attention_kernel, "dp_collective": s.dp_collective,
+            "zero3_gather_unit": s.zero3_gather_unit, "overlap": s.overlap.model_dump()}
+
+
+def _scenario_for(scenario: TrainScenario, gpus: int, strategy: dict) -> TrainScenario:
+    data = scenario.model_dump(exclude_unset=True)
+    data["hardware"] = {**data.get("hardware", {}), "gpus": gpus}
+    data["strategy"] = strategy
+    if not isinstance(scenario.model, str):
+        data["model"] = scenario.model
+    return TrainScenario.model_validate(data)
+
+
+def _infeasible_message(scenario: TrainScenario, counts: list[int], closest: tuple | None) -> str:
+    if closest is None:
+        return (f"no configuration of {scenario.model if isinstance(scenario.model, str) else scenario.model.name} "
+                f"on {counts} GPUs passes the structural rules; check the batch (it must divide over dp) "
+                "and the GPU count")
+    shortfall, gpus, row = closest
+    return (f"no configuration fits in memory on {', '.join(map(str, counts))} GPUs; the closest "
+            f"({gpus} GPUs: tp={row['tp']} pp={row['pp']} dp={row['dp']} zero={row['zero']} "
+            f"recompute={RECOMPUTE_NAMES[row['recompute']]} micro_batch={row['micro_batch']}) is "
+            f"{shortfall / GiB:.1f} GiB per GPU short. To make it fit: more GPUs (ZeRO-3 divides "
+            "model states by the data-parallel size), a smaller micro-batch or sequence, full "
+            "recomputation, or offloading to host memory or NVMe (not modelled yet)")
+
+
+def plan_train(  # noqa: C901, PLR0913 - one search, kept together
+    scenario: TrainScenario,
+    gpu_counts: list[int],
+    *,
+    objective: Objective = "throughput",
+    space: SearchSpace | None = None,
+    top_k: int = 5,
+    tokens: float | None = None,
+    price_per_gpu_hour: float | None = None,
+    progress: Progress | None = None,
+) -> PlanResult:
+    scenario, _ = apply_framework(scenario)
+    space = restrict_to_framework(space or SearchSpace(), scenario.framework)
+    fixed = _fixed_strategy(scenario)
+    start = time.perf_counter()
+    spaces = []
+    for gpus in gpu_counts:
+        ctx = resolve_context(_scenario_for(scenario, gpus, fixed))
+        spaces.append((gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space)))
+    total_rows = sum(len(sp.candidates) for _, _, sp in spaces)
+    done = 0
+    rejected: dict[str, int] = {}
+    ranked: list[tuple[float, int, int, dict]] = []  # (score, gpus, index, row)
+    summaries: list[GpuCountSummary] = []
+    closest = None
+    eval_seconds = 0.0
+    for gpus, ctx, sp in spaces:
+        for reason, count in sp.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        t0 = time.perf_counter()
+        ev = _evaluate_chunks(ctx, sp.candidates, None if progress is None else
+                              (lambda d, n, base=done: progress(base + d, total_rows)))
+        eval_seconds += time.perf_counter() - t0
+        done += len(sp.candidates)
+        if ev is None:
+            summaries.append(GpuCountSummary(gpus=gpus, configs_evaluated=0, configs_feasible=0,
+                                             best_tokens_per_s=None, best_mfu=None))
+            continue
+        limit = ev.capacity_bytes * (1.0 - space.headroom)
+        fits, score = score_space(ev, objective, gpus, ctx.cluster.gpu.tdp_w, space.headroom)
+        if (~fits).any():
+            rejected["does not fit in memory"] = rejected.get("does not fit in memory", 0) + int((~fits).sum())
+            i = int(np.argmin(np.where(fits, np.inf, ev.memory_bytes)))
+            short = float(ev.memory_bytes[i] - limit)
+            if closest is None or short < closest[0]:
+                closest = (short, gpus, sp.candidates.row(i))
+        tps = ev.tokens_per_s
+        n_fit = int(fits.sum())
+        best_i = int(np.argmax(score)) if n_fit else None
+        summaries.append(GpuCountSummary(
+            gpus=gpus, configs_evaluated=len(sp.candidates), configs_feasible=n_fit,
+            best_tokens_per_s=float(tps[best_i]) if n_fit else None,
+            best_mfu=float(ev.mfu[best_i]) if n_fit else None))
+        if n_fit:
+            order = rank_rows(score, ev.memory_bytes, sp.candidates)
+            ranked.extend((float(score[i]), float(ev.memory_bytes[i]), gpus, sp.candidates.row(int(i)))
+                          for i in order[:top_k])
+    search_seconds = time.perf_counter() - start
+    configs_evaluated = sum(s.configs_evaluated for s in summaries)
+    if not ranked:
+        raise InfeasibleError(_infeasible_message(scenario, gpu_counts, closest), field="plan")
+
+    best_score = max(r[0] for r in ranked)
+    ranked.sort(key=lambda r: (-round(r[0] / best_score, 9), r[1], r[2], _model_parallel(r[3])))
+    fixed_dict = fixed
+    top = []
+    for _, _, gpus, row in ranked[:top_k]:
+        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed_dict)
+        top.append(predict_train(_scenario_for(scenario, gpus, strategy)))
+    best = top[0]
+    why = explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"]
+
+    # Pareto front of throughput against GPU count: a count is on it when no smaller count is at
+    # least as fast.
+    fastest_so_far = -np.inf
+    for summary in sorted(summaries, key=lambda s: s.gpus):
+        if summary.best_tokens_per_s is not None and summary.best_tokens_per_s > fastest_so_far:
+            summary.on_pareto_front = True
+            fastest_so_far = summary.best_tokens_per_s
+        if tokens and summary.best_tokens_per_s:
+            seconds = tokens / summary.best_tokens_per_s
+            summary.days = seconds / 86400
+            summary.energy_mwh = seconds * summary.gpus * best_tdp(scenario) / 3.6e9
+            if price_per_gpu_hour is not None:
+                summary.dollars = seconds / 3600 * summary.gpus * price_per_gpu_hour
+    days = tokens / best.tokens_per_s / 86400 if tokens else None
+    dollars = days * 24 * best.gpus * price_per_gpu_hour if (days is not None and price_per_gpu_hour is not None) else None
+    return PlanResult(
+        model=best.model, gpu=best.gpu, objective=objective, gpus=list(gpu_counts),
+        global_batch=scenario.workload.global_batch, seq_len=scenario.workload.seq_len,
+        configs_total=sum(sp.total for _, _, sp in spaces), configs_evaluated=configs_evaluated,
+        configs_feasible=sum(s.configs_feasible for s in summaries), rejected=rejected,
+        search_seconds=search_seconds, evaluations_per_second=configs_evaluated / max(eval_seconds, 1e-9),
+        best=best, top=top, why_best=why, by_gpu_count=summaries, tokens=tokens,
+        price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
+        assumptions=[f"memory headroom {space.headroom:.0%}", "energy at TDP for the whole run (an upper bound)",
+                     "GPipe not searched: same step time as 1F1B, more memory"],
+    )
+
+
+def best_tdp(scenario: TrainScenario) -> float:
+    from sextant.catalog import get_gpu
+
+    return get_gpu(scenario.hardware.gpu).tdp_w

@@ -1,0 +1,112 @@
+"""The search space of ``plan train``: every factorization of the GPU count into dp*tp*pp*cp
+(and ep for MoE) crossed with micro-batch sizes, recomputation, sequence parallelism, ZeRO stage
+and virtual pipeline stages, as one :class:`Candidates` table, with the reason each rejected row
+fails.
+
+The schedule follows from vpp (1F1B, or interleaved 1F1B when vpp > 1). GPipe is not searched:
+in this cost model it has 1F1B's step time and strictly more activation memory, so it is never
+the better choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field
+
+from sextant.spec.base import Spec
+from sextant.spec.model import ModelSpec
+from sextant.spec.strategy import RECOMPUTE_CODES, Recompute
+from sextant.spec.workload import TrainWorkload
+from sextant.train.candidates import Candidates
+from sextant.train.validate_strategy import rule_masks
+
+
+class SearchSpace(Spec):
+    """What the planner may vary. Defaults search everything Megatron-LM and FSDP offer."""
+
+    micro_batches: list[int] | None = Field(
+        default=None, description="Default: the divisors of the global batch up to max_micro_batch.")
+    max_micro_batch: int = Field(default=16, gt=0)
+    recompute: list[Recompute] = ["none", "selective", "full"]
+    zero: list[int] = [0, 1, 2, 3]
+    sequence_parallel: list[bool] = [False, True]
+    max_vpp: int = Field(default=8, gt=0)
+    cp: bool = Field(default=True, description="Search context parallelism.")
+    tp_within_node: bool = Field(default=True, description="Keep tensor parallelism inside a node.")
+    headroom: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction of GPU memory left free.")
+
+
+def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSpace:
+    """The part of ``space`` the framework can run (its preset's ``search`` limits)."""
+    if framework is None:
+        return space
+    from sextant.catalog.frameworks import get_framework
+
+    limits = get_framework(framework).get("search", {})
+    update: dict = {}
+    for key in ("zero", "recompute", "sequence_parallel"):
+        if key in limits:
+            update[key] = [v for v in getattr(space, key) if v in limits[key]]
+    if limits.get("cp") is False:
+        update["cp"] = False
+    return space.model_copy(update=update)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class Space:
+    """The enumerated table and what was rejected before evaluation."""
+
+    candidates: Candidates  # rows that pass every structural rule
+    total: int  # rows enumerated
+    rejected: dict[str, int]  # reason -> rows
+
+
+def _layouts(model: ModelSpec, num_gpus: int, space: SearchSpace, gpus_per_node: int) -> np.ndarray:
+    """(dp, tp, pp, cp, ep) with dp*tp*pp*cp = num_gpus; ep over the divisors of dp*cp."""
+    rows = []
+    for tp in divisors(num_gpus):
+        for cp in divisors(num_gpus // tp) if space.cp else [1]:
+            for pp in divisors(num_gpus // (tp * cp)):
+                dp = num_gpus // (tp * cp * pp)
+                eps = divisors(dp * cp) if model.moe is not None else [1]
+                rows.extend((dp, tp, pp, cp, ep) for ep in eps)
+    return np.array(rows, dtype=np.int64)
+
+
+def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workload: TrainWorkload,
+                    space: SearchSpace) -> Space:
+    layouts = _layouts(model, num_gpus, space, gpus_per_node)
+    mbs = np.array(space.micro_batches or [d for d in divisors(workload.global_batch) if d <= space.max_micro_batch])
+    rcs = np.array([RECOMPUTE_CODES[r] for r in space.recompute])
+    sps = np.array(space.sequence_parallel, dtype=bool)
+    zeros = np.array(space.zero)
+    vpps = np.arange(1, space.max_vpp + 1)
+    grid = np.meshgrid(np.arange(len(layouts)), mbs, rcs, sps, zeros, vpps, indexing="ij")
+    li, mb, rc, sp, zero, vpp = (g.ravel() for g in grid)
+    lay = layouts[li]
+    table = Candidates(dp=lay[:, 0], tp=lay[:, 1], pp=lay[:, 2], cp=lay[:, 3], ep=lay[:, 4], vpp=vpp, zero=zero,
+                       micro_batch=mb, recompute=rc, sequence_parallel=sp, schedule=np.where(vpp > 1, 2, 1))
+    layers = model.num_layers
+    checks = rule_masks(model, num_gpus, workload, table)
+    # Search constraints beyond what can run at all: a planner proposes balanced, conventional
+    # layouts (the layer count, or it plus the embedding and loss, splits evenly over the virtual
+    # stages) and keeps tensor parallelism on the intra-node link unless told otherwise.
+    split = table.pp * table.vpp
+    checks["layers do not split evenly over pp*vpp stages"] = (layers % split == 0) | ((layers + 2) % split == 0)
+    if space.tp_within_node:
+        checks["tp spans nodes"] = table.tp <= gpus_per_node
+    ok = np.ones(len(table), bool)
+    rejected: dict[str, int] = {}
+    for reason, passes in checks.items():
+        newly = ok & ~passes
+        if newly.any():
+            rejected[reason] = int(newly.sum())
+        ok &= passes
+    kept = Candidates(**{name: getattr(table, name)[ok] for name in Candidates.__dataclass_fields__})
+    return Space(candidates=kept, total=len(table), rejected=rejected)
