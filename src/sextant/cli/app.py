@@ -28,6 +28,7 @@ app.add_typer(catalog_app, name="catalog")
 predict_app.command("train")(train_cmds.predict_train_cmd)
 plan_app.command("train")(plan_cmds.plan_train_cmd)
 validate_app.command("train")(train_cmds.validate_train_cmd)
+validate_app.command("plan")(plan_cmds.validate_plan_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sextant.errors import SpecError
-from sextant.spec.scenario import default_train_scenario_path, load_scenario, parse_scenario
+from sextant.spec.scenario import base_tree, parse_scenario
 
 Opt = typer.Option
 
@@ -77,9 +77,9 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     from sextant.plan.search import plan_train
     from sextant.plan.space import SearchSpace
 
-    base = scenario if scenario is not None else default_train_scenario_path()
-    tree: dict[str, Any] = load_scenario(base).model_dump(exclude_unset=True)
-    tree.pop("strategy", None) if scenario is None else None
+    tree: dict[str, Any] = base_tree(scenario, model, gpu)
+    if scenario is None:
+        tree.pop("strategy", None)  # the planner chooses the strategy
     if model is not None:
         tree["model"] = model
     if framework is not None:
@@ -155,3 +155,30 @@ def render_plan(result, console: Console) -> None:
     if r.days is not None:
         money = f", ${r.dollars:,.0f}" if r.dollars is not None else ""
         console.print(f"{r.tokens:.3g} tokens with the best configuration: {r.days:.1f} days{money}")
+
+
+def validate_plan_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
+    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in training ledger)."),
+) -> None:
+    """Rediscovery: where each published configuration ranks in the planner's search for the same
+    model, GPU count, batch, precision and framework."""
+    from sextant.validate.rediscover import rediscover
+
+    report = rediscover(ledger)
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    console = Console()
+    table = Table(title="published configuration's rank in the planner's search", title_justify="left")
+    for col in ("id", "gpus", "published", "rank", "of", "top", "same recompute", "best found", "speed-up"):
+        table.add_column(col, justify="left" if col in ("id", "published", "best found") else "right")
+    for r in report.rows:
+        table.add_row(r.id, str(r.gpus), r.published_config, str(r.rank), str(r.feasible), f"{r.percentile:.0%}",
+                      f"{r.rank_same_recompute}/{r.feasible_same_recompute}", r.best_config,
+                      f"{r.published_step_time_s / r.best_step_time_s:.2f}x")
+    console.print(table)
+    n = len(report.rows)
+    console.print(f"{report.in_top_10_percent}/{n} published configurations in the top 10% "
+                  f"({report.in_top_10_percent_same_recompute}/{n} among configurations with the same "
+                  f"recomputation); best found at least as fast as published on {report.best_at_least_as_fast}/{n}")

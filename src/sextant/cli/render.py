@@ -37,6 +37,7 @@ def render_train(result: TrainResult, console: Console) -> None:
     summary.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s ({r.tokens_per_s_per_gpu:,.0f} per GPU)")
     summary.add_row("model TFLOP/s per GPU", f"{r.model_tflops_per_gpu:.1f}")
     summary.add_row("MFU / HFU", f"{r.mfu:.1%} / {r.hfu:.1%}")
+    summary.add_row("executed TFLOP/s per GPU", f"{r.executed_tflops_per_gpu:.1f} ({r.hardware_utilization:.1%} of peak)")
     fit = "[green]fits[/green]" if r.fits else "[red]does NOT fit[/red]"
     summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: {fit}"
                     f" ({abs(r.memory_headroom_gb):.1f} GiB {'free' if r.fits else 'short'})")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sextant.spec.scenario import default_train_scenario_path, load_scenario, parse_scenario
+from sextant.spec.scenario import base_tree, parse_scenario
 from sextant.train.predict import predict_train
 
 # Typer needs Optional[...] on Python 3.10 for options that may be absent.
@@ -66,6 +66,11 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     precision: Optional[PrecisionChoice] = Opt(None, help="Training precision."),
     schedule: Optional[ScheduleChoice] = Opt(None, help="Pipeline schedule (default 1f1b, interleaved if vpp > 1)."),
     optimizer: Optional[str] = Opt(None, help="adamw, adam, sgd or adam8bit."),
+    attention_kernel: Optional[str] = Opt(None, help="flash or unfused (materialized scores)."),
+    dp_collective: Optional[str] = Opt(None, help="hierarchical (NCCL over all NICs) or flat_ring (one NIC bounds)."),
+    dropout: Optional[bool] = Opt(None, "--dropout/--no-dropout", help="Dropout on attention and residuals."),
+    nics_per_node: Optional[int] = Opt(None, help="Network ports per node."),
+    expert_imbalance: Optional[float] = Opt(None, help="MoE: busiest expert rank's tokens over the mean (>= 1)."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
@@ -74,20 +79,22 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     With no arguments: the built-in default scenario (src/sextant/scenarios/default-train.yaml),
     Llama 3.1 8B on one 8x H100 node; flags override any of its values.
     """
-    base = scenario if scenario is not None else default_train_scenario_path()
-    tree: dict[str, Any] = load_scenario(base).model_dump(exclude_unset=True)
+    tree: dict[str, Any] = base_tree(scenario, model, gpu)
     if model is not None:
         tree["model"] = model
     if framework is not None:
         tree["framework"] = framework
     for key, value in (("gpu", gpu), ("gpus", gpus), ("gpus_per_node", gpus_per_node), ("node", node),
-                       ("network", network), ("profile", str(profile) if profile else None)):
+                       ("network", network), ("nics_per_node", nics_per_node),
+                       ("profile", str(profile) if profile else None)):
         _set(tree, "hardware", key, value)
     for key, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp), ("zero", zero),
                        ("micro_batch", micro_batch), ("recompute", recompute),
-                       ("sequence_parallel", sequence_parallel), ("precision", precision), ("schedule", schedule)):
+                       ("sequence_parallel", sequence_parallel), ("precision", precision), ("schedule", schedule),
+                       ("attention_kernel", attention_kernel), ("dp_collective", dp_collective)):
         _set(tree, "strategy", key, value)
-    for key, value in (("global_batch", global_batch), ("seq_len", seq_len), ("optimizer", optimizer)):
+    for key, value in (("global_batch", global_batch), ("seq_len", seq_len), ("optimizer", optimizer),
+                       ("dropout", dropout), ("expert_imbalance", expert_imbalance)):
         _set(tree, "workload", key, value)
     result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None))
     if as_json:

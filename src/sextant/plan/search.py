@@ -160,6 +160,7 @@ def _evaluate_chunks(ctx, cand: Candidates, progress: Progress | None) -> StepEv
         num_microbatches=cat([p.num_microbatches for p in parts]),
         model_flops_per_step=first.model_flops_per_step,
         hardware_flops_per_step=cat([p.hardware_flops_per_step for p in parts]),
+        executed_flops_per_step=cat([p.executed_flops_per_step for p in parts]),
         peak_flops=first.peak_flops, num_gpus=first.num_gpus, tokens_per_step=first.tokens_per_step,
     )
 

@@ -59,12 +59,9 @@ class GPUSpec(Spec):
         return self
 
     def peak(self, dtype: str) -> float:
-        """Dense peak FLOP/s for ``dtype``; bf16 and fp16 stand in for each other."""
+        """Dense peak FLOP/s for ``dtype``; an error, never a substitute, if the GPU lacks it."""
         if dtype in self.peak_flops:
             return self.peak_flops[dtype]  # type: ignore[index]
-        if dtype in ("bf16", "fp16"):
-            other = "fp16" if dtype == "bf16" else "bf16"
-            return self.peak_flops[other]  # type: ignore[index]
         from sextant.errors import SpecError
 
         raise SpecError(

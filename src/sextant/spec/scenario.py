@@ -74,6 +74,17 @@ def default_train_scenario_path() -> Path:
     return Path(str(resources.files("sextant").joinpath("scenarios", "default-train.yaml")))
 
 
+def base_tree(scenario: Path | None, model: str | None, gpu: str | None) -> dict[str, Any]:
+    """What CLI flags are applied over: the scenario file if one is given; else, when neither the
+    model nor the GPU is named, the built-in default scenario (so ``--gpus 16`` alone varies it);
+    else nothing, so that the spec defaults (not the default scenario's choices) fill the rest."""
+    if scenario is not None:
+        return load_scenario(scenario).model_dump(exclude_unset=True)
+    if model is None and gpu is None:
+        return load_scenario(default_train_scenario_path()).model_dump(exclude_unset=True)
+    return {}
+
+
 def parse_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> TrainScenario:
     """Validate a scenario tree. ``from_flags``: name the offending CLI flag (``--tp``) rather
     than its path in the scenario (``strategy.tp``)."""

@@ -17,5 +17,8 @@ class TrainWorkload(Spec):
     global_batch: int = Field(default=128, gt=0)
     seq_len: int = Field(default=4096, gt=0)
     optimizer: Optimizer = "adamw"
+    #: Tokens the busiest expert-parallel rank receives, as a multiple of the mean (MoE only).
+    #: DeepSeek-V3 and Mixtral report near-balanced routing with auxiliary losses; 1.2 by default.
+    expert_imbalance: float = Field(default=1.2, ge=1.0, le=16.0)
     #: Dropout on attention scores and residual branches (GPT-3-era recipes; Llama trains without).
     dropout: bool = False

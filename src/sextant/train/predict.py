@@ -15,7 +15,6 @@ from sextant.train.candidates import Candidates
 from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
 from sextant.train.step import (
     ALLOCATOR_OVERHEAD,
-    EXPERT_IMBALANCE,
     RUNTIME_RESERVED_BYTES,
     TrainContext,
     evaluate,
@@ -25,7 +24,9 @@ from sextant.units import GiB
 
 FLOP_CONVENTION = (
     "model FLOPs per PaLM appendix B (6 x matmul params + 12 x layers x heads x head_dim x seq per "
-    "token, non-causal); MFU over the dense peak of the training precision; HFU adds recomputation"
+    "token, non-causal); MFU over the dense peak of the training precision; HFU adds recomputation. "
+    "Causal kernels run half the attention FLOPs, so at long sequences MFU/HFU can exceed what the "
+    "GPU executes: hardware_utilization counts the executed FLOPs and never exceeds 1"
 )
 
 
@@ -116,7 +117,7 @@ def predict_train(scenario: TrainScenario) -> TrainResult:
         f"data-parallel collectives: {ctx.dp_collective}",
     ]
     if ctx.model.is_moe:
-        assumptions.append(f"expert load imbalance {EXPERT_IMBALANCE} (busiest rank / mean)")
+        assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean)")
     return TrainResult(
         model=ctx.model.name, framework=scenario.framework, gpu=ctx.cluster.gpu.name, gpus=ctx.cluster.num_gpus,
         dp=int(cand.dp[0]), tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, vpp=s.vpp, zero=s.zero,
@@ -130,6 +131,8 @@ def predict_train(scenario: TrainScenario) -> TrainResult:
         model_tflops_per_gpu=float(ev.model_tflops_per_gpu[0]),
         mfu=float(ev.mfu[0]),
         hfu=float(ev.hfu[0]),
+        executed_tflops_per_gpu=float(ev.executed_flops_per_step[0]) / step / ctx.cluster.num_gpus / 1e12,
+        hardware_utilization=float(ev.hardware_utilization[0]),
         flop_convention=FLOP_CONVENTION,
         memory_gb_per_gpu=memory,
         memory_capacity_gb=capacity,

@@ -58,6 +58,8 @@ class TrainResult(BaseModel):
     model_tflops_per_gpu: float
     mfu: float
     hfu: float
+    executed_tflops_per_gpu: float
+    hardware_utilization: float
     flop_convention: str
     memory_gb_per_gpu: dict[str, float]
     memory_capacity_gb: float

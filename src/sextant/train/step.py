@@ -30,6 +30,8 @@ import numpy as np
 from sextant.cost import comm
 from sextant.cost.compute import memory_bound_time
 from sextant.cost.layer import (
+    CAUSAL_FRACTION,
+    FLASH_BWD_FLOP_RATIO,
     Device,
     LayerCost,
     dense_layer_cost,
@@ -65,9 +67,6 @@ from sextant.units import GiB
 #: read and written, fp32 gradient read, 2-byte weight written; SGD with momentum and 8-bit Adam
 #: move less). The step is memory-bound (fused multi-tensor Adam in Apex/PyTorch).
 OPTIMIZER_STEP_BYTES = {"adamw": 30.0, "adam": 30.0, "sgd": 18.0, "adam8bit": 18.0}
-#: The busiest expert-parallel rank receives this multiple of the mean token count. DeepSeek-V3
-#: and Mixtral report near-balanced routing with auxiliary losses; 1.2 is a stated default.
-EXPERT_IMBALANCE = 1.2
 #: Device memory outside PyTorch's tensors: CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers.
 RUNTIME_RESERVED_BYTES = 1.0 * GiB
 #: Caching-allocator fragmentation, as a fraction of the memory in tensors.
@@ -94,7 +93,6 @@ class TrainContext:
     overlap: Overlap = Overlap()
     dp_collective: str = "hierarchical"
     zero3_gather_unit: str = "layer"
-    expert_imbalance: float = EXPERT_IMBALANCE
 
     @property
     def device(self) -> Device:
@@ -121,6 +119,7 @@ class StepEvaluation:
     num_microbatches: np.ndarray
     model_flops_per_step: float
     hardware_flops_per_step: np.ndarray
+    executed_flops_per_step: np.ndarray
     peak_flops: float
     num_gpus: int
     tokens_per_step: float
@@ -145,6 +144,12 @@ class StepEvaluation:
     def hfu(self) -> np.ndarray:
         return self.hardware_flops_per_step / self.step_time_s / self.num_gpus / self.peak_flops
 
+    @property
+    def hardware_utilization(self) -> np.ndarray:
+        """FLOPs the kernels execute (causal attention at half cost under flash) over the peak:
+        physically bounded by 1, unlike MFU/HFU, whose convention counts attention non-causally."""
+        return self.executed_flops_per_step / self.step_time_s / self.num_gpus / self.peak_flops
+
 
 def _pick(index: np.ndarray, first, mid, last) -> np.ndarray:
     """Per row, the value of the stage ``index`` names (0 first, 1 middle, 2 last)."""
@@ -159,7 +164,7 @@ def _average_layer(ctx: TrainContext, c: Candidates, b, s_q, s_kv) -> tuple[Laye
     if not model.is_moe:
         return dense, 0.0
     moe = moe_layer_cost(model, b, s_q, s_kv, c.tp, c.sequence_parallel, c.ep, dev, flash=flash,
-                         dropout=ctx.dropout, imbalance=ctx.expert_imbalance)
+                         dropout=ctx.dropout, imbalance=ctx.workload.expert_imbalance)
     f = model.num_moe_layers / model.num_layers
 
     def mix(x, y):
@@ -224,7 +229,9 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     if model.is_moe:
         a2a_bytes = 2.0 * b * s_local * h * model.moe.top_k / np.where(sp, tp, 1.0)
         ep_per_node = _group_per_node(ep, tp * cp, gpn)
-        ep_comm = 4.0 * comm.all_to_all(a2a_bytes * ctx.expert_imbalance, ep, ep_per_node, fab) * moe_share
+        # Dispatch and combine in the forward and the backward, and again in a recomputed forward.
+        a2a_count = 4.0 + np.where(rc == 2, 2.0, 0.0)
+        ep_comm = a2a_count * comm.all_to_all(a2a_bytes * ctx.workload.expert_imbalance, ep, ep_per_node, fab) * moe_share
     else:
         ep_comm = np.zeros_like(tp)
 
@@ -434,6 +441,14 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     attn_fwd_per_token = 2.0 * model.num_layers * model.num_heads * (attention_qk_dim(model) + attention_v_dim(model)) * wl.seq_len
     layers_fwd_per_token = 2.0 * counts.layers_active + attn_fwd_per_token
     recompute_flops = np.where(rc == 2, layers_fwd_per_token, np.where(rc == 1, attn_fwd_per_token, 0.0)) * tokens
+    # What the kernels run: causal block skipping and FlashAttention's 2.5x backward under flash;
+    # the full score matrix, forward and twice in the backward, when unfused.
+    flash = ctx.attention_kernel == "flash"
+    attn_exec_fwd = attn_fwd_per_token * (CAUSAL_FRACTION if flash else 1.0)
+    attn_exec = attn_exec_fwd * (1.0 + (FLASH_BWD_FLOP_RATIO if flash else 2.0))
+    matmul_per_token = model_flops_per_token(model, wl.seq_len) - 3.0 * attn_fwd_per_token
+    executed = (matmul_per_token + attn_exec + np.where(
+        rc == 2, 2.0 * counts.layers_active + attn_exec_fwd, np.where(rc == 1, attn_exec_fwd, 0.0))) * tokens
 
     return StepEvaluation(
         step_time_s=step,
@@ -444,6 +459,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         num_microbatches=m,
         model_flops_per_step=model_flops,
         hardware_flops_per_step=model_flops + recompute_flops,
+        executed_flops_per_step=executed,
         peak_flops=cluster.gpu.peak(ctx.precision),
         num_gpus=cluster.num_gpus,
         tokens_per_step=tokens,

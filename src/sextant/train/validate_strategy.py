@@ -82,6 +82,13 @@ def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
             f"(global_batch {workload.global_batch} / dp {dp})",
             field="micro_batch",
         )
+    microbatches = workload.global_batch // dp // s.micro_batch
+    if s.vpp > 1 and microbatches % s.pp:
+        raise SpecError(
+            f"the interleaved schedule needs the {microbatches} micro-batches per step to be a multiple of "
+            f"pp={s.pp} (Megatron-LM's rule; with fewer, the bubble cannot shrink); use more micro-batches or vpp=1",
+            field="vpp",
+        )
     if workload.seq_len > 10_000_000:
         raise SpecError(f"seq_len={workload.seq_len} is beyond any model's context", field="seq_len")
     return dp
@@ -110,4 +117,5 @@ def rule_masks(model: ModelSpec, num_gpus: int, workload: TrainWorkload, c) -> d
                                                                & ((dp * cp) % ep == 0)),
         "sequence parallelism without tp": ~c.sequence_parallel | (tp > 1),
         "batch does not divide into micro-batches": (per_replica > 0) & (per_replica % c.micro_batch == 0),
+        "interleaving needs a multiple of pp micro-batches": (vpp == 1) | ((per_replica // c.micro_batch) % pp == 0),
     }
