@@ -252,3 +252,12 @@ def test_megatron_formula_gpt_175b():
     B, s, n_layers, h, V = 1536, 2048, m.num_layers, m.hidden_size, m.vocab_size
     megatron = 72 * B * s * n_layers * h**2 * (1 + s / (6 * h) + V / (12 * n_layers * h))
     assert model_flops_per_token(m, s) * B * s == pytest.approx(megatron, rel=0.005)
+
+
+def test_megatron_fp16_optimizer_keeps_fp32_gradients():
+    """Megatron-LM's distributed-optimizer table: fp16 params and grads cost 4 + 16/d bytes."""
+    d = 8
+    w, g, o = model_state_bytes(1.0, d, 1, "fp16", "adam", fp32_grad_copy=True)
+    assert float(w + g) == 4.0 and float(o) == 16.0 / d
+    w, g, o = model_state_bytes(1.0, d, 1, "bf16", "adam", fp32_grad_copy=True)  # 6 + 12/d
+    assert float(w + g) == 6.0 and float(o) == 12.0 / d

@@ -32,15 +32,22 @@ def grad_bytes(precision: str) -> float:
     return 2.0 if precision == "fp16" else 4.0
 
 
-def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str):
+def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False):
     """(weights, gradients, optimizer) bytes per GPU for ``params_local`` parameters held by the
-    GPU's model-parallel shard before ZeRO sharding over ``dp`` ranks."""
+    GPU's model-parallel shard before ZeRO sharding over ``dp`` ranks.
+
+    ``fp32_grad_copy``: with fp16 parameters the optimizer also keeps an fp32 copy of the
+    gradients (Megatron-LM's fp16 optimizer: 2 + 2 + 16 = 20 bytes per parameter, 4 + 16/d with
+    its distributed optimizer; Megatron-LM docs, "Distributed Optimizer"), where DeepSpeed
+    converts them per partition during the step (ZeRO's 2 + 2 + 12). With bf16 the 4-byte
+    gradient buffer is that copy already."""
     params_local = np.asarray(params_local, float)
     dp = np.asarray(dp, float)
     zero = np.asarray(zero)
     weights = params_local * WEIGHT_BYTES / np.where(zero >= 3, dp, 1.0)
     grads = params_local * grad_bytes(precision) / np.where(zero >= 2, dp, 1.0)
-    optim = params_local * OPTIMIZER_STATE_BYTES[optimizer] / np.where(zero >= 1, dp, 1.0)
+    state = OPTIMIZER_STATE_BYTES[optimizer] + (4.0 if fp32_grad_copy and precision == "fp16" else 0.0)
+    optim = params_local * state / np.where(zero >= 1, dp, 1.0)
     return weights, grads, optim
 
 

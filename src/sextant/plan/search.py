@@ -175,7 +175,8 @@ def _fixed_strategy(scenario: TrainScenario) -> dict:
     """The strategy fields the search does not vary (precision, kernels, overlap, collectives)."""
     s = scenario.strategy
     return {"precision": s.precision, "attention_kernel": s.attention_kernel, "dp_collective": s.dp_collective,
-            "zero3_gather_unit": s.zero3_gather_unit, "overlap": s.overlap.model_dump()}
+            "zero3_gather_unit": s.zero3_gather_unit, "fp32_grad_copy": s.fp32_grad_copy,
+            "overlap": s.overlap.model_dump()}
 
 
 def _scenario_for(scenario: TrainScenario, gpus: int, strategy: dict) -> TrainScenario:

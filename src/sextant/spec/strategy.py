@@ -56,6 +56,9 @@ class Strategy(Spec):
     #: TorchTitan) or each sub-module's weights (DeepSpeed ZeRO-3). Two units are live at a time
     #: (the one in use and the one prefetched).
     zero3_gather_unit: Literal["layer", "module"] = "layer"
+    #: With fp16 parameters, the optimizer keeps an fp32 copy of the gradients (Megatron-LM: true;
+    #: DeepSpeed converts per partition during the step: false).
+    fp32_grad_copy: bool = True
     overlap: Overlap = Overlap()
 
     @property

@@ -77,7 +77,7 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
         model=model, cluster=cluster, profile=profile, workload=workload,
         precision=strategy.precision, attention_kernel=strategy.attention_kernel,
         dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
-        zero3_gather_unit=strategy.zero3_gather_unit,
+        zero3_gather_unit=strategy.zero3_gather_unit, fp32_grad_copy=strategy.fp32_grad_copy,
     )
 
 

@@ -93,6 +93,7 @@ class TrainContext:
     overlap: Overlap = Overlap()
     dp_collective: str = "hierarchical"
     zero3_gather_unit: str = "layer"
+    fp32_grad_copy: bool = True
 
     @property
     def device(self) -> Device:
@@ -414,8 +415,9 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         gather_unit_params = nonexpert_layer / tp + np.where(edp_group > 1, expert_layer / (tp * ep), 0.0)
 
     def stage_memory(ne, ex, n_layers, stage_index, with_logits):
-        w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer)
-        w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer)
+        copy = ctx.fp32_grad_copy
+        w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
+        w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
                             if model.is_moe else (0.0, 0.0, 0.0))
         in_flight = pipeline_in_flight(pp, vpp, m, c.schedule, stage_index)
         acts = n_layers * in_flight * act_layer + act_extra + np.where(with_logits, logits_act, 0.0)
