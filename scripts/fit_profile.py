@@ -20,6 +20,7 @@ import statistics
 
 from scipy.optimize import minimize
 
+from sextant.spec.profile import KERNEL_EFFICIENCY_FIELDS
 from sextant.train.predict import build_context
 from sextant.validate.ledger import load_ledger
 from sextant.validate.train import metric_of
@@ -35,8 +36,7 @@ BOUNDS = {
     "kernel_efficiency": (0.3, 1.0),  # a framework preset's factor on the four kernel efficiencies
     "overlap_efficiency": (0.0, 1.0),  # a framework preset's overlap.efficiency
 }
-KERNEL_FIELDS = ("gemm_max_efficiency", "flash_attention_efficiency", "unfused_attention_gemm_efficiency",
-                 "memory_bw_efficiency")
+
 
 
 def prepared(rows):
@@ -56,7 +56,7 @@ def errors(items, names, x):
         prof = ctx.profile.model_copy(update=values)
         if factor is not None:  # replaces the preset's factor, which build_context already applied
             base = ctx.profile
-            prof = prof.model_copy(update={k: getattr(base, k) / ctx_factor(row) * factor for k in KERNEL_FIELDS})
+            prof = prof.model_copy(update={k: getattr(base, k) / ctx_factor(row) * factor for k in KERNEL_EFFICIENCY_FIELDS})
         run = dataclasses.replace(ctx, profile=prof)
         if overlap is not None:
             run = dataclasses.replace(run, overlap=run.overlap.model_copy(update={"efficiency": overlap}))

@@ -127,7 +127,7 @@ def explain_difference(best: TrainResult, runner_up: TrainResult) -> list[str]:
     return lines
 
 
-def _evaluate_chunks(ctx, cand: Candidates, progress: Progress | None) -> StepEvaluation | None:
+def evaluate_table(ctx, cand: Candidates, progress: Progress | None) -> StepEvaluation | None:
     """Evaluate the table in chunks on a thread pool (NumPy releases the GIL inside its array
     operations, so the chunks run on all cores); results are concatenated in table order."""
     n = len(cand)
@@ -171,7 +171,7 @@ def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: floa
     return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
 
 
-def _fixed_strategy(scenario: TrainScenario) -> dict:
+def fixed_strategy(scenario: TrainScenario) -> dict:
     """The strategy fields the search does not vary (precision, kernels, overlap, collectives)."""
     s = scenario.strategy
     return {"precision": s.precision, "attention_kernel": s.attention_kernel, "dp_collective": s.dp_collective,
@@ -179,7 +179,7 @@ def _fixed_strategy(scenario: TrainScenario) -> dict:
             "overlap": s.overlap.model_dump()}
 
 
-def _scenario_for(scenario: TrainScenario, gpus: int, strategy: dict) -> TrainScenario:
+def scenario_for(scenario: TrainScenario, gpus: int, strategy: dict) -> TrainScenario:
     data = scenario.model_dump(exclude_unset=True)
     data["hardware"] = {**data.get("hardware", {}), "gpus": gpus}
     data["strategy"] = strategy
@@ -215,13 +215,14 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
 ) -> PlanResult:
     scenario, _ = apply_framework(scenario)
     space = restrict_to_framework(space or SearchSpace(), scenario.framework)
-    fixed = _fixed_strategy(scenario)
+    fixed = fixed_strategy(scenario)
     start = time.perf_counter()
     spaces = []
     for gpus in gpu_counts:
-        ctx = resolve_context(_scenario_for(scenario, gpus, fixed))
+        ctx = resolve_context(scenario_for(scenario, gpus, fixed))
         spaces.append((gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space)))
     total_rows = sum(len(sp.candidates) for _, _, sp in spaces)
+    tdp_w = spaces[0][1].cluster.gpu.tdp_w
     done = 0
     rejected: dict[str, int] = {}
     ranked: list[tuple[float, int, int, dict]] = []  # (score, gpus, index, row)
@@ -232,7 +233,7 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
         for reason, count in sp.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
         t0 = time.perf_counter()
-        ev = _evaluate_chunks(ctx, sp.candidates, None if progress is None else
+        ev = evaluate_table(ctx, sp.candidates, None if progress is None else
                               (lambda d, n, base=done: progress(base + d, total_rows)))
         eval_seconds += time.perf_counter() - t0
         done += len(sp.candidates)
@@ -266,11 +267,10 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
 
     best_score = max(r[0] for r in ranked)
     ranked.sort(key=lambda r: (-round(r[0] / best_score, 9), r[1], r[2], _model_parallel(r[3])))
-    fixed_dict = fixed
     top = []
     for _, _, gpus, row in ranked[:top_k]:
-        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed_dict)
-        top.append(predict_train(_scenario_for(scenario, gpus, strategy)))
+        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed)
+        top.append(predict_train(scenario_for(scenario, gpus, strategy)))
     best = top[0]
     why = explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"]
 
@@ -284,7 +284,7 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
         if tokens and summary.best_tokens_per_s:
             seconds = tokens / summary.best_tokens_per_s
             summary.days = seconds / 86400
-            summary.energy_mwh = seconds * summary.gpus * best_tdp(scenario) / 3.6e9
+            summary.energy_mwh = seconds * summary.gpus * tdp_w / 3.6e9
             if price_per_gpu_hour is not None:
                 summary.dollars = seconds / 3600 * summary.gpus * price_per_gpu_hour
     days = tokens / best.tokens_per_s / 86400 if tokens else None
@@ -301,8 +301,3 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
                      "GPipe not searched: same step time as 1F1B, more memory"],
     )
 
-
-def best_tdp(scenario: TrainScenario) -> float:
-    from sextant.catalog import get_gpu
-
-    return get_gpu(scenario.hardware.gpu).tdp_w

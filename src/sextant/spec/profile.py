@@ -12,6 +12,10 @@ from pydantic import Field
 
 from sextant.spec.base import Spec
 
+#: The efficiencies that describe kernels (not links): what a framework's kernel quality scales.
+KERNEL_EFFICIENCY_FIELDS = ("gemm_max_efficiency", "flash_attention_efficiency",
+                            "unfused_attention_gemm_efficiency", "memory_bw_efficiency")
+
 
 class HardwareProfile(Spec):
     """Achieved fractions of peak for one GPU type, global to every workload on it."""
@@ -41,3 +45,13 @@ class HardwareProfile(Spec):
     intra_node_bw_efficiency: float = Field(gt=0, le=1)
     network_bw_efficiency: float = Field(gt=0, le=1)
     pcie_bw_efficiency: float = Field(default=0.8, gt=0, le=1)
+
+    def scaled(self, factor: float, label: str) -> HardwareProfile:
+        """This profile with every kernel efficiency multiplied by ``factor`` (a framework's
+        kernels reaching that fraction of what the profile's do)."""
+        if factor == 1.0:
+            return self
+        return self.model_copy(update={
+            "name": f"{self.name} x {label} {factor:g}",
+            **{k: getattr(self, k) * factor for k in KERNEL_EFFICIENCY_FIELDS},
+        })

@@ -64,13 +64,7 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
     cluster = build_cluster(hw.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node, node=hw.node,
                             network=hw.network, nics_per_node=hw.nics_per_node)
     profile = load_profile_file(hw.profile) if hw.profile else get_profile(cluster.gpu.name)
-    if kernel_efficiency != 1.0:
-        profile = profile.model_copy(update={
-            "name": f"{profile.name} x {scenario.framework} kernels {kernel_efficiency:g}",
-            **{k: getattr(profile, k) * kernel_efficiency for k in (
-                "gemm_max_efficiency", "flash_attention_efficiency", "unfused_attention_gemm_efficiency",
-                "memory_bw_efficiency")},
-        })
+    profile = profile.scaled(kernel_efficiency, f"{scenario.framework} kernels")
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100
     return TrainContext(

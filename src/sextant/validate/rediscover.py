@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from sextant.plan.search import _evaluate_chunks, _fixed_strategy, _scenario_for, rank_rows, score_space
+from sextant.plan.search import evaluate_table, fixed_strategy, rank_rows, scenario_for, score_space
 from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
 from sextant.spec.strategy import RECOMPUTE_CODES
 from sextant.train.predict import apply_framework, build_context, resolve_context
@@ -64,9 +64,9 @@ def rediscover_row(row, space: SearchSpace) -> RediscoveryRow:
     space = restrict_to_framework(space, scenario.framework)
     ctx_pub, cand_pub = build_context(scenario)
     published = evaluate(ctx_pub, cand_pub)
-    ctx = resolve_context(_scenario_for(scenario, row.gpus, _fixed_strategy(scenario)))
+    ctx = resolve_context(scenario_for(scenario, row.gpus, fixed_strategy(scenario)))
     sp = enumerate_space(ctx.model, row.gpus, ctx.cluster.gpus_per_node, ctx.workload, space)
-    ev = _evaluate_chunks(ctx, sp.candidates, None)
+    ev = evaluate_table(ctx, sp.candidates, None)
     fits, score = score_space(ev, "throughput", row.gpus, ctx.cluster.gpu.tdp_w, space.headroom)
     pub_score = float(published.tokens_per_s[0])
     order = rank_rows(score, ev.memory_bytes, sp.candidates)
