@@ -27,7 +27,6 @@ from sextant.spec.profile import HardwareProfile
 FLASH_BWD_FLOP_RATIO = 2.5
 #: Fraction of the s_q x s_kv score matrix a causal mask leaves to compute (block skipping).
 CAUSAL_FRACTION = 0.5
-ACT_BYTES = 2.0  # activations in bf16/fp16 (fp8 training keeps bf16 activations between layers)
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class Device:
     mem_bw: float  # bytes/s
     gemm_bytes: float  # bytes per GEMM operand element
     profile: HardwareProfile
+    act_bytes: float = 2.0  # bytes per activation element (16-bit in mixed precision)
 
 
 @dataclass
@@ -90,8 +90,8 @@ def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bo
     gemm = flops_fwd / (dev.attention_peak * p.unfused_attention_gemm_efficiency)
     scores = b * heads * s_q * s_kv  # elements
     # scale-mask-softmax: read + write scores; dropout: read, write, write a 1-byte mask.
-    softmax_bytes = 2 * ACT_BYTES * scores
-    dropout_bytes = (2 * ACT_BYTES + 1) * scores if dropout else 0.0
+    softmax_bytes = 2 * dev.act_bytes * scores
+    dropout_bytes = (2 * dev.act_bytes + 1) * scores if dropout else 0.0
     ew_fwd = memory_bound_time(softmax_bytes + dropout_bytes, mem_bw=dev.mem_bw, profile=p, kernels=2)
     fwd = gemm + ew_fwd + 2 * p.kernel_overhead_s
     bwd = 2.0 * gemm + 2.0 * ew_fwd + 4 * p.kernel_overhead_s
@@ -138,7 +138,8 @@ def _attention_projections(model: ModelSpec, tokens, t, dev: Device):
     return time, flops
 
 
-def _elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, moe_tokens=None):
+def _elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, act_bytes: float,
+                       moe_tokens=None):
     """Bytes moved by the forward element-wise kernels of one layer, and their kernel count.
 
     Norms and residual adds (bias-dropout-add fused, as Megatron-LM) run on all tokens without
@@ -148,14 +149,14 @@ def _elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: b
     h = model.hidden_size
     seq_split = np.where(sp, t, 1.0)
     norms = 1 if (model.parallel_attention and model.parallel_attention_norms == 1) else 2
-    norm_bytes = norms * 2 * ACT_BYTES * tokens * h / seq_split
-    residual_bytes = 2 * (3 * ACT_BYTES + (1 if dropout else 0)) * tokens * h / seq_split
+    norm_bytes = norms * 2 * act_bytes * tokens * h / seq_split
+    residual_bytes = 2 * (3 * act_bytes + (1 if dropout else 0)) * tokens * h / seq_split
     rotary = 0.0
     if model.position_embedding == "rope":
-        rotary = 2 * ACT_BYTES * tokens * (model.num_heads + model.num_kv_heads) * attention_qk_dim(model) / t
+        rotary = 2 * act_bytes * tokens * (model.num_heads + model.num_kv_heads) * attention_qk_dim(model) / t
     act_tokens = tokens if moe_tokens is None else moe_tokens
     act_reads = 2 if model.gated_mlp else 1
-    activation = (act_reads + 1) * ACT_BYTES * act_tokens * ffn_local
+    activation = (act_reads + 1) * act_bytes * act_tokens * ffn_local
     kernels = norms + 2 + (1 if model.position_embedding == "rope" else 0) + 1
     return norm_bytes + residual_bytes + rotary + activation, kernels
 
@@ -166,7 +167,8 @@ def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flas
     proj_t, proj_f = _attention_projections(model, tokens, t, dev)
     mlp_t, mlp_f = _mlp_gemms(model, tokens, model.ffn_hidden_size, t, dev)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
-    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout)
+    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout,
+                                      act_bytes=dev.act_bytes)
     ew = memory_bound_time(ew_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels)
     gemm = proj_t + mlp_t
     return LayerCost(
@@ -200,9 +202,10 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     if moe.num_shared_experts:
         shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev)
     ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
-                                           dropout=dropout, moe_tokens=routed_tokens)
+                                           dropout=dropout, act_bytes=dev.act_bytes,
+                                           moe_tokens=routed_tokens)
     # Permutation of tokens to experts and back: read + write the routed activations twice.
-    permute_bytes = 2 * 2 * ACT_BYTES * routed_tokens * h
+    permute_bytes = 2 * 2 * dev.act_bytes * routed_tokens * h
     ew = memory_bound_time(ew_bytes + permute_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels + 4)
     gemm = proj_t + router_t + expert_t + shared_t
     return LayerCost(
@@ -229,5 +232,5 @@ def logits_cost(model: ModelSpec, b, s_q, t, dev: Device) -> tuple[np.ndarray, n
 def embedding_cost(model: ModelSpec, b, s_q, dev: Device) -> tuple[np.ndarray, np.ndarray]:
     """Forward and backward seconds of the token-embedding lookup (a gather, memory-bound)."""
     tokens = np.asarray(b, float) * s_q
-    fwd = memory_bound_time(2 * ACT_BYTES * tokens * model.hidden_size, mem_bw=dev.mem_bw, profile=dev.profile)
+    fwd = memory_bound_time(2 * dev.act_bytes * tokens * model.hidden_size, mem_bw=dev.mem_bw, profile=dev.profile)
     return fwd, 2.0 * fwd

@@ -16,6 +16,8 @@ same derivation. Every function broadcasts over NumPy arrays.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sextant.cost.params import attention_qk_dim, attention_v_dim
@@ -23,13 +25,55 @@ from sextant.spec.model import ModelSpec
 
 #: Bytes per parameter of optimizer state (fp32 master weights included), per optimizer.
 OPTIMIZER_STATE_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adam8bit": 6.0}
-WEIGHT_BYTES = 2.0
+#: The fp32 master copy of the weights inside OPTIMIZER_STATE_BYTES; fp32 training has none (the
+#: weights are the master copy).
+MASTER_WEIGHT_BYTES = 4.0
+
+
+@dataclass(frozen=True)
+class PrecisionBytes:
+    """Bytes per element of each kind of tensor under one training precision."""
+
+    weight: float  # parameters as the forward pass reads them
+    grad: float  # gradient buffer
+    activation: float  # activations kept for backward and sent between GPUs
+    gemm_operand: float  # GEMM inputs as the kernels read them
+    master_copy: bool  # optimizer keeps fp32 master weights beside the weights
+
+
+#: Mixed precision (Micikevicius et al. 2018): 16-bit weights and activations, fp32 master
+#: weights; bf16 and fp8 keep an fp32 ``main_grad`` (Megatron-LM requires fp32 accumulation for
+#: bf16), fp16 keeps fp16 gradients. FP8 (Transformer Engine) casts GEMM operands to 1 byte and
+#: keeps bf16 activations between layers. fp32/tf32: everything in 4 bytes (tf32 only changes the
+#: tensor-core math of the GEMMs).
+PRECISION_BYTES = {
+    "bf16": PrecisionBytes(weight=2.0, grad=4.0, activation=2.0, gemm_operand=2.0, master_copy=True),
+    "fp16": PrecisionBytes(weight=2.0, grad=2.0, activation=2.0, gemm_operand=2.0, master_copy=True),
+    "fp8": PrecisionBytes(weight=2.0, grad=4.0, activation=2.0, gemm_operand=1.0, master_copy=True),
+    "tf32": PrecisionBytes(weight=4.0, grad=4.0, activation=4.0, gemm_operand=4.0, master_copy=False),
+    "fp32": PrecisionBytes(weight=4.0, grad=4.0, activation=4.0, gemm_operand=4.0, master_copy=False),
+}
+
+
+def precision_bytes(precision: str) -> PrecisionBytes:
+    return PRECISION_BYTES[precision]
+
+
+def optimizer_step_bytes(optimizer: str, precision: str) -> float:
+    """Bytes one optimizer step moves per local parameter: every state byte read and written
+    (fp32 master weights included), the gradient read, and the 16-bit weights written back in
+    mixed precision (fp32 training updates the weights in place: they are the master copy).
+    Adam in bf16: 2 x 12 + 4 + 2 = 30; in fp32: 2 x (8 + 4) + 4 = 28. The step is memory-bound
+    (fused multi-tensor Adam in Apex and PyTorch's ``foreach`` implementation)."""
+    pb = PRECISION_BYTES[precision]
+    state = OPTIMIZER_STATE_BYTES[optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
+    in_place_weights = 0.0 if pb.master_copy else pb.weight
+    return 2.0 * (state + in_place_weights) + pb.grad + (pb.weight if pb.master_copy else 0.0)
 
 
 def grad_bytes(precision: str) -> float:
-    """Bytes per gradient element: fp32 main_grad for bf16/fp8 (Megatron-LM requires fp32
-    accumulation for bf16), fp16 gradients for fp16 mixed precision (Micikevicius et al. 2018)."""
-    return 2.0 if precision == "fp16" else 4.0
+    """Bytes per gradient element (see :data:`PRECISION_BYTES`)."""
+    return PRECISION_BYTES[precision].grad
 
 
 def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False):
@@ -44,25 +88,29 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
     params_local = np.asarray(params_local, float)
     dp = np.asarray(dp, float)
     zero = np.asarray(zero)
-    weights = params_local * WEIGHT_BYTES / np.where(zero >= 3, dp, 1.0)
-    grads = params_local * grad_bytes(precision) / np.where(zero >= 2, dp, 1.0)
-    state = OPTIMIZER_STATE_BYTES[optimizer] + (4.0 if fp32_grad_copy and precision == "fp16" else 0.0)
+    pb = PRECISION_BYTES[precision]
+    weights = params_local * pb.weight / np.where(zero >= 3, dp, 1.0)
+    grads = params_local * pb.grad / np.where(zero >= 2, dp, 1.0)
+    state = (OPTIMIZER_STATE_BYTES[optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
+             + (4.0 if fp32_grad_copy and precision == "fp16" else 0.0))
     optim = params_local * state / np.where(zero >= 1, dp, 1.0)
     return weights, grads, optim
 
 
 def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
-                           moe_layer: bool = False) -> np.ndarray:
+                           moe_layer: bool = False, act_bytes: float = 2.0) -> np.ndarray:
     """Bytes one layer keeps for backward per micro-batch (``s``: local sequence length).
 
     ``recompute``: 0 none, 1 selective (attention core recomputed: no s^2 terms), 2 full (only
-    the layer input is kept). Terms, with 2-byte activations and 1-byte dropout masks:
-    norms 2sbh each; QKV input 2sbh; Q, K, V; scores (unfused: softmax output 2, dropout mask 1,
-    dropout output 2 per score); attention output 2 s b a d_v; output-projection dropout mask sbh;
-    MLP input 2sbh; MLP intermediates (GeLU: input and output, 2 x 2 s b f; gated: gate, up and
-    their product, 3 x 2 s b f); MLP dropout mask sbh. Tensors before the column-parallel split
-    are divided by t only with sequence parallelism.
+    the layer input is kept). Terms, with ``e`` = ``act_bytes`` per activation (2 in mixed
+    precision, Korthikanti's case) and 1-byte dropout masks: norms e*sbh each; QKV input e*sbh;
+    Q, K, V; scores (unfused: softmax output e, dropout mask 1, dropout output e per score); attention
+    output e*s*b*a*d_v; output-projection dropout mask sbh; MLP input e*sbh; MLP intermediates
+    (GeLU: input and output, 2 x e*s*b*f; gated: gate, up and their product, 3 x e*s*b*f); MLP
+    dropout mask sbh. Tensors before the column-parallel split are divided by t only with sequence
+    parallelism. Flash attention keeps an fp32 log-sum-exp per row instead of the scores.
     """
+    e = act_bytes
     h, a, g = model.hidden_size, model.num_heads, model.num_kv_heads
     b = np.asarray(b, float)
     t = np.asarray(t, float)
@@ -72,58 +120,61 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     norms = 1 if (model.parallel_attention and model.parallel_attention_norms == 1) else 2
     dqk, dv = attention_qk_dim(model), attention_v_dim(model)
 
-    replicated = (norms * 2 + 2 + mask) * sbh  # norm inputs, QKV input, out-proj dropout mask
+    replicated = (norms * e + e + mask) * sbh  # norm inputs, QKV input, out-proj dropout mask
     if not model.parallel_attention:
-        replicated = replicated + (2 + mask) * sbh  # MLP input, MLP dropout mask
+        replicated = replicated + (e + mask) * sbh  # MLP input, MLP dropout mask
     else:
         replicated = replicated + mask * sbh
     if model.mla is not None:
         m = model.mla
         kv_heads_qk = a  # MLA up-projects keys and values for every head
-        latent = 2 * s * b * (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim)
+        latent = e * s * b * (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim)
         replicated = replicated + latent
     else:
         kv_heads_qk = g
-    qkv = 2 * s * b * (a * dqk + kv_heads_qk * dqk + kv_heads_qk * dv) / t
-    attn_out = 2 * s * b * a * dv / t
+    qkv = e * s * b * (a * dqk + kv_heads_qk * dqk + kv_heads_qk * dv) / t
+    attn_out = e * s * b * a * dv / t
     if flash:
         scores = 4.0 * b * a * s / t  # fp32 log-sum-exp per row
     else:
-        scores = (2 + mask + 2) * b * a * s * s / t
+        scores = (e + mask + e) * b * a * s * s / t
+    gated = 3 if model.gated_mlp else 2
     if moe_layer and model.moe is not None:
         moe = model.moe
         routed = s * b * moe.top_k
-        inter = (3 if model.gated_mlp else 2) * 2 * routed * moe.expert_ffn_hidden_size / t
-        inter = inter + 2 * routed * h  # permuted expert inputs
+        inter = gated * e * routed * moe.expert_ffn_hidden_size / t
+        inter = inter + e * routed * h  # permuted expert inputs
         if moe.num_shared_experts:
             f_sh = moe.shared_expert_ffn_hidden_size * moe.num_shared_experts
-            inter = inter + (3 if model.gated_mlp else 2) * 2 * s * b * f_sh / t
+            inter = inter + gated * e * s * b * f_sh / t
     else:
-        inter = (3 if model.gated_mlp else 2) * 2 * s * b * model.ffn_hidden_size / t
+        inter = gated * e * s * b * model.ffn_hidden_size / t
 
     full_layer = replicated / seq_split + qkv + attn_out + scores + inter
     selective = full_layer - np.where(flash, 0.0, scores)
-    only_input = 2 * sbh / seq_split
+    only_input = e * sbh / seq_split
     recompute = np.asarray(recompute)
     return np.where(recompute == 2, only_input, np.where(recompute == 1, selective, full_layer))
 
 
 def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
-                                moe_layer: bool = False) -> np.ndarray:
+                                moe_layer: bool = False, act_bytes: float = 2.0) -> np.ndarray:
     """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
     layer's complete activations exist again for the duration of its backward (less its input,
     which was kept and is counted already); with selective, its attention core's."""
-    full = layer_activation_bytes(model, b, s, t, sp, 0, flash=flash, dropout=dropout, moe_layer=moe_layer)
-    sel = layer_activation_bytes(model, b, s, t, sp, 1, flash=flash, dropout=dropout, moe_layer=moe_layer)
-    kept_input = layer_activation_bytes(model, b, s, t, sp, 2, flash=flash, dropout=dropout, moe_layer=moe_layer)
+    kw = dict(flash=flash, dropout=dropout, moe_layer=moe_layer, act_bytes=act_bytes)
+    full = layer_activation_bytes(model, b, s, t, sp, 0, **kw)
+    sel = layer_activation_bytes(model, b, s, t, sp, 1, **kw)
+    kept_input = layer_activation_bytes(model, b, s, t, sp, 2, **kw)
     recompute = np.asarray(recompute)
     return np.where(recompute == 2, full - kept_input, np.where(recompute == 1, full - sel, 0.0))
 
 
-def logits_activation_bytes(model: ModelSpec, b, s, t) -> np.ndarray:
-    """Output layer on the last stage: its input (2sbh) and fp32 logits for the loss (4sbV/t),
+def logits_activation_bytes(model: ModelSpec, b, s, t, act_bytes: float = 2.0) -> np.ndarray:
+    """Output layer on the last stage: its input (e*sbh) and fp32 logits for the loss (4sbV/t),
     which Korthikanti et al. keep in fp32 as well."""
-    return 2.0 * s * np.asarray(b, float) * model.hidden_size + 4.0 * s * np.asarray(b, float) * model.vocab_size / np.asarray(t, float)
+    b = np.asarray(b, float)
+    return act_bytes * s * b * model.hidden_size + 4.0 * s * b * model.vocab_size / np.asarray(t, float)
 
 
 def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) -> np.ndarray:

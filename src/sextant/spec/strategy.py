@@ -10,7 +10,7 @@ from sextant.spec.base import Spec
 
 Recompute = Literal["none", "selective", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
-Precision = Literal["bf16", "fp16", "fp8"]
+Precision = Literal["bf16", "fp16", "fp8", "tf32", "fp32"]
 AttentionKernel = Literal["flash", "unfused"]
 CollectiveAlgorithm = Literal["hierarchical", "flat_ring"]
 

@@ -45,7 +45,9 @@ from sextant.cost.memory import (
     layer_activation_peak_extra,
     logits_activation_bytes,
     model_state_bytes,
+    optimizer_step_bytes,
     pipeline_in_flight,
+    precision_bytes,
 )
 from sextant.cost.params import (
     attention_qk_dim,
@@ -63,10 +65,6 @@ from sextant.train.candidates import Candidates
 from sextant.train.pipeline import schedule_time, stage_layers
 from sextant.units import GiB
 
-#: Bytes each optimizer step reads and writes per local parameter (Adam: fp32 master, m and v
-#: read and written, fp32 gradient read, 2-byte weight written; SGD with momentum and 8-bit Adam
-#: move less). The step is memory-bound (fused multi-tensor Adam in Apex/PyTorch).
-OPTIMIZER_STEP_BYTES = {"adamw": 30.0, "adam": 30.0, "sgd": 18.0, "adam8bit": 18.0}
 #: Device memory outside PyTorch's tensors: CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers.
 RUNTIME_RESERVED_BYTES = 1.0 * GiB
 #: Caching-allocator fragmentation, as a fraction of the memory in tensors.
@@ -98,13 +96,14 @@ class TrainContext:
     @property
     def device(self) -> Device:
         gpu = self.cluster.gpu
-        gemm_dtype = self.precision
+        pb = precision_bytes(self.precision)
         return Device(
-            gemm_peak=gpu.peak(gemm_dtype),
+            gemm_peak=gpu.peak(self.precision),
             attention_peak=gpu.peak("bf16" if self.precision == "fp8" else self.precision),
             mem_bw=gpu.memory.read_bytes_per_s,
-            gemm_bytes=1.0 if self.precision == "fp8" else 2.0,
+            gemm_bytes=pb.gemm_operand,
             profile=self.profile,
+            act_bytes=pb.activation,
         )
 
 
@@ -215,20 +214,21 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     emb_fwd, emb_bwd = embedding_cost(model, b, s_local, ctx.device)
     log_fwd, log_bwd = logits_cost(model, b, s_local, tp, ctx.device)
 
-    act_bytes = 2.0 * b * s_local * h
+    e = ctx.device.act_bytes
+    act_bytes = e * b * s_local * h
     tp_one = comm.all_reduce(act_bytes, tp, _group_per_node(tp, 1, gpn), fab)
     tp_total = (4.0 + np.where(rc == 2, 2.0, 0.0)) * tp_one
     gemm_layer = layer.fwd.gemm + layer.bwd.gemm
     tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
 
     kv_dim = (model.num_heads if model.mla else model.num_kv_heads) * (attention_qk_dim(model) + attention_v_dim(model))
-    kv_bytes = 2.0 * b * s_local * kv_dim / tp
+    kv_bytes = e * b * s_local * kv_dim / tp
     cp_per_node = _group_per_node(cp, tp, gpn)
     cp_comm = (cp - 1) * comm.p2p(kv_bytes, cp_per_node < cp, fab) * 3.0  # fwd: K,V; bwd: K,V, dK,dV
     cp_exposed = np.where(cp > 1, _exposed(cp_comm, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
 
     if model.is_moe:
-        a2a_bytes = 2.0 * b * s_local * h * model.moe.top_k / np.where(sp, tp, 1.0)
+        a2a_bytes = e * b * s_local * h * model.moe.top_k / np.where(sp, tp, 1.0)
         ep_per_node = _group_per_node(ep, tp * cp, gpn)
         # Dispatch and combine in the forward and the backward, and again in a recomputed forward.
         a2a_count = 4.0 + np.where(rc == 2, 2.0, 0.0)
@@ -236,13 +236,14 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     else:
         ep_comm = np.zeros_like(tp)
 
-    act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
-    act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout)
+    kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e)
+    act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, **kw)
+    act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, **kw)
     if model.is_moe:
-        moe_act = layer_activation_bytes(model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True)
+        moe_act = layer_activation_bytes(model, b, s_local, tp, sp, rc, moe_layer=True, **kw)
         act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
         act_extra = np.maximum(act_extra, layer_activation_peak_extra(
-            model, b, s_local, tp, sp, rc, flash=flash, dropout=ctx.dropout, moe_layer=True))
+            model, b, s_local, tp, sp, rc, moe_layer=True, **kw))
 
     return {
         "fwd_gemm": layer.fwd.gemm, "fwd_attention": layer.fwd.attention, "fwd_elementwise": layer.fwd.elementwise,
@@ -252,7 +253,7 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         "tp_exposed": tp_exposed, "cp_exposed": cp_exposed, "ep_comm": ep_comm,
         "time": layer.fwd.total + layer.bwd.total + recompute_layer + tp_exposed + cp_exposed + ep_comm,
         "act_layer": act_layer, "act_extra": act_extra,
-        "logits_act": logits_activation_bytes(model, b, s_local, tp),
+        "logits_act": logits_activation_bytes(model, b, s_local, tp, e),
     }
 
 
@@ -302,7 +303,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     per_layer = {k: np.broadcast_to(v, first.shape)[inverse] for k, v in _per_layer(ctx, c.take(first)).items()}
     layer_time = per_layer["time"]
     emb_both, log_both = per_layer["emb"], per_layer["logits"]
-    act_bytes = 2.0 * b * s_local * h
+    act_bytes = ctx.device.act_bytes * b * s_local * h
 
     # ---- stages and pipeline ----------------------------------------------------------------
     n_first, n_mid, n_last = stage_layers(model.num_layers, pp)
@@ -371,7 +372,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
 
     def optimizer_time(ne, ex):
         local = ne / np.where(zero >= 1, dp_group, 1.0) + ex / np.where(zero >= 1, edp_group, 1.0)
-        return memory_bound_time(local * OPTIMIZER_STEP_BYTES[wl.optimizer], mem_bw=ctx.device.mem_bw,
+        return memory_bound_time(local * optimizer_step_bytes(wl.optimizer, ctx.precision), mem_bw=ctx.device.mem_bw,
                                  profile=prof, kernels=8)
 
     opt_first, opt_mid, opt_last = optimizer_time(ne_first, ex_first), optimizer_time(ne_mid, ex_mid), optimizer_time(ne_last, ex_last)
