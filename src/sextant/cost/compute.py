@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sextant.spec.profile import HardwareProfile
+from sextant.spec.profile import GemmTable, HardwareProfile
 
 ArrayLike = np.ndarray | float
 
@@ -24,8 +24,12 @@ def shape_factor(dim: ArrayLike, half_dim: float) -> np.ndarray:
     return dim / (dim + half_dim)
 
 
-def gemm_efficiency(m: ArrayLike, n: ArrayLike, k: ArrayLike, profile: HardwareProfile) -> np.ndarray:
-    """Achieved fraction of dense peak for an (m x k) @ (k x n) matrix multiply."""
+def gemm_efficiency(m: ArrayLike, n: ArrayLike, k: ArrayLike, profile: HardwareProfile,
+                    table: GemmTable | None = None) -> np.ndarray:
+    """Achieved fraction of dense peak for an (m x k) @ (k x n) matrix multiply: the measured
+    table of the GEMM's dtype where calibration produced one, else the profile's curve."""
+    if table is not None:
+        return table.interpolate(m, n, k)
     h = profile.gemm_half_dim
     return profile.gemm_max_efficiency * shape_factor(m, h) * shape_factor(n, h) * shape_factor(k, h)
 
@@ -40,15 +44,19 @@ def gemm_time(
     bytes_per_element: float,
     profile: HardwareProfile,
     count: ArrayLike = 1.0,
+    table: GemmTable | None = None,
 ) -> np.ndarray:
     """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once."""
     flops = 2.0 * np.asarray(m, float) * n * k
     traffic = bytes_per_element * (np.asarray(m, float) * k + np.asarray(k, float) * n + np.asarray(m, float) * n)
-    eff = gemm_efficiency(m, n, k, profile)
+    eff = gemm_efficiency(m, n, k, profile, table)
     t = np.maximum(flops / (peak_flops * eff), traffic / (mem_bw * profile.memory_bw_efficiency))
     return count * (t + profile.kernel_overhead_s)
 
 
-def memory_bound_time(bytes_moved: ArrayLike, *, mem_bw: float, profile: HardwareProfile, kernels: ArrayLike = 1.0) -> np.ndarray:
-    """Seconds for element-wise kernels that move ``bytes_moved`` in total over ``kernels`` launches."""
-    return np.asarray(bytes_moved, float) / (mem_bw * profile.memory_bw_efficiency) + kernels * profile.kernel_overhead_s
+def memory_bound_time(bytes_moved: ArrayLike, *, mem_bw: float, profile: HardwareProfile, kernels: ArrayLike = 1.0,
+                      efficiency: float | None = None) -> np.ndarray:
+    """Seconds for element-wise kernels that move ``bytes_moved`` in total over ``kernels`` launches,
+    at ``efficiency`` of the bandwidth (default: the profile's element-wise efficiency)."""
+    eff = profile.memory_bw_efficiency if efficiency is None else efficiency
+    return np.asarray(bytes_moved, float) / (mem_bw * eff) + kernels * profile.kernel_overhead_s

@@ -21,10 +21,13 @@ import numpy as np
 from sextant.cost.compute import gemm_time, memory_bound_time
 from sextant.cost.params import attention_qk_dim, attention_v_dim
 from sextant.spec.model import ModelSpec
-from sextant.spec.profile import HardwareProfile
+from sextant.spec.profile import GemmTable, HardwareProfile
 
 #: FlashAttention backward FLOPs relative to forward (5 matmuls vs 2).
 FLASH_BWD_FLOP_RATIO = 2.5
+#: Bytes the cross-entropy kernels move per fp32 logit, forward or backward: read the logits,
+#: write the softmax, read it again for the loss (or its gradient).
+LOSS_BYTES_PER_LOGIT = 12.0
 #: Fraction of the s_q x s_kv score matrix a causal mask leaves to compute (block skipping).
 CAUSAL_FRACTION = 0.5
 
@@ -39,6 +42,8 @@ class Device:
     gemm_bytes: float  # bytes per GEMM operand element
     profile: HardwareProfile
     act_bytes: float = 2.0  # bytes per activation element (16-bit in mixed precision)
+    gemm_table: GemmTable | None = None  # measured efficiencies for the GEMM dtype, if calibrated
+    host_synchronous: bool = False  # the device is the host CPU: it issues and runs every op in turn
 
 
 @dataclass
@@ -65,9 +70,9 @@ class LayerCost:
     flops_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
 
-def _gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
+def device_gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
     return gemm_time(m, n, k, peak_flops=dev.gemm_peak, mem_bw=dev.mem_bw,
-                     bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count)
+                     bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count, table=dev.gemm_table)
 
 
 def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bool, dropout: bool):
@@ -102,7 +107,7 @@ def _mlp_gemms(model: ModelSpec, tokens, ffn, t, dev: Device, count=1.0):
     """Forward seconds and FLOPs of one MLP (up[, gate], down) on ``tokens`` rows."""
     h = model.hidden_size
     up_width = (2 if model.gated_mlp else 1) * ffn / t
-    time = _gemm(tokens, up_width, h, dev, count) + _gemm(tokens, h, ffn / t, dev, count)
+    time = device_gemm(tokens, up_width, h, dev, count) + device_gemm(tokens, h, ffn / t, dev, count)
     flops = count * 2.0 * tokens * h * (up_width + ffn / t)
     return time, flops
 
@@ -128,17 +133,17 @@ def _attention_projections(model: ModelSpec, tokens, t, dev: Device):
             # both move the same FLOPs per GPU, 1/split of the unsplit GEMM.
             n_local = n_dim / split if (k_dim, n_dim) != (a * m.v_head_dim, h) else n_dim
             k_local = k_dim if (k_dim, n_dim) != (a * m.v_head_dim, h) else k_dim / split
-            time = time + _gemm(tokens, n_local, k_local, dev)
+            time = time + device_gemm(tokens, n_local, k_local, dev)
             flops = flops + 2.0 * tokens * n_local * k_local
         return time, flops
     d, g = model.head_dim, model.num_kv_heads
     qkv_width = (a + 2 * g) * d / t
-    time = _gemm(tokens, qkv_width, h, dev) + _gemm(tokens, h, a * d / t, dev)
+    time = device_gemm(tokens, qkv_width, h, dev) + device_gemm(tokens, h, a * d / t, dev)
     flops = 2.0 * tokens * h * (qkv_width + a * d / t)
     return time, flops
 
 
-def _elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, act_bytes: float,
+def elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, act_bytes: float,
                        moe_tokens=None):
     """Bytes moved by the forward element-wise kernels of one layer, and their kernel count.
 
@@ -167,7 +172,7 @@ def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flas
     proj_t, proj_f = _attention_projections(model, tokens, t, dev)
     mlp_t, mlp_f = _mlp_gemms(model, tokens, model.ffn_hidden_size, t, dev)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
-    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout,
+    ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout,
                                       act_bytes=dev.act_bytes)
     ew = memory_bound_time(ew_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels)
     gemm = proj_t + mlp_t
@@ -193,7 +198,7 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     tokens = np.asarray(b, float) * s_q
     proj_t, proj_f = _attention_projections(model, tokens, t, dev)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
-    router_t = _gemm(tokens, moe.num_experts, h, dev)
+    router_t = device_gemm(tokens, moe.num_experts, h, dev)
     routed_tokens = tokens * moe.top_k * imbalance
     local_experts = moe.num_experts / np.asarray(ep, float)
     rows_per_expert = routed_tokens / local_experts
@@ -201,7 +206,7 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     shared_t, shared_f = 0.0, 0.0
     if moe.num_shared_experts:
         shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev)
-    ew_bytes, kernels = _elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
+    ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
                                            dropout=dropout, act_bytes=dev.act_bytes,
                                            moe_tokens=routed_tokens)
     # Permutation of tokens to experts and back: read + write the routed activations twice.
@@ -224,8 +229,9 @@ def logits_cost(model: ModelSpec, b, s_q, t, dev: Device) -> tuple[np.ndarray, n
     """
     tokens = np.asarray(b, float) * s_q
     v_local = model.vocab_size / t
-    proj = _gemm(tokens, v_local, model.hidden_size, dev)
-    loss = memory_bound_time(3 * 4.0 * tokens * v_local, mem_bw=dev.mem_bw, profile=dev.profile, kernels=3)
+    proj = device_gemm(tokens, v_local, model.hidden_size, dev)
+    loss = memory_bound_time(LOSS_BYTES_PER_LOGIT * tokens * v_local, mem_bw=dev.mem_bw, profile=dev.profile, kernels=3,
+                             efficiency=dev.profile.loss_bw_efficiency)
     return proj + loss, 2.0 * proj + loss
 
 

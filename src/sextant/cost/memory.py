@@ -171,10 +171,10 @@ def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, fla
 
 
 def logits_activation_bytes(model: ModelSpec, b, s, t, act_bytes: float = 2.0) -> np.ndarray:
-    """Output layer on the last stage: its input (e*sbh) and fp32 logits for the loss (4sbV/t),
-    which Korthikanti et al. keep in fp32 as well."""
+    """Output layer on the last stage: the final norm's input and the output projection's input
+    (e*sbh each) and fp32 logits for the loss (4sbV/t), which Korthikanti et al. keep in fp32."""
     b = np.asarray(b, float)
-    return act_bytes * s * b * model.hidden_size + 4.0 * s * b * model.vocab_size / np.asarray(t, float)
+    return 2.0 * act_bytes * s * b * model.hidden_size + 4.0 * s * b * model.vocab_size / np.asarray(t, float)
 
 
 def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) -> np.ndarray:

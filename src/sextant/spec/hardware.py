@@ -20,7 +20,7 @@ class LinkSpec(Spec):
     """A point-to-point or switched link, as seen by one GPU."""
 
     name: str
-    kind: Literal["nvlink", "xgmi", "pcie", "infiniband", "roce", "ethernet", "c2c"]
+    kind: Literal["nvlink", "xgmi", "pcie", "infiniband", "roce", "ethernet", "c2c", "host"]
     bandwidth_bytes_per_s: float = Field(gt=0, description="Per GPU, per direction.")
     latency_s: float = Field(ge=0, description="Per message/hop (alpha of the alpha-beta model).")
     source: str = ""
@@ -40,7 +40,7 @@ class GPUSpec(Spec):
     """One accelerator. ``peak_flops`` holds *dense* (no 2:4 sparsity) tensor-core peaks."""
 
     name: str
-    vendor: Literal["nvidia", "amd"]
+    vendor: Literal["nvidia", "amd", "intel", "arm", "other"]
     architecture: str
     peak_flops: dict[Dtype, float] = Field(description="Dense peak FLOP/s per dtype.")
     memory: MemoryTier

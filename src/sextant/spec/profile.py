@@ -8,13 +8,77 @@ and parameters fitted to published runs, each stating the data it was fitted on)
 
 from __future__ import annotations
 
-from pydantic import Field
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
+from sextant.spec.hardware import GPUSpec, NodeSpec
 
 #: The efficiencies that describe kernels (not links): what a framework's kernel quality scales.
 KERNEL_EFFICIENCY_FIELDS = ("gemm_max_efficiency", "flash_attention_efficiency",
                             "unfused_attention_gemm_efficiency", "memory_bw_efficiency")
+
+
+class GemmTable(Spec):
+    """Measured GEMM efficiency (fraction of the dense peak) on a grid of shapes, for one dtype.
+
+    ``efficiency`` is flattened in C order over (m, n, k). Between grid points the cost model
+    interpolates linearly in log2 of each dimension (trilinear); outside the grid it holds the
+    edge value: a measured table is trusted only where it was measured, and the edges are the
+    closest evidence.
+    """
+
+    m: list[int] = Field(min_length=1)
+    n: list[int] = Field(min_length=1)
+    k: list[int] = Field(min_length=1)
+    efficiency: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> GemmTable:
+        for name in ("m", "n", "k"):
+            axis = getattr(self, name)
+            if any(x <= 0 for x in axis) or sorted(set(axis)) != axis:
+                raise ValueError(f"{name}: grid values must be positive and strictly increasing")
+        if len(self.efficiency) != len(self.m) * len(self.n) * len(self.k):
+            raise ValueError("efficiency must hold len(m) * len(n) * len(k) values")
+        if any(not (0 < e <= 1.5) for e in self.efficiency):
+            raise ValueError("efficiencies must lie in (0, 1.5]")
+        return self
+
+    @cached_property
+    def _grid(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        axes = tuple(np.log2(np.asarray(a, float)) for a in (self.m, self.n, self.k))
+        values = np.asarray(self.efficiency, float).reshape(len(self.m), len(self.n), len(self.k))
+        return axes, values
+
+    def interpolate(self, m, n, k) -> np.ndarray:
+        """Efficiency at arbitrary (broadcast) shapes."""
+        axes, values = self._grid
+        index, weight = [], []
+        for axis, x in zip(axes, (m, n, k)):
+            lx = np.log2(np.clip(np.asarray(x, float), 2.0 ** axis[0], 2.0 ** axis[-1]))
+            if len(axis) == 1:
+                i = np.zeros(lx.shape, dtype=int)
+                f = np.zeros(lx.shape)
+            else:
+                i = np.clip(np.searchsorted(axis, lx, side="right") - 1, 0, len(axis) - 2)
+                f = (lx - axis[i]) / (axis[i + 1] - axis[i])
+            index.append(i)
+            weight.append(f)
+        result = 0.0
+        for corner in range(8):
+            bits = [(corner >> d) & 1 for d in range(3)]
+            w = 1.0
+            idx = []
+            for d in range(3):
+                hi = min(1, len(axes[d]) - 1) * bits[d]
+                idx.append(index[d] + hi)
+                w = w * (weight[d] if bits[d] else 1.0 - weight[d])
+            result = result + w * values[idx[0], idx[1], idx[2]]
+        return np.asarray(result)
 
 
 class HardwareProfile(Spec):
@@ -36,15 +100,35 @@ class HardwareProfile(Spec):
     # Materialized-score attention (batched GEMMs of Megatron-LM 2021): fraction of peak.
     unfused_attention_gemm_efficiency: float = Field(gt=0, le=1)
 
-    # Element-wise, normalization and optimizer kernels: fraction of HBM bandwidth.
+    # Element-wise, normalization and optimizer kernels: fraction of HBM bandwidth at which they
+    # move the bytes the cost model counts for them (calibration: the reference implementation's
+    # element-wise ops of one layer, forward and backward).
     memory_bw_efficiency: float = Field(gt=0, le=1)
-    # Fixed cost per kernel launch / per operation in the op list.
+    # The cross-entropy kernels over the vocabulary (exp-heavy: compute-bound on CPUs); None:
+    # the element-wise efficiency.
+    loss_bw_efficiency: float | None = Field(default=None, gt=0, le=1)
+    # Fixed cost per kernel launch / per operation in the op list (calibration: one nn.Linear
+    # call on a tiny input, i.e. module call + dispatch + launch as eager PyTorch issues it).
     kernel_overhead_s: float = Field(ge=0)
+    # Measured optimizer step throughput (parameters per second, AdamW on this device); where
+    # present it replaces the memory-bound estimate of the optimizer step (unfused optimizers
+    # make several passes over their state).
+    optimizer_params_per_s: float | None = Field(default=None, gt=0)
+    # Host time to issue one decoder layer's forward in eager PyTorch (calibration: the reference
+    # Llama block of ``sextant measure`` on a one-token input, where the kernels take no time).
+    # An inference iteration cannot take less than layers x this on a GPU (the host issues the
+    # kernels asynchronously) and takes this much more on a CPU (the host runs them itself).
+    # 0 where the engine replays CUDA graphs and the profile says nothing about it.
+    layer_overhead_s: float = Field(default=0.0, ge=0)
 
     # Collectives: fraction of the per-direction link bandwidth that NCCL bus bandwidth reaches.
     intra_node_bw_efficiency: float = Field(gt=0, le=1)
     network_bw_efficiency: float = Field(gt=0, le=1)
     pcie_bw_efficiency: float = Field(default=0.8, gt=0, le=1)
+
+    # Measured GEMM efficiency per dtype (``sextant calibrate``); where present it replaces the
+    # saturating curve above for that dtype.
+    gemm_tables: dict[str, GemmTable] = Field(default_factory=dict)
 
     def scaled(self, factor: float, label: str) -> HardwareProfile:
         """This profile with every kernel efficiency multiplied by ``factor`` (a framework's
@@ -54,4 +138,32 @@ class HardwareProfile(Spec):
         return self.model_copy(update={
             "name": f"{self.name} x {label} {factor:g}",
             **{k: getattr(self, k) * factor for k in KERNEL_EFFICIENCY_FIELDS},
+            "loss_bw_efficiency": None if self.loss_bw_efficiency is None else self.loss_bw_efficiency * factor,
         })
+
+
+PROFILE_FORMAT = "sextant-profile/1"
+
+
+class ProfileFile(Spec):
+    """A hardware profile as ``sextant calibrate`` writes it: the profile the cost model uses,
+    the device itself where the catalog lacks it (a CPU, a new GPU), where the numbers come from,
+    and the raw measurements they were fitted on."""
+
+    format: Literal["sextant-profile/1"] = PROFILE_FORMAT
+    profile: HardwareProfile
+    device: GPUSpec | None = Field(default=None, description="The device, when not a catalog GPU.")
+    node: NodeSpec | None = Field(default=None, description="Its host, when not a catalog node.")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    fit: dict[str, Any] = Field(default_factory=dict, description="Fit quality per quantity.")
+    measured: dict[str, Any] = Field(default_factory=dict, description="Bandwidths, latencies, throughputs.")
+    measurements: dict[str, Any] = Field(default_factory=dict, description="Raw benchmark records.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ProfileFile:
+        if self.device is not None:
+            if self.profile.gpu != self.device.name:
+                raise ValueError(f"profile.gpu {self.profile.gpu!r} differs from device.name {self.device.name!r}")
+            if self.node is None or self.node.gpu != self.device.name:
+                raise ValueError("a profile that brings its own device needs a node holding it")
+        return self

@@ -8,9 +8,10 @@ from pathlib import Path
 from sextant.catalog import build_cluster, get_model, get_profile
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import SpecError
+from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
-from sextant.spec.profile import HardwareProfile
-from sextant.spec.scenario import TrainScenario
+from sextant.spec.profile import HardwareProfile, ProfileFile
+from sextant.spec.scenario import HardwareRef, TrainScenario
 from sextant.train.candidates import Candidates
 from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
 from sextant.train.step import (
@@ -30,13 +31,44 @@ FLOP_CONVENTION = (
 )
 
 
-def load_profile_file(path: str) -> HardwareProfile:
+def load_profile_file(path: str) -> ProfileFile:
+    """A profile written by ``sextant calibrate`` (or a bare HardwareProfile JSON)."""
     try:
-        return HardwareProfile.model_validate(json.loads(Path(path).read_text()))
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict) and "format" not in data and "profile" not in data:
+            data = {"profile": data}
+        return ProfileFile.model_validate(data)
     except FileNotFoundError:
         raise SpecError(f"no such file {path}", field="profile") from None
     except (json.JSONDecodeError, ValueError) as err:
-        raise SpecError(f"{path} is not a valid hardware profile: {str(err).splitlines()[0]}", field="profile") from None
+        first = str(err).splitlines()
+        detail = " ".join(first[:3]) if first else str(err)
+        raise SpecError(f"{path} is not a valid hardware profile: {detail}", field="profile") from None
+
+
+def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]:
+    """The cluster and profile of a scenario: catalog entries, or a profile file that may bring
+    its own device (a calibrated CPU, a GPU the catalog lacks)."""
+    if not hw.profile:
+        cluster = build_cluster(hw.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node, node=hw.node,
+                                network=hw.network, nics_per_node=hw.nics_per_node)
+        return cluster, get_profile(cluster.gpu.name)
+    loaded = load_profile_file(hw.profile)
+    gpu_given = "gpu" in hw.model_fields_set
+    if loaded.device is None:
+        cluster = build_cluster(hw.gpu if gpu_given else loaded.profile.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node,
+                                node=hw.node, network=hw.network, nics_per_node=hw.nics_per_node)
+    else:
+        if gpu_given and hw.gpu.strip().lower() != loaded.device.name:
+            raise SpecError(f"{hw.profile} describes {loaded.device.name}, not {hw.gpu}; leave --gpu out",
+                            field="gpu")
+        if hw.gpus > loaded.node.gpus_per_node:
+            raise SpecError(f"{hw.profile} describes one {loaded.node.name} with {loaded.node.gpus_per_node} "
+                            f"device(s); {hw.gpus} asked", field="gpus")
+        cluster = ClusterSpec(node=loaded.node, gpu=loaded.device, num_gpus=hw.gpus)
+    if loaded.profile.gpu != cluster.gpu.name:
+        raise SpecError(f"{hw.profile} was measured on {loaded.profile.gpu}, not {cluster.gpu.name}", field="profile")
+    return cluster, loaded.profile
 
 
 def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, float]:
@@ -60,10 +92,7 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
     applied; the parallel strategy is not checked (the planner varies it)."""
     scenario, kernel_efficiency = apply_framework(scenario)
     model = scenario.model if isinstance(scenario.model, ModelSpec) else get_model(scenario.model)
-    hw = scenario.hardware
-    cluster = build_cluster(hw.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node, node=hw.node,
-                            network=hw.network, nics_per_node=hw.nics_per_node)
-    profile = load_profile_file(hw.profile) if hw.profile else get_profile(cluster.gpu.name)
+    cluster, profile = _cluster_and_profile(scenario.hardware)
     profile = profile.scaled(kernel_efficiency, f"{scenario.framework} kernels")
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100

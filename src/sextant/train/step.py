@@ -104,6 +104,8 @@ class TrainContext:
             gemm_bytes=pb.gemm_operand,
             profile=self.profile,
             act_bytes=pb.activation,
+            gemm_table=self.profile.gemm_tables.get(self.precision),
+            host_synchronous=gpu.architecture.startswith("cpu"),
         )
 
 
@@ -372,6 +374,8 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
 
     def optimizer_time(ne, ex):
         local = ne / np.where(zero >= 1, dp_group, 1.0) + ex / np.where(zero >= 1, edp_group, 1.0)
+        if prof.optimizer_params_per_s is not None and wl.optimizer in ("adam", "adamw"):
+            return local / prof.optimizer_params_per_s
         return memory_bound_time(local * optimizer_step_bytes(wl.optimizer, ctx.precision), mem_bw=ctx.device.mem_bw,
                                  profile=prof, kernels=8)
 

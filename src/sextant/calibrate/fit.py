@@ -1,0 +1,73 @@
+"""Fitting microbenchmark records into profile parameters (NumPy only; no PyTorch here).
+
+* GEMMs: the measured efficiencies on the grid become a :class:`GemmTable` per dtype (the cost
+  model interpolates it), and the saturating curve ``e_max * s(m) s(n) s(k)``, ``s(x) = x/(x+h)``,
+  is fitted by least squares in log space for the profile's scalar fields (a grid search over h,
+  e_max in closed form), with its R^2 reported.
+* Element-wise kernels and collectives: the affine alpha-beta model ``t = alpha + bytes / beta``
+  (Hockney 1994), fitted by least squares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sextant.spec.profile import GemmTable
+
+
+def r_squared(observed: np.ndarray, predicted: np.ndarray) -> float:
+    observed = np.asarray(observed, float)
+    residual = float(np.sum((observed - predicted) ** 2))
+    total = float(np.sum((observed - observed.mean()) ** 2))
+    return 1.0 - residual / total if total > 0 else 1.0
+
+
+def gemm_table(records: Sequence[dict], peak_flops: float) -> GemmTable:
+    """The efficiency table of one dtype from records with keys m, n, k, seconds."""
+    ms = sorted({r["m"] for r in records})
+    ns = sorted({r["n"] for r in records})
+    ks = sorted({r["k"] for r in records})
+    by_shape = {(r["m"], r["n"], r["k"]): r for r in records}
+    missing = [(m, n, k) for m in ms for n in ns for k in ks if (m, n, k) not in by_shape]
+    if missing:
+        raise ValueError(f"GEMM grid incomplete: {len(missing)} shapes missing, e.g. {missing[0]}")
+    eff = [min(1.5, 2.0 * m * n * k / by_shape[(m, n, k)]["seconds"] / peak_flops) for m in ms for n in ns for k in ks]
+    return GemmTable(m=ms, n=ns, k=ks, efficiency=eff)
+
+
+def fit_gemm_curve(records: Sequence[dict], peak_flops: float) -> dict[str, float]:
+    """Least-squares fit of ``e_max * s(m) s(n) s(k)`` to measured efficiencies (log space)."""
+    m = np.array([r["m"] for r in records], float)
+    n = np.array([r["n"] for r in records], float)
+    k = np.array([r["k"] for r in records], float)
+    eff = 2.0 * m * n * k / np.array([r["seconds"] for r in records]) / peak_flops
+    log_eff = np.log(eff)
+    best: tuple[float, float, float] | None = None
+    for half in np.concatenate([[0.0], np.geomspace(1.0, 8192.0, 200)]):
+        log_shape = np.log(m / (m + half)) + np.log(n / (n + half)) + np.log(k / (k + half))
+        log_max = float(np.mean(log_eff - log_shape))
+        sse = float(np.sum((log_eff - log_shape - log_max) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, float(half), log_max)
+    assert best is not None
+    _, half, log_max = best
+    predicted = np.exp(log_max) * (m / (m + half)) * (n / (n + half)) * (k / (k + half))
+    return {"gemm_max_efficiency": float(min(1.0, np.exp(log_max))), "gemm_half_dim": half,
+            "r_squared": r_squared(eff, predicted), "points": float(len(records))}
+
+
+def fit_affine(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float, float]:
+    """(alpha seconds, beta bytes/s, R^2) of ``t = alpha + size / beta``; alpha clipped at 0."""
+    x = np.asarray(sizes, float)
+    y = np.asarray(seconds, float)
+    if len(x) < 2:
+        return 0.0, float(x[0] / y[0]), 1.0
+    slope, intercept = np.polyfit(x, y, 1)
+    if slope <= 0:  # no size dependence resolved: treat the largest transfer as bandwidth-bound
+        i = int(np.argmax(x))
+        return 0.0, float(x[i] / y[i]), 0.0
+    alpha = max(0.0, float(intercept))
+    predicted = alpha + x * slope
+    return alpha, float(1.0 / slope), r_squared(y, predicted)
