@@ -248,7 +248,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     ar_busbw = ar_algbw * 2 * (world - 1) / world  # ring: each byte crosses 2(n-1)/n links (nccl-tests)
     if device == "cpu":
         peaks = {d: max(r["flops_per_s"] for r in gemms[d]) for d in gemm_dtypes}
-        name = f"cpu-{_slug(cpu_model_name())}-{torch.get_num_threads()}t"
+        name = cpu_device_name()
         device_spec, node_spec = _cpu_device(name, peaks, ew_bw, disk, torch.get_num_threads(), date, (ar_alpha, ar_busbw))
         base = None
     else:
@@ -321,6 +321,15 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
                                      "elementwise": ew, "layer_elementwise": layer_ew, "cross_entropy": loss,
                                      "op_overhead": overhead, "copies": copy_records, "disk": disk,
                                      "optimizer": [o for o in (opt_host, opt_device) if o], "allreduce": ar})
+
+
+def cpu_device_name() -> str:
+    return f"cpu-{_slug(cpu_model_name())}-{torch.get_num_threads()}t"
+
+
+def cpu_profile_path() -> str:
+    """Where ``sextant calibrate --device cpu`` writes this CPU's profile by default."""
+    return os.path.join("profiles", f"{cpu_device_name()}.json")
 
 
 def default_output(profile: ProfileFile) -> str:

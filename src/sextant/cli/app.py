@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import plan_cmds, train_cmds
+from sextant.cli import device_cmds, plan_cmds, train_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ plan_app.command("train")(plan_cmds.plan_train_cmd)
 validate_app.command("train")(train_cmds.validate_train_cmd)
 validate_app.command("plan")(plan_cmds.validate_plan_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
+app.command("calibrate")(device_cmds.calibrate_cmd)
+app.command("measure")(device_cmds.measure_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

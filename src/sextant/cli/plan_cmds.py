@@ -57,9 +57,10 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     node: Optional[str] = Opt(None, help="Catalog node, instead of the GPU's usual one."),
     network: Optional[str] = Opt(None, help="Network port type, e.g. ib-ndr-400, roce-400."),
     framework: Optional[str] = Opt(None, help="Framework preset (kernels, overlap)."),
+    profile: Optional[Path] = Opt(None, help="Hardware profile JSON, e.g. from `sextant calibrate`."),
     global_batch: Optional[int] = Opt(None, help="Sequences per optimizer step."),
     seq_len: Optional[int] = Opt(None, help="Tokens per sequence."),
-    precision: Optional[str] = Opt(None, help="bf16, fp16 or fp8 (not searched)."),
+    precision: Optional[str] = Opt(None, help="bf16, fp16, fp8, tf32 or fp32 (not searched)."),
     objective: ObjectiveChoice = Opt(ObjectiveChoice.throughput, help="What to optimize."),
     tokens: Optional[float] = Opt(None, help="Token budget: report days (and dollars with a price)."),
     price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost."),
@@ -85,7 +86,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     if framework is not None:
         tree["framework"] = framework
     hw = tree.setdefault("hardware", {})
-    for key, value in (("gpu", gpu), ("gpus_per_node", gpus_per_node), ("node", node), ("network", network)):
+    for key, value in (("gpu", gpu), ("gpus_per_node", gpus_per_node), ("node", node), ("network", network),
+                       ("profile", str(profile) if profile else None)):
         if value is not None:
             hw[key] = value
     counts = parse_gpu_counts(gpus) if gpus is not None else [int(hw.get("gpus", 8))]

@@ -28,6 +28,8 @@ class PrecisionChoice(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp8 = "fp8"
+    tf32 = "tf32"
+    fp32 = "fp32"
 
 
 class ScheduleChoice(str, Enum):
