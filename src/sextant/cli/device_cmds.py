@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from enum import Enum
 from pathlib import Path
@@ -28,11 +29,9 @@ class MeasureKind(str, Enum):
 
 
 def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         raise SpecError("PyTorch is not installed; pip install 'sextant[torch]' (CPU: pip install torch==2.13.0)",
-                        field="device") from None
+                        field="device")
 
 
 def calibrate_cmd(
