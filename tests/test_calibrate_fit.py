@@ -5,7 +5,7 @@ import pytest
 
 from sextant.calibrate.fit import fit_affine, fit_gemm_curve, gemm_table
 from sextant.cost.compute import gemm_efficiency, gemm_time
-from sextant.spec.profile import GemmTable, HardwareProfile
+from sextant.spec.profile import EfficiencyTable, HardwareProfile
 
 PEAK = 100e12
 
@@ -48,9 +48,11 @@ def test_incomplete_grid_is_an_error():
 
 def test_table_is_validated():
     with pytest.raises(ValueError):
-        GemmTable(m=[64, 32], n=[1], k=[1], efficiency=[0.5, 0.5])
+        EfficiencyTable(dims=["m", "n", "k"], axes=[[64, 32], [1], [1]], efficiency=[0.5, 0.5])
     with pytest.raises(ValueError):
-        GemmTable(m=[64], n=[1], k=[1], efficiency=[0.5, 0.5])
+        EfficiencyTable(dims=["m", "n", "k"], axes=[[64], [1], [1]], efficiency=[0.5, 0.5])
+    with pytest.raises(ValueError):
+        EfficiencyTable(dims=["m", "n"], axes=[[64]], efficiency=[0.5])
 
 
 def test_cost_model_uses_the_table_when_given():
@@ -58,7 +60,7 @@ def test_cost_model_uses_the_table_when_given():
                               flash_attention_efficiency=0.5, unfused_attention_gemm_efficiency=0.5,
                               memory_bw_efficiency=0.8, kernel_overhead_s=0.0, intra_node_bw_efficiency=0.8,
                               network_bw_efficiency=0.9)
-    table = GemmTable(m=[1024], n=[1024], k=[1024], efficiency=[0.3])
+    table = EfficiencyTable(dims=["m", "n", "k"], axes=[[1024], [1024], [1024]], efficiency=[0.3])
     assert float(gemm_efficiency(1024, 1024, 1024, profile)) == pytest.approx(0.9)
     assert float(gemm_efficiency(1024, 1024, 1024, profile, table)) == pytest.approx(0.3)
     t_curve = gemm_time(1024, 1024, 1024, peak_flops=PEAK, mem_bw=1e15, bytes_per_element=2, profile=profile)

@@ -43,9 +43,11 @@ def test_profile_carries_provenance_and_its_own_device(cpu_profile):
     assert p.optimizer_params_per_s > 0 and p.layer_overhead_s > 0
     # The largest GEMM on the grid is far more efficient than a one-row GEMM.
     table = p.gemm_tables["fp32"]
-    assert table.interpolate(table.m[-1], table.n[-1], table.k[-1]) > 3 * table.interpolate(1, table.n[-1], table.k[-1])
+    m, n, k = table.axes
+    assert table.interpolate(m[-1], n[-1], k[-1]) > 3 * table.interpolate(1, n[-1], k[-1])
+    assert set(p.attention_tables) == {"fp32"}
     raw = json.loads(open(cpu_profile).read())["measurements"]
-    assert len(raw["gemm"]) == 2 * len(table.m) * len(table.n) * len(table.k)
+    assert len(raw["gemm"]) == 2 * len(m) * len(n) * len(k)
 
 
 def test_predict_and_plan_take_the_profile(cpu_profile, capsys):

@@ -1,6 +1,6 @@
 """Fitting microbenchmark records into profile parameters (NumPy only; no PyTorch here).
 
-* GEMMs: the measured efficiencies on the grid become a :class:`GemmTable` per dtype (the cost
+* GEMMs: the measured efficiencies on the grid become a :class:`EfficiencyTable` per dtype (the cost
   model interpolates it), and the saturating curve ``e_max * s(m) s(n) s(k)``, ``s(x) = x/(x+h)``,
   is fitted by least squares in log space for the profile's scalar fields (a grid search over h,
   e_max in closed form), with its R^2 reported.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sextant.spec.profile import GemmTable
+from sextant.spec.profile import EfficiencyTable
 
 
 def r_squared(observed: np.ndarray, predicted: np.ndarray) -> float:
@@ -24,7 +24,7 @@ def r_squared(observed: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 - residual / total if total > 0 else 1.0
 
 
-def gemm_table(records: Sequence[dict], peak_flops: float) -> GemmTable:
+def gemm_table(records: Sequence[dict], peak_flops: float) -> EfficiencyTable:
     """The efficiency table of one dtype from records with keys m, n, k, seconds."""
     ms = sorted({r["m"] for r in records})
     ns = sorted({r["n"] for r in records})
@@ -34,7 +34,7 @@ def gemm_table(records: Sequence[dict], peak_flops: float) -> GemmTable:
     if missing:
         raise ValueError(f"GEMM grid incomplete: {len(missing)} shapes missing, e.g. {missing[0]}")
     eff = [min(1.5, 2.0 * m * n * k / by_shape[(m, n, k)]["seconds"] / peak_flops) for m in ms for n in ns for k in ks]
-    return GemmTable(m=ms, n=ns, k=ks, efficiency=eff)
+    return EfficiencyTable(dims=["m", "n", "k"], axes=[ms, ns, ks], efficiency=eff)
 
 
 def fit_gemm_curve(records: Sequence[dict], peak_flops: float) -> dict[str, float]:
@@ -71,3 +71,15 @@ def fit_affine(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float,
     alpha = max(0.0, float(intercept))
     predicted = alpha + x * slope
     return alpha, float(1.0 / slope), r_squared(y, predicted)
+
+
+def attention_table(efficiency_by_shape: dict[tuple[int, int], list[float]]) -> EfficiencyTable:
+    """The attention table of one dtype over (seq, head_dim): the median efficiency measured at
+    each point (several batch x heads products may share one)."""
+    seqs = sorted({s for s, _ in efficiency_by_shape})
+    dims = sorted({d for _, d in efficiency_by_shape})
+    missing = [(s, d) for s in seqs for d in dims if (s, d) not in efficiency_by_shape]
+    if missing:
+        raise ValueError(f"attention grid incomplete: {len(missing)} shapes missing, e.g. {missing[0]}")
+    eff = [min(1.5, float(np.median(efficiency_by_shape[(s, d)]))) for s in seqs for d in dims]
+    return EfficiencyTable(dims=["seq", "head_dim"], axes=[seqs, dims], efficiency=eff)

@@ -24,13 +24,13 @@ import torch
 
 from sextant import __version__
 from sextant.calibrate import benchmarks, collectives
-from sextant.calibrate.fit import fit_affine, fit_gemm_curve, gemm_table
+from sextant.calibrate.fit import attention_table, fit_affine, fit_gemm_curve, gemm_table
 from sextant.catalog import get_gpu, get_profile
 from sextant.cost.layer import CAUSAL_FRACTION, FLASH_BWD_FLOP_RATIO, LOSS_BYTES_PER_LOGIT, elementwise_bytes
 from sextant.errors import SpecError
 from sextant.spec.hardware import GPUSpec, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.model import ModelSpec
-from sextant.spec.profile import HardwareProfile, ProfileFile
+from sextant.spec.profile import EfficiencyTable, HardwareProfile, ProfileFile
 
 Progress = Callable[[int, int, str], None]
 
@@ -47,7 +47,9 @@ class Grid:
     gemm_m: tuple[int, ...]
     gemm_nk: tuple[int, ...]
     gemm_dtypes: tuple[str, ...]
-    attention: tuple[tuple[int, int, int, int], ...]  # (batch, heads, seq, head_dim)
+    attention_batch_heads: tuple[int, int]
+    attention_seq: tuple[int, ...]
+    attention_head_dim: tuple[int, ...]
     elementwise: tuple[int, ...]  # elements
     copies: tuple[int, ...]  # bytes
     disk_bytes: int
@@ -58,9 +60,14 @@ class Grid:
     def gemm_shapes(self) -> list[tuple[int, int, int]]:
         return [(m, n, k) for m in self.gemm_m for n in self.gemm_nk for k in self.gemm_nk]
 
+    def attention_shapes(self) -> list[tuple[int, int, int, int]]:
+        b, h = self.attention_batch_heads
+        return [(b, h, s, d) for s in self.attention_seq for d in self.attention_head_dim]
+
     def describe(self) -> dict:
         return {"gemm_m": list(self.gemm_m), "gemm_n_k": list(self.gemm_nk), "gemm_dtypes": list(self.gemm_dtypes),
-                "attention_b_h_s_d": [list(a) for a in self.attention], "elementwise_elements": list(self.elementwise),
+                "attention_b_h_s_d": [list(a) for a in self.attention_shapes()],
+                "elementwise_elements": list(self.elementwise),
                 "copy_bytes": list(self.copies), "disk_bytes": self.disk_bytes,
                 "optimizer_params": self.optimizer_params, "allreduce_bytes": list(self.allreduce),
                 "budget_s_per_point": self.budget_s}
@@ -72,8 +79,9 @@ def grid_for(device: str, quick: bool) -> Grid:
             gemm_m=(1, 16, 128, 512, 2048) if quick else (1, 16, 64, 256, 1024, 2048, 4096),
             gemm_nk=(64, 256, 1024, 4096) if quick else (64, 128, 256, 512, 1024, 2048, 4096),
             gemm_dtypes=("fp32", "bf16"),
-            attention=((4, 8, 128, 32), (4, 8, 256, 64), (2, 8, 512, 64)) if quick
-            else ((4, 8, 128, 32), (4, 8, 256, 64), (2, 8, 512, 64), (1, 8, 1024, 64), (1, 16, 2048, 128)),
+            attention_batch_heads=(2, 8),
+            attention_seq=(128, 256, 512) if quick else (128, 256, 512, 1024, 2048),
+            attention_head_dim=(32, 64, 128),
             elementwise=(2**12, 2**16, 2**20, 2**23) if quick else (2**10, 2**12, 2**16, 2**20, 2**23, 2**25),
             copies=(), disk_bytes=(64 if quick else 512) * 2**20,
             optimizer_params=(4 if quick else 32) * 2**20,
@@ -84,8 +92,9 @@ def grid_for(device: str, quick: bool) -> Grid:
         gemm_m=(1, 16, 64, 256, 1024, 4096, 16384) if quick else (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
         gemm_nk=(256, 1024, 4096, 16384) if quick else (128, 256, 512, 1024, 2048, 4096, 8192, 16384),
         gemm_dtypes=("bf16", "fp16", "fp32"),
-        attention=((4, 16, 1024, 128), (2, 16, 4096, 128), (1, 32, 8192, 128)) if quick
-        else ((8, 16, 512, 64), (4, 16, 1024, 128), (2, 16, 4096, 128), (1, 32, 8192, 128), (1, 32, 16384, 128)),
+        attention_batch_heads=(2, 16),
+        attention_seq=(512, 2048, 8192) if quick else (256, 512, 1024, 2048, 4096, 8192, 16384),
+        attention_head_dim=(64, 128) if quick else (64, 96, 128, 192, 256),
         elementwise=(2**16, 2**20, 2**24, 2**27) if quick else (2**12, 2**16, 2**20, 2**22, 2**24, 2**26, 2**28),
         copies=(2**20, 2**26) if quick else (2**16, 2**20, 2**24, 2**26, 2**28),
         disk_bytes=(256 if quick else 2048) * 2**20,
@@ -141,13 +150,17 @@ def provenance(device: str, grid: Grid, quick: bool) -> dict:
     return info
 
 
-def _attention_efficiency(records: list[dict], peak: float) -> tuple[float, list[float]]:
-    """Median over the grid of executed attention FLOP/s (cost-model convention) / peak."""
-    effs = []
+def _attention_efficiency(records: list[dict], peak: float) -> tuple[float, EfficiencyTable, list[float]]:
+    """Executed attention FLOP/s (cost-model convention: causal half, backward 2.5x the forward)
+    over the peak, forward and backward together: the median (the profile's scalar) and the
+    table over (seq, head_dim)."""
+    effs, by_shape = [], {}
     for r in records:
         flops_fwd = 2.0 * r["batch"] * r["heads"] * r["seq"] ** 2 * 2 * r["head_dim"] * CAUSAL_FRACTION
-        effs.append((1 + FLASH_BWD_FLOP_RATIO) * flops_fwd / r["forward_backward_s"] / peak)
-    return float(np.median(effs)), effs
+        eff = (1 + FLASH_BWD_FLOP_RATIO) * flops_fwd / r["forward_backward_s"] / peak
+        effs.append(eff)
+        by_shape.setdefault((r["seq"], r["head_dim"]), []).append(eff)
+    return float(np.median(effs)), attention_table(by_shape), effs
 
 
 def _elementwise_efficiencies(layer_ew: dict, loss: dict, bandwidth: float, op_s: float) -> tuple[float, float]:
@@ -211,7 +224,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     dev = "cuda:0" if device == "cuda" else "cpu"
     gemm_dtypes = [d for d in grid.gemm_dtypes]
     nccl = device == "cuda" and torch.cuda.device_count() >= 2
-    total = (len(grid.gemm_shapes()) * len(gemm_dtypes) + len(grid.attention) + len(grid.elementwise)
+    total = (len(grid.gemm_shapes()) * len(gemm_dtypes) + len(grid.attention_shapes()) + len(grid.elementwise)
              + len(grid.copies) + 1 + 1 + 1 + (2 if device == "cuda" else 1) + 1)
     done = 0
 
@@ -224,7 +237,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     torch.manual_seed(0)
     gemms = {d: benchmarks.gemm(dev, d, grid.gemm_shapes(), tick, grid.budget_s) for d in gemm_dtypes}
     primary = "fp32" if device == "cpu" else "bf16"
-    att = benchmarks.attention(dev, primary, grid.attention, tick, grid.budget_s)
+    att = benchmarks.attention(dev, primary, grid.attention_shapes(), tick, grid.budget_s)
     ew = benchmarks.elementwise(dev, grid.elementwise, tick, grid.budget_s)
     probe_tokens = 1024 if device == "cpu" else 8192
     layer_ew = benchmarks.layer_elementwise(dev, primary, probe_tokens, grid.budget_s)
@@ -264,7 +277,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     mem_bw_eff, loss_eff = _elementwise_efficiencies(layer_ew, loss, bandwidth, overhead["linear_call_s"])
     tables = {d: gemm_table(gemms[d], peaks[d]) for d in gemm_dtypes}
     curve = fit_gemm_curve(gemms[primary], peaks[primary])
-    att_eff, att_effs = _attention_efficiency(att, peaks[primary])
+    att_eff, att_table, att_effs = _attention_efficiency(att, peaks[primary])
     measured: dict = {
         "memory_bw_bytes_per_s": ew_bw, "op_overhead_s": overhead,
         "host_adam_params_per_s": opt_host["params_per_s"],
@@ -287,6 +300,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
         "flash_attention_efficiency": min(1.0, att_eff), "memory_bw_efficiency": mem_bw_eff,
         "loss_bw_efficiency": loss_eff,
         "kernel_overhead_s": overhead["linear_call_s"], "gemm_tables": tables,
+        "attention_tables": {primary: att_table},
         "optimizer_params_per_s": (opt_device or opt_host)["params_per_s"],
         "layer_overhead_s": overhead["layer_forward_s"],
     }

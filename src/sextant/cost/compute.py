@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sextant.spec.profile import GemmTable, HardwareProfile
+from sextant.spec.profile import EfficiencyTable, HardwareProfile
 
 ArrayLike = np.ndarray | float
 
@@ -25,7 +25,7 @@ def shape_factor(dim: ArrayLike, half_dim: float) -> np.ndarray:
 
 
 def gemm_efficiency(m: ArrayLike, n: ArrayLike, k: ArrayLike, profile: HardwareProfile,
-                    table: GemmTable | None = None) -> np.ndarray:
+                    table: EfficiencyTable | None = None) -> np.ndarray:
     """Achieved fraction of dense peak for an (m x k) @ (k x n) matrix multiply: the measured
     table of the GEMM's dtype where calibration produced one, else the profile's curve."""
     if table is not None:
@@ -44,7 +44,7 @@ def gemm_time(
     bytes_per_element: float,
     profile: HardwareProfile,
     count: ArrayLike = 1.0,
-    table: GemmTable | None = None,
+    table: EfficiencyTable | None = None,
 ) -> np.ndarray:
     """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once."""
     flops = 2.0 * np.asarray(m, float) * n * k

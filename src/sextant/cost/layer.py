@@ -21,7 +21,7 @@ import numpy as np
 from sextant.cost.compute import gemm_time, memory_bound_time
 from sextant.cost.params import attention_qk_dim, attention_v_dim
 from sextant.spec.model import ModelSpec
-from sextant.spec.profile import GemmTable, HardwareProfile
+from sextant.spec.profile import EfficiencyTable, HardwareProfile
 
 #: FlashAttention backward FLOPs relative to forward (5 matmuls vs 2).
 FLASH_BWD_FLOP_RATIO = 2.5
@@ -42,7 +42,8 @@ class Device:
     gemm_bytes: float  # bytes per GEMM operand element
     profile: HardwareProfile
     act_bytes: float = 2.0  # bytes per activation element (16-bit in mixed precision)
-    gemm_table: GemmTable | None = None  # measured efficiencies for the GEMM dtype, if calibrated
+    gemm_table: EfficiencyTable | None = None  # measured efficiencies for the GEMM dtype, if calibrated
+    attention_table: EfficiencyTable | None = None  # measured fused-attention efficiencies, if calibrated
     host_synchronous: bool = False  # the device is the host CPU: it issues and runs every op in turn
 
 
@@ -87,7 +88,7 @@ def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bo
     dqk, dv = attention_qk_dim(model), attention_v_dim(model)
     if flash:
         flops_fwd = 2.0 * b * heads * s_q * s_kv * (dqk + dv) * CAUSAL_FRACTION
-        eff = p.flash_attention_efficiency
+        eff = p.flash_attention_efficiency if dev.attention_table is None else dev.attention_table.interpolate(s_kv, dqk)
         fwd = flops_fwd / (dev.attention_peak * eff) + p.kernel_overhead_s
         bwd = FLASH_BWD_FLOP_RATIO * flops_fwd / (dev.attention_peak * eff) + 2 * p.kernel_overhead_s
         return fwd, bwd, flops_fwd

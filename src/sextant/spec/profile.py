@@ -22,62 +22,64 @@ KERNEL_EFFICIENCY_FIELDS = ("gemm_max_efficiency", "flash_attention_efficiency",
                             "unfused_attention_gemm_efficiency", "memory_bw_efficiency")
 
 
-class GemmTable(Spec):
-    """Measured GEMM efficiency (fraction of the dense peak) on a grid of shapes, for one dtype.
+class EfficiencyTable(Spec):
+    """Measured efficiency (fraction of the dense peak) on a grid, for one kind of kernel and dtype.
 
-    ``efficiency`` is flattened in C order over (m, n, k). Between grid points the cost model
-    interpolates linearly in log2 of each dimension (trilinear); outside the grid it holds the
-    edge value: a measured table is trusted only where it was measured, and the edges are the
-    closest evidence.
+    GEMM tables have the axes (m, n, k); attention tables (seq, head_dim). ``efficiency`` is
+    flattened in C order over the axes. Between grid points the cost model interpolates linearly
+    in log2 of each coordinate (multilinear); outside the grid it holds the edge value: a measured
+    table is trusted only where it was measured, and the edges are the closest evidence.
     """
 
-    m: list[int] = Field(min_length=1)
-    n: list[int] = Field(min_length=1)
-    k: list[int] = Field(min_length=1)
+    dims: list[str] = Field(min_length=1, max_length=4)
+    axes: list[list[int]]
     efficiency: list[float]
 
     @model_validator(mode="after")
-    def _check(self) -> GemmTable:
-        for name in ("m", "n", "k"):
-            axis = getattr(self, name)
-            if any(x <= 0 for x in axis) or sorted(set(axis)) != axis:
+    def _check(self) -> EfficiencyTable:
+        if len(self.axes) != len(self.dims):
+            raise ValueError("one axis per dimension")
+        size = 1
+        for name, axis in zip(self.dims, self.axes):
+            if not axis or any(x <= 0 for x in axis) or sorted(set(axis)) != axis:
                 raise ValueError(f"{name}: grid values must be positive and strictly increasing")
-        if len(self.efficiency) != len(self.m) * len(self.n) * len(self.k):
-            raise ValueError("efficiency must hold len(m) * len(n) * len(k) values")
+            size *= len(axis)
+        if len(self.efficiency) != size:
+            raise ValueError(f"efficiency must hold {size} values (the product of the axis lengths)")
         if any(not (0 < e <= 1.5) for e in self.efficiency):
             raise ValueError("efficiencies must lie in (0, 1.5]")
         return self
 
     @cached_property
     def _grid(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        axes = tuple(np.log2(np.asarray(a, float)) for a in (self.m, self.n, self.k))
-        values = np.asarray(self.efficiency, float).reshape(len(self.m), len(self.n), len(self.k))
+        axes = tuple(np.log2(np.asarray(a, float)) for a in self.axes)
+        values = np.asarray(self.efficiency, float).reshape(tuple(len(a) for a in self.axes))
         return axes, values
 
-    def interpolate(self, m, n, k) -> np.ndarray:
-        """Efficiency at arbitrary (broadcast) shapes."""
+    def interpolate(self, *coords) -> np.ndarray:
+        """Efficiency at arbitrary (broadcast) coordinates, one per dimension."""
+        if len(coords) != len(self.dims):
+            raise ValueError(f"expected {len(self.dims)} coordinates ({', '.join(self.dims)})")
         axes, values = self._grid
         index, weight = [], []
-        for axis, x in zip(axes, (m, n, k)):
+        for axis, x in zip(axes, coords):
             lx = np.log2(np.clip(np.asarray(x, float), 2.0 ** axis[0], 2.0 ** axis[-1]))
             if len(axis) == 1:
-                i = np.zeros(lx.shape, dtype=int)
-                f = np.zeros(lx.shape)
+                index.append(np.zeros(lx.shape, dtype=int))
+                weight.append(np.zeros(lx.shape))
             else:
                 i = np.clip(np.searchsorted(axis, lx, side="right") - 1, 0, len(axis) - 2)
-                f = (lx - axis[i]) / (axis[i + 1] - axis[i])
-            index.append(i)
-            weight.append(f)
+                index.append(i)
+                weight.append((lx - axis[i]) / (axis[i + 1] - axis[i]))
         result = 0.0
-        for corner in range(8):
-            bits = [(corner >> d) & 1 for d in range(3)]
+        for corner in range(2 ** len(axes)):
             w = 1.0
             idx = []
-            for d in range(3):
-                hi = min(1, len(axes[d]) - 1) * bits[d]
-                idx.append(index[d] + hi)
-                w = w * (weight[d] if bits[d] else 1.0 - weight[d])
-            result = result + w * values[idx[0], idx[1], idx[2]]
+            for d in range(len(axes)):
+                up = (corner >> d) & 1
+                idx.append(index[d] + (up if len(axes[d]) > 1 else 0))
+                w = w * (weight[d] if up else 1.0 - weight[d])
+            result = result + w * values[tuple(idx)]
         return np.asarray(result)
 
 
@@ -126,9 +128,12 @@ class HardwareProfile(Spec):
     network_bw_efficiency: float = Field(gt=0, le=1)
     pcie_bw_efficiency: float = Field(default=0.8, gt=0, le=1)
 
-    # Measured GEMM efficiency per dtype (``sextant calibrate``); where present it replaces the
-    # saturating curve above for that dtype.
-    gemm_tables: dict[str, GemmTable] = Field(default_factory=dict)
+    # Measured GEMM efficiency per dtype over (m, n, k) (``sextant calibrate``); where present it
+    # replaces the saturating curve above for that dtype.
+    gemm_tables: dict[str, EfficiencyTable] = Field(default_factory=dict)
+    # Measured fused-attention efficiency per dtype over (seq, head_dim); where present it
+    # replaces flash_attention_efficiency for that dtype.
+    attention_tables: dict[str, EfficiencyTable] = Field(default_factory=dict)
 
     def scaled(self, factor: float, label: str) -> HardwareProfile:
         """This profile with every kernel efficiency multiplied by ``factor`` (a framework's

@@ -105,6 +105,7 @@ class TrainContext:
             profile=self.profile,
             act_bytes=pb.activation,
             gemm_table=self.profile.gemm_tables.get(self.precision),
+            attention_table=self.profile.attention_tables.get("bf16" if self.precision == "fp8" else self.precision),
             host_synchronous=gpu.architecture.startswith("cpu"),
         )
 
