@@ -107,6 +107,13 @@ def _device_name(dev: str) -> str:
 
 
 def _scenario(spec: ModelSpec, profile: str | None, gpu: str | None, batch: int, seq: int, precision: str) -> TrainScenario:
+    if gpu is None and profile is None and torch.cuda.is_available():
+        from sextant.calibrate.runner import catalog_gpu_for
+
+        gpu = catalog_gpu_for(torch.cuda.get_device_name(0))
+        if gpu is None:
+            raise SpecError(f"{torch.cuda.get_device_name(0)!r} matches no catalog GPU; pass --gpu or --profile",
+                            field="gpu")
     hw = {"gpus": 1, "profile": profile}
     if gpu:
         hw["gpu"] = gpu
