@@ -85,7 +85,7 @@ def test_measured_training_step_matches_the_prediction(cpu_profile, capsys):
 
 
 def test_measured_decode_matches_the_prediction(cpu_profile, capsys):
-    r = _measure("serve", cpu_profile, capsys)
+    r = _measure("serve", cpu_profile, capsys, "--steps", "5")
     assert abs(r["error"]) < TIME_TOLERANCE, r
     assert r["predicted_memory_gb"]["kv_cache"] == pytest.approx(r["measured_memory_gb"]["kv_cache"])
     assert abs(r["memory_error"]) < 0.01
