@@ -75,3 +75,16 @@ def test_affine_fit_recovers_latency_and_bandwidth():
     assert alpha == pytest.approx(5e-6, rel=1e-3)
     assert beta == pytest.approx(2e10, rel=1e-6)
     assert r2 == pytest.approx(1.0)
+
+
+def test_framework_scaling_applies_to_measured_tables_too():
+    profile = HardwareProfile(name="p", gpu="g", provenance="test", gemm_max_efficiency=0.9, gemm_half_dim=0.0,
+                              flash_attention_efficiency=0.5, unfused_attention_gemm_efficiency=0.5,
+                              memory_bw_efficiency=0.8, kernel_overhead_s=0.0, intra_node_bw_efficiency=0.8,
+                              network_bw_efficiency=0.9, loss_bw_efficiency=0.4,
+                              gemm_tables={"bf16": EfficiencyTable(dims=["m", "n", "k"], axes=[[64], [64], [64]],
+                                                                   efficiency=[0.6])})
+    half = profile.scaled(0.5, "slow framework")
+    assert float(half.gemm_tables["bf16"].interpolate(64, 64, 64)) == pytest.approx(0.3)
+    assert half.loss_bw_efficiency == pytest.approx(0.2)
+    assert half.gemm_max_efficiency == pytest.approx(0.45)

@@ -222,7 +222,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     started = time.perf_counter()
     grid = grid_for(device, quick)
     dev = "cuda:0" if device == "cuda" else "cpu"
-    gemm_dtypes = [d for d in grid.gemm_dtypes]
+    gemm_dtypes = list(grid.gemm_dtypes)
     nccl = device == "cuda" and torch.cuda.device_count() >= 2
     total = (len(grid.gemm_shapes()) * len(gemm_dtypes) + len(grid.attention_shapes()) + len(grid.elementwise)
              + len(grid.copies) + 1 + 1 + 1 + (2 if device == "cuda" else 1) + 1)

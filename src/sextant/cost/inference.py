@@ -43,7 +43,8 @@ def prefill_time(model: ModelSpec, dev: Device, batch, prompt) -> dict[str, np.n
 def _with_host_overhead(model: ModelSpec, dev: Device, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     host = model.num_layers * dev.profile.layer_overhead_s
     device_time = sum(parts.values())
-    parts["host_overhead"] = host + 0.0 * device_time if dev.host_synchronous else np.maximum(host - device_time, 0.0)
+    parts["host_overhead"] = (np.full_like(device_time, host) if dev.host_synchronous
+                              else np.maximum(host - device_time, 0.0))
     return parts
 
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from sextant.cost.inference import decode_time, kv_cache_bytes_per_token, prefill_time
+from sextant.cost.memory import precision_bytes
+from sextant.cost.params import count_params
 from sextant.errors import SpecError
 from sextant.measure.model import Llama
 from sextant.spec.model import ModelSpec
@@ -32,7 +34,7 @@ from sextant.spec.scenario import HardwareRef, TrainScenario
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
 from sextant.train.predict import predict_train, resolve_context
-from sextant.units import GB
+from sextant.units import GB, GiB
 
 #: Sizes that suit each device: a few seconds per iteration at most on a 2-core CPU; about 1B
 #: parameters on a GPU (Llama 3.2 1B's shape with a 32k vocabulary).
@@ -92,6 +94,14 @@ def _tensor_bytes(tensors) -> int:
             st = t.untyped_storage()
             seen[st.data_ptr()] = st.nbytes()
     return sum(seen.values())
+
+
+def _measured_peak(dev: str, parts: dict[str, float], cuda_span: str, cpu_what: str) -> tuple[float, str]:
+    """The measured peak (GB) and how it was measured: the allocator's high-water mark on CUDA,
+    the sum of the observable tensors on a CPU (PyTorch keeps no CPU allocation peak)."""
+    if dev != "cpu":
+        return torch.cuda.max_memory_allocated() / GB, f"torch.cuda.max_memory_allocated {cuda_span}"
+    return sum(parts.values()), f"{cpu_what} (CPU: no allocator peak)"
 
 
 def _check_device(device: str) -> str:
@@ -191,14 +201,9 @@ def measure_train(device: str = "cpu", *, profile: str | None = None, gpu: str |
         loss = F.cross_entropy(logits.reshape(-1, spec.vocab_size), targets.reshape(-1))
     measured_parts["activations"] = sum(saved.values()) / GB
     del loss, logits
-    if dev != "cpu":
-        measured_peak = torch.cuda.max_memory_allocated() / GB
-        method = "torch.cuda.max_memory_allocated over the timed steps"
-    else:
-        measured_peak = sum(measured_parts.values())
-        method = "parameters + gradients + optimizer states + autograd-saved activations (CPU: no allocator peak)"
-
-    pred_parts = {k: v * (2**30 / GB) for k, v in predicted.memory_gb_per_gpu.items()
+    measured_peak, method = _measured_peak(dev, measured_parts, "over the timed steps",
+                                           "parameters + gradients + optimizer states + autograd-saved activations")
+    pred_parts = {k: v * GiB / GB for k, v in predicted.memory_gb_per_gpu.items()
                   if k in ("weights", "gradients", "optimizer", "activations")}
     predicted_peak = sum(pred_parts.values())
     return MeasureResult(
@@ -265,14 +270,10 @@ def measure_serve(device: str = "cpu", *, profile: str | None = None, gpu: str |
     weights = _tensor_bytes(model.parameters())
     kv = _tensor_bytes(t for pair in cache for t in pair)
     measured_parts = {"weights": weights / GB, "kv_cache": kv / GB}
-    pred_parts = {"weights": float(sum(p.numel() for p in model.parameters())) * 4 / GB,
+    pred_parts = {"weights": count_params(spec).total * precision_bytes(precision).weight / GB,
                   "kv_cache": kv_cache_bytes_per_token(spec, dv.act_bytes) * batch * total / GB}
-    if dev != "cpu":
-        measured_peak = torch.cuda.max_memory_allocated() / GB
-        method = "torch.cuda.max_memory_allocated during prefill and decode"
-    else:
-        measured_peak = sum(measured_parts.values())
-        method = "weight tensors + KV-cache tensors (CPU: no allocator peak)"
+    measured_peak, method = _measured_peak(dev, measured_parts, "during prefill and decode",
+                                           "weight tensors + KV-cache tensors")
     predicted_peak = sum(pred_parts.values())
     mean_decode_parts = {k: statistics.fmean(float(p[k]) for p in decode_parts) for k in decode_parts[0]}
     return MeasureResult(

@@ -20,6 +20,8 @@ from sextant.spec.hardware import GPUSpec, NodeSpec
 #: The efficiencies that describe kernels (not links): what a framework's kernel quality scales.
 KERNEL_EFFICIENCY_FIELDS = ("gemm_max_efficiency", "flash_attention_efficiency",
                             "unfused_attention_gemm_efficiency", "memory_bw_efficiency")
+#: Kernel efficiencies a profile may leave unset (None: fall back to another field).
+OPTIONAL_KERNEL_EFFICIENCY_FIELDS = ("loss_bw_efficiency",)
 
 
 class EfficiencyTable(Spec):
@@ -49,6 +51,9 @@ class EfficiencyTable(Spec):
         if any(not (0 < e <= 1.5) for e in self.efficiency):
             raise ValueError("efficiencies must lie in (0, 1.5]")
         return self
+
+    def scaled(self, factor: float) -> EfficiencyTable:
+        return EfficiencyTable(dims=self.dims, axes=self.axes, efficiency=[e * factor for e in self.efficiency])
 
     @cached_property
     def _grid(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -143,7 +148,10 @@ class HardwareProfile(Spec):
         return self.model_copy(update={
             "name": f"{self.name} x {label} {factor:g}",
             **{k: getattr(self, k) * factor for k in KERNEL_EFFICIENCY_FIELDS},
-            "loss_bw_efficiency": None if self.loss_bw_efficiency is None else self.loss_bw_efficiency * factor,
+            **{k: v * factor for k in OPTIONAL_KERNEL_EFFICIENCY_FIELDS if (v := getattr(self, k)) is not None},
+            # Measured tables replace the fields above, so they scale alike.
+            "gemm_tables": {d: t.scaled(factor) for d, t in self.gemm_tables.items()},
+            "attention_tables": {d: t.scaled(factor) for d, t in self.attention_tables.items()},
         })
 
 

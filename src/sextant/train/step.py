@@ -214,10 +214,11 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
 
     layer, moe_share = _average_layer(ctx, c, b, s_local, wl.seq_len)
     recompute_layer = np.where(rc == 2, layer.fwd.total, np.where(rc == 1, layer.attention_core_fwd, 0.0))
-    emb_fwd, emb_bwd = embedding_cost(model, b, s_local, ctx.device)
-    log_fwd, log_bwd = logits_cost(model, b, s_local, tp, ctx.device)
+    dev = ctx.device
+    emb_fwd, emb_bwd = embedding_cost(model, b, s_local, dev)
+    log_fwd, log_bwd = logits_cost(model, b, s_local, tp, dev)
 
-    e = ctx.device.act_bytes
+    e = dev.act_bytes
     act_bytes = e * b * s_local * h
     tp_one = comm.all_reduce(act_bytes, tp, _group_per_node(tp, 1, gpn), fab)
     tp_total = (4.0 + np.where(rc == 2, 2.0, 0.0)) * tp_one
