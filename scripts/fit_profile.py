@@ -28,6 +28,7 @@ from sextant.validate.train import metric_of
 BOUNDS = {
     "gemm_max_efficiency": (0.3, 1.0),
     "gemm_half_dim": (0.0, 2000.0),
+    "gemm_half_rows": (0.0, 2000.0),
     "flash_attention_efficiency": (0.2, 0.9),
     "unfused_attention_gemm_efficiency": (0.1, 0.9),
     "memory_bw_efficiency": (0.4, 0.95),

@@ -11,10 +11,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sextant"
 
 # package -> packages it must never import (data flows one way: spec <- catalog, cost <- train <- validate <- cli)
 FORBIDDEN = {
-    "spec": {"catalog", "cost", "train", "validate", "cli"},
-    "cost": {"catalog", "train", "validate", "cli"},
-    "catalog": {"cost", "train", "validate", "cli"},
-    "train": {"validate", "cli"},
+    "spec": {"catalog", "cost", "train", "serve", "validate", "cli"},
+    "cost": {"catalog", "train", "serve", "validate", "cli"},
+    "catalog": {"cost", "train", "serve", "validate", "cli"},
+    "train": {"serve", "validate", "cli"},
+    "serve": {"plan", "validate", "cli", "calibrate", "measure"},
     "validate": {"cli"},
     "calibrate": {"train", "validate", "plan", "cli"},
     "measure": {"validate", "plan", "cli"},

@@ -14,3 +14,12 @@ def framework_names() -> list[str]:
 def get_framework(name: str) -> dict[str, Any]:
     """``{"strategy": {...}, "workload": {...}, "source": ...}`` for a framework preset."""
     return lookup(load_yaml("frameworks.yaml"), name, kind="framework", field="framework")
+
+
+def serving_framework_names() -> list[str]:
+    return sorted(load_yaml("serving_frameworks.yaml"))
+
+
+def get_serving_framework(name: str) -> dict[str, Any]:
+    """``{"scheduler": {...}, "deployment": {...}, "source": ...}`` for a serving framework preset."""
+    return lookup(load_yaml("serving_frameworks.yaml"), name, kind="serving framework", field="framework")

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import device_cmds, plan_cmds, train_cmds
+from sextant.cli import device_cmds, plan_cmds, serve_cmds, train_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -26,9 +26,11 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(validate_app, name="validate")
 app.add_typer(catalog_app, name="catalog")
 predict_app.command("train")(train_cmds.predict_train_cmd)
+predict_app.command("serve")(serve_cmds.predict_serve_cmd)
 plan_app.command("train")(plan_cmds.plan_train_cmd)
 validate_app.command("train")(train_cmds.validate_train_cmd)
 validate_app.command("plan")(plan_cmds.validate_plan_cmd)
+validate_app.command("serve")(serve_cmds.validate_serve_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
 app.command("calibrate")(device_cmds.calibrate_cmd)
 app.command("measure")(device_cmds.measure_cmd)

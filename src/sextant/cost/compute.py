@@ -31,7 +31,8 @@ def gemm_efficiency(m: ArrayLike, n: ArrayLike, k: ArrayLike, profile: HardwareP
     if table is not None:
         return table.interpolate(m, n, k)
     h = profile.gemm_half_dim
-    return profile.gemm_max_efficiency * shape_factor(m, h) * shape_factor(n, h) * shape_factor(k, h)
+    h_rows = h if profile.gemm_half_rows is None else profile.gemm_half_rows
+    return profile.gemm_max_efficiency * shape_factor(m, h_rows) * shape_factor(n, h) * shape_factor(k, h)
 
 
 def gemm_time(
@@ -45,10 +46,15 @@ def gemm_time(
     profile: HardwareProfile,
     count: ArrayLike = 1.0,
     table: EfficiencyTable | None = None,
+    weight_bytes_per_element: float | None = None,
 ) -> np.ndarray:
-    """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once."""
+    """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once.
+    ``weight_bytes_per_element`` sets the width of the (k x n) operand where it differs from the
+    activations' (quantized weights)."""
     flops = 2.0 * np.asarray(m, float) * n * k
-    traffic = bytes_per_element * (np.asarray(m, float) * k + np.asarray(k, float) * n + np.asarray(m, float) * n)
+    w_bytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
+    traffic = (bytes_per_element * (np.asarray(m, float) * k + np.asarray(m, float) * n)
+               + w_bytes * np.asarray(k, float) * n)
     eff = gemm_efficiency(m, n, k, profile, table)
     t = np.maximum(flops / (peak_flops * eff), traffic / (mem_bw * profile.memory_bw_efficiency))
     return count * (t + profile.kernel_overhead_s)

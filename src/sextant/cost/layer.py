@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sextant.cost.compute import gemm_time, memory_bound_time
+from sextant.cost.compute import gemm_efficiency, gemm_time, memory_bound_time
 from sextant.cost.params import attention_qk_dim, attention_v_dim
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import EfficiencyTable, HardwareProfile
@@ -45,6 +45,15 @@ class Device:
     gemm_table: EfficiencyTable | None = None  # measured efficiencies for the GEMM dtype, if calibrated
     attention_table: EfficiencyTable | None = None  # measured fused-attention efficiencies, if calibrated
     host_synchronous: bool = False  # the device is the host CPU: it issues and runs every op in turn
+    #: Achieved GEMM efficiency of this dtype relative to the profile's curve (the profile's
+    #: ``gemm_dtype_efficiency``; 1 where the curve or a measured table already describes it).
+    gemm_scale: float = 1.0
+    #: Bytes per weight element where weights are stored narrower than the GEMM operands
+    #: (weight-only quantization; FP8/INT8 W8A8 weights have the operand width).
+    weight_bytes: float | None = None
+    #: Weight-only quantization: FLOP/s of the vector units that dequantize each weight once per
+    #: tile of activation rows (0: no dequantization).
+    dequant_flops: float = 0.0
 
 
 @dataclass
@@ -71,9 +80,25 @@ class LayerCost:
     flops_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
 
+#: Rows of activations per dequantized weight tile in weight-only-quantized GEMMs (Marlin's
+#: 64-row blocks) and vector operations per 4-bit weight (unpack, subtract zero point, scale);
+#: Frantar et al. 2024, "MARLIN: Mixed-Precision Auto-Regressive Parallel Inference".
+DEQUANT_TILE_ROWS = 64.0
+DEQUANT_OPS_PER_WEIGHT = 4.0
+
+
 def device_gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
-    return gemm_time(m, n, k, peak_flops=dev.gemm_peak, mem_bw=dev.mem_bw,
-                     bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count, table=dev.gemm_table)
+    peak = dev.gemm_peak * dev.gemm_scale
+    if dev.dequant_flops:
+        # Dequantization runs on the vector units beside the tensor-core math: it lowers the
+        # effective peak by the ratio of the two times.
+        m_ = np.asarray(m, float)
+        tensor_s = 2.0 * m_ / (peak * gemm_efficiency(m, n, k, dev.profile, dev.gemm_table))
+        dequant_s = np.ceil(m_ / DEQUANT_TILE_ROWS) * DEQUANT_OPS_PER_WEIGHT / dev.dequant_flops
+        peak = peak * tensor_s / (tensor_s + dequant_s)
+    return gemm_time(m, n, k, peak_flops=peak, mem_bw=dev.mem_bw,
+                     bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count, table=dev.gemm_table,
+                     weight_bytes_per_element=dev.weight_bytes)
 
 
 def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bool, dropout: bool):

@@ -100,6 +100,11 @@ class HardwareProfile(Spec):
     # (tile quantization, partial waves), large ones saturate.
     gemm_max_efficiency: float = Field(gt=0, le=1)
     gemm_half_dim: float = Field(ge=0)
+    # Half-efficiency size of the row dimension M (tokens) alone, where it differs from the
+    # others: a GEMM with few rows is bounded by reading its weights long before it under-fills
+    # the tensor cores' M tiles (64-128 rows), while N and K also suffer wave quantization over
+    # the SMs. None: gemm_half_dim.
+    gemm_half_rows: float | None = Field(default=None, ge=0)
 
     # Fused (flash) attention, forward and backward, fraction of dense peak on long sequences;
     # saturates in head_dim and sequence length like the GEMM curve.
@@ -132,6 +137,11 @@ class HardwareProfile(Spec):
     intra_node_bw_efficiency: float = Field(gt=0, le=1)
     network_bw_efficiency: float = Field(gt=0, le=1)
     pcie_bw_efficiency: float = Field(default=0.8, gt=0, le=1)
+
+    # GEMM efficiency of other dtypes relative to the curve above (which describes 16-bit GEMMs):
+    # e.g. {"fp8": 0.6} where FP8 GEMMs reach 60% of the fraction of their own (doubled) peak that
+    # 16-bit GEMMs reach. Missing dtypes: 1. A measured table of that dtype replaces both.
+    gemm_dtype_efficiency: dict[str, float] = Field(default_factory=dict)
 
     # Measured GEMM efficiency per dtype over (m, n, k) (``sextant calibrate``); where present it
     # replaces the saturating curve above for that dtype.

@@ -46,7 +46,7 @@ def load_profile_file(path: str) -> ProfileFile:
         raise SpecError(f"{path} is not a valid hardware profile: {detail}", field="profile") from None
 
 
-def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]:
+def cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]:
     """The cluster and profile of a scenario: catalog entries, or a profile file that may bring
     its own device (a calibrated CPU, a GPU the catalog lacks)."""
     if not hw.profile:
@@ -92,7 +92,7 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
     applied; the parallel strategy is not checked (the planner varies it)."""
     scenario, kernel_efficiency = apply_framework(scenario)
     model = scenario.model if isinstance(scenario.model, ModelSpec) else get_model(scenario.model)
-    cluster, profile = _cluster_and_profile(scenario.hardware)
+    cluster, profile = cluster_and_profile(scenario.hardware)
     profile = profile.scaled(kernel_efficiency, f"{scenario.framework} kernels")
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100

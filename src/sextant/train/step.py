@@ -107,6 +107,8 @@ class TrainContext:
             gemm_table=self.profile.gemm_tables.get(self.precision),
             attention_table=self.profile.attention_tables.get("bf16" if self.precision == "fp8" else self.precision),
             host_synchronous=gpu.architecture.startswith("cpu"),
+            gemm_scale=(1.0 if self.precision in self.profile.gemm_tables
+                        else self.profile.gemm_dtype_efficiency.get(self.precision, 1.0)),
         )
 
 

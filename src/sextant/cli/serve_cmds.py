@@ -1,0 +1,199 @@
+"""``predict serve`` and ``validate serve``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
+
+Opt = typer.Option
+
+
+class ServePrecision(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+    int8 = "int8"
+    w4a16 = "w4a16"
+
+
+class KVChoice(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+    int8 = "int8"
+    int4 = "int4"
+
+
+class BatchingChoice(str, Enum):
+    static = "static"
+    continuous = "continuous"
+    chunked = "chunked"
+
+
+def _put(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
+    if value is not None:
+        tree.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
+
+
+def _progress_bar(console: Console, total_hint: str):
+    bar = Progress(TextColumn(total_hint), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), console=console, transient=True)
+    return bar
+
+
+def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts call
+    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML serving scenario; flags override it."),
+    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    framework: Optional[str] = Opt(None, help="Serving preset: vllm-2024, sarathi-serve-2024, trtllm-session-2023, "
+                                              "trtllm-inflight-2025."),
+    gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
+    gpus: Optional[int] = Opt(None, help="GPUs in total (default tp * pp * replicas)."),
+    tp: Optional[int] = Opt(None, help="Tensor-parallel degree per replica."),
+    pp: Optional[int] = Opt(None, help="Pipeline-parallel degree per replica."),
+    ep: Optional[int] = Opt(None, help="Expert-parallel degree inside the tp group (MoE)."),
+    replicas: Optional[int] = Opt(None, help="Model replicas behind the router."),
+    precision: Optional[ServePrecision] = Opt(None, help="Weight precision."),
+    kv_precision: Optional[KVChoice] = Opt(None, help="KV-cache precision (default fp8 with fp8 weights)."),
+    batching: Optional[BatchingChoice] = Opt(None, help="static, continuous (vLLM) or chunked (Sarathi-Serve)."),
+    max_batch: Optional[int] = Opt(None, help="Sequences running at once."),
+    token_budget: Optional[int] = Opt(None, help="Tokens per iteration (max_num_batched_tokens)."),
+    kv_allocation: Optional[str] = Opt(None, help="on_demand (preempts when full) or reserve."),
+    preemption: Optional[str] = Opt(None, help="recompute or swap."),
+    router: Optional[str] = Opt(None, help="round_robin or least_loaded."),
+    iteration_overhead_ms: Optional[float] = Opt(None, help="Engine CPU work per iteration, ms."),
+    input_len: Optional[int] = Opt(None, help="Input tokens per request."),
+    output_len: Optional[int] = Opt(None, help="Output tokens per request."),
+    trace: Optional[Path] = Opt(None, help="CSV or JSONL trace: arrival_s, input_tokens, output_tokens."),
+    rate: Optional[float] = Opt(None, help="Mean arrivals per second (default: all at time 0, offline)."),
+    arrival: Optional[str] = Opt(None, help="poisson or gamma."),
+    burstiness: Optional[float] = Opt(None, help="Gamma shape (1 = Poisson, < 1 burstier)."),
+    num_requests: Optional[int] = Opt(None, help="Requests to simulate."),
+    ttft_slo: Optional[float] = Opt(None, help="Time-to-first-token objective, ms."),
+    tpot_slo: Optional[float] = Opt(None, help="Time-per-output-token objective, ms."),
+    seed: Optional[int] = Opt(None, help="Random seed of synthetic arrivals and lengths."),
+    draft_model: Optional[str] = Opt(None, help="Speculative decoding: the draft model."),
+    spec_tokens: Optional[int] = Opt(None, help="Speculative decoding: draft tokens per step."),
+    acceptance_rate: Optional[float] = Opt(None, help="Speculative decoding: per-token acceptance probability."),
+    prefill_replicas: Optional[int] = Opt(None, help="Disaggregation: prefill-only replicas."),
+    decode_replicas: Optional[int] = Opt(None, help="Disaggregation: decode-only replicas."),
+    profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+) -> None:
+    """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
+    from sextant.serve.predict import run, summarise
+
+    tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
+    if model is not None:
+        tree["model"] = model
+    if framework is not None:
+        tree["framework"] = framework
+    for key, value in (("gpu", gpu), ("profile", str(profile) if profile else None)):
+        _put(tree, "hardware", key, value)
+    for key, value in (("tp", tp), ("pp", pp), ("ep", ep), ("replicas", replicas), ("precision", precision),
+                       ("kv_precision", kv_precision)):
+        _put(tree, "deployment", key, value)
+    for key, value in (("batching", batching), ("max_batch", max_batch), ("token_budget", token_budget),
+                       ("kv_allocation", kv_allocation), ("preemption", preemption), ("router", router),
+                       ("iteration_overhead_ms", iteration_overhead_ms)):
+        _put(tree, "scheduler", key, value)
+    for key, value in (("input_len", input_len), ("output_len", output_len), ("trace", str(trace) if trace else None),
+                       ("rate", rate), ("arrival", arrival), ("burstiness", burstiness),
+                       ("num_requests", num_requests), ("seed", seed)):
+        _put(tree, "workload", key, value)
+    _put(tree, "slo", "ttft_ms", ttft_slo)
+    _put(tree, "slo", "tpot_ms", tpot_slo)
+    if draft_model is not None:
+        tree["speculative"] = {"draft_model": draft_model, **({"num_tokens": spec_tokens} if spec_tokens else {}),
+                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {})}
+    if prefill_replicas is not None or decode_replicas is not None:
+        tree["disaggregation"] = {"prefill_replicas": prefill_replicas or 1, "decode_replicas": decode_replicas or 1}
+    dep = tree.get("deployment", {})
+    per_replica = dep.get("tp", 1) * dep.get("pp", 1)
+    if gpus is not None:
+        _put(tree, "hardware", "gpus", gpus)
+    elif "gpus" not in tree.get("hardware", {}):
+        count = (tree["disaggregation"]["prefill_replicas"] + tree["disaggregation"]["decode_replicas"]
+                 if "disaggregation" in tree else dep.get("replicas", 1))
+        _put(tree, "hardware", "gpus", per_replica * count)
+    sc: ServeScenario = parse_serve_scenario(tree, from_flags=scenario is None)
+    console = Console(stderr=True)
+    with _progress_bar(console, "simulating requests") as bar:
+        task = bar.add_task("sim", total=sc.workload.num_requests)
+
+        def tick(done: int, total: int) -> None:
+            if done % 512 == 0 or done == total:
+                bar.update(task, completed=done, total=total)
+
+        res, reqs, out = run(sc, trace=trace_out is not None, progress=tick)
+    result = summarise(res, reqs, out)
+    if trace_out is not None:
+        from sextant.serve.trace import write_trace
+
+        write_trace(out, trace_out)
+    if as_json:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+        return
+    _render(result, trace_out)
+
+
+def _render(r, trace_out: Path | None) -> None:
+    console = Console()
+    console.print(f"[bold]{r.model}[/bold] on {r.gpus} x {r.gpu}: tp {r.tp} pp {r.pp}, {r.replicas} replica(s)"
+                  + (f" ({r.prefill_replicas} prefill)" if r.prefill_replicas else "")
+                  + f", {r.precision} weights, {r.kv_precision} KV, {r.batching} batching (max batch {r.max_batch}, "
+                  f"{r.token_budget} tokens/iteration)")
+    console.print(f"{r.num_requests} requests {'offline (all at t=0)' if r.offline else 'arriving over time'}; "
+                  f"makespan {r.makespan_s:.2f} s")
+    t = Table("", "mean", "p50", "p90", "p99", title="latency (ms)", title_justify="left")
+    for name, p in (("TTFT", r.ttft_ms), ("TPOT", r.tpot_ms), ("end-to-end", r.e2e_ms)):
+        t.add_row(name, f"{p.mean:.1f}", f"{p.p50:.1f}", f"{p.p90:.1f}", f"{p.p99:.1f}")
+    console.print(t)
+    console.print(f"throughput: {r.output_tokens_per_s:,.0f} output tokens/s ({r.output_tokens_per_s_per_gpu:,.0f} per GPU), "
+                  f"{r.requests_per_s:.2f} requests/s")
+    console.print(f"SLO attainment {r.slo_attainment:.1%}, goodput {r.goodput_requests_per_s:.2f} requests/s")
+    console.print(f"KV cache: {r.kv_cache_capacity_tokens:,} tokens per engine, peak use {r.kv_cache_peak_fraction:.0%}"
+                  f", {r.preemptions} preemption(s)")
+    console.print("memory per GPU (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in r.memory_gb_per_gpu.items()))
+    console.print(f"bottleneck: {r.bottleneck}")
+    for a in r.assumptions:
+        console.print(f"  assumes: {a}")
+    if trace_out is not None:
+        console.print(f"trace written to {trace_out} (open in https://ui.perfetto.dev)")
+
+
+def validate_serve_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
+    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in serving ledger)."),
+) -> None:
+    """Simulate every published serving row of the ledger and report the error per row."""
+    from sextant.validate.serve import validate_serving
+
+    report = validate_serving(ledger)
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    console = Console()
+    table = Table(title="serving ledger: predicted vs published", title_justify="left")
+    for col, justify in (("id", "left"), ("model", "left"), ("gpu", "left"), ("gpus", "right"), ("metric", "left"),
+                         ("published", "right"), ("predicted", "right"), ("error", "right")):
+        table.add_column(col, justify=justify)
+    for row in report.rows:
+        err = row.predicted / row.published - 1
+        style = "red" if row.ape > 0.25 else ("yellow" if row.ape > 0.10 else "")
+        table.add_row(row.id, row.model, row.gpu, str(row.gpus), row.metric, f"{row.published:.4g}",
+                      f"{row.predicted:.4g}", f"[{style}]{err:+.1%}[/{style}]" if style else f"{err:+.1%}")
+    console.print(table)
+    console.print(f"{len(report.rows)} rows: throughput median APE {report.throughput_median_ape:.1%} over "
+                  f"{report.throughput_rows} rows, latency median APE {report.latency_median_ape:.1%} over "
+                  f"{report.latency_rows} rows; max APE {report.max_ape:.1%} ({report.max_ape_id}); "
+                  f"{report.rows_not_fitting} predicted not to run")

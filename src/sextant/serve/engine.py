@@ -1,0 +1,600 @@
+"""One serving engine: its scheduler, its paged KV cache, and the cost of each iteration.
+
+The engine advances one *iteration* at a time (one forward pass over a batch). Per-request work
+happens only at events (admission, end of prefill, preemption, finish), never per token, so that
+10^5-request traces simulate in seconds:
+
+- A decoding sequence writes one KV slot per decode step. Entering decode at step ``D0`` with
+  ``c0`` cached tokens, it writes slot ``c0 + (D - D0) - 1`` at step ``D`` and needs a new block
+  exactly when that index is a multiple of the block size, i.e. when ``D = D0 + 1 - c0 (mod B)``.
+  The engine keeps a count of decoding sequences per residue, so the blocks a step needs are one
+  lookup (vLLM allocates blocks on demand in the same way; ``block_manager.append_slots``).
+- The context all decoding sequences attend to at step ``D`` is ``sum(c0 - g D0) + g n D`` for
+  ``n`` sequences advancing ``g`` tokens per step, kept as a running sum.
+- Each sequence's finishing step is known when it enters decode; a heap yields the finishers.
+
+Policies:
+- ``static``: a batch of waiting requests is prefilled together, then decoded until its longest
+  request is done (finished sequences stay in the batch as padding), as TensorRT-LLM's
+  gptSessionBenchmark runs it; the next batch starts when the engine is free.
+- ``continuous``: vLLM's prefill-first scheduler: an iteration prefills newly admitted prompts
+  (whole, within the token budget) when any can be admitted, else decodes every running
+  sequence (Yu et al., Orca, OSDI 2022; Kwon et al., vLLM, SOSP 2023).
+- ``chunked``: every iteration decodes every running sequence and fills the rest of the token
+  budget with prompt chunks (Agrawal et al., Sarathi-Serve, OSDI 2024).
+KV allocation is ``on_demand`` (blocks as sequences grow; when a step lacks blocks the most
+recently admitted sequence is preempted, LIFO as vLLM, and either recomputed later or swapped to
+host memory over PCIe) or ``reserve`` (prompt + output reserved at admission; never preempts).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sextant.cost.inference import (
+    Layout,
+    attention_efficiency_ratio,
+    attention_rates,
+    output_head_time,
+    token_time,
+)
+from sextant.spec.model import ModelSpec
+
+WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
+#: Fraction of KV blocks vLLM keeps free when admitting prompts (``watermark``, 1%).
+ADMISSION_WATERMARK = 0.01
+#: Largest token count tabulated up front; larger iterations are computed and memoized.
+TABLE_TOKENS = 16384
+
+
+class IterationCost:
+    """Seconds of an iteration from its token count, sampled sequences and attention work, by
+    part; built from the shared cost functions of :mod:`sextant.cost.inference` (tabulated)."""
+
+    PARTS = ("gemm", "elementwise", "communication", "attention", "host_overhead")
+
+    def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int) -> None:
+        self.model, self.lay = model, lay
+        n = min(max(max_tokens, 1), TABLE_TOKENS)
+        parts = token_time(model, lay, np.arange(1, n + 1, dtype=float), 0.0)
+        self._gemm = [0.0, *parts["gemm"].tolist()]
+        self._ew = [0.0, *parts["elementwise"].tolist()]
+        self._comm = [0.0, *parts["communication"].tolist()]
+        self._head = [0.0, *output_head_time(model, lay, np.arange(1, max(max_seqs, 1) + 1, dtype=float)).tolist()]
+        self._extra: dict[int, tuple[float, float, float]] = {}
+        rates = attention_rates(model, lay)
+        self.rates = rates
+        self.decode_per_ctx = max(rates.pair_s, rates.kv_read_s)
+        self.write_s = rates.write_s
+        self.launch_s = rates.launch_s
+        p = lay.dev.profile
+        self.host_s = model.num_layers * p.layer_overhead_s
+        self.host_sync = lay.dev.host_synchronous
+        self.iteration_overhead_s = lay.iteration_overhead_s
+        self.has_table = lay.dev.attention_table is not None
+
+    def token_parts(self, tokens: int) -> tuple[float, float, float]:
+        if tokens < len(self._gemm):
+            return self._gemm[tokens], self._ew[tokens], self._comm[tokens]
+        hit = self._extra.get(tokens)
+        if hit is None:
+            parts = token_time(self.model, self.lay, float(tokens), 0.0)
+            hit = (float(parts["gemm"]), float(parts["elementwise"]), float(parts["communication"]))
+            self._extra[tokens] = hit
+        return hit
+
+    def head(self, sequences: int) -> float:
+        if sequences < len(self._head):
+            return self._head[sequences]
+        return float(output_head_time(self.model, self.lay, float(sequences)))
+
+    def efficiency_ratio(self, seq: float) -> float:
+        return float(attention_efficiency_ratio(self.model, self.lay, seq)) if self.has_table else 1.0
+
+    def prefill_attention(self, new: float, cached: float, ratio: float = 1.0) -> float:
+        r = self.rates
+        pairs = new * cached + 0.5 * new * new
+        return max(r.pair_s / ratio * pairs, r.kv_read_s * cached) + r.write_s * new
+
+    def host(self, device_s: float) -> float:
+        added = self.host_s if self.host_sync else max(self.host_s - device_s, 0.0)
+        return added + self.iteration_overhead_s
+
+
+@dataclass
+class RequestTable:
+    """Per-request state shared by every engine of a simulation (plain lists: scalar access in
+    the event loop is faster than NumPy's)."""
+
+    arrival: list[float]
+    inp: list[int]
+    out: list[int]
+    first: list[float] = field(default_factory=list)
+    finish: list[float] = field(default_factory=list)
+    state: list[int] = field(default_factory=list)
+    gen: list[int] = field(default_factory=list)  # tokens generated so far (at the last event)
+    target: list[int] = field(default_factory=list)  # tokens the next prefill must process
+    done: list[int] = field(default_factory=list)  # of which prefilled so far (chunked)
+    held: list[int] = field(default_factory=list)  # KV blocks held outside the decode accounting
+    c0: list[int] = field(default_factory=list)
+    d0: list[int] = field(default_factory=list)
+    epoch: list[int] = field(default_factory=list)
+    preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival)
+        self.first = [-1.0] * n
+        self.finish = [-1.0] * n
+        self.state = [WAITING] * n
+        self.gen = [0] * n
+        self.target = list(self.inp)
+        self.done = [0] * n
+        self.held = [0] * n
+        self.c0 = [0] * n
+        self.d0 = [0] * n
+        self.epoch = [0] * n
+
+
+@dataclass
+class EngineConfig:
+    batching: str
+    max_batch: int
+    token_budget: int
+    block_size: int
+    capacity_blocks: int
+    reserve: bool
+    preemption: str
+    swap_blocks: int  # host blocks for swapped KV
+    swap_s_per_token: float  # seconds to move one token's KV over PCIe
+    role: str = "both"  # both | prefill | decode
+    tokens_per_step: float = 1.0  # > 1 with speculative decoding (expected accepted + bonus)
+    draft: IterationCost | None = None
+    draft_tokens: int = 0
+
+
+@dataclass
+class Iteration:
+    start: float
+    duration: float
+    decode_seqs: int
+    prefill_tokens: int
+    prefill_seqs: int
+
+
+class Engine:
+    """One engine (a replica, or one virtual engine of a pipeline-parallel replica)."""
+
+    def __init__(self, name: str, cost: IterationCost, cfg: EngineConfig, req: RequestTable,
+                 trace: list | None = None) -> None:
+        self.name, self.cost, self.cfg, self.req = name, cost, cfg, req
+        self.waiting: deque[int] = deque()
+        self.swapped: deque[int] = deque()
+        self.prefilling: list[int] = []
+        self.running_stack: list[int] = []  # admission order, lazily pruned (LIFO victims)
+        self.free = cfg.capacity_blocks
+        self.peak_used = 0
+        self.swap_free = cfg.swap_blocks
+        self.D = 0  # decode steps run
+        self.n_dec = 0
+        self.s0 = 0.0  # sum(c0 - g*d0) over decoding sequences
+        self.phase = [0] * cfg.block_size
+        self.finish_heap: list[tuple[int, int, int]] = []
+        self.busy = False
+        self.outstanding = 0
+        self.parts = dict.fromkeys(IterationCost.PARTS, 0.0)
+        self.iterations = 0
+        self.trace = trace
+        self._plan: tuple | None = None
+        self._static_queue: list[tuple[float, int]] | None = None
+
+    # ---- queue ----------------------------------------------------------------------------
+    def enqueue(self, rid: int) -> None:
+        self.waiting.append(rid)
+        self.outstanding += 1
+
+    def load(self) -> int:
+        return self.outstanding
+
+    def kv_peak_fraction(self) -> float:
+        return self.peak_used / self.cfg.capacity_blocks if self.cfg.capacity_blocks else 0.0
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _blocks(self, tokens: float) -> int:
+        return -(-int(math.ceil(tokens)) // self.cfg.block_size)
+
+    def _use(self, blocks: int) -> None:
+        self.free -= blocks
+        used = self.cfg.capacity_blocks - self.free
+        if used > self.peak_used:
+            self.peak_used = used
+
+    def _steps_left(self, rid: int) -> int:
+        g = self.cfg.tokens_per_step
+        remaining = self.req.out[rid] - self.req.gen[rid]
+        return remaining if g == 1.0 else int(math.ceil(remaining / g))
+
+    def _enter_decode(self, rid: int) -> bool:
+        """After a prefill (or a swap-in): start decoding, or finish if nothing is left.
+        Returns True if the request finished."""
+        r = self.req
+        steps = self._steps_left(rid)
+        if steps <= 0:
+            return True
+        c0 = r.inp[rid] + r.gen[rid] - 1
+        r.state[rid] = DECODING
+        r.c0[rid] = c0
+        r.d0[rid] = self.D
+        r.epoch[rid] += 1
+        g = self.cfg.tokens_per_step
+        self.n_dec += 1
+        self.s0 += c0 - g * self.D
+        if not self.cfg.reserve:
+            self.phase[(self.D + 1 - c0) % self.cfg.block_size] += 1
+        heapq.heappush(self.finish_heap, (self.D + steps, rid, r.epoch[rid]))
+        return False
+
+    def _leave_decode(self, rid: int, steps_done: int) -> None:
+        """Remove a decoding request after ``steps_done`` global steps; frees its blocks."""
+        r = self.req
+        g = self.cfg.tokens_per_step
+        c0, d0 = r.c0[rid], r.d0[rid]
+        self.n_dec -= 1
+        self.s0 -= c0 - g * d0
+        r.epoch[rid] += 1
+        if self.cfg.reserve:
+            self.free += r.held[rid]
+        else:
+            self.phase[(d0 + 1 - c0) % self.cfg.block_size] -= 1
+            self.free += self._blocks(c0 + g * (steps_done - d0))
+        r.held[rid] = 0
+        r.gen[rid] = min(r.out[rid], r.gen[rid] + int(round(g * (steps_done - d0))))
+
+    def _finish(self, rid: int, t: float) -> None:
+        r = self.req
+        r.state[rid] = DONE
+        r.finish[rid] = t
+        r.gen[rid] = r.out[rid]
+        self.outstanding -= 1
+
+    def _preempt_one(self) -> float:
+        """Preempt the most recently admitted running request; seconds of swap-out it costs."""
+        r = self.req
+        while self.running_stack:
+            rid = self.running_stack.pop()
+            st = r.state[rid]
+            if st == DECODING:
+                tokens = r.c0[rid] + self.cfg.tokens_per_step * (self.D - r.d0[rid])
+                self._leave_decode(rid, self.D)
+                r.preemptions += 1
+                blocks = self._blocks(tokens)
+                if self.cfg.preemption == "swap" and blocks <= self.swap_free:
+                    self.swap_free -= blocks
+                    r.state[rid] = SWAPPED
+                    r.held[rid] = blocks
+                    self.swapped.append(rid)
+                    return tokens * self.cfg.swap_s_per_token
+                self._requeue(rid)
+                return 0.0
+            if st == PREFILLING:
+                self.free += r.held[rid]
+                r.held[rid] = 0
+                r.done[rid] = 0
+                self.prefilling.remove(rid)
+                r.preemptions += 1
+                self._requeue(rid)
+                return 0.0
+        return 0.0
+
+    def _requeue(self, rid: int) -> None:
+        r = self.req
+        r.state[rid] = WAITING
+        r.target[rid] = r.inp[rid] + r.gen[rid]
+        r.done[rid] = 0
+        self.waiting.appendleft(rid)
+
+    def _swap_in(self, now: float) -> float:
+        """Swapped sequences come back first, when their blocks fit (vLLM's order); seconds."""
+        cfg, r = self.cfg, self.req
+        seconds = 0.0
+        while self.swapped:
+            rid = self.swapped[0]
+            blocks = r.held[rid]
+            if blocks + self._blocks(1) > self.free:
+                break
+            self.swapped.popleft()
+            self.swap_free += blocks
+            seconds += (r.inp[rid] + r.gen[rid] - 1) * cfg.swap_s_per_token
+            self._use(blocks)
+            r.held[rid] = 0
+            if self._enter_decode(rid):
+                self._finish(rid, now)
+            else:
+                self.running_stack.append(rid)
+        return seconds
+
+    def _admit_ready(self, now: float) -> None:
+        """Decode-only instances admit requests whose KV arrived: blocks, no compute."""
+        cfg, r = self.cfg, self.req
+        while self.waiting and self.n_dec < cfg.max_batch:
+            rid = self.waiting[0]
+            need = self._blocks(r.inp[rid] + (r.out[rid] if cfg.reserve else 0))
+            if need > self.free - self._watermark():
+                break
+            self.waiting.popleft()
+            self._use(need)
+            r.held[rid] = need if cfg.reserve else 0
+            r.gen[rid] = 1
+            if self._enter_decode(rid):
+                self.free += need
+                self._finish(rid, now)
+            else:
+                self.running_stack.append(rid)
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def start(self, now: float) -> float | None:
+        """Plan the next iteration at ``now``; its duration, or None when there is no work."""
+        if self.cfg.batching == "static":
+            return self._start_static(now)
+        cfg, r, cost = self.cfg, self.req, self.cost
+        extra = self._swap_in(now) if cfg.role != "prefill" else 0.0
+        if cfg.role == "decode":
+            self._admit_ready(now)
+        chunks: list[tuple[int, int]] = []
+        swap_s = extra
+        decode = False
+        if cfg.batching == "chunked" or cfg.role == "decode":
+            # Stall-free: decodes first, prompt chunks fill the rest of the budget.
+            if self.n_dec:
+                swap_s += self._reserve_decode_blocks()
+                decode = self.n_dec > 0
+            if cfg.role != "decode":
+                chunks = self._admit_prefills(cfg.token_budget - self.n_dec)
+        else:
+            # Prefill-first: running sequences wait while new prompts are prefilled.
+            chunks = self._admit_prefills(cfg.token_budget)
+            if not chunks and self.n_dec and cfg.role != "prefill":
+                swap_s += self._reserve_decode_blocks()
+                decode = self.n_dec > 0
+        if not chunks and not decode:
+            self._plan = None
+            return None if swap_s == 0.0 else self._idle_swap(now, swap_s)
+        n_dec = self.n_dec if decode else 0
+        g = cfg.tokens_per_step
+        step = self.D + 1
+        prefill_tokens = sum(c for _, c in chunks)
+        completing = sum(1 for rid, c in chunks if r.done[rid] + c >= r.target[rid])
+        attention = 0.0
+        gemm = ew = comm = 0.0
+        if n_dec:
+            ctx = self.s0 + g * n_dec * step
+            k = cfg.draft_tokens
+            if cfg.draft is not None:
+                # Draft proposes k tokens one at a time, the target verifies k + 1 per sequence.
+                d = cfg.draft
+                dg, dew, dcomm = d.token_parts(n_dec)
+                per_draft = dg + dew + dcomm + d.head(n_dec) + d.decode_per_ctx * ctx + d.write_s * n_dec + d.launch_s
+                gemm += k * per_draft
+                rt = cost.rates
+                attention += max((k + 1) * rt.pair_s, rt.kv_read_s) * ctx + rt.write_s * n_dec * (k + 1) + cost.launch_s
+                head_rows = n_dec * (k + 1)
+                dec_tokens = n_dec * (k + 1)
+            else:
+                attention += cost.decode_per_ctx * ctx + cost.write_s * n_dec + cost.launch_s
+                head_rows = n_dec
+                dec_tokens = n_dec
+        else:
+            head_rows = dec_tokens = 0
+        if chunks:
+            for rid, c in chunks:
+                done = r.done[rid]
+                ratio = cost.efficiency_ratio(done + c) if cost.has_table else 1.0
+                attention += cost.prefill_attention(c, done, ratio)
+            attention += cost.launch_s
+        tg, tew, tcomm = cost.token_parts(dec_tokens + prefill_tokens)
+        gemm += tg + cost.head(head_rows + completing)
+        ew += tew
+        comm += tcomm + swap_s
+        device = gemm + ew + comm + attention
+        host = cost.host(device)
+        duration = device + host
+        p = self.parts
+        p["gemm"] += gemm
+        p["elementwise"] += ew
+        p["communication"] += comm
+        p["attention"] += attention
+        p["host_overhead"] += host
+        self.iterations += 1
+        self._plan = ("step", decode, chunks)
+        if self.trace is not None:
+            self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
+        return duration
+
+    def _idle_swap(self, now: float, seconds: float) -> float:
+        self._plan = ("swap",)
+        self.parts["communication"] += seconds
+        return seconds
+
+    def _watermark(self) -> int:
+        return int(ADMISSION_WATERMARK * self.cfg.capacity_blocks) if not self.cfg.reserve else 0
+
+    def _admit_prefills(self, budget: int) -> list[tuple[int, int]]:
+        """Prompt chunks for this iteration: continue partial prefills, then admit new prompts
+        (FCFS) while the token budget, the batch limit and the free blocks allow."""
+        cfg, r = self.cfg, self.req
+        chunks: list[tuple[int, int]] = []
+        chunked = cfg.batching == "chunked"
+        if budget <= 0:
+            return chunks
+        for rid in self.prefilling:
+            if budget <= 0:
+                break
+            done, target = r.done[rid], r.target[rid]
+            c = min(target - done, budget)
+            if not cfg.reserve:
+                need = self._blocks(done + c) - self._blocks(done)
+                if need > self.free:
+                    break
+                self._use(need)
+                r.held[rid] += need
+            chunks.append((rid, c))
+            budget -= c
+        running = self.n_dec + len(self.prefilling)
+        watermark = self._watermark()
+        while self.waiting and budget > 0 and running < cfg.max_batch:
+            rid = self.waiting[0]
+            target = r.target[rid]
+            c = min(target, budget) if chunked else target
+            if c > budget:
+                break
+            if cfg.reserve:
+                need = self._blocks(r.inp[rid] + r.out[rid])
+            else:
+                need = self._blocks(c)
+            if need > self.free - (watermark if running else 0):
+                break
+            self.waiting.popleft()
+            self._use(need)
+            r.held[rid] = need
+            r.state[rid] = PREFILLING
+            r.done[rid] = 0
+            self.prefilling.append(rid)
+            self.running_stack.append(rid)
+            chunks.append((rid, c))
+            budget -= c
+            running += 1
+        return chunks
+
+    def _reserve_decode_blocks(self) -> float:
+        """Blocks the next decode step needs; preempts (LIFO) until they fit. Seconds of swap-out."""
+        if self.cfg.reserve:
+            return 0.0
+        step = self.D + 1
+        idx = step % self.cfg.block_size
+        swap_s = 0.0
+        while self.phase[idx] > self.free and self.n_dec > 0:
+            swap_s += self._preempt_one()
+        self._use(self.phase[idx])
+        return swap_s
+
+    def complete(self, end: float) -> list[int]:
+        """Apply the planned iteration's results at ``end``; returns requests whose prefill
+        finished on a prefill-only instance (to be handed to a decode instance)."""
+        plan = self._plan
+        self._plan = None
+        handoff: list[int] = []
+        if plan is None or plan[0] == "swap":
+            return handoff
+        if plan[0] == "static":
+            return self._complete_static(plan)
+        _, decode, chunks = plan
+        r = self.req
+        if decode:
+            self.D += 1
+            heap = self.finish_heap
+            while heap and heap[0][0] <= self.D:
+                _, rid, ep = heapq.heappop(heap)
+                if r.epoch[rid] != ep or r.state[rid] != DECODING:
+                    continue
+                self._leave_decode(rid, self.D)
+                self._finish(rid, end)
+        for rid, c in chunks:
+            if r.state[rid] != PREFILLING:
+                continue
+            r.done[rid] += c
+            if r.done[rid] < r.target[rid]:
+                continue
+            self.prefilling.remove(rid)
+            if r.first[rid] < 0:
+                r.first[rid] = end
+            r.gen[rid] += 1
+            if self.cfg.role == "prefill":
+                self.free += r.held[rid]
+                r.held[rid] = 0
+                r.state[rid] = WAITING
+                self.outstanding -= 1
+                handoff.append(rid)
+                continue
+            if not self.cfg.reserve:
+                # The prompt's blocks now belong to the decode accounting.
+                r.held[rid] = 0
+            if self._enter_decode(rid):
+                self.free += r.held[rid] if self.cfg.reserve else self._blocks(r.inp[rid] + r.gen[rid] - 1)
+                r.held[rid] = 0
+                self._finish(rid, end)
+        return handoff
+
+    # ---- static batching -------------------------------------------------------------------
+    def _start_static(self, now: float) -> float | None:
+        cfg, r, cost = self.cfg, self.req, self.cost
+        batch = []
+        while self.waiting and len(batch) < cfg.max_batch:
+            rid = self.waiting[0]
+            need = self._blocks(r.inp[rid] + r.out[rid])
+            if need > self.free:
+                break
+            self.waiting.popleft()
+            self._use(need)
+            r.held[rid] = need
+            batch.append(rid)
+        if not batch:
+            return None
+        n = len(batch)
+        prompt_tokens = sum(r.inp[rid] for rid in batch)
+        steps = max(r.out[rid] for rid in batch) - 1
+        # Prefill of the whole batch.
+        g, ew, comm = cost.token_parts(prompt_tokens)
+        attention = cost.launch_s + sum(cost.prefill_attention(r.inp[rid], 0.0, cost.efficiency_ratio(r.inp[rid]))
+                                        for rid in batch)
+        gemm = g + cost.head(n)
+        device = gemm + ew + comm + attention
+        host = cost.host(device)
+        self._account(gemm, ew, comm, attention, host)
+        first_token_at = now + device + host
+        if self.trace is not None:
+            self.trace.append(Iteration(now, device + host, 0, prompt_tokens, n))
+        # Decode steps j = 1..steps over all n sequences (finished ones stay in as padding).
+        dg, dew, dcomm = cost.token_parts(n)
+        head = cost.head(n)
+        fixed = dg + dew + dcomm + head + cost.write_s * n + cost.launch_s
+        ctx0 = float(prompt_tokens)
+        t = first_token_at
+        step_end = [first_token_at] * (steps + 1)
+        attention = host_total = 0.0
+        for j in range(1, steps + 1):
+            att = cost.decode_per_ctx * (ctx0 + n * j)
+            device = fixed + att
+            host = cost.host(device)
+            if self.trace is not None:
+                self.trace.append(Iteration(t, device + host, n, 0, 0))
+            t += device + host
+            step_end[j] = t
+            attention += att + cost.write_s * n + cost.launch_s
+            host_total += host
+        self._account((dg + head) * steps, dew * steps, dcomm * steps, attention, host_total)
+        self.iterations += 1 + steps
+        for rid in batch:
+            r.first[rid] = first_token_at
+        self._plan = ("static", batch, step_end)
+        return t - now
+
+    def _account(self, gemm, ew, comm, attention, host) -> None:
+        p = self.parts
+        p["gemm"] += gemm
+        p["elementwise"] += ew
+        p["communication"] += comm
+        p["attention"] += attention
+        p["host_overhead"] += host
+
+    def _complete_static(self, plan: tuple) -> list[int]:
+        _, batch, step_end = plan
+        r = self.req
+        for rid in batch:
+            self.free += r.held[rid]
+            r.held[rid] = 0
+            self._finish(rid, step_end[r.out[rid] - 1])
+        return []

@@ -1,0 +1,219 @@
+"""``predict serve``: resolve a scenario, simulate it, and summarise latency and throughput."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from sextant.errors import SpecError
+from sextant.serve.deploy import Resolved, kv_transfer_seconds, resolve
+from sextant.serve.engine import EngineConfig, IterationCost
+from sextant.serve.requests import Requests, requests_for
+from sextant.serve.simulator import SimulationOutput, simulate
+from sextant.spec.serving import ServeScenario
+from sextant.units import GB
+
+PART_LABELS = {
+    "gemm": "weight GEMMs (incl. output head)",
+    "elementwise": "element-wise kernels and embedding",
+    "communication": "tensor/expert/pipeline communication and KV swaps",
+    "attention": "attention (KV-cache reads in decode)",
+    "host_overhead": "host and engine overhead",
+}
+
+
+class Percentiles(BaseModel):
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Percentiles:
+        if len(values) == 0:
+            return cls(mean=0.0, p50=0.0, p90=0.0, p99=0.0)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return cls(mean=float(values.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+
+
+class ServeResult(BaseModel):
+    model: str
+    gpu: str
+    gpus: int
+    tp: int
+    pp: int
+    ep: int
+    replicas: int
+    prefill_replicas: int
+    precision: str
+    kv_precision: str
+    batching: str
+    max_batch: int
+    token_budget: int
+    framework: str | None
+    num_requests: int
+    offline: bool
+    makespan_s: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_gpu: float
+    input_tokens_per_s: float
+    requests_per_s: float
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    e2e_ms: Percentiles
+    slo_attainment: float
+    goodput_requests_per_s: float
+    kv_cache_peak_fraction: float
+    kv_cache_capacity_tokens: int
+    preemptions: int
+    memory_gb_per_gpu: dict[str, float]
+    time_breakdown_s: dict[str, float]
+    bottleneck: str
+    iterations: int
+    profile: str
+    assumptions: list[str]
+
+
+def _gpu_seconds_label(parts: dict[str, float]) -> str:
+    total = sum(parts.values()) or 1.0
+    ranked = sorted(parts.items(), key=lambda kv: kv[1], reverse=True)
+    text = f"{PART_LABELS[ranked[0][0]]}: {ranked[0][1] / total:.0%} of engine time"
+    if len(ranked) > 1 and ranked[1][1] > 0.1 * total:
+        text += f"; then {PART_LABELS[ranked[1][0]]} ({ranked[1][1] / total:.0%})"
+    return text
+
+
+def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost]:
+    sc = res.scenario
+    sched = sc.scheduler
+    inst = res.instance
+    spec = sc.speculative
+    reserve = sched.kv_allocation == "reserve" or sched.batching == "static" or spec is not None
+    pcie = res.cluster.gpu.pcie
+    swap_s_per_token = inst.kv_bytes_per_token / (pcie.bandwidth_bytes_per_s * res.profile.pcie_bw_efficiency)
+    swap_blocks = int(sched.swap_space_gb * 1e9 // (inst.kv_bytes_per_token * sched.block_size)) \
+        if sched.preemption == "swap" else 0
+    max_tokens = res.token_budget if sched.batching != "static" else sched.max_batch
+    if spec is not None:
+        max_tokens = max(max_tokens, sched.max_batch * (spec.num_tokens + 1))
+    cost = IterationCost(res.model, inst.layout, max_tokens, sched.max_batch * ((spec.num_tokens + 1) if spec else 1))
+    draft = None
+    tokens_per_step = 1.0
+    if spec is not None:
+        draft = IterationCost(res.draft_model, res.draft, sched.max_batch, sched.max_batch)
+        a, k = spec.acceptance_rate, spec.num_tokens
+        # Expected tokens per verification step: (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, eq. 1).
+        tokens_per_step = (1 - a ** (k + 1)) / (1 - a)
+    cfg = EngineConfig(
+        batching=sched.batching, max_batch=sched.max_batch, token_budget=res.token_budget,
+        block_size=sched.block_size, capacity_blocks=inst.kv_capacity_blocks, reserve=reserve,
+        preemption=sched.preemption, swap_blocks=swap_blocks, swap_s_per_token=swap_s_per_token, role=role,
+        tokens_per_step=tokens_per_step, draft=draft, draft_tokens=spec.num_tokens if spec else 0,
+    )
+    return cfg, cost
+
+
+def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: bool = False,
+        progress: Callable[[int, int], None] | None = None) -> tuple[Resolved, Requests, SimulationOutput]:
+    requests = requests if requests is not None else requests_for(scenario.workload)
+    longest = int((requests.input_tokens + requests.output_tokens).max())
+    res = resolve(scenario, longest, int(requests.input_tokens.max()))
+    sched = res.scenario.scheduler
+    if sched.batching == "continuous" and int(requests.input_tokens.max()) > res.token_budget:
+        raise SpecError(f"a {int(requests.input_tokens.max())}-token prompt exceeds the token budget "
+                        f"{res.token_budget}; raise --token-budget or use --batching chunked", field="token_budget")
+    disagg = res.scenario.disaggregation
+    engines_per = res.instance.engines_per_replica
+    cfg, cost = engine_config(res, "decode" if disagg else "both")
+    pre_cfg = engine_config(res, "prefill")[0] if disagg else None
+    out = simulate(requests, cost=cost, config=cfg, engines=res.decode_replicas * engines_per, router=sched.router,
+                   prefill_config=pre_cfg, prefill_engines=res.prefill_replicas * engines_per,
+                   kv_transfer_s=(lambda tokens: kv_transfer_seconds(res, tokens)) if disagg else None,
+                   trace=trace, progress=progress)
+    finish = np.asarray(out.table.finish)
+    if (finish < 0).any():
+        raise RuntimeError(f"{int((finish < 0).sum())} requests never finished (simulator bug)")
+    return res, requests, out
+
+
+def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> ServeResult:
+    sc = res.scenario
+    dep, sched = sc.deployment, sc.scheduler
+    t = out.table
+    arrival = requests.arrival_s
+    first = np.asarray(t.first)
+    finish = np.asarray(t.finish)
+    outputs = requests.output_tokens.astype(float)
+    ttft = (first - arrival) * 1e3
+    e2e = (finish - arrival) * 1e3
+    multi = outputs > 1
+    tpot = (finish[multi] - first[multi]) / (outputs[multi] - 1) * 1e3
+    span = max(float(finish.max()) - float(arrival.min()), 1e-12)
+    gpus = (res.decode_replicas + res.prefill_replicas) * dep.gpus_per_replica
+    ok = np.ones(len(requests), bool)
+    if sc.slo.ttft_ms is not None:
+        ok &= ttft <= sc.slo.ttft_ms
+    if sc.slo.tpot_ms is not None:
+        tpot_all = np.zeros(len(requests))
+        tpot_all[multi] = tpot
+        ok &= tpot_all <= sc.slo.tpot_ms
+    engines = out.engines + out.prefill_engines
+    parts: dict[str, float] = {}
+    for e in engines:
+        for k, v in e.parts.items():
+            parts[k] = parts.get(k, 0.0) + v
+    inst = res.instance
+    kv_used = max(e.kv_peak_fraction() for e in engines)
+    memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
+              "kv_cache": inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token
+              * inst.engines_per_replica / GB,
+              "budget": inst.memory_budget_bytes / GB}
+    assumptions = [
+        f"batching {sched.batching}; KV allocation {'reserve' if engine_reserve(sc) else 'on demand'} in "
+        f"{sched.block_size}-token blocks; preemption {sched.preemption}",
+        f"{sched.gpu_memory_utilization:.0%} of GPU memory for weights, activations and KV cache",
+        f"engine overhead per iteration {res.iteration_overhead_s * 1e3:g} ms; host launch overhead per layer "
+        f"{res.profile.layer_overhead_s * 1e6:g} us (0 where kernels are issued ahead or replayed as CUDA graphs)",
+        "embedding and output projection in 16 bits; decode attention at the profile's memory-bandwidth efficiency",
+    ]
+    if dep.pp > 1:
+        assumptions.append(f"pipeline parallelism: each replica runs {dep.pp} batches in flight (vLLM virtual "
+                           "engines), each with 1/pp of the KV cache")
+    if sc.speculative is not None:
+        s = sc.speculative
+        assumptions.append(f"speculative decoding: draft {s.draft_model}, {s.num_tokens} tokens per step, acceptance "
+                           f"{s.acceptance_rate}: {(1 - s.acceptance_rate ** (s.num_tokens + 1)) / (1 - s.acceptance_rate):.2f}"
+                           " tokens per step in expectation, for every sequence alike")
+    if sc.disaggregation is not None:
+        assumptions.append(f"disaggregated: KV moves over the {sc.disaggregation.link.replace('_', '-')} link after "
+                           "prefill; TTFT ends at the prefill instance")
+    return ServeResult(
+        model=res.model.name, gpu=res.cluster.gpu.name, gpus=gpus, tp=dep.tp, pp=dep.pp, ep=dep.ep,
+        replicas=res.decode_replicas + res.prefill_replicas, prefill_replicas=res.prefill_replicas,
+        precision=dep.precision, kv_precision=dep.resolved_kv_precision, batching=sched.batching,
+        max_batch=sched.max_batch, token_budget=res.token_budget, framework=sc.framework,
+        num_requests=len(requests), offline=requests.offline, makespan_s=span,
+        output_tokens_per_s=float(outputs.sum()) / span,
+        output_tokens_per_s_per_gpu=float(outputs.sum()) / span / gpus,
+        input_tokens_per_s=float(requests.input_tokens.sum()) / span,
+        requests_per_s=len(requests) / span,
+        ttft_ms=Percentiles.of(ttft), tpot_ms=Percentiles.of(tpot), e2e_ms=Percentiles.of(e2e),
+        slo_attainment=float(ok.mean()), goodput_requests_per_s=float(ok.sum()) / span,
+        kv_cache_peak_fraction=kv_used, kv_cache_capacity_tokens=inst.kv_capacity_tokens,
+        preemptions=t.preemptions, memory_gb_per_gpu=memory, time_breakdown_s=parts,
+        bottleneck=_gpu_seconds_label(parts), iterations=sum(e.iterations for e in engines),
+        profile=res.profile.name, assumptions=assumptions,
+    )
+
+
+def engine_reserve(sc: ServeScenario) -> bool:
+    return (sc.scheduler.kv_allocation == "reserve" or sc.scheduler.batching == "static"
+            or sc.speculative is not None)
+
+
+def predict_serve(scenario: ServeScenario, requests: Requests | None = None, *,
+                  progress: Callable[[int, int], None] | None = None) -> ServeResult:
+    res, reqs, out = run(scenario, requests, progress=progress)
+    return summarise(res, reqs, out)

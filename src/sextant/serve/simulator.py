@@ -1,0 +1,117 @@
+"""The discrete-event loop: arrivals, a router, engines, and KV transfers between instances.
+
+Events are (time, sequence number, kind, payload) in one heap, so equal times resolve in the
+order they were scheduled and a run is deterministic. An engine is either busy until the end of
+its current iteration or idle; new work wakes an idle engine at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sextant.serve.engine import Engine, EngineConfig, Iteration, IterationCost, RequestTable
+from sextant.serve.requests import Requests
+
+ARRIVAL, ENGINE_DONE, KV_READY = 0, 1, 2
+
+
+@dataclass
+class SimulationOutput:
+    table: RequestTable
+    engines: list[Engine]
+    prefill_engines: list[Engine]
+    makespan_s: float
+    traces: dict[str, list[Iteration]]
+    kv_transfers: list[tuple[int, float, float]]  # (request, start, end)
+
+
+class Router:
+    """Round-robin, or least-loaded (fewest outstanding requests; ties to the lowest index)."""
+
+    def __init__(self, engines: list[Engine], policy: str) -> None:
+        self.engines, self.policy, self.next = engines, policy, 0
+
+    def pick(self) -> Engine:
+        if self.policy == "round_robin" or len(self.engines) == 1:
+            e = self.engines[self.next % len(self.engines)]
+            self.next += 1
+            return e
+        return min(self.engines, key=Engine.load)
+
+
+def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, engines: int, router: str,
+             prefill_config: EngineConfig | None = None, prefill_engines: int = 0,
+             kv_transfer_s: Callable[[int], float] | None = None, trace: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> SimulationOutput:
+    """Replay ``requests`` on ``engines`` engines (plus ``prefill_engines`` prefill-only ones
+    when disaggregated, whose finished prompts move to the decode engines after
+    ``kv_transfer_s(tokens)``)."""
+    table = RequestTable(requests.arrival_s.tolist(), requests.input_tokens.tolist(),
+                         requests.output_tokens.tolist())
+    traces: dict[str, list[Iteration]] = {}
+
+    def make(name: str, cfg: EngineConfig) -> Engine:
+        buf = traces.setdefault(name, []) if trace else None
+        return Engine(name, cost, cfg, table, buf)
+
+    decoders = [make(f"replica{i}" if prefill_engines == 0 else f"decode{i}", config) for i in range(engines)]
+    prefillers = [make(f"prefill{i}", prefill_config) for i in range(prefill_engines)] if prefill_config else []
+    front = Router(prefillers or decoders, router)
+    back = Router(decoders, router)
+    events: list[tuple[float, int, int, object]] = []
+    seq = 0
+    n = len(requests)
+    arrivals = table.arrival
+    transfers: list[tuple[int, float, float]] = []
+    now = 0.0
+    done = 0
+    next_arrival = 0
+
+    def kick(e: Engine, t: float) -> None:
+        nonlocal seq
+        if e.busy:
+            return
+        d = e.start(t)
+        if d is not None:
+            e.busy = True
+            seq += 1
+            heapq.heappush(events, (t + d, seq, ENGINE_DONE, e))
+
+    while next_arrival < n or events:
+        # Admit every arrival due before the next engine event (arrivals at equal times first).
+        if next_arrival < n and (not events or arrivals[next_arrival] <= events[0][0]):
+            now = arrivals[next_arrival]
+            woken = []
+            while next_arrival < n and arrivals[next_arrival] == now:
+                e = front.pick()
+                e.enqueue(next_arrival)
+                next_arrival += 1
+                if not e.busy:
+                    woken.append(e)
+            for e in woken:
+                kick(e, now)
+            continue
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == ENGINE_DONE:
+            e = payload
+            e.busy = False
+            before = e.outstanding
+            handoff = e.complete(now)
+            finished = before - e.outstanding - len(handoff)
+            done += finished
+            for rid in handoff:
+                seq += 1
+                t = now + kv_transfer_s(table.inp[rid]) if kv_transfer_s else now
+                transfers.append((rid, now, t))
+                heapq.heappush(events, (t, seq, KV_READY, rid))
+            kick(e, now)
+            if progress is not None and finished:
+                progress(done, n)
+        else:  # KV_READY
+            e = back.pick()
+            e.enqueue(payload)
+            kick(e, now)
+    return SimulationOutput(table=table, engines=decoders, prefill_engines=prefillers, makespan_s=now,
+                            traces=traces, kv_transfers=transfers)

@@ -1,0 +1,44 @@
+"""Perfetto / Chrome trace of a simulation (JSON trace-event format, opens in ui.perfetto.dev).
+
+One process per engine with its iterations as complete ("X") events on one track, and a
+"requests" process with each request's queueing, prefill and decode phases as async spans.
+Requests beyond ``max_requests`` are left out to keep the file openable; the metadata says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sextant.serve.simulator import SimulationOutput
+
+
+def write_trace(out: SimulationOutput, path: str | Path, *, max_requests: int = 5000) -> int:
+    """Write the trace; returns the number of events."""
+    events: list[dict] = []
+    for pid, (name, iterations) in enumerate(sorted(out.traces.items()), start=1):
+        events.append({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}})
+        for it in iterations:
+            label = "decode" if it.prefill_tokens == 0 else ("prefill" if it.decode_seqs == 0 else "mixed")
+            events.append({"ph": "X", "pid": pid, "tid": 1, "name": label, "ts": it.start * 1e6,
+                           "dur": it.duration * 1e6,
+                           "args": {"decode_seqs": it.decode_seqs, "prefill_tokens": it.prefill_tokens,
+                                    "prefill_seqs": it.prefill_seqs}})
+    t = out.table
+    req_pid = len(out.traces) + 1
+    events.append({"ph": "M", "pid": req_pid, "name": "process_name", "args": {"name": "requests"}})
+    shown = min(len(t.arrival), max_requests)
+    for rid in range(shown):
+        for name, start, end in (("queued+prefill", t.arrival[rid], t.first[rid]), ("decode", t.first[rid], t.finish[rid])):
+            if end > start:
+                common = {"pid": req_pid, "tid": 1, "cat": "request", "id": rid, "name": name}
+                events.append({**common, "ph": "b", "ts": start * 1e6,
+                               "args": {"request": rid, "input_tokens": t.inp[rid], "output_tokens": t.out[rid]}})
+                events.append({**common, "ph": "e", "ts": end * 1e6})
+    for rid, start, end in out.kv_transfers[:max_requests]:
+        common = {"pid": req_pid, "tid": 2, "cat": "kv_transfer", "id": f"kv{rid}", "name": "kv transfer"}
+        events.append({**common, "ph": "b", "ts": start * 1e6})
+        events.append({**common, "ph": "e", "ts": end * 1e6})
+    meta = {"requests_in_trace": shown, "requests_total": len(t.arrival)}
+    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))
+    return len(events)

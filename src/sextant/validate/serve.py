@@ -1,0 +1,139 @@
+"""``validate serve``: simulate every serving-ledger row and report the absolute percentage errors,
+separately for throughput and latency rows."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from sextant.catalog.frameworks import get_serving_framework
+from sextant.errors import ScenarioError, SextantError
+from sextant.serve.predict import predict_serve
+from sextant.spec.base import Spec
+from sextant.spec.scenario import format_validation_error
+from sextant.spec.serving import ServeScenario
+
+Metric = Literal["output_tokens_per_s_per_gpu", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms"]
+LATENCY_METRICS = ("ttft_ms", "tpot_ms")
+
+
+class ServeLedgerRow(Spec):
+    id: str
+    source: str
+    url: str | None = None
+    model: str
+    gpu: str
+    gpus: int = Field(gt=0)
+    framework: str
+    deployment: dict[str, Any] = {}
+    scheduler: dict[str, Any] = {}
+    workload: dict[str, Any] = {}
+    metric: Metric
+    published: float = Field(gt=0)
+    assumptions: list[str] = []
+    notes: str = ""
+
+    def scenario(self) -> ServeScenario:
+        get_serving_framework(self.framework)
+        try:
+            return ServeScenario.model_validate({
+                "model": self.model, "framework": self.framework, "hardware": {"gpu": self.gpu, "gpus": self.gpus},
+                "deployment": self.deployment, "scheduler": self.scheduler, "workload": self.workload})
+        except ValidationError as err:
+            raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
+
+
+def load_serve_ledger(path: str | Path | None = None) -> list[ServeLedgerRow]:
+    if path is None:
+        text = resources.files("sextant.validate").joinpath("data", "serving.yaml").read_text()
+        where = "built-in serving ledger"
+    else:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ScenarioError(f"no such file {path}", field="ledger") from None
+        where = str(path)
+    data = yaml.safe_load(text) or []
+    if not isinstance(data, list):
+        raise ScenarioError(f"{where} must be a YAML list of rows", field="ledger")
+    rows = []
+    for i, item in enumerate(data):
+        try:
+            rows.append(ServeLedgerRow.model_validate(item))
+        except ValidationError as err:
+            ident = item.get("id", f"#{i}") if isinstance(item, dict) else f"#{i}"
+            raise ScenarioError(format_validation_error(err), field=f"{where} row {ident}") from None
+    ids = [r.id for r in rows]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise ScenarioError(f"duplicate row ids {sorted(dupes)}", field=where)
+    return rows
+
+
+class ServeValidationRow(BaseModel):
+    id: str
+    model: str
+    gpu: str
+    gpus: int
+    metric: str
+    kind: Literal["throughput", "latency"]
+    published: float
+    predicted: float
+    ape: float
+    fits: bool
+    source: str
+    assumptions: list[str]
+    error: str | None = None
+
+
+class ServeValidationReport(BaseModel):
+    rows: list[ServeValidationRow]
+    median_ape: float
+    max_ape: float
+    max_ape_id: str
+    rows_not_fitting: int
+    throughput_median_ape: float
+    latency_median_ape: float
+    throughput_rows: int
+    latency_rows: int
+
+
+def predicted_value(row: ServeLedgerRow) -> float:
+    result = predict_serve(row.scenario())
+    if row.metric in LATENCY_METRICS:
+        return getattr(result, row.metric).mean
+    return float(getattr(result, row.metric))
+
+
+def validate_serving(path: str | Path | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ServeValidationReport:
+    ledger = load_serve_ledger(path)
+    rows = []
+    for i, row in enumerate(ledger):
+        kind = "latency" if row.metric in LATENCY_METRICS else "throughput"
+        try:
+            predicted, fits, error = predicted_value(row), True, None
+        except SextantError as err:  # a row the model says cannot run counts as a full miss
+            predicted, fits, error = 0.0, False, str(err)
+        rows.append(ServeValidationRow(
+            id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, kind=kind,
+            published=row.published, predicted=predicted, ape=abs(predicted - row.published) / row.published,
+            fits=fits, source=row.source, assumptions=row.assumptions, error=error))
+        if progress is not None:
+            progress(i + 1, len(ledger))
+    apes = [r.ape for r in rows]
+    worst = max(rows, key=lambda r: r.ape)
+    thr = [r.ape for r in rows if r.kind == "throughput"]
+    lat = [r.ape for r in rows if r.kind == "latency"]
+    return ServeValidationReport(
+        rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape, max_ape_id=worst.id,
+        rows_not_fitting=sum(not r.fits for r in rows),
+        throughput_median_ape=statistics.median(thr) if thr else 0.0,
+        latency_median_ape=statistics.median(lat) if lat else 0.0,
+        throughput_rows=len(thr), latency_rows=len(lat))
