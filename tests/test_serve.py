@@ -216,3 +216,12 @@ def test_serving_ledger_meets_the_accuracy_targets():
     assert report.rows_not_fitting == 0
     assert report.throughput_median_ape <= 0.10
     assert report.latency_median_ape <= 0.12
+
+
+def test_expert_parallelism_moves_experts_not_bytes():
+    a = resolve(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
+                         deployment={"tp": 8, "ep": 1, "precision": "fp8"}), 512, 256)
+    b = resolve(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
+                         deployment={"tp": 8, "ep": 8, "precision": "fp8"}), 512, 256)
+    assert a.instance.weights_bytes_per_gpu == pytest.approx(b.instance.weights_bytes_per_gpu)
+    assert 80e9 < a.instance.weights_bytes_per_gpu < 90e9  # 671B parameters at 1 byte over 8 GPUs

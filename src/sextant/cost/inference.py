@@ -44,7 +44,6 @@ detokenization) is the ``iteration_overhead_s`` of the layout, added to every it
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,14 +125,15 @@ def attention_flops_per_pair(model: ModelSpec, tp: int = 1) -> float:
 
 
 def weight_bytes_per_gpu(model: ModelSpec, lay: Layout) -> float:
-    """Weights one GPU holds: the decoder's linear layers at the quantized width (routed experts
-    spread over ``ep``), the embedding, output projection and norms in 16 bits; all split over
-    ``tp`` and ``pp``."""
+    """Weights one GPU holds: the decoder's linear layers at the quantized width, the embedding,
+    output projection and norms in 16 bits; all split over ``tp`` and ``pp``. Routed experts are
+    spread over ``ep`` ranks inside the tp group with their FFN split over the other tp/ep, so
+    they too divide by ``tp``."""
     c = count_params(model)
     norms = (c.num_dense_layers + c.num_moe_layers) * c.norms_layer + c.final_norm
     experts = c.expert_params
     linear = c.layers_total - experts - (c.num_dense_layers + c.num_moe_layers) * c.norms_layer
-    quantized = (linear + experts / lay.ep) * lay.weight_bytes
+    quantized = (linear + experts) * lay.weight_bytes
     return (quantized + (c.embeddings + norms) * UNQUANTIZED_BYTES) / (lay.tp * lay.pp)
 
 
@@ -323,7 +323,3 @@ def decode_time(model: ModelSpec, dev: Device | Layout, batch, context) -> dict[
     parts["attention"] = (decode_attention_time(model, lay, b, b * np.asarray(context, float))
                           + attention_launch_time(model, lay))
     return _with_host_overhead(model, lay, parts)
-
-
-def with_precision(dev: Device, **changes) -> Device:
-    return dataclasses.replace(dev, **changes)
