@@ -170,8 +170,6 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
                     grouped_kv_reads=dep.decode_attention == "grouped")
 
     token_budget = sched.token_budget or (8192 if sched.batching == "chunked" else max(8192, longest_prompt))
-    if sched.batching == "chunked" and token_budget <= 0:
-        raise SpecError("token_budget must be positive", field="token_budget")
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
     weights = weight_bytes_per_gpu(model, layout)
     draft_layout = draft_model = None

@@ -402,12 +402,7 @@ class Engine:
         device = gemm + ew + comm + attention
         host = cost.host(device)
         duration = device + host
-        p = self.parts
-        p["gemm"] += gemm
-        p["elementwise"] += ew
-        p["communication"] += comm
-        p["attention"] += attention
-        p["host_overhead"] += host
+        self._account(gemm, ew, comm, attention, host)
         self.iterations += 1
         self._plan = ("step", decode, chunks)
         if self.trace is not None:

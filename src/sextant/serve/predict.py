@@ -90,7 +90,7 @@ def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost
     sched = sc.scheduler
     inst = res.instance
     spec = sc.speculative
-    reserve = sched.kv_allocation == "reserve" or sched.batching == "static" or spec is not None
+    reserve = engine_reserve(sc)
     pcie = res.cluster.gpu.pcie
     swap_s_per_token = inst.kv_bytes_per_token / (pcie.bandwidth_bytes_per_s * res.profile.pcie_bw_efficiency)
     swap_blocks = int(sched.swap_space_gb * 1e9 // (inst.kv_bytes_per_token * sched.block_size)) \
@@ -171,7 +171,7 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
               * inst.engines_per_replica / GB,
               "budget": inst.memory_budget_bytes / GB}
     assumptions = [
-        f"batching {sched.batching}; KV allocation {'reserve' if engine_reserve(sc) else 'on demand'} in "
+        f"batching {sched.batching}; KV allocation {'reserved' if engine_reserve(sc) else 'on demand'} in "
         f"{sched.block_size}-token blocks; preemption {sched.preemption}",
         f"{sched.gpu_memory_utilization:.0%} of GPU memory for weights, activations and KV cache",
         f"engine overhead per iteration {res.iteration_overhead_s * 1e3:g} ms; host launch overhead per layer "
@@ -209,6 +209,7 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
 
 
 def engine_reserve(sc: ServeScenario) -> bool:
+    """KV reserved at admission: asked for, or implied by static batches and speculation."""
     return (sc.scheduler.kv_allocation == "reserve" or sc.scheduler.batching == "static"
             or sc.speculative is not None)
 

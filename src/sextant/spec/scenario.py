@@ -4,7 +4,7 @@ CLI flags; both pass through the same pydantic model, so unknown keys are errors
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError
@@ -14,6 +14,8 @@ from sextant.spec.base import Spec
 from sextant.spec.model import ModelSpec
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
+
+S = TypeVar("S", bound=Spec)
 
 
 class HardwareRef(Spec):
@@ -85,11 +87,11 @@ def base_tree(scenario: Path | None, model: str | None, gpu: str | None) -> dict
     return {}
 
 
-def parse_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> TrainScenario:
-    """Validate a scenario tree. ``from_flags``: name the offending CLI flag (``--tp``) rather
-    than its path in the scenario (``strategy.tp``)."""
+def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> S:
+    """Validate a scenario tree as ``model``. ``from_flags``: name the offending CLI flag
+    (``--tp``) rather than its path in the scenario (``strategy.tp``)."""
     try:
-        return TrainScenario.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         if from_flags:
             first = err.errors()[0]
@@ -99,7 +101,8 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags
         raise ScenarioError(format_validation_error(err), field=source) from None
 
 
-def load_scenario(path: str | Path) -> TrainScenario:
+def read_tree(path: str | Path, keys: str) -> dict[str, Any]:
+    """The mapping a scenario YAML file holds; ``keys`` names its sections for the error."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -112,6 +115,13 @@ def load_scenario(path: str | Path) -> TrainScenario:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path} must hold a mapping of keys (model, hardware, strategy, workload)",
-                            field="scenario")
-    return parse_scenario(data, source=str(path))
+        raise ScenarioError(f"{path} must hold a mapping of keys ({keys})", field="scenario")
+    return data
+
+
+def parse_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> TrainScenario:
+    return validate_tree(TrainScenario, data, source, from_flags=from_flags)
+
+
+def load_scenario(path: str | Path) -> TrainScenario:
+    return parse_scenario(read_tree(path, "model, hardware, strategy, workload"), source=str(path))

@@ -12,13 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from sextant.errors import ScenarioError
 from sextant.spec.base import Spec
 from sextant.spec.model import ModelSpec
-from sextant.spec.scenario import HardwareRef, format_validation_error
+from sextant.spec.scenario import HardwareRef, read_tree, validate_tree
 
 Batching = Literal["static", "continuous", "chunked"]
 WeightPrecision = Literal["bf16", "fp16", "fp8", "int8", "w4a16"]
@@ -152,30 +150,8 @@ class ServeScenario(Spec):
 
 
 def parse_serve_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> ServeScenario:
-    try:
-        return ServeScenario.model_validate(data)
-    except ValidationError as err:
-        if from_flags:
-            first = err.errors()[0]
-            flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else source
-            got = f" (got {first['input']!r})" if "input" in first else ""
-            raise ScenarioError(f"{first['msg']}{got}", field=flag) from None
-        raise ScenarioError(format_validation_error(err), field=source) from None
+    return validate_tree(ServeScenario, data, source, from_flags=from_flags)
 
 
 def load_serve_scenario(path: str | Path) -> ServeScenario:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"no such file {path}", field="scenario") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ScenarioError(f"{path} is not valid YAML{where}", field="scenario") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path} must hold a mapping of keys (model, hardware, deployment, scheduler, "
-                            "workload)", field="scenario")
-    return parse_serve_scenario(data, source=str(path))
+    return parse_serve_scenario(read_tree(path, "model, hardware, deployment, scheduler, workload"), source=str(path))

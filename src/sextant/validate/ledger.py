@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError
@@ -13,6 +13,8 @@ from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario, format_validation_error
+
+R = TypeVar("R", bound=Spec)
 
 Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu"]
 
@@ -51,10 +53,12 @@ class LedgerRow(Spec):
             raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
 
 
-def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
+def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[R]:
+    """Rows of a ledger YAML file (the built-in ``data/<builtin>`` when ``path`` is None), each
+    validated as ``row_type``; errors name the file and the row."""
     if path is None:
-        text = resources.files("sextant.validate").joinpath("data", "training.yaml").read_text()
-        where = "built-in training ledger"
+        text = resources.files("sextant.validate").joinpath("data", builtin).read_text()
+        where = f"built-in ledger {builtin}"
     else:
         try:
             text = Path(path).read_text()
@@ -67,7 +71,7 @@ def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
     rows = []
     for i, item in enumerate(data):
         try:
-            rows.append(LedgerRow.model_validate(item))
+            rows.append(row_type.model_validate(item))
         except ValidationError as err:
             ident = item.get("id", f"#{i}") if isinstance(item, dict) else f"#{i}"
             raise ScenarioError(format_validation_error(err), field=f"{where} row {ident}") from None
@@ -76,3 +80,7 @@ def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
     if dupes:
         raise ScenarioError(f"duplicate row ids {sorted(dupes)}", field=where)
     return rows
+
+
+def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
+    return load_rows(LedgerRow, path, "training.yaml")

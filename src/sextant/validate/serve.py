@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from sextant.catalog.frameworks import get_serving_framework
@@ -18,6 +16,7 @@ from sextant.serve.predict import predict_serve
 from sextant.spec.base import Spec
 from sextant.spec.scenario import format_validation_error
 from sextant.spec.serving import ServeScenario
+from sextant.validate.ledger import load_rows
 
 Metric = Literal["output_tokens_per_s_per_gpu", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms"]
 LATENCY_METRICS = ("ttft_ms", "tpot_ms")
@@ -50,30 +49,7 @@ class ServeLedgerRow(Spec):
 
 
 def load_serve_ledger(path: str | Path | None = None) -> list[ServeLedgerRow]:
-    if path is None:
-        text = resources.files("sextant.validate").joinpath("data", "serving.yaml").read_text()
-        where = "built-in serving ledger"
-    else:
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ScenarioError(f"no such file {path}", field="ledger") from None
-        where = str(path)
-    data = yaml.safe_load(text) or []
-    if not isinstance(data, list):
-        raise ScenarioError(f"{where} must be a YAML list of rows", field="ledger")
-    rows = []
-    for i, item in enumerate(data):
-        try:
-            rows.append(ServeLedgerRow.model_validate(item))
-        except ValidationError as err:
-            ident = item.get("id", f"#{i}") if isinstance(item, dict) else f"#{i}"
-            raise ScenarioError(format_validation_error(err), field=f"{where} row {ident}") from None
-    ids = [r.id for r in rows]
-    dupes = {i for i in ids if ids.count(i) > 1}
-    if dupes:
-        raise ScenarioError(f"duplicate row ids {sorted(dupes)}", field=where)
-    return rows
+    return load_rows(ServeLedgerRow, path, "serving.yaml")
 
 
 class ServeValidationRow(BaseModel):
