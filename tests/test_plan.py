@@ -137,9 +137,16 @@ def test_cost_objective_prefers_efficiency_over_speed():
 
 def test_infeasible_says_by_how_much_and_what_would_help():
     with pytest.raises(InfeasibleError) as err:
-        plan_train(scenario("llama-3.1-405b", "h100-sxm", 8, 16, 8192), [8])
+        plan_train(scenario("llama-3.1-405b", "h100-sxm", 8, 16, 8192), [8], space=SearchSpace(offload=False))
     text = str(err.value)
-    assert "GiB per GPU short" in text and "more GPUs" in text
+    assert "GiB per GPU short" in text and "more GPUs" in text and "offload" in text
+
+
+def test_offloading_makes_the_infeasible_feasible_in_one_node():
+    result = plan_train(scenario("llama-3.1-405b", "h100-sxm", 8, 16, 8192), [8], top_k=2)
+    best = result.best
+    assert best.fits and (best.offload_optimizer != "none" or best.offload_params != "none")
+    assert result.offload_options and all(o.binding_resource for o in result.offload_options)
 
 
 @pytest.mark.parametrize("text, counts", [("512", [512]), ("8,16", [8, 16]), ("256-4096", [256, 512, 1024, 2048, 4096]),
@@ -168,7 +175,7 @@ def test_cli_plan_bad_input_is_one_line(capsys):
     assert main(["plan", "train", "--gpus", "abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "--gpus" in err[0]
-    assert main(["plan", "train", "--model", "llama-3.1-405b", "--gpus", "8"]) == 2
+    assert main(["plan", "train", "--model", "llama-3.1-405b", "--gpus", "8", "--no-offload"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "short" in err[0]
 

@@ -302,6 +302,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
         "kernel_overhead_s": overhead["linear_call_s"], "gemm_tables": tables,
         "attention_tables": {primary: att_table},
         "optimizer_params_per_s": (opt_device or opt_host)["params_per_s"],
+        "host_adam_params_per_s": opt_host["params_per_s"],
         "layer_overhead_s": overhead["layer_forward_s"],
     }
     if base is None:

@@ -6,7 +6,7 @@ from functools import cache
 
 from sextant.catalog._loader import load_yaml, lookup
 from sextant.errors import SpecError
-from sextant.spec.hardware import ClusterSpec, GPUSpec, LinkSpec, MemoryTier, NodeSpec
+from sextant.spec.hardware import ClusterSpec, GPUSpec, HostCPU, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.profile import HardwareProfile
 from sextant.units import GB, MICROSECOND, TB, TFLOPS, Gbps, GiB
 
@@ -85,13 +85,24 @@ def get_network(name: str) -> LinkSpec:
     )
 
 
+def _tier(name: str, entry: dict, source: str) -> MemoryTier:
+    """A host-side tier from its catalog entry: DRAM/CXL in GiB and GB/s (one figure for both
+    directions unless read/write are given), NVMe in TB with read and write GB/s."""
+    capacity = entry["tb"] * TB if "tb" in entry else entry["gib"] * GiB
+    read = entry.get("read_gb_per_s", entry.get("gb_per_s"))
+    write = entry.get("write_gb_per_s", entry.get("gb_per_s"))
+    return MemoryTier(name=name, capacity_bytes=capacity, read_bytes_per_s=read * GB, write_bytes_per_s=write * GB,
+                      devices=entry.get("drives", 1), source=entry.get("source", source))
+
+
 @cache
 def get_node(name: str) -> NodeSpec:
     key = name.strip().lower()
     entry = lookup(load_yaml("nodes.yaml"), key, kind="node", field="node")
     intra = entry["intra"]
-    host = entry["host_memory"]
-    nvme = entry.get("nvme")
+    source = entry["source"]
+    cpu = entry.get("host_cpu")
+    link = entry.get("host_link")
     return NodeSpec(
         name=key,
         gpu=entry["gpu"],
@@ -101,27 +112,21 @@ def get_node(name: str) -> NodeSpec:
             kind=intra["kind"],
             bandwidth_bytes_per_s=intra["gb_per_s"] * GB,
             latency_s=intra["latency_us"] * MICROSECOND,
-            source=entry["source"],
+            source=source,
         ),
         nic=get_network(entry["nic"]),
         nics_per_node=entry["nics_per_node"],
-        host_memory=MemoryTier(
-            name="dram",
-            capacity_bytes=host["gib"] * GiB,
-            read_bytes_per_s=host["gb_per_s"] * GB,
-            write_bytes_per_s=host["gb_per_s"] * GB,
-            source=entry["source"],
-        ),
-        nvme=None
-        if nvme is None
-        else MemoryTier(
-            name="nvme",
-            capacity_bytes=nvme["tb"] * TB,
-            read_bytes_per_s=nvme["read_gb_per_s"] * GB,
-            write_bytes_per_s=nvme["write_gb_per_s"] * GB,
-            source=entry["source"],
-        ),
-        source=entry["source"],
+        host_memory=_tier("dram", entry["host_memory"], source),
+        nvme=_tier("nvme", entry["nvme"], source) if entry.get("nvme") else None,
+        cxl=_tier("cxl", entry["cxl"], source) if entry.get("cxl") else None,
+        host_cpu=None if cpu is None else HostCPU(
+            name=cpu["name"], cores=cpu["cores"], adam_params_per_s=cpu["adam_gparams_per_s"] * 1e9,
+            source=cpu.get("source", source)),
+        host_link=None if link is None else LinkSpec(
+            name=link["name"], kind=link["kind"], bandwidth_bytes_per_s=link["gb_per_s"] * GB,
+            latency_s=link.get("latency_us", 2.0) * MICROSECOND, source=link.get("source", source)),
+        gpus_per_host_uplink=entry.get("gpus_per_host_uplink", 1),
+        source=source,
     )
 
 

@@ -38,6 +38,7 @@ HF_REPOS: dict[str, str] = {
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
     "mixtral-8x22b": "mistralai/Mixtral-8x22B-v0.1",
     "opt-66b": "facebook/opt-66b",
+    "opt-175b": "facebook/opt-175b (config of metaseq's OPT-175B; weights by request)",
     "qwen2-57b-a14b": "Qwen/Qwen2-57B-A14B",
     "qwen2.5-72b": "Qwen/Qwen2.5-72B",
     "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",

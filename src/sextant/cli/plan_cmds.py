@@ -66,6 +66,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost."),
     top: int = Opt(5, help="How many configurations to report."),
     headroom: float = Opt(0.0, help="Fraction of GPU memory to leave free (0-0.5)."),
+    offload: Optional[bool] = Opt(None, "--offload/--no-offload",
+                                  help="Search offloading to host memory and NVMe (default: when the job fits in one node)."),
     max_micro_batch: int = Opt(16, help="Largest micro-batch searched."),
     cross_node_tp: bool = Opt(False, "--cross-node-tp", help="Let tensor parallelism span nodes."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
@@ -106,7 +108,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise SpecError(f"must not be negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
     parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
-    space = SearchSpace(headroom=headroom, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp)
+    space = SearchSpace(headroom=headroom, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
+                        offload=offload)
     console = Console(stderr=True)
     with Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
@@ -120,6 +123,13 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     render_plan(result, Console())
 
 
+def _offload_label(t) -> str:
+    """Compact offload description of a result: opt:cpu par:nvme act:cpu, or - for none."""
+    parts = [f"{k}:{v}" for k, v in (("opt", t.offload_optimizer), ("par", t.offload_params),
+                                       ("act", t.offload_activations)) if v != "none"]
+    return " ".join(parts) or "-"
+
+
 def render_plan(result, console: Console) -> None:
     r = result
     console.print(f"[bold]{r.model} on {', '.join(map(str, r.gpus))}x {r.gpu}[/bold], global batch {r.global_batch} "
@@ -131,15 +141,29 @@ def render_plan(result, console: Console) -> None:
         rejected.add_row(reason, f"{count:,}")
     console.print(rejected)
     table = Table(title=f"top {len(r.top)}", title_justify="left")
-    for col in ("#", "gpus", "dp", "tp", "pp", "cp", "ep", "vpp", "zero", "mb", "recompute", "sp", "step s",
-                "tokens/s", "MFU", "GiB", "bottleneck"):
-        table.add_column(col, justify="left" if col in ("recompute", "bottleneck") else "right")
+    offloading = any(_offload_label(t) != "-" for t in r.top)
+    for col in ("#", "gpus", "dp", "tp", "pp", "cp", "ep", "vpp", "zero", "mb", "recompute", "sp",
+                *(("offload",) if offloading else ()), "step s", "tokens/s", "MFU", "GiB", "bottleneck"):
+        table.add_column(col, justify="left" if col in ("recompute", "bottleneck", "offload") else "right")
     for i, t in enumerate(r.top, 1):
         table.add_row(str(i), str(t.gpus), str(t.dp), str(t.tp), str(t.pp), str(t.cp), str(t.ep), str(t.vpp),
                       str(t.zero), str(t.micro_batch), t.recompute, "on" if t.sequence_parallel else "off",
+                      *((_offload_label(t),) if offloading else ()),
                       f"{t.step_time_s:.3f}", f"{t.tokens_per_s:,.0f}", f"{t.mfu:.1%}",
                       f"{t.memory_gb_per_gpu['total']:.1f}", t.bottleneck.split(":")[0])
     console.print(table)
+    if r.offload_options:
+        opts = Table(title="feasible offload strategies (the best configuration of each)", title_justify="left")
+        for col in ("optimizer", "params", "activations", "configuration", "tokens/s", "MFU", "GPU GiB",
+                    "host GiB", "NVMe GiB", "bound by"):
+            opts.add_column(col, justify="left" if col in ("optimizer", "params", "activations", "configuration",
+                                                           "bound by") else "right")
+        for o in r.offload_options:
+            m = o.memory_gb_per_tier
+            opts.add_row(o.offload_optimizer, o.offload_params, o.offload_activations, o.config,
+                         f"{o.tokens_per_s:,.0f}", f"{o.mfu:.1%}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}",
+                         f"{m.get('nvme', 0):.0f}", o.binding_resource)
+        console.print(opts)
     for line in r.why_best:
         console.print(f"  {line}")
     if len(r.by_gpu_count) > 1 or r.tokens:

@@ -73,6 +73,13 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     dropout: Optional[bool] = Opt(None, "--dropout/--no-dropout", help="Dropout on attention and residuals."),
     nics_per_node: Optional[int] = Opt(None, help="Network ports per node."),
     expert_imbalance: Optional[float] = Opt(None, help="MoE: busiest expert rank's tokens over the mean (>= 1)."),
+    offload_optimizer: Optional[str] = Opt(None, help="Optimizer state and update: none, cpu (ZeRO-Offload), "
+                                            "nvme (ZeRO-Infinity) or interleaved (Deep Optimizer States)."),
+    offload_params: Optional[str] = Opt(None, help="16-bit parameters: none, cpu or nvme (needs --zero 3)."),
+    offload_activations: Optional[str] = Opt(None, help="Saved activations: none, cpu or nvme."),
+    method: Optional[str] = Opt(None, help="full, lora, qlora, galore or zo (zeroth-order, MeZO/ZO2)."),
+    adapter_rank: Optional[int] = Opt(None, help="LoRA/QLoRA adapter rank, GaLore projection rank (default 64)."),
+    trace_out: Optional[Path] = Opt(None, help="Write the offload timeline as a Perfetto/Chrome trace (JSON)."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
@@ -93,12 +100,16 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     for key, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp), ("zero", zero),
                        ("micro_batch", micro_batch), ("recompute", recompute),
                        ("sequence_parallel", sequence_parallel), ("precision", precision), ("schedule", schedule),
-                       ("attention_kernel", attention_kernel), ("dp_collective", dp_collective)):
+                       ("attention_kernel", attention_kernel), ("dp_collective", dp_collective),
+                       ("offload_optimizer", offload_optimizer), ("offload_params", offload_params),
+                       ("offload_activations", offload_activations)):
         _set(tree, "strategy", key, value)
     for key, value in (("global_batch", global_batch), ("seq_len", seq_len), ("optimizer", optimizer),
-                       ("dropout", dropout), ("expert_imbalance", expert_imbalance)):
+                       ("dropout", dropout), ("expert_imbalance", expert_imbalance), ("method", method),
+                       ("adapter_rank", adapter_rank)):
         _set(tree, "workload", key, value)
-    result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None))
+    result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None),
+                           trace_out=str(trace_out) if trace_out else None)
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return
@@ -114,12 +125,26 @@ def validate_train_cmd(
     """Predict every published run of the training ledger and report the error per row."""
     from sextant.validate.train import validate_training
 
-    report = validate_training(ledger)
+    _print_report(validate_training(ledger), "training ledger", as_json)
+
+
+def validate_offload_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
+    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in offload ledger)."),
+) -> None:
+    """Predict the offloading and fine-tuning ledger (ZeRO-Offload, ZeRO-Infinity, QLoRA, ZO2):
+    throughputs, "fits on this GPU" claims (fits: 1) and GPU counts needed without offloading."""
+    from sextant.validate.offload import validate_offload
+
+    _print_report(validate_offload(ledger), "offload ledger", as_json)
+
+
+def _print_report(report, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))
         return
     console = Console()
-    table = Table(title="training ledger: predicted vs published", title_justify="left")
+    table = Table(title=f"{title}: predicted vs published", title_justify="left")
     for col, justify in (("id", "left"), ("model", "left"), ("gpus", "right"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right"), ("fits", "left")):
         table.add_column(col, justify=justify)

@@ -22,6 +22,7 @@ from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framewo
 from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import RECOMPUTE_CODES
 from sextant.train.candidates import Candidates
+from sextant.train.offload import OFFLOAD_NAMES
 from sextant.train.predict import apply_framework, predict_train, resolve_context
 from sextant.train.result import TIME_PART_LABELS, TrainResult
 from sextant.train.step import StepEvaluation, evaluate
@@ -44,6 +45,21 @@ class GpuCountSummary(BaseModel):
     dollars: float | None = None
     energy_mwh: float | None = None
     on_pareto_front: bool = False
+
+
+class OffloadOption(BaseModel):
+    """The fastest configuration of one offload choice, and what binds it."""
+
+    offload_optimizer: str
+    offload_params: str
+    offload_activations: str
+    gpus: int
+    tokens_per_s: float
+    step_time_s: float
+    mfu: float
+    binding_resource: str
+    memory_gb_per_tier: dict[str, float]
+    config: str
 
 
 class PlanResult(BaseModel):
@@ -70,6 +86,9 @@ class PlanResult(BaseModel):
     days: float | None = None
     dollars: float | None = None
     assumptions: list[str] = Field(default_factory=list)
+    #: With offloading searched: the best configuration of each offload choice that fits (none
+    #: included), fastest first.
+    offload_options: list[OffloadOption] = Field(default_factory=list)
 
 
 def _score(objective: Objective, tokens_per_s: np.ndarray, gpus: int, tdp_w: float) -> np.ndarray:
@@ -84,7 +103,9 @@ def _score(objective: Objective, tokens_per_s: np.ndarray, gpus: int, tdp_w: flo
 
 def _strategy_of(c: Candidates, i: int, base: dict) -> dict:
     row = c.row(i)
-    return {**base, "dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"],
+    return {**base, "offload_optimizer": OFFLOAD_NAMES[row["offload_optimizer"]],
+            "offload_params": OFFLOAD_NAMES[row["offload_params"]],
+            "offload_activations": OFFLOAD_NAMES[row["offload_activations"]], "dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"],
             "vpp": row["vpp"], "zero": row["zero"], "micro_batch": row["micro_batch"],
             "recompute": RECOMPUTE_NAMES[row["recompute"]], "sequence_parallel": bool(row["sequence_parallel"]),
             "schedule": "interleaved" if row["vpp"] > 1 else "1f1b"}
@@ -102,14 +123,16 @@ def rank_rows(score: np.ndarray, memory: np.ndarray, c: Candidates) -> np.ndarra
     s = score[feasible]
     tied = np.round(s / s.max(), 9)
     model_parallel = (c.tp * c.pp * c.cp * c.ep)[feasible]
-    keys = (c.recompute[feasible], c.zero[feasible], c.vpp[feasible], model_parallel, memory[feasible], -tied)
+    offloads = (c.offload_optimizer + c.offload_params + c.offload_activations)[feasible]
+    keys = (c.recompute[feasible], c.zero[feasible], c.vpp[feasible], model_parallel, offloads, memory[feasible], -tied)
     return feasible[np.lexsort(keys)]
 
 
 def explain_difference(best: TrainResult, runner_up: TrainResult) -> list[str]:
     """Why the best beats the runner-up: the configuration differences and the breakdown parts
     whose time differs most."""
-    keys = ("dp", "tp", "pp", "cp", "ep", "vpp", "zero", "micro_batch", "recompute", "sequence_parallel")
+    keys = ("dp", "tp", "pp", "cp", "ep", "vpp", "zero", "micro_batch", "recompute", "sequence_parallel",
+            "offload_optimizer", "offload_params", "offload_activations")
     diffs = [f"{k} {getattr(runner_up, k)} -> {getattr(best, k)}" for k in keys if getattr(best, k) != getattr(runner_up, k)]
     gain = runner_up.step_time_s / best.step_time_s - 1
     if gain < 1e-6:
@@ -162,12 +185,16 @@ def evaluate_table(ctx, cand: Candidates, progress: Progress | None) -> StepEval
         hardware_flops_per_step=cat([p.hardware_flops_per_step for p in parts]),
         executed_flops_per_step=cat([p.executed_flops_per_step for p in parts]),
         peak_flops=first.peak_flops, num_gpus=first.num_gpus, tokens_per_step=first.tokens_per_step,
+        host_bytes=cat([np.broadcast_to(p.host_bytes, p.step_time_s.shape) for p in parts]),
+        nvme_bytes=cat([np.broadcast_to(p.nvme_bytes, p.step_time_s.shape) for p in parts]),
+        host_capacity_bytes=min(p.host_capacity_bytes for p in parts),
+        nvme_capacity_bytes=min(p.nvme_capacity_bytes for p in parts),
     )
 
 
 def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: float, headroom: float):
     """(fits, score) per row: score is -inf where the row does not fit with the headroom."""
-    fits = ev.memory_bytes <= ev.capacity_bytes * (1.0 - headroom)
+    fits = (ev.memory_bytes <= ev.capacity_bytes * (1.0 - headroom)) & ev.tiers_fit
     return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
 
 
@@ -199,7 +226,8 @@ def _infeasible_message(scenario: TrainScenario, counts: list[int], closest: tup
             f"recompute={RECOMPUTE_NAMES[row['recompute']]} micro_batch={row['micro_batch']}) is "
             f"{shortfall / GiB:.1f} GiB per GPU short. To make it fit: more GPUs (ZeRO-3 divides "
             "model states by the data-parallel size), a smaller micro-batch or sequence, full "
-            "recomputation, or offloading to host memory or NVMe (not modelled yet)")
+            "recomputation, or offloading to host memory or NVMe (plan with --offload; predict with "
+            "--offload-optimizer/--offload-params/--offload-activations)")
 
 
 def plan_train(  # noqa: C901, PLR0913 - one search, kept together
@@ -220,12 +248,14 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
     spaces = []
     for gpus in gpu_counts:
         ctx = resolve_context(scenario_for(scenario, gpus, fixed))
-        spaces.append((gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space)))
+        spaces.append((gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space,
+                                                  has_nvme=ctx.cluster.node.nvme is not None)))
     total_rows = sum(len(sp.candidates) for _, _, sp in spaces)
     tdp_w = spaces[0][1].cluster.gpu.tdp_w
     done = 0
     rejected: dict[str, int] = {}
     ranked: list[tuple[float, int, int, dict]] = []  # (score, gpus, index, row)
+    by_offload: dict[tuple[int, int, int], tuple[float, int, dict]] = {}  # choice -> (score, gpus, row)
     summaries: list[GpuCountSummary] = []
     closest = None
     eval_seconds = 0.0
@@ -256,6 +286,15 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
             gpus=gpus, configs_evaluated=len(sp.candidates), configs_feasible=n_fit,
             best_tokens_per_s=float(tps[best_i]) if n_fit else None,
             best_mfu=float(ev.mfu[best_i]) if n_fit else None))
+        if n_fit and sp.candidates.offloads.any():
+            c = sp.candidates
+            choice = c.offload_optimizer * 16 + c.offload_params * 4 + c.offload_activations
+            for code in np.unique(choice[fits]):
+                rows = np.flatnonzero(fits & (choice == code))
+                i = int(rows[np.argmax(score[rows])])
+                key = (int(code) // 16, int(code) // 4 % 4, int(code) % 4)
+                if key not in by_offload or score[i] > by_offload[key][0]:
+                    by_offload[key] = (float(score[i]), gpus, c.row(i))
         if n_fit:
             order = rank_rows(score, ev.memory_bytes, sp.candidates)
             ranked.extend((float(score[i]), float(ev.memory_bytes[i]), gpus, sp.candidates.row(int(i)))
@@ -273,6 +312,16 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
         top.append(predict_train(scenario_for(scenario, gpus, strategy)))
     best = top[0]
     why = explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"]
+    options = []
+    for _, gpus, row in sorted(by_offload.values(), key=lambda v: -v[0]):
+        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed)
+        r = predict_train(scenario_for(scenario, gpus, strategy))
+        options.append(OffloadOption(
+            offload_optimizer=r.offload_optimizer, offload_params=r.offload_params,
+            offload_activations=r.offload_activations, gpus=gpus, tokens_per_s=r.tokens_per_s,
+            step_time_s=r.step_time_s, mfu=r.mfu, binding_resource=r.binding_resource,
+            memory_gb_per_tier=r.memory_gb_per_tier,
+            config=f"dp{r.dp} tp{r.tp} zero{r.zero} mb{r.micro_batch} {r.recompute}"))
 
     # Pareto front of throughput against GPU count: a count is on it when no smaller count is at
     # least as fast.
@@ -298,6 +347,9 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
         best=best, top=top, why_best=why, by_gpu_count=summaries, tokens=tokens,
         price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
         assumptions=[f"memory headroom {space.headroom:.0%}", "energy at TDP for the whole run (an upper bound)",
-                     "GPipe not searched: same step time as 1F1B, more memory"],
+                     "GPipe not searched: same step time as 1F1B, more memory"]
+        + (["offloading searched (pp = 1 rows): optimizer none/cpu/nvme/interleaved, parameters and activations "
+            "none/cpu/nvme"] if by_offload else []),
+        offload_options=options,
     )
 

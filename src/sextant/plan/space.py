@@ -36,6 +36,10 @@ class SearchSpace(Spec):
     cp: bool = Field(default=True, description="Search context parallelism.")
     tp_within_node: bool = Field(default=True, description="Keep tensor parallelism inside a node.")
     headroom: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction of GPU memory left free.")
+    offload: bool | None = Field(
+        default=None, description="Search offloading (optimizer, parameters, activations to host memory or NVMe). "
+                                  "Default: on when the job fits in one node, where offloading is the alternative "
+                                  "to more GPUs.")
 
 
 def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSpace:
@@ -79,8 +83,19 @@ def _layouts(model: ModelSpec, num_gpus: int, space: SearchSpace, gpus_per_node:
     return np.array(rows, dtype=np.int64)
 
 
+def offload_combos(has_nvme: bool, zeroth_order: bool) -> np.ndarray:
+    """(optimizer, parameters, activations) offload codes worth searching: anything but all-none,
+    parameters only with the optimizer offloaded too (as ZeRO-Infinity runs; zeroth-order
+    training has no optimizer), NVMe only where the node has drives."""
+    targets = [1, 2] if has_nvme else [1]
+    opt = [0, *targets, 3]
+    rows = [(o, p, a) for o in opt for p in [0, *targets] for a in [0, *targets]
+            if (o, p, a) != (0, 0, 0) and (p == 0 or o > 0 or zeroth_order)]
+    return np.array(rows, dtype=np.int64)
+
+
 def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workload: TrainWorkload,
-                    space: SearchSpace) -> Space:
+                    space: SearchSpace, *, has_nvme: bool = False) -> Space:
     layouts = _layouts(model, num_gpus, space, gpus_per_node)
     mbs = np.array(space.micro_batches or [d for d in divisors(workload.global_batch) if d <= space.max_micro_batch])
     rcs = np.array([RECOMPUTE_CODES[r] for r in space.recompute])
@@ -89,9 +104,22 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
     vpps = np.arange(1, space.max_vpp + 1)
     grid = np.meshgrid(np.arange(len(layouts)), mbs, rcs, sps, zeros, vpps, indexing="ij")
     li, mb, rc, sp, zero, vpp = (g.ravel() for g in grid)
+    none = np.zeros(li.shape, np.int64)
+    offload = (none, none, none)
+    search_offload = space.offload if space.offload is not None else num_gpus <= gpus_per_node
+    if search_offload:
+        # Offloading is modelled without pipeline parallelism: cross the combinations with the
+        # pp = 1 rows only.
+        flat = np.flatnonzero((layouts[li, 2] == 1) & (vpp == 1))
+        combos = offload_combos(has_nvme, workload.method == "zo")
+        base = np.repeat(flat, len(combos))
+        codes = np.tile(combos, (len(flat), 1))
+        li, mb, rc, sp, zero, vpp = (np.concatenate([x, x[base]]) for x in (li, mb, rc, sp, zero, vpp))
+        offload = tuple(np.concatenate([none, codes[:, k]]) for k in range(3))
     lay = layouts[li]
     table = Candidates(dp=lay[:, 0], tp=lay[:, 1], pp=lay[:, 2], cp=lay[:, 3], ep=lay[:, 4], vpp=vpp, zero=zero,
-                       micro_batch=mb, recompute=rc, sequence_parallel=sp, schedule=np.where(vpp > 1, 2, 1))
+                       micro_batch=mb, recompute=rc, sequence_parallel=sp, schedule=np.where(vpp > 1, 2, 1),
+                       offload_optimizer=offload[0], offload_params=offload[1], offload_activations=offload[2])
     layers = model.num_layers
     checks = rule_masks(model, num_gpus, workload, table)
     # Search constraints beyond what can run at all: a planner proposes balanced, conventional

@@ -27,12 +27,27 @@ class LinkSpec(Spec):
 
 
 class MemoryTier(Spec):
-    """One level of the memory hierarchy (HBM, host DRAM, NVMe, CXL)."""
+    """One level of the memory hierarchy (HBM, host DRAM, NVMe, CXL). Capacity and bandwidths
+    are the tier's aggregate over its ``devices`` (NVMe drives striped as one volume, as
+    ZeRO-Infinity and Fuyou use them)."""
 
     name: Literal["hbm", "gddr", "dram", "nvme", "cxl"]
     capacity_bytes: float = Field(gt=0)
     read_bytes_per_s: float = Field(gt=0)
     write_bytes_per_s: float = Field(gt=0)
+    devices: int = Field(default=1, gt=0, description="Drives or modules the aggregate is over.")
+    source: str = ""
+
+
+class HostCPU(Spec):
+    """The host processors of a node, as far as offloading needs them: the rate at which they run
+    a mixed-precision Adam step (DeepSpeed's vectorized CPU-Adam; ZeRO-Offload, Ren et al. 2021,
+    section 4.1). The catalog's figure is nominal (stated per node); ``sextant calibrate``
+    measures the host it runs on and the profile's ``host_adam_params_per_s`` replaces it."""
+
+    name: str
+    cores: int = Field(gt=0)
+    adam_params_per_s: float = Field(gt=0, description="All cores together, parameters per second.")
     source: str = ""
 
 
@@ -81,6 +96,14 @@ class NodeSpec(Spec):
     nics_per_node: int = Field(gt=0)
     host_memory: MemoryTier
     nvme: MemoryTier | None = None
+    cxl: MemoryTier | None = Field(default=None, description="CXL-attached memory expander, if any.")
+    host_cpu: HostCPU | None = None
+    #: Each GPU's link to host memory: None is the GPU's own PCIe link; a chip-to-chip link on
+    #: GH200/GB200 (NVLink-C2C).
+    host_link: LinkSpec | None = None
+    #: GPUs behind one PCIe switch that share its single uplink to the CPU (DGX-2 and DGX A100
+    #: pair GPUs on a switch): their host traffic splits that uplink when they transfer at once.
+    gpus_per_host_uplink: int = Field(default=1, gt=0)
     source: str
 
     @property

@@ -126,6 +126,10 @@ class HardwareProfile(Spec):
     # present it replaces the memory-bound estimate of the optimizer step (unfused optimizers
     # make several passes over their state).
     optimizer_params_per_s: float | None = Field(default=None, gt=0)
+    # Measured CPU-Adam throughput of the host (all cores, parameters per second; ``sextant
+    # calibrate`` runs PyTorch's Adam on the host). Where present it replaces the node's nominal
+    # ``host_cpu.adam_params_per_s`` for optimizer offloading.
+    host_adam_params_per_s: float | None = Field(default=None, gt=0)
     # Host time to issue one decoder layer's forward in eager PyTorch (calibration: the reference
     # Llama block of ``sextant measure`` on a one-token input, where the kernels take no time).
     # An inference iteration cannot take less than layers x this on a GPU (the host issues the

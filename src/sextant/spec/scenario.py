@@ -28,6 +28,9 @@ class HardwareRef(Spec):
     network: str | None = None
     nics_per_node: int | None = Field(default=None, gt=0)
     profile: str | None = Field(default=None, description="Path of a hardware profile JSON.")
+    #: Usable device memory per GPU, when less than the datasheet's (a MIG slice, a budget, or a
+    #: published "fits in X GB" claim to check).
+    gpu_memory_gib: float | None = Field(default=None, gt=0)
 
 
 class TrainScenario(Spec):

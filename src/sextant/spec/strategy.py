@@ -13,6 +13,11 @@ Schedule = Literal["gpipe", "1f1b", "interleaved"]
 Precision = Literal["bf16", "fp16", "fp8", "tf32", "fp32"]
 AttentionKernel = Literal["flash", "unfused"]
 CollectiveAlgorithm = Literal["hierarchical", "flat_ring"]
+OffloadTarget = Literal["none", "cpu", "nvme"]
+#: Where the optimizer state lives and who updates it: the GPU; the CPU (ZeRO-Offload); the CPU
+#: with the state on NVMe (ZeRO-Infinity); or the state in host memory updated partly by the CPU
+#: and partly by the GPU, layer by layer, whichever finishes first (Deep Optimizer States).
+OptimizerOffload = Literal["none", "cpu", "nvme", "interleaved"]
 
 RECOMPUTE_CODES: dict[str, int] = {"none": 0, "selective": 1, "full": 2}
 SCHEDULE_CODES: dict[str, int] = {"gpipe": 0, "1f1b": 1, "interleaved": 2}
@@ -60,6 +65,15 @@ class Strategy(Spec):
     #: DeepSpeed converts per partition during the step: false).
     fp32_grad_copy: bool = True
     overlap: Overlap = Overlap()
+    #: Offloading (train/offload.py): optimizer state and update, the 16-bit parameters (needs
+    #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).
+    offload_optimizer: OptimizerOffload = "none"
+    offload_params: OffloadTarget = "none"
+    offload_activations: OffloadTarget = "none"
+
+    @property
+    def offloads(self) -> bool:
+        return self.offload_optimizer != "none" or self.offload_params != "none" or self.offload_activations != "none"
 
     @property
     def resolved_schedule(self) -> Schedule:

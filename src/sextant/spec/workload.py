@@ -9,6 +9,8 @@ from pydantic import Field
 from sextant.spec.base import Spec
 
 Optimizer = Literal["adamw", "adam", "sgd", "adam8bit"]
+#: Full-parameter training, or a memory-saving method (cost/finetune.py).
+Method = Literal["full", "lora", "qlora", "galore", "zo"]
 
 
 class TrainWorkload(Spec):
@@ -22,3 +24,8 @@ class TrainWorkload(Spec):
     expert_imbalance: float = Field(default=1.2, ge=1.0, le=16.0)
     #: Dropout on attention scores and residual branches (GPT-3-era recipes; Llama trains without).
     dropout: bool = False
+    #: What is trained and how (cost/finetune.py): all parameters with the optimizer; LoRA or
+    #: QLoRA adapters of rank ``adapter_rank`` on every linear layer; GaLore with projection rank
+    #: ``adapter_rank``; or zeroth-order SGD (MeZO/ZO2: forward passes only).
+    method: Method = "full"
+    adapter_rank: int = Field(default=64, gt=0)

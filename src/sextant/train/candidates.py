@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sextant.spec.strategy import RECOMPUTE_CODES, SCHEDULE_CODES, Strategy
+from sextant.train.offload import OFFLOAD_CODES
 
 
 @dataclass(frozen=True)
 class Candidates:
     """One strategy per row. Codes: recompute 0/1/2 = none/selective/full; schedule 0/1/2 =
-    gpipe/1f1b/interleaved."""
+    gpipe/1f1b/interleaved; offload 0/1/2/3 = none/cpu/nvme/interleaved (optimizer only). The
+    offload columns default to none."""
 
     dp: np.ndarray
     tp: np.ndarray
@@ -26,6 +28,18 @@ class Candidates:
     recompute: np.ndarray
     sequence_parallel: np.ndarray
     schedule: np.ndarray
+    offload_optimizer: np.ndarray = field(default=None)  # type: ignore[assignment]
+    offload_params: np.ndarray = field(default=None)  # type: ignore[assignment]
+    offload_activations: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for name in ("offload_optimizer", "offload_params", "offload_activations"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.dp), dtype=np.int64))
+
+    @property
+    def offloads(self) -> np.ndarray:
+        return (self.offload_optimizer > 0) | (self.offload_params > 0) | (self.offload_activations > 0)
 
     def __len__(self) -> int:
         return int(self.dp.shape[0])
@@ -47,6 +61,9 @@ class Candidates:
             recompute=col(RECOMPUTE_CODES[strategy.recompute]),
             sequence_parallel=col(strategy.sequence_parallel, bool),
             schedule=col(SCHEDULE_CODES[strategy.resolved_schedule]),
+            offload_optimizer=col(OFFLOAD_CODES[strategy.offload_optimizer]),
+            offload_params=col(OFFLOAD_CODES[strategy.offload_params]),
+            offload_activations=col(OFFLOAD_CODES[strategy.offload_activations]),
         )
 
     def take(self, index: np.ndarray) -> Candidates:

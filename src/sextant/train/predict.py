@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sextant.catalog import build_cluster, get_model, get_profile
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import SpecError
@@ -49,6 +51,14 @@ def load_profile_file(path: str) -> ProfileFile:
 def cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]:
     """The cluster and profile of a scenario: catalog entries, or a profile file that may bring
     its own device (a calibrated CPU, a GPU the catalog lacks)."""
+    cluster, profile = _cluster_and_profile(hw)
+    if hw.gpu_memory_gib is None:
+        return cluster, profile
+    memory = cluster.gpu.memory.model_copy(update={"capacity_bytes": hw.gpu_memory_gib * GiB})
+    return cluster.model_copy(update={"gpu": cluster.gpu.model_copy(update={"memory": memory})}), profile
+
+
+def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]:
     if not hw.profile:
         cluster = build_cluster(hw.gpu, hw.gpus, gpus_per_node=hw.gpus_per_node, node=hw.node,
                                 network=hw.network, nics_per_node=hw.nics_per_node)
@@ -121,7 +131,22 @@ def bottleneck_sentence(parts: dict[str, float], step: float) -> str:
     return text
 
 
-def predict_train(scenario: TrainScenario) -> TrainResult:
+#: The resource a time part occupies, for naming what binds a step that offloads nothing.
+PART_RESOURCE = {"tp_comm": "intra-node link", "cp_comm": "network", "ep_comm": "network", "pp_p2p": "network",
+                 "dp_comm": "network", "pipeline_bubble": "GPU (idle in the pipeline bubble)"}
+
+
+def binding_resource(parts: dict[str, float], busy: dict[str, float] | None) -> str:
+    """What limits the step: on an offload timeline, the busiest resource; otherwise the resource
+    of the largest part of the breakdown (GPU compute unless communication dominates)."""
+    if busy:
+        from sextant.train.offload import RESOURCE_LABELS
+
+        return RESOURCE_LABELS[max(busy, key=busy.get)]
+    return PART_RESOURCE.get(max(parts, key=parts.get), "GPU")
+
+
+def predict_train(scenario: TrainScenario, *, trace_out: str | None = None) -> TrainResult:
     ctx, cand = build_context(scenario)
     scenario, _ = apply_framework(scenario)
     ev = evaluate(ctx, cand)
@@ -141,6 +166,26 @@ def predict_train(scenario: TrainScenario) -> TrainResult:
     ]
     if ctx.model.is_moe:
         assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean)")
+    busy = None
+    if s.offloads:
+        busy = {k: float(v[0]) for k, v in ev.offload.busy_step(ev.num_microbatches[0]).items()}
+        assumptions.append("offload tiers " + ctx.tiers.describe())
+        assumptions.append("offload timeline: two layer buffers per stream, micro-batches separated by a "
+                           "synchronization, optimizer after the last backward (train/offload.py)")
+        if trace_out:
+            from sextant.train.offload import write_trace
+
+            write_trace(ev.offload, float(ev.num_microbatches[0]), trace_out)
+    elif trace_out:
+        raise SpecError("--trace-out draws the offload timeline; this configuration offloads nothing", field="trace_out")
+    if ctx.workload.method != "full":
+        assumptions.append(f"training method {ctx.workload.method} (rank {ctx.workload.adapter_rank}): "
+                           "model FLOPs still count 6N per token (the convention of full training)")
+    tiers = {"gpu": memory["total"], "host": float(np.asarray(ev.host_bytes).ravel()[0]) / GiB,
+             "nvme": float(np.asarray(ev.nvme_bytes).ravel()[0]) / GiB}
+    tier_capacity = {"gpu": capacity}
+    if s.offloads:
+        tier_capacity.update(host=ctx.tiers.host_capacity / GiB, nvme=ctx.tiers.nvme_capacity / GiB)
     return TrainResult(
         model=ctx.model.name, framework=scenario.framework, gpu=ctx.cluster.gpu.name, gpus=ctx.cluster.num_gpus,
         dp=int(cand.dp[0]), tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, vpp=s.vpp, zero=s.zero,
@@ -165,6 +210,11 @@ def predict_train(scenario: TrainScenario) -> TrainResult:
         bottleneck=bottleneck_sentence(parts, step),
         profile=ctx.profile.name,
         assumptions=assumptions,
+        method=ctx.workload.method,
+        offload_optimizer=s.offload_optimizer, offload_params=s.offload_params,
+        offload_activations=s.offload_activations,
+        memory_gb_per_tier=tiers, tier_capacity_gb=tier_capacity,
+        binding_resource=binding_resource(parts, busy), resource_busy_s=busy or {},
     )
 
 

@@ -17,6 +17,7 @@ TIME_PART_LABELS = {
     "pipeline_bubble": "pipeline bubble",
     "dp_comm": "data-parallel gradient/parameter communication",
     "optimizer": "optimizer step",
+    "offload_wait": "GPU waiting for offload transfers (PCIe, NVMe)",
 }
 MEMORY_PART_LABELS = {
     "weights": "weights",
@@ -69,3 +70,15 @@ class TrainResult(BaseModel):
     bottleneck: str
     profile: str
     assumptions: list[str]
+    method: str = "full"
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+    offload_activations: str = "none"
+    #: Bytes per GPU in each tier (GiB): the GPU's own memory, host DRAM and NVMe, and each
+    #: tier's capacity per GPU (host and NVMe shared by the node's GPUs).
+    memory_gb_per_tier: dict[str, float] = {}
+    tier_capacity_gb: dict[str, float] = {}
+    #: The resource the step is bound by (GPU, PCIe, NVMe, CPU, or an interconnect), and the
+    #: busy seconds per resource on the offload timeline.
+    binding_resource: str = "GPU"
+    resource_busy_s: dict[str, float] = {}

@@ -29,6 +29,7 @@ import numpy as np
 
 from sextant.cost import comm
 from sextant.cost.compute import memory_bound_time
+from sextant.cost.finetune import MethodCosts, method_costs
 from sextant.cost.layer import (
     CAUSAL_FRACTION,
     FLASH_BWD_FLOP_RATIO,
@@ -40,6 +41,8 @@ from sextant.cost.layer import (
     moe_layer_cost,
 )
 from sextant.cost.memory import (
+    MASTER_WEIGHT_BYTES,
+    OPTIMIZER_STATE_BYTES,
     grad_bytes,
     layer_activation_bytes,
     layer_activation_peak_extra,
@@ -56,12 +59,15 @@ from sextant.cost.params import (
     largest_matrix_params,
     model_flops_per_token,
 )
+from sextant.cost.tiers import TierRates, tier_rates
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
 from sextant.spec.strategy import Overlap
 from sextant.spec.workload import TrainWorkload
 from sextant.train.candidates import Candidates
+from sextant.train.methods import apply_method
+from sextant.train.offload import BUFFERS, OffloadTimes, offload_times
 from sextant.train.pipeline import schedule_time, stage_layers
 from sextant.units import GiB
 
@@ -72,7 +78,7 @@ ALLOCATOR_OVERHEAD = 0.05
 
 TIME_PARTS = (
     "gemm", "attention", "elementwise", "recompute", "embedding_logits", "tp_comm", "cp_comm",
-    "ep_comm", "pp_p2p", "pipeline_bubble", "dp_comm", "optimizer",
+    "ep_comm", "pp_p2p", "pipeline_bubble", "dp_comm", "optimizer", "offload_wait",
 )
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "comm_buffers", "overhead")
 
@@ -92,6 +98,16 @@ class TrainContext:
     dp_collective: str = "hierarchical"
     zero3_gather_unit: str = "layer"
     fp32_grad_copy: bool = True
+
+    @property
+    def method(self) -> MethodCosts:
+        pb = precision_bytes(self.precision)
+        state = OPTIMIZER_STATE_BYTES[self.workload.optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
+        return method_costs(self.model, self.workload.method, self.workload.adapter_rank, pb.weight, pb.grad, state)
+
+    @property
+    def tiers(self) -> TierRates:
+        return tier_rates(self.cluster, self.profile)
 
     @property
     def device(self) -> Device:
@@ -128,10 +144,23 @@ class StepEvaluation:
     peak_flops: float
     num_gpus: int
     tokens_per_step: float
+    #: Bytes per GPU kept in host memory and on NVMe (offloading), and each tier's share per GPU.
+    host_bytes: np.ndarray | float = 0.0
+    nvme_bytes: np.ndarray | float = 0.0
+    host_capacity_bytes: float = float("inf")
+    nvme_capacity_bytes: float = float("inf")
+    #: Offloaded rows only (``detail``): busy seconds per resource over the step, row 0's
+    #: timeline events (for a trace).
+    offload: OffloadTimes | None = None
+
+    @property
+    def tiers_fit(self) -> np.ndarray:
+        """Host memory and NVMe hold what is offloaded to them."""
+        return (np.asarray(self.host_bytes) <= self.host_capacity_bytes) & (np.asarray(self.nvme_bytes) <= self.nvme_capacity_bytes)
 
     @property
     def fits(self) -> np.ndarray:
-        return self.memory_bytes <= self.capacity_bytes
+        return (self.memory_bytes <= self.capacity_bytes) & self.tiers_fit
 
     @property
     def tokens_per_s(self) -> np.ndarray:
@@ -251,16 +280,20 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         act_extra = np.maximum(act_extra, layer_activation_peak_extra(
             model, b, s_local, tp, sp, rc, moe_layer=True, **kw))
 
-    return {
+    parts = {
         "fwd_gemm": layer.fwd.gemm, "fwd_attention": layer.fwd.attention, "fwd_elementwise": layer.fwd.elementwise,
         "bwd_gemm": layer.bwd.gemm, "bwd_attention": layer.bwd.attention, "bwd_elementwise": layer.bwd.elementwise,
-        "fwd": layer.fwd.total, "bwd": layer.bwd.total, "recompute": recompute_layer,
-        "emb": emb_fwd + emb_bwd, "logits": log_fwd + log_bwd,
+        "recompute": recompute_layer, "emb": emb_fwd + emb_bwd, "logits": log_fwd + log_bwd,
         "tp_exposed": tp_exposed, "cp_exposed": cp_exposed, "ep_comm": ep_comm,
-        "time": layer.fwd.total + layer.bwd.total + recompute_layer + tp_exposed + cp_exposed + ep_comm,
         "act_layer": act_layer, "act_extra": act_extra,
         "logits_act": logits_activation_bytes(model, b, s_local, tp, e),
     }
+    apply_method(ctx, parts, tp, log_fwd, emb_fwd, kw, b, s_local, sp, rc)
+    fwd = parts["fwd_gemm"] + parts["fwd_attention"] + parts["fwd_elementwise"]
+    bwd = parts["bwd_gemm"] + parts["bwd_attention"] + parts["bwd_elementwise"]
+    parts.update(fwd=fwd, bwd=bwd,
+                 time=fwd + bwd + parts["recompute"] + parts["tp_exposed"] + parts["cp_exposed"] + parts["ep_comm"])
+    return parts
 
 
 def _unique_rows(c: Candidates, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +410,10 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     dp_last = dp_time(ne_last, ex_last, t_last, fwd_parts[2], bwd_parts[2])
 
     def optimizer_time(ne, ex):
-        local = ne / np.where(zero >= 1, dp_group, 1.0) + ex / np.where(zero >= 1, edp_group, 1.0)
+        if wl.method == "zo":  # the update runs inside each layer's forward (see _apply_method)
+            return np.zeros_like(np.asarray(ne, float))
+        trained = ctx.method.trainable_fraction
+        local = (ne / np.where(zero >= 1, dp_group, 1.0) + ex / np.where(zero >= 1, edp_group, 1.0)) * trained
         if prof.optimizer_params_per_s is not None and wl.optimizer in ("adam", "adamw"):
             return local / prof.optimizer_params_per_s
         return memory_bound_time(local * optimizer_step_bytes(wl.optimizer, ctx.precision), mem_bw=ctx.device.mem_bw,
@@ -390,6 +426,17 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
                         comm.p2p(model.vocab_size * h / tp * gb, crosses, fab) * 2.0)
 
     step = pipe + tail.max(axis=0) + emb_sync
+
+    # ---- offloading: rows whose step runs on the event timeline of train/offload.py ----------
+    offloaded = np.flatnonzero(c.offloads)
+    off_times = None
+    if offloaded.size:
+        off_times = offload_times(ctx, c, offloaded, per_layer, emb_both, log_both, ne_first + ex_first,
+                             ne_first / np.where(zero >= 1, dp_group, 1.0) + ex_first / np.where(zero >= 1, edp_group, 1.0),
+                             opt_first, record=detail and len(c) == 1)
+        step = step.copy()
+        step[offloaded] = (m[offloaded] * off_times.microbatch_s + off_times.optimizer_s
+                           + dp_first[offloaded] + np.broadcast_to(emb_sync, step.shape)[offloaded])
 
     parts: dict[str, np.ndarray] = {}
     if detail:
@@ -413,6 +460,16 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         tail_stage = np.argmax(tail, axis=0)
         parts["dp_comm"] = _pick(tail_stage, dp_first, dp_mid, dp_last) + emb_sync
         parts["optimizer"] = _pick(tail_stage, opt_first, opt_mid, opt_last)
+        parts["offload_wait"] = np.zeros_like(step)
+        if off_times is not None:
+            # The GPU's own work is the same; what the timeline adds is the GPU waiting for
+            # transfers within micro-batches, and the optimizer phase as the timeline ran it.
+            i = offloaded
+            parts = {k: np.array(np.broadcast_to(v, step.shape), dtype=float) for k, v in parts.items()}
+            parts["offload_wait"][i] = m[i] * (off_times.microbatch_s - off_times.busy_microbatch_s["gpu"])
+            parts["optimizer"][i] = off_times.optimizer_s
+            parts["dp_comm"][i] = dp_first[i] + np.broadcast_to(emb_sync, step.shape)[i]
+            parts["pipeline_bubble"][i] = 0.0
 
     # ---- memory per GPU, on the stage that needs the most ---------------------------------------
     act_layer, act_extra, logits_act = per_layer["act_layer"], per_layer["act_extra"], per_layer["logits_act"]
@@ -423,21 +480,48 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         # Experts are sharded (and gathered) only over their expert-data-parallel group.
         gather_unit_params = nonexpert_layer / tp + np.where(edp_group > 1, expert_layer / (tp * ep), 0.0)
 
-    def stage_memory(ne, ex, n_layers, stage_index, with_logits):
+    opt_off, par_off, act_off = c.offload_optimizer, c.offload_params, c.offload_activations
+    mc = ctx.method
+    weight_16 = precision_bytes(ctx.precision).weight
+    tiers = {"host": np.zeros(len(c)), "nvme": np.zeros(len(c))}
+
+    def stage_memory(ne, ex, n_layers, stage_index, with_logits, holds_tiers=False):
         copy = ctx.fp32_grad_copy
         w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
         w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
                             if model.is_moe else (0.0, 0.0, 0.0))
         in_flight = pipeline_in_flight(pp, vpp, m, c.schedule, stage_index)
-        acts = n_layers * in_flight * act_layer + act_extra + np.where(with_logits, logits_act, 0.0)
+        kept = n_layers * in_flight * act_layer
+        acts = kept + act_extra + np.where(with_logits, logits_act, 0.0)
         z3_buffers = np.where(zero >= 3, 2.0 * 2.0 * gather_unit_params, 0.0)
-        tensors = w_ne + w_ex + g_ne + g_ex + o_ne + o_ex + acts + z3_buffers
+        weights, grads, optim = w_ne + w_ex, g_ne + g_ex, o_ne + o_ex
+        if wl.method != "full":
+            params = ne + ex
+            weights = params * mc.weight_bytes / np.where(zero >= 3, dp_group, 1.0)
+            grads = (params / np.maximum(n_layers, 1) * weight_16 if wl.method == "galore"  # layer-wise updates
+                     else params * mc.grad_bytes / np.where(zero >= 2, dp_group, 1.0))
+            optim = params * mc.optimizer_bytes / np.where(zero >= 1, dp_group, 1.0)
+        if offloaded.size:
+            # What leaves the GPU goes to its tier (per GPU); the GPU keeps staging buffers: two
+            # gather units of 16-bit gradients (a layer, or one weight matrix as DeepSpeed
+            # reduces them), two layers of activations each way.
+            layer_grads = BUFFERS * gather_unit_params * weight_16 * mc.trainable_fraction
+            if holds_tiers:
+                for code, tier_bytes in ((opt_off, optim), (par_off, weights), (act_off, kept)):
+                    tiers["host"] += np.where((code == 1) | (code == 3), tier_bytes, 0.0)
+                    tiers["nvme"] += np.where(code == 2, tier_bytes, 0.0)
+                tiers["host"] += np.where(opt_off > 0, grads, 0.0)  # gradients accumulate in host memory
+            optim = np.where(opt_off > 0, 0.0, optim)
+            grads = np.where(opt_off > 0, layer_grads, grads)
+            weights = np.where(par_off > 0, 0.0, weights)
+            acts = np.where(act_off > 0, 2 * BUFFERS * act_layer + act_extra + np.where(with_logits, logits_act, 0.0), acts)
+        tensors = weights + grads + optim + acts + z3_buffers
         overhead = ALLOCATOR_OVERHEAD * tensors + RUNTIME_RESERVED_BYTES
-        return {"weights": w_ne + w_ex, "gradients": g_ne + g_ex, "optimizer": o_ne + o_ex,
+        return {"weights": weights, "gradients": grads, "optimizer": optim,
                 "activations": acts, "comm_buffers": z3_buffers, "overhead": overhead}
 
     mems = [
-        stage_memory(ne_first, ex_first, n_first, 0.0, single),
+        stage_memory(ne_first, ex_first, n_first, 0.0, single, holds_tiers=True),  # offloaded rows: pp = 1
         stage_memory(ne_mid, ex_mid, n_mid, 1.0, np.zeros_like(single)),
         stage_memory(ne_last, ex_last, n_last, pp - 1, np.ones_like(single)),
     ]
@@ -474,4 +558,10 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         peak_flops=cluster.gpu.peak(ctx.precision),
         num_gpus=cluster.num_gpus,
         tokens_per_step=tokens,
+        host_bytes=tiers["host"],
+        nvme_bytes=tiers["nvme"],
+        host_capacity_bytes=ctx.tiers.host_capacity if offloaded.size else float("inf"),
+        nvme_capacity_bytes=ctx.tiers.nvme_capacity if offloaded.size else float("inf"),
+        offload=off_times,
     )
+

@@ -89,6 +89,20 @@ def check_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
             f"pp={s.pp} (Megatron-LM's rule; with fewer, the bubble cannot shrink); use more micro-batches or vpp=1",
             field="vpp",
         )
+    if s.offloads and s.pp > 1:
+        raise SpecError("offloading is modelled for pipeline-free training (pp=1), as ZeRO-Offload and "
+                        "ZeRO-Infinity run; use pp=1", field="pp")
+    if s.offload_params != "none" and s.zero != 3:
+        raise SpecError("offloading parameters needs ZeRO-3 (ZeRO-Infinity fetches each layer's shard); "
+                        "set --zero 3", field="offload_params")
+    if s.offload_params != "none" and s.offload_optimizer == "none" and workload.method != "zo":
+        raise SpecError("offloading parameters needs the optimizer offloaded too (the update runs where the "
+                        "master weights are); set --offload-optimizer cpu or nvme", field="offload_params")
+    if s.offload_optimizer != "none" and s.zero == 0:
+        raise SpecError("optimizer offloading runs on ZeRO (DeepSpeed's offload_optimizer); set --zero 1, 2 or 3",
+                        field="offload_optimizer")
+    if "nvme" in (s.offload_optimizer, s.offload_params, s.offload_activations) and cluster.node.nvme is None:
+        raise SpecError(f"node {cluster.node.name} has no NVMe drives to offload to", field="offload")
     if workload.seq_len > 10_000_000:
         raise SpecError(f"seq_len={workload.seq_len} is beyond any model's context", field="seq_len")
     return dp
@@ -118,4 +132,9 @@ def rule_masks(model: ModelSpec, num_gpus: int, workload: TrainWorkload, c) -> d
         "sequence parallelism without tp": ~c.sequence_parallel | (tp > 1),
         "batch does not divide into micro-batches": (per_replica > 0) & (per_replica % c.micro_batch == 0),
         "interleaving needs a multiple of pp micro-batches": (vpp == 1) | ((per_replica // c.micro_batch) % pp == 0),
+        "offloading with pipeline parallelism": ~c.offloads | (pp == 1),
+        "parameter offload without ZeRO-3": (c.offload_params == 0) | (c.zero == 3),
+        "parameter offload without optimizer offload": (c.offload_params == 0) | (c.offload_optimizer > 0)
+        | (workload.method == "zo"),
+        "optimizer offload without ZeRO": (c.offload_optimizer == 0) | (c.zero > 0),
     }

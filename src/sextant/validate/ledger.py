@@ -16,7 +16,8 @@ from sextant.spec.scenario import TrainScenario, format_validation_error
 
 R = TypeVar("R", bound=Spec)
 
-Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu"]
+Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu",
+                 "zero_infinity_tflops_per_gpu", "fits", "min_gpus_without_offload"]
 
 
 class LedgerRow(Spec):
@@ -30,6 +31,7 @@ class LedgerRow(Spec):
     node: str | None = None
     network: str | None = None
     nics_per_node: int | None = None
+    gpu_memory_gib: float | None = None
     framework: str
     strategy: dict[str, Any]
     workload: dict[str, Any]
@@ -37,12 +39,14 @@ class LedgerRow(Spec):
     published: float = Field(gt=0)
     assumptions: list[str] = []
     notes: str = ""
+    #: ``min_gpus_without_offload`` rows: the GPU counts the planner tries, smallest first.
+    gpu_counts: list[int] = []
 
     def scenario(self) -> TrainScenario:
         """The row as a scenario; its framework preset fills what the row leaves unset."""
         get_framework(self.framework)  # unknown names fail here, naming the row
         hardware = {"gpu": self.gpu, "gpus": self.gpus}
-        for key in ("gpus_per_node", "node", "network", "nics_per_node"):
+        for key in ("gpus_per_node", "node", "network", "nics_per_node", "gpu_memory_gib"):
             if getattr(self, key) is not None:
                 hardware[key] = getattr(self, key)
         try:
@@ -82,5 +86,5 @@ def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[
     return rows
 
 
-def load_ledger(path: str | Path | None = None) -> list[LedgerRow]:
-    return load_rows(LedgerRow, path, "training.yaml")
+def load_ledger(path: str | Path | None = None, builtin: str = "training.yaml") -> list[LedgerRow]:
+    return load_rows(LedgerRow, path, builtin)

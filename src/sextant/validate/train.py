@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from sextant.cost.params import count_params
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
 from sextant.train.step import evaluate
@@ -53,6 +54,11 @@ def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
         "mfu": float(ev.mfu[0]),
         "hfu": float(ev.hfu[0]),
         "tokens_per_s_per_gpu": ev.tokens_per_step / step / n,
+        # ZeRO-Infinity's convention (Rajbhandari et al. SC21, section 4): 2 x 4 x batch x seq x
+        # parameters per iteration, i.e. 8N per token, a full recomputation counted whether or
+        # not it runs, attention scores not counted.
+        "zero_infinity_tflops_per_gpu": 8.0 * count_params(ctx.model).total * ev.tokens_per_step / step / n / 1e12,
+        "fits": float(bool(ev.fits[0])),
     }[metric]
     return value, step, bool(ev.fits[0])
 
