@@ -123,6 +123,9 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     render_plan(result, Console())
 
 
+OFFLOAD_ROWS_SHOWN = 6
+
+
 def _offload_label(t) -> str:
     """Compact offload description of a result: opt:cpu par:nvme act:cpu, or - for none."""
     parts = [f"{k}:{v}" for k, v in (("opt", t.offload_optimizer), ("par", t.offload_params),
@@ -158,12 +161,14 @@ def render_plan(result, console: Console) -> None:
                     "host GiB", "NVMe GiB", "bound by"):
             opts.add_column(col, justify="left" if col in ("optimizer", "params", "activations", "configuration",
                                                            "bound by") else "right")
-        for o in r.offload_options:
+        for o in r.offload_options[:OFFLOAD_ROWS_SHOWN]:
             m = o.memory_gb_per_tier
             opts.add_row(o.offload_optimizer, o.offload_params, o.offload_activations, o.config,
                          f"{o.tokens_per_s:,.0f}", f"{o.mfu:.1%}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}",
                          f"{m.get('nvme', 0):.0f}", o.binding_resource)
         console.print(opts)
+        if len(r.offload_options) > OFFLOAD_ROWS_SHOWN:
+            console.print(f"  ... and {len(r.offload_options) - OFFLOAD_ROWS_SHOWN} slower offload choices (--json lists all)")
     for line in r.why_best:
         console.print(f"  {line}")
     if len(r.by_gpu_count) > 1 or r.tokens:

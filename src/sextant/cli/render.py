@@ -42,6 +42,17 @@ def render_train(result: TrainResult, console: Console) -> None:
     summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: {fit}"
                     f" ({abs(r.memory_headroom_gb):.1f} GiB {'free' if r.fits else 'short'})")
     summary.add_row("bottleneck", r.bottleneck)
+    summary.add_row("bound by", r.binding_resource)
+    if r.tier_capacity_gb.get("host") is not None:
+        cap = r.tier_capacity_gb
+        summary.add_row("offload", f"optimizer {r.offload_optimizer}, parameters {r.offload_params}, "
+                                   f"activations {r.offload_activations}")
+        summary.add_row("memory per tier", f"host {r.memory_gb_per_tier['host']:.1f} of {cap['host']:.0f} GiB, "
+                                           f"NVMe {r.memory_gb_per_tier['nvme']:.1f} of {cap['nvme']:.0f} GiB (per GPU)")
+        busy = ", ".join(f"{k} {v:.2f} s" for k, v in r.resource_busy_s.items() if v > 0)
+        summary.add_row("busy per resource", busy)
+    if r.method != "full":
+        summary.add_row("method", r.method)
     console.print(summary)
 
     times = Table(title="where the step time goes", title_justify="left")

@@ -114,6 +114,10 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
         combos = offload_combos(has_nvme, workload.method == "zo")
         base = np.repeat(flat, len(combos))
         codes = np.tile(combos, (len(flat), 1))
+        # Pair each choice only with the ZeRO stages it runs on (parameter offload: ZeRO-3;
+        # optimizer offload: ZeRO >= 1), as the rules below would demand anyway.
+        keep = ((codes[:, 1] == 0) | (zero[base] == 3)) & ((codes[:, 0] == 0) | (zero[base] > 0))
+        base, codes = base[keep], codes[keep]
         li, mb, rc, sp, zero, vpp = (np.concatenate([x, x[base]]) for x in (li, mb, rc, sp, zero, vpp))
         offload = tuple(np.concatenate([none, codes[:, k]]) for k in range(3))
     lay = layouts[li]

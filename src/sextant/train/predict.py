@@ -143,7 +143,7 @@ def binding_resource(parts: dict[str, float], busy: dict[str, float] | None) -> 
         from sextant.train.offload import RESOURCE_LABELS
 
         return RESOURCE_LABELS[max(busy, key=busy.get)]
-    return PART_RESOURCE.get(max(parts, key=parts.get), "GPU")
+    return PART_RESOURCE.get(max(parts, key=parts.get), "GPU compute")
 
 
 def predict_train(scenario: TrainScenario, *, trace_out: str | None = None) -> TrainResult:

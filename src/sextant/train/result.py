@@ -80,5 +80,5 @@ class TrainResult(BaseModel):
     tier_capacity_gb: dict[str, float] = {}
     #: The resource the step is bound by (GPU, PCIe, NVMe, CPU, or an interconnect), and the
     #: busy seconds per resource on the offload timeline.
-    binding_resource: str = "GPU"
+    binding_resource: str = "GPU compute"
     resource_busy_s: dict[str, float] = {}
