@@ -59,6 +59,15 @@ def precision_bytes(precision: str) -> PrecisionBytes:
     return PRECISION_BYTES[precision]
 
 
+def optimizer_state_bytes(optimizer: str, precision: str, *, fp32_grad_copy: bool = False) -> float:
+    """Optimizer-state bytes per parameter: the optimizer's states with the fp32 master copy of
+    mixed precision (fp32 training has none), plus the fp32 gradient copy of Megatron-LM's fp16
+    optimizer where asked (see :func:`model_state_bytes`)."""
+    pb = PRECISION_BYTES[precision]
+    return (OPTIMIZER_STATE_BYTES[optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
+            + (4.0 if fp32_grad_copy and precision == "fp16" else 0.0))
+
+
 def optimizer_step_bytes(optimizer: str, precision: str) -> float:
     """Bytes one optimizer step moves per local parameter: every state byte read and written
     (fp32 master weights included), the gradient read, and the 16-bit weights written back in
@@ -66,7 +75,7 @@ def optimizer_step_bytes(optimizer: str, precision: str) -> float:
     Adam in bf16: 2 x 12 + 4 + 2 = 30; in fp32: 2 x (8 + 4) + 4 = 28. The step is memory-bound
     (fused multi-tensor Adam in Apex and PyTorch's ``foreach`` implementation)."""
     pb = PRECISION_BYTES[precision]
-    state = OPTIMIZER_STATE_BYTES[optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
+    state = optimizer_state_bytes(optimizer, precision)
     in_place_weights = 0.0 if pb.master_copy else pb.weight
     return 2.0 * (state + in_place_weights) + pb.grad + (pb.weight if pb.master_copy else 0.0)
 
@@ -91,8 +100,7 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
     pb = PRECISION_BYTES[precision]
     weights = params_local * pb.weight / np.where(zero >= 3, dp, 1.0)
     grads = params_local * pb.grad / np.where(zero >= 2, dp, 1.0)
-    state = (OPTIMIZER_STATE_BYTES[optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
-             + (4.0 if fp32_grad_copy and precision == "fp16" else 0.0))
+    state = optimizer_state_bytes(optimizer, precision, fp32_grad_copy=fp32_grad_copy)
     optim = params_local * state / np.where(zero >= 1, dp, 1.0)
     return weights, grads, optim
 

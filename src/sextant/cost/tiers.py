@@ -80,11 +80,10 @@ def tier_rates(cluster: ClusterSpec, profile: HardwareProfile) -> TierRates:
     sharing = cluster.gpus_per_node
     link = node.host_link or cluster.gpu.pcie
     link_eff = profile.pcie_bw_efficiency if link.kind == "pcie" else 1.0
-    uplink_share = min(node.gpus_per_host_uplink, sharing)
+    link_share = link.bandwidth_bytes_per_s * link_eff / min(node.gpus_per_host_uplink, sharing)
     dram = node.host_memory
-    dram_share = dram.read_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing
-    to_gpu = min(link.bandwidth_bytes_per_s * link_eff / uplink_share, dram_share)
-    to_host = min(link.bandwidth_bytes_per_s * link_eff / uplink_share, dram.write_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing)
+    to_gpu = min(link_share, dram.read_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing)
+    to_host = min(link_share, dram.write_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing)
     adam = cpu_adam_params_per_s(cluster, profile)
     nvme = node.nvme
     return TierRates(

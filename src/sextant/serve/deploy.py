@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sextant.catalog import get_model
-from sextant.catalog.frameworks import get_serving_framework
+from sextant.catalog.frameworks import fill_unset, get_serving_framework
 from sextant.cost import comm
 from sextant.cost.inference import Layout, kv_cache_bytes_per_token, weight_bytes_per_gpu
 from sextant.cost.layer import Device
@@ -34,14 +34,7 @@ def apply_serving_framework(scenario: ServeScenario) -> ServeScenario:
     """Fill the scheduler fields the scenario left unset from its framework preset."""
     if scenario.framework is None:
         return scenario
-    preset = get_serving_framework(scenario.framework)
-    updates = {}
-    for section in ("scheduler", "deployment"):
-        current = getattr(scenario, section)
-        unset = {k: v for k, v in preset.get(section, {}).items() if k not in current.model_fields_set}
-        if unset:
-            updates[section] = type(current).model_validate({**current.model_dump(exclude_unset=True), **unset})
-    return scenario.model_copy(update=updates) if updates else scenario
+    return fill_unset(scenario, get_serving_framework(scenario.framework), ("scheduler", "deployment"))
 
 
 def serving_device(gpu, profile: HardwareProfile, precision: str) -> tuple[Device, Device]:

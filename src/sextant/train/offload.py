@@ -241,9 +241,10 @@ def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False
         gpu_out = state / rates.gpu_to_host
         cpu_done = {}
         ends = [start]
+        interleaved = bool((opt == 3).any())
         for i in range(L - 1, -1, -1):
             ready = start
-            if (opt == 3).any():
+            if interleaved:
                 est_cpu = np.maximum(tl.free["cpu"], ready) + cpu_s + back_to_gpu
                 est_gpu = np.maximum(np.maximum(tl.free["host_to_gpu"], ready) + gpu_in, tl.free["gpu"]) + x.gpu_opt
                 on_gpu = (opt == 3) & (est_gpu < est_cpu)

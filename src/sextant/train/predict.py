@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sextant.catalog import build_cluster, get_model, get_profile
-from sextant.catalog.frameworks import get_framework
+from sextant.catalog.frameworks import fill_unset, get_framework
 from sextant.errors import SpecError
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
@@ -87,14 +87,7 @@ def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, float]:
     if scenario.framework is None:
         return scenario, 1.0
     preset = get_framework(scenario.framework)
-    updates = {}
-    for section in ("strategy", "workload"):
-        current = getattr(scenario, section)
-        unset = {k: v for k, v in preset.get(section, {}).items() if k not in current.model_fields_set}
-        if unset:
-            merged = {**current.model_dump(exclude_unset=True), **unset}
-            updates[section] = type(current).model_validate(merged)
-    return scenario.model_copy(update=updates), float(preset.get("kernel_efficiency", 1.0))
+    return fill_unset(scenario, preset, ("strategy", "workload")), float(preset.get("kernel_efficiency", 1.0))
 
 
 def resolve_context(scenario: TrainScenario) -> TrainContext:

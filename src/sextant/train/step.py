@@ -41,13 +41,12 @@ from sextant.cost.layer import (
     moe_layer_cost,
 )
 from sextant.cost.memory import (
-    MASTER_WEIGHT_BYTES,
-    OPTIMIZER_STATE_BYTES,
     grad_bytes,
     layer_activation_bytes,
     layer_activation_peak_extra,
     logits_activation_bytes,
     model_state_bytes,
+    optimizer_state_bytes,
     optimizer_step_bytes,
     pipeline_in_flight,
     precision_bytes,
@@ -102,8 +101,8 @@ class TrainContext:
     @property
     def method(self) -> MethodCosts:
         pb = precision_bytes(self.precision)
-        state = OPTIMIZER_STATE_BYTES[self.workload.optimizer] - (0.0 if pb.master_copy else MASTER_WEIGHT_BYTES)
-        return method_costs(self.model, self.workload.method, self.workload.adapter_rank, pb.weight, pb.grad, state)
+        return method_costs(self.model, self.workload.method, self.workload.adapter_rank, pb.weight, pb.grad,
+                            optimizer_state_bytes(self.workload.optimizer, self.precision))
 
     @property
     def tiers(self) -> TierRates:
@@ -530,6 +529,9 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     peak_stage = np.argmax(totals, axis=0)
     memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS} if detail else {}
 
+    rates = ctx.tiers if offloaded.size else None
+    tier_capacity = (rates.host_capacity, rates.nvme_capacity) if rates else (float("inf"), float("inf"))
+
     # ---- FLOPs ---------------------------------------------------------------------------
     tokens = float(wl.global_batch) * wl.seq_len
     model_flops = model_flops_per_token(model, wl.seq_len) * tokens
@@ -560,8 +562,8 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         tokens_per_step=tokens,
         host_bytes=tiers["host"],
         nvme_bytes=tiers["nvme"],
-        host_capacity_bytes=ctx.tiers.host_capacity if offloaded.size else float("inf"),
-        nvme_capacity_bytes=ctx.tiers.nvme_capacity if offloaded.size else float("inf"),
+        host_capacity_bytes=tier_capacity[0],
+        nvme_capacity_bytes=tier_capacity[1],
         offload=off_times,
     )
 

@@ -20,25 +20,31 @@ Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu
                  "zero_infinity_tflops_per_gpu", "fits", "min_gpus_without_offload"]
 
 
-class LedgerRow(Spec):
+class PublishedRow(Spec):
+    """What every ledger row states: the published figure, where it comes from, the hardware
+    and framework it ran on, and what was assumed where the source is silent."""
+
     id: str
     source: str
     url: str | None = None
     model: str
     gpu: str
     gpus: int = Field(gt=0)
+    framework: str
+    published: float = Field(gt=0)
+    assumptions: list[str] = []
+    notes: str = ""
+
+
+class LedgerRow(PublishedRow):
     gpus_per_node: int | None = None
     node: str | None = None
     network: str | None = None
     nics_per_node: int | None = None
     gpu_memory_gib: float | None = None
-    framework: str
     strategy: dict[str, Any]
     workload: dict[str, Any]
     metric: Metric
-    published: float = Field(gt=0)
-    assumptions: list[str] = []
-    notes: str = ""
     #: ``min_gpus_without_offload`` rows: the GPU counts the planner tries, smallest first.
     gpu_counts: list[int] = []
 

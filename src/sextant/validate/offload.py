@@ -5,12 +5,11 @@ planner over the row's ``gpu_counts``)."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from sextant.errors import InfeasibleError
 from sextant.validate.ledger import LedgerRow, load_ledger
-from sextant.validate.train import ValidationReport, ValidationRow, predicted_metric
+from sextant.validate.train import ValidationReport, predicted_metric, report_of
 
 
 def min_gpus_without_offload(row: LedgerRow) -> tuple[float, float, bool]:
@@ -28,17 +27,5 @@ def min_gpus_without_offload(row: LedgerRow) -> tuple[float, float, bool]:
 
 
 def validate_offload(path: str | Path | None = None) -> ValidationReport:
-    rows = []
-    for row in load_ledger(path, "offload.yaml"):
-        if row.metric == "min_gpus_without_offload":
-            predicted, step, fits = min_gpus_without_offload(row)
-        else:
-            predicted, step, fits = predicted_metric(row)
-        rows.append(ValidationRow(
-            id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, published=row.published,
-            predicted=predicted, ape=abs(predicted - row.published) / row.published, fits=fits, step_time_s=step,
-            source=row.source, assumptions=row.assumptions))
-    apes = [r.ape for r in rows]
-    worst = max(rows, key=lambda r: r.ape)
-    return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape, max_ape_id=worst.id,
-                            rows_not_fitting=sum(not r.fits for r in rows))
+    return report_of((row, min_gpus_without_offload(row) if row.metric == "min_gpus_without_offload"
+                      else predicted_metric(row)) for row in load_ledger(path, "offload.yaml"))

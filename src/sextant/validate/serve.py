@@ -8,35 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sextant.catalog.frameworks import get_serving_framework
 from sextant.errors import ScenarioError, SextantError
 from sextant.serve.predict import predict_serve
-from sextant.spec.base import Spec
 from sextant.spec.scenario import format_validation_error
 from sextant.spec.serving import ServeScenario
-from sextant.validate.ledger import load_rows
+from sextant.validate.ledger import PublishedRow, load_rows
 
 Metric = Literal["output_tokens_per_s_per_gpu", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms"]
 LATENCY_METRICS = ("ttft_ms", "tpot_ms")
 
 
-class ServeLedgerRow(Spec):
-    id: str
-    source: str
-    url: str | None = None
-    model: str
-    gpu: str
-    gpus: int = Field(gt=0)
-    framework: str
+class ServeLedgerRow(PublishedRow):
     deployment: dict[str, Any] = {}
     scheduler: dict[str, Any] = {}
     workload: dict[str, Any] = {}
     metric: Metric
-    published: float = Field(gt=0)
-    assumptions: list[str] = []
-    notes: str = ""
 
     def scenario(self) -> ServeScenario:
         get_serving_framework(self.framework)

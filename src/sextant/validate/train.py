@@ -63,16 +63,18 @@ def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
     return value, step, bool(ev.fits[0])
 
 
-def validate_training(path: str | Path | None = None) -> ValidationReport:
-    rows = []
-    for row in load_ledger(path):
-        predicted, step, fits = predicted_metric(row)
-        rows.append(ValidationRow(
-            id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric,
-            published=row.published, predicted=predicted, ape=abs(predicted - row.published) / row.published,
-            fits=fits, step_time_s=step, source=row.source, assumptions=row.assumptions,
-        ))
+def report_of(rows_and_predictions) -> ValidationReport:
+    """The report of (ledger row, (predicted value, step time, fits)) pairs: one row each, the
+    median and the worst absolute percentage error."""
+    rows = [ValidationRow(
+        id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, published=row.published,
+        predicted=predicted, ape=abs(predicted - row.published) / row.published, fits=fits, step_time_s=step,
+        source=row.source, assumptions=row.assumptions) for row, (predicted, step, fits) in rows_and_predictions]
     apes = [r.ape for r in rows]
     worst = max(rows, key=lambda r: r.ape)
     return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape,
                             max_ape_id=worst.id, rows_not_fitting=sum(not r.fits for r in rows))
+
+
+def validate_training(path: str | Path | None = None) -> ValidationReport:
+    return report_of((row, predicted_metric(row)) for row in load_ledger(path))
