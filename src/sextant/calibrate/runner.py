@@ -315,6 +315,8 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     else:
         if pcie_eff is not None:
             fields["pcie_bw_efficiency"] = pcie_eff
+            fields["pageable_copy_efficiency"] = min(
+                1.0, measured["h2d_pageable_bytes_per_s"] / measured["h2d_pinned_bytes_per_s"])
         profile = base.model_copy(update={
             **fields, "name": f"{name}-calibrated",
             "provenance": f"sextant calibrate{' --quick' if quick else ''} on {date}, "

@@ -359,7 +359,30 @@ def _falcon(cfg: _Config, *, new_arch_default: bool = False) -> dict[str, Any]:
     }
 
 
+def _bloom(cfg: _Config) -> dict[str, Any]:
+    """BLOOM: ALiBi positions, LayerNorm (plus one after the embedding, not counted), a GeLU MLP
+    of 4h, biases, tied embeddings (Le Scao et al. 2022, section 3.2)."""
+    hidden = cfg.integer("hidden_size", "n_embed")
+    heads = cfg.integer("num_attention_heads", "n_head")
+    return {
+        "hidden_size": hidden,
+        "num_layers": cfg.integer("num_hidden_layers", "n_layer"),
+        "num_heads": heads,
+        "num_kv_heads": heads,
+        "head_dim": cfg.head_dim(hidden, heads),
+        "ffn_hidden_size": 4 * hidden,
+        "vocab_size": cfg.integer("vocab_size"),
+        "max_seq_len": cfg.integer("seq_length", default=2048),
+        "mlp": "gelu",
+        "norm": "layernorm",
+        "position_embedding": "alibi",
+        "tie_embeddings": True,
+        "linear_bias": True,
+    }
+
+
 _BUILDERS: dict[str, Callable[[_Config], dict[str, Any]]] = {
+    "bloom": _bloom,
     "llama": _llama,
     "mistral": _mistral,
     "mixtral": _mixtral,

@@ -178,12 +178,15 @@ def validate_serve_cmd(
     """Simulate every published serving row of the ledger and report the error per row."""
     from sextant.validate.serve import validate_serving
 
-    report = validate_serving(ledger)
+    print_serve_report(validate_serving(ledger), "serving ledger", as_json)
+
+
+def print_serve_report(report, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))
         return
     console = Console()
-    table = Table(title="serving ledger: predicted vs published", title_justify="left")
+    table = Table(title=f"{title}: predicted vs published", title_justify="left")
     for col, justify in (("id", "left"), ("model", "left"), ("gpu", "left"), ("gpus", "right"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right")):
         table.add_column(col, justify=justify)

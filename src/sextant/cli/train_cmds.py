@@ -129,14 +129,24 @@ def validate_train_cmd(
 
 
 def validate_offload_cmd(
-    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
-    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in offload ledger)."),
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the tables."),
+    ledger: Optional[Path] = Opt(None, help="Training-offload ledger YAML (default: the built-in one)."),
+    serve_ledger: Optional[Path] = Opt(None, help="Serving-offload ledger YAML (default: the built-in one)."),
 ) -> None:
-    """Predict the offloading and fine-tuning ledger (ZeRO-Offload, ZeRO-Infinity, QLoRA, ZO2):
-    throughputs, "fits on this GPU" claims (fits: 1) and GPU counts needed without offloading."""
+    """Predict the offloading ledgers. Training (ZeRO-Offload, ZeRO-Infinity, QLoRA, ZO2, Fuyou):
+    throughputs, "fits on this GPU" claims (fits: 1) and GPU counts needed without offloading.
+    Serving (ZeRO-Inference, DeepSpeed-Inference): weights streamed from host memory or NVMe."""
+    from sextant.cli.serve_cmds import print_serve_report
     from sextant.validate.offload import validate_offload
+    from sextant.validate.serve import validate_serving
 
-    _print_report(validate_offload(ledger), "offload ledger", as_json)
+    training = validate_offload(ledger)
+    serving = validate_serving(serve_ledger, builtin="serving-offload.yaml")
+    if as_json:
+        typer.echo(json.dumps({"training": training.model_dump(), "serving": serving.model_dump()}, indent=2))
+        return
+    _print_report(training, "training offload ledger", False)
+    print_serve_report(serving, "serving offload ledger", False)
 
 
 def _print_report(report, title: str, as_json: bool) -> None:

@@ -39,6 +39,9 @@ CPU_ADAM_BYTES_PER_PARAM = 28.0
 #: is stated or calibrated: the nominal rate is DRAM bandwidth x this / 28 bytes. A stated prior,
 #: not a fit: ``sextant calibrate`` measures the real host and replaces it.
 CPU_ADAM_DRAM_EFFICIENCY = 0.5
+#: Vector peak of a host whose CPU the catalog does not name: 16 cores x 2 GHz x 32 fp32 FLOP per
+#: cycle (see :attr:`HostCPU.vector_flops`). A stated prior for CPU attention.
+NOMINAL_HOST_VECTOR_FLOPS = 16 * 2.0e9 * 32
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class TierRates:
     nvme_capacity: float
     host_link: str
     has_nvme: bool
+    host_read: float = 0.0  # DRAM read bandwidth for work on the CPU (CPU attention)
+    cpu_flops: float = 0.0  # vector peak for work on the CPU
 
     def describe(self) -> str:
         nvme = (f"NVMe {self.nvme_read / 1e9:.1f}/{self.nvme_write / 1e9:.1f} GB/s read/write"
@@ -96,4 +101,6 @@ def tier_rates(cluster: ClusterSpec, profile: HardwareProfile) -> TierRates:
         nvme_capacity=nvme.capacity_bytes / sharing if nvme else 0.0,
         host_link=link.name,
         has_nvme=nvme is not None,
+        host_read=dram.read_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing,
+        cpu_flops=(node.host_cpu.vector_flops if node.host_cpu else NOMINAL_HOST_VECTOR_FLOPS) / sharing,
     )

@@ -12,6 +12,7 @@ from sextant.cost import comm
 from sextant.cost.inference import Layout, kv_cache_bytes_per_token, weight_bytes_per_gpu
 from sextant.cost.layer import Device
 from sextant.errors import InfeasibleError, SpecError
+from sextant.serve.offload import OffloadPlan, plan_offload
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
@@ -22,8 +23,17 @@ from sextant.units import GB
 #: Bytes per cached element by KV precision; INT4 adds an fp16 scale per 64 elements (KIVI-style
 #: group quantization, Liu et al. 2024).
 KV_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 64}
-#: Bytes per weight element: W4A16 adds an fp16 scale per group of 128 weights (AWQ, GPTQ).
+#: Bytes per weight element (W4A16: see :func:`weight_bytes`).
 WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "w4a16": 0.5 + 2.0 / 128}
+
+
+def weight_bytes(precision: str, group_size: int = 128, zero_point: bool = False) -> float:
+    """Bytes per weight element; W4A16 stores an fp16 scale (and, asymmetric, an fp16 zero point)
+    per group of ``group_size`` weights (AWQ and GPTQ: 128, symmetric; ZeRO-Inference: 64 with a
+    minimum)."""
+    if precision != "w4a16":
+        return WEIGHT_BYTES[precision]
+    return 0.5 + (4.0 if zero_point else 2.0) / group_size
 #: Tensor-core dtype the GEMMs run in, per weight precision.
 GEMM_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "w4a16": "fp16"}
 #: Bytes of fp32 logits per sampled row (the sampler's softmax input).
@@ -34,18 +44,20 @@ def apply_serving_framework(scenario: ServeScenario) -> ServeScenario:
     """Fill the scheduler fields the scenario left unset from its framework preset."""
     if scenario.framework is None:
         return scenario
-    return fill_unset(scenario, get_serving_framework(scenario.framework), ("scheduler", "deployment"))
+    return fill_unset(scenario, get_serving_framework(scenario.framework), ("scheduler", "deployment", "offload"))
 
 
-def serving_device(gpu, profile: HardwareProfile, precision: str) -> tuple[Device, Device]:
-    """(device for the decoder's GEMMs at ``precision``, 16-bit device for the output head)."""
+def serving_device(gpu, profile: HardwareProfile, precision: str,
+                   w4_bytes: float = WEIGHT_BYTES["w4a16"]) -> tuple[Device, Device]:
+    """(device for the decoder's GEMMs at ``precision``, 16-bit device for the output head);
+    ``w4_bytes``: bytes per W4A16 weight with its group scales."""
     dtype = GEMM_DTYPE[precision]
     half = "bf16" if "bf16" in gpu.peak_flops else "fp16"
     peak = gpu.peak(dtype if dtype != "fp16" or "fp16" in gpu.peak_flops else half)
     dequant = 0.0
     weight_bytes = None
     if precision == "w4a16":
-        weight_bytes = WEIGHT_BYTES["w4a16"]
+        weight_bytes = w4_bytes
         # Packed half2 arithmetic on the vector units: twice the fp32 rate.
         dequant = 2.0 * gpu.peak_flops.get("fp32", peak / 16)
     table = profile.gemm_tables.get(dtype)
@@ -80,6 +92,7 @@ class Instance:
     activation_bytes_per_gpu: float
     memory_budget_bytes: float
     engines_per_replica: int
+    offload: OffloadPlan
 
 
 @dataclass(frozen=True)
@@ -153,7 +166,8 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
         raise SpecError("speculative decoding is modelled with continuous or chunked batching on aggregated "
                         "replicas", field="speculative")
     gpu = cluster.gpu
-    dev, head = serving_device(gpu, profile, dep.precision)
+    dev, head = serving_device(gpu, profile, dep.precision,
+                               weight_bytes("w4a16", dep.weight_group_size, dep.weight_zero_point))
     fabric = comm.Fabric.of(ClusterSpec(node=cluster.node, gpu=gpu, num_gpus=min(needed, hw.gpus)), profile)
     overhead_ms = sched.iteration_overhead_ms or 0.0
     kv_bytes = KV_BYTES[dep.resolved_kv_precision]
@@ -164,7 +178,10 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
 
     token_budget = sched.token_budget or (8192 if sched.batching == "chunked" else max(8192, longest_prompt))
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
-    weights = weight_bytes_per_gpu(model, layout)
+    longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
+    offload = plan_offload(scenario, model, layout, ClusterSpec(node=cluster.node, gpu=gpu, num_gpus=min(needed, hw.gpus)),
+                           profile, longest_batch_tokens)
+    weights = offload.gpu_weight_bytes
     draft_layout = draft_model = None
     if scenario.speculative is not None:
         draft_model = _model(scenario.speculative.draft_model)
@@ -184,18 +201,26 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
         raise InfeasibleError(
             f"{model.name} weights need {weights / GB:.1f} GB per GPU at {dep.precision} with tp={dep.tp} pp={dep.pp}; "
             f"{gpu.name} offers {budget / GB:.1f} GB ({sched.gpu_memory_utilization:.0%} of "
-            f"{gpu.memory.capacity_bytes / GB:.1f}); raise tp or pp, or quantize the weights")
+            f"{gpu.memory.capacity_bytes / GB:.1f}); raise tp or pp, quantize the weights, or stream them from "
+            "host memory (--offload-weights cpu)")
     engines = dep.pp
+    if offload.kv_on_host:
+        if free < 0:
+            raise InfeasibleError(
+                f"{weights / GB:.1f} GB of weights and buffers and {activations / GB:.1f} GB of activations exceed "
+                f"the {budget / GB:.1f} GB budget of one {gpu.name}; lower the batch or the token budget")
+        free = offload.host_kv_capacity_bytes
     tokens_total = max(int(free // kv_per_token), 0)
     blocks = tokens_total // sched.block_size // engines
     if blocks * sched.block_size < longest_request:
         raise InfeasibleError(
             f"the KV cache holds {blocks * sched.block_size} tokens per engine after {weights / GB:.1f} GB of weights "
             f"and {activations / GB:.1f} GB of activations; the longest request needs {longest_request}; "
-            "raise tp, quantize the KV cache or lower the token budget")
+            "raise tp, quantize the KV cache, lower the token budget or keep the cache in host memory "
+            "(--offload-kv cpu)")
     instance = Instance(layout=layout, kv_bytes_per_token=kv_per_token, kv_capacity_tokens=blocks * sched.block_size,
                         kv_capacity_blocks=blocks, weights_bytes_per_gpu=weights, activation_bytes_per_gpu=activations,
-                        memory_budget_bytes=budget, engines_per_replica=engines)
+                        memory_budget_bytes=budget, engines_per_replica=engines, offload=offload)
     return Resolved(
         scenario=scenario, model=model, cluster=cluster, profile=profile, instance=instance,
         draft=draft_layout, draft_model=draft_model,

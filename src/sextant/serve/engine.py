@@ -43,6 +43,7 @@ from sextant.cost.inference import (
     output_head_time,
     token_time,
 )
+from sextant.cost.streaming import Streaming
 from sextant.spec.model import ModelSpec
 
 WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
@@ -56,10 +57,13 @@ class IterationCost:
     """Seconds of an iteration from its token count, sampled sequences and attention work, by
     part; built from the shared cost functions of :mod:`sextant.cost.inference` (tabulated)."""
 
-    PARTS = ("gemm", "elementwise", "communication", "attention", "host_overhead")
+    PARTS = ("gemm", "elementwise", "communication", "attention", "offload_wait", "host_overhead")
+    #: Resources an offloaded iteration keeps busy (see :mod:`sextant.cost.streaming`).
+    RESOURCES = ("gpu", "host_to_gpu", "gpu_to_host", "cpu")
 
-    def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int) -> None:
-        self.model, self.lay = model, lay
+    def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int,
+                 stream: Streaming | None = None) -> None:
+        self.model, self.lay, self.stream = model, lay, stream
         n = min(max(max_tokens, 1), TABLE_TOKENS)
         parts = token_time(model, lay, np.arange(1, n + 1, dtype=float), 0.0)
         self._gemm = [0.0, *parts["gemm"].tolist()]
@@ -104,6 +108,24 @@ class IterationCost:
     def host(self, device_s: float) -> float:
         added = self.host_s if self.host_sync else max(self.host_s - device_s, 0.0)
         return added + self.iteration_overhead_s
+
+    def offloaded(self, gpu_s: float, tokens: int, decode_context: float, decode_seqs: int,
+                  new_tokens: int, cached_prefill_tokens: float) -> tuple[float, float, dict[str, float]]:
+        """(CPU attention seconds the GPU no longer does, iteration device seconds, busy seconds per
+        resource) of an iteration whose weights or KV cache are streamed; ``gpu_s`` is the GPU work
+        as if nothing were offloaded, its decode attention included."""
+        st = self.stream
+        assert st is not None
+        moved = 0.0
+        cpu = 0.0
+        if st.cpu_per_context_s:
+            moved = self.decode_per_ctx * decode_context + self.write_s * decode_seqs if decode_seqs else 0.0
+            cpu = st.cpu_per_context_s * decode_context
+        gpu = gpu_s - moved
+        fetch = float(st.fetch_s(tokens)) + st.kv_from_host_per_token_s * cached_prefill_tokens
+        to_host = st.kv_to_host_per_token_s * new_tokens
+        device = st.iteration_s(gpu, cpu, fetch, to_host)
+        return moved, device, {"gpu": gpu, "host_to_gpu": fetch, "gpu_to_host": to_host, "cpu": cpu}
 
 
 @dataclass
@@ -187,6 +209,7 @@ class Engine:
         self.busy = False
         self.outstanding = 0
         self.parts = dict.fromkeys(IterationCost.PARTS, 0.0)
+        self.resource_busy = dict.fromkeys(IterationCost.RESOURCES, 0.0)
         self.iterations = 0
         self.trace = trace
         self._plan: tuple | None = None
@@ -400,9 +423,21 @@ class Engine:
         ew += tew
         comm += tcomm + swap_s
         device = gemm + ew + comm + attention
+        wait = 0.0
+        if cost.stream is not None:
+            cached = float(sum(r.done[rid] for rid, _ in chunks))
+            moved, streamed, busy = cost.offloaded(device, dec_tokens + prefill_tokens,
+                                                   self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
+                                                   prefill_tokens + n_dec, cached)
+            attention -= moved
+            wait = streamed - (device - moved)
+            device = streamed
+            self._add_busy(busy)
+        else:
+            self.resource_busy["gpu"] += device
         host = cost.host(device)
         duration = device + host
-        self._account(gemm, ew, comm, attention, host)
+        self._account(gemm, ew, comm, attention, host, wait)
         self.iterations += 1
         self._plan = ("step", decode, chunks)
         if self.trace is not None:
@@ -547,8 +582,15 @@ class Engine:
                                         for rid in batch)
         gemm = g + cost.head(n)
         device = gemm + ew + comm + attention
+        wait = 0.0
+        if cost.stream is not None:
+            _, streamed, busy = cost.offloaded(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
+            wait, device = streamed - device, streamed
+            self._add_busy(busy)
+        else:
+            self.resource_busy["gpu"] += device
         host = cost.host(device)
-        self._account(gemm, ew, comm, attention, host)
+        self._account(gemm, ew, comm, attention, host, wait)
         first_token_at = now + device + host
         if self.trace is not None:
             self.trace.append(Iteration(now, device + host, 0, prompt_tokens, n))
@@ -559,31 +601,45 @@ class Engine:
         ctx0 = float(prompt_tokens)
         t = first_token_at
         step_end = [first_token_at] * (steps + 1)
-        attention = host_total = 0.0
+        attention = host_total = wait = 0.0
         for j in range(1, steps + 1):
             att = cost.decode_per_ctx * (ctx0 + n * j)
             device = fixed + att
+            step_attention = att + cost.write_s * n + cost.launch_s
+            if cost.stream is not None:
+                moved, streamed, busy = cost.offloaded(device, n, ctx0 + n * j, n, n, 0.0)
+                step_attention -= moved
+                wait += streamed - (device - moved)
+                device = streamed
+                self._add_busy(busy)
+            else:
+                self.resource_busy["gpu"] += device
             host = cost.host(device)
             if self.trace is not None:
                 self.trace.append(Iteration(t, device + host, n, 0, 0))
             t += device + host
             step_end[j] = t
-            attention += att + cost.write_s * n + cost.launch_s
+            attention += step_attention
             host_total += host
-        self._account((dg + head) * steps, dew * steps, dcomm * steps, attention, host_total)
+        self._account((dg + head) * steps, dew * steps, dcomm * steps, attention, host_total, wait)
         self.iterations += 1 + steps
         for rid in batch:
             r.first[rid] = first_token_at
         self._plan = ("static", batch, step_end)
         return t - now
 
-    def _account(self, gemm, ew, comm, attention, host) -> None:
+    def _account(self, gemm, ew, comm, attention, host, wait=0.0) -> None:
         p = self.parts
         p["gemm"] += gemm
         p["elementwise"] += ew
         p["communication"] += comm
         p["attention"] += attention
         p["host_overhead"] += host
+        p["offload_wait"] += wait
+
+    def _add_busy(self, busy: dict[str, float]) -> None:
+        for k, v in busy.items():
+            self.resource_busy[k] += v
 
     def _complete_static(self, plan: tuple) -> list[int]:
         _, batch, step_end = plan

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from pydantic import BaseModel
 
+from sextant.cost.params import count_params
 from sextant.errors import SpecError
 from sextant.serve.deploy import Resolved, kv_transfer_seconds, resolve
 from sextant.serve.engine import EngineConfig, IterationCost
@@ -20,6 +21,7 @@ PART_LABELS = {
     "elementwise": "element-wise kernels and embedding",
     "communication": "tensor/expert/pipeline communication and KV swaps",
     "attention": "attention (KV-cache reads in decode)",
+    "offload_wait": "waiting on weight streaming, CPU attention or KV copies",
     "host_overhead": "host and engine overhead",
 }
 
@@ -60,6 +62,10 @@ class ServeResult(BaseModel):
     output_tokens_per_s_per_gpu: float
     input_tokens_per_s: float
     requests_per_s: float
+    #: Model FLOPs per second per GPU at 2 x active parameters per processed token (prompt and
+    #: generated), the convention of ZeRO-Inference's and FlexGen's TFLOP/s figures; attention's
+    #: own FLOPs are not counted.
+    model_tflops_per_gpu: float
     ttft_ms: Percentiles
     tpot_ms: Percentiles
     e2e_ms: Percentiles
@@ -69,8 +75,16 @@ class ServeResult(BaseModel):
     kv_cache_capacity_tokens: int
     preemptions: int
     memory_gb_per_gpu: dict[str, float]
+    #: Per GPU: bytes held in GPU memory, host DRAM and NVMe (offloaded serving), with each tier's
+    #: capacity share in ``tier_capacity_gb``.
+    memory_gb_per_tier: dict[str, float]
+    tier_capacity_gb: dict[str, float]
     time_breakdown_s: dict[str, float]
     bottleneck: str
+    #: The resource busiest over the run: ``gpu``, ``host_to_gpu`` (weights or KV over the host
+    #: link), ``nvme``, ``cpu`` (CPU attention) or ``gpu_to_host`` (KV written to the host).
+    binding_resource: str
+    resource_busy_s: dict[str, float]
     iterations: int
     profile: str
     assumptions: list[str]
@@ -98,7 +112,8 @@ def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost
     max_tokens = res.token_budget if sched.batching != "static" else sched.max_batch
     if spec is not None:
         max_tokens = max(max_tokens, sched.max_batch * (spec.num_tokens + 1))
-    cost = IterationCost(res.model, inst.layout, max_tokens, sched.max_batch * ((spec.num_tokens + 1) if spec else 1))
+    cost = IterationCost(res.model, inst.layout, max_tokens, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
+                         stream=inst.offload.stream)
     draft = None
     tokens_per_step = 1.0
     if spec is not None:
@@ -165,11 +180,23 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
         for k, v in e.parts.items():
             parts[k] = parts.get(k, 0.0) + v
     inst = res.instance
+    off = inst.offload
     kv_used = max(e.kv_peak_fraction() for e in engines)
+    kv_gb = inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token * inst.engines_per_replica / GB
     memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
-              "kv_cache": inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token
-              * inst.engines_per_replica / GB,
-              "budget": inst.memory_budget_bytes / GB}
+              "kv_cache": 0.0 if off.kv_on_host else kv_gb, "budget": inst.memory_budget_bytes / GB}
+    tiers = {"gpu": memory["weights"] + memory["activations"] + memory["kv_cache"],
+             "host": off.host_weight_bytes / GB + (kv_gb if off.kv_on_host else 0.0),
+             "nvme": off.nvme_weight_bytes / GB}
+    capacity = {"gpu": inst.memory_budget_bytes / GB, "host": off.tiers.host_capacity / GB,
+                "nvme": off.tiers.nvme_capacity / GB}
+    busy: dict[str, float] = {}
+    for e in engines:
+        for k, v in e.resource_busy.items():
+            busy[k] = busy.get(k, 0.0) + v
+    if off.offloaded and sc.offload.weights == "nvme" and off.fetch_bytes_per_s < off.tiers.host_to_gpu:
+        busy["nvme"] = busy.pop("host_to_gpu")
+    binding = max(busy, key=busy.get) if off.offloaded else "gpu"
     assumptions = [
         f"batching {sched.batching}; KV allocation {'reserved' if engine_reserve(sc) else 'on demand'} in "
         f"{sched.block_size}-token blocks; preemption {sched.preemption}",
@@ -186,6 +213,10 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
         assumptions.append(f"speculative decoding: draft {s.draft_model}, {s.num_tokens} tokens per step, acceptance "
                            f"{s.acceptance_rate}: {(1 - s.acceptance_rate ** (s.num_tokens + 1)) / (1 - s.acceptance_rate):.2f}"
                            " tokens per step in expectation, for every sequence alike")
+    assumptions.extend(off.description)
+    if off.offloaded:
+        assumptions.append("offloaded iterations: the next layer's weights are fetched while this layer computes; "
+                           "the GPU and CPU overlap only across micro-batches (sextant.cost.streaming)")
     if sc.disaggregation is not None:
         assumptions.append(f"disaggregated: KV moves over the {sc.disaggregation.link.replace('_', '-')} link after "
                            "prefill; TTFT ends at the prefill instance")
@@ -199,11 +230,14 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
         output_tokens_per_s_per_gpu=float(outputs.sum()) / span / gpus,
         input_tokens_per_s=float(requests.input_tokens.sum()) / span,
         requests_per_s=len(requests) / span,
+        model_tflops_per_gpu=2.0 * count_params(res.model).active * float(
+            requests.input_tokens.sum() + outputs.sum()) / span / gpus / 1e12,
         ttft_ms=Percentiles.of(ttft), tpot_ms=Percentiles.of(tpot), e2e_ms=Percentiles.of(e2e),
         slo_attainment=float(ok.mean()), goodput_requests_per_s=float(ok.sum()) / span,
         kv_cache_peak_fraction=kv_used, kv_cache_capacity_tokens=inst.kv_capacity_tokens,
-        preemptions=t.preemptions, memory_gb_per_gpu=memory, time_breakdown_s=parts,
-        bottleneck=_gpu_seconds_label(parts), iterations=sum(e.iterations for e in engines),
+        preemptions=t.preemptions, memory_gb_per_gpu=memory, memory_gb_per_tier=tiers, tier_capacity_gb=capacity,
+        time_breakdown_s=parts, bottleneck=_gpu_seconds_label(parts), binding_resource=binding,
+        resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
         profile=res.profile.name, assumptions=assumptions,
     )
 

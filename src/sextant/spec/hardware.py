@@ -48,7 +48,15 @@ class HostCPU(Spec):
     name: str
     cores: int = Field(gt=0)
     adam_params_per_s: float = Field(gt=0, description="All cores together, parameters per second.")
+    fp32_flops: float | None = Field(default=None, gt=0,
+                                     description="Vector peak of all cores (CPU attention); default: nominal.")
     source: str = ""
+
+    @property
+    def vector_flops(self) -> float:
+        """The stated vector peak, else the nominal cores x 2 GHz x 32 fp32 FLOP per cycle (two
+        8-lane AVX2 FMA units per core)."""
+        return self.fp32_flops if self.fp32_flops is not None else self.cores * 2.0e9 * 32
 
 
 class GPUSpec(Spec):

@@ -141,6 +141,11 @@ class HardwareProfile(Spec):
     intra_node_bw_efficiency: float = Field(gt=0, le=1)
     network_bw_efficiency: float = Field(gt=0, le=1)
     pcie_bw_efficiency: float = Field(default=0.8, gt=0, le=1)
+    # Host-to-device copies from pageable (unpinned) memory, as a fraction of the pinned rate: the
+    # driver stages them through a pinned buffer with a CPU memcpy. The default is a prior (CUDA's
+    # bandwidthTest typically shows pageable at about half the pinned rate on PCIe Gen4 hosts);
+    # ``sextant calibrate`` measures both on a GPU and writes the ratio.
+    pageable_copy_efficiency: float = Field(default=0.5, gt=0, le=1)
 
     # GEMM efficiency of other dtypes relative to the curve above (which describes 16-bit GEMMs):
     # e.g. {"fp8": 0.6} where FP8 GEMMs reach 60% of the fraction of their own (doubled) peak that

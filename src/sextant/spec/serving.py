@@ -25,6 +25,10 @@ Router = Literal["round_robin", "least_loaded"]
 Preemption = Literal["recompute", "swap"]
 KVAllocation = Literal["on_demand", "reserve"]
 Arrival = Literal["poisson", "gamma"]
+WeightHome = Literal["none", "cpu", "nvme"]
+Streamed = Literal["all", "experts"]
+KVHome = Literal["gpu", "cpu"]
+ExpertPopularity = Literal["uniform", "zipf"]
 LengthDistribution = Literal["fixed", "uniform", "exponential", "lognormal"]
 
 
@@ -43,6 +47,10 @@ class Deployment(Spec):
     #: ``per_head`` lets every query head read its KV head itself (TensorRT-LLM's masked MHA kernel
     #: before XQA, as in v0.6), multiplying the cache traffic by the group size.
     decode_attention: Literal["grouped", "per_head"] = "grouped"
+    #: W4A16 quantization groups: weights per fp16 scale (AWQ and GPTQ use 128; ZeRO-Inference 64),
+    #: and whether each group also stores an fp16 zero point (asymmetric quantization).
+    weight_group_size: int = Field(default=128, gt=0)
+    weight_zero_point: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Deployment:
@@ -59,6 +67,39 @@ class Deployment(Spec):
         if self.kv_precision is not None:
             return self.kv_precision
         return "fp8" if self.precision == "fp8" else ("bf16" if self.precision == "bf16" else "fp16")
+
+
+class ServeOffload(Spec):
+    """Weights and KV cache kept below the GPU while serving, streamed in per layer.
+
+    ``weights``: where the weights that are not resident live: ``cpu`` (host DRAM) or ``nvme``
+    (read through host bounce buffers); each iteration streams them over the host link, layer by
+    layer, the next layer's fetch overlapping this layer's compute (ZeRO-Inference, Aminabadi et
+    al. 2022; FlexGen, Sheng et al. 2023). ``streamed``: ``all`` the decoder's weights, or only the
+    routed ``experts`` of a mixture-of-experts model, whose dense parts then stay on the GPU
+    (Mixtral-offloading, HybriMoE, MoE-Lens). ``resident_fraction``: the share of the streamed set
+    kept on the GPU instead: whole layers for ``all`` (FlexGen's weight percentages), a cache of
+    each layer's most popular experts for ``experts``. ``kv_cache: cpu`` keeps the KV cache in host
+    memory and runs decode attention on the CPU beside the GPU's GEMMs (FlexGen's CPU attention,
+    ZeRO-Inference's KV offload, MoE-Lens); ``micro_batches`` splits each iteration so that the
+    CPU's attention for one part overlaps the GPU's work on another (FlexGen's GPU batches).
+    """
+
+    weights: WeightHome = "none"
+    streamed: Streamed = "all"
+    resident_fraction: float = Field(default=0.0, ge=0, lt=1)
+    kv_cache: KVHome = "gpu"
+    micro_batches: int = Field(default=1, gt=0)
+    pinned: bool = Field(default=True, description="Host copies of the weights in pinned memory (else pageable).")
+    expert_popularity: ExpertPopularity = Field(
+        default="uniform", description="Routing distribution over each layer's experts, when no routing trace.")
+    zipf_exponent: float = Field(default=1.0, gt=0)
+    routing_trace: str | None = Field(
+        default=None, description="CSV of routed expert ids (columns layer, expert), one row per token choice.")
+
+    @property
+    def active(self) -> bool:
+        return self.weights != "none" or self.kv_cache != "gpu"
 
 
 class Scheduler(Spec):
@@ -147,6 +188,7 @@ class ServeScenario(Spec):
     slo: SLO = SLO()
     speculative: Speculative | None = None
     disaggregation: Disaggregation | None = None
+    offload: ServeOffload = ServeOffload()
 
 
 def parse_serve_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> ServeScenario:

@@ -17,28 +17,33 @@ from sextant.spec.scenario import format_validation_error
 from sextant.spec.serving import ServeScenario
 from sextant.validate.ledger import PublishedRow, load_rows
 
-Metric = Literal["output_tokens_per_s_per_gpu", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms"]
+Metric = Literal["output_tokens_per_s_per_gpu", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms",
+                 "model_tflops_per_gpu"]
 LATENCY_METRICS = ("ttft_ms", "tpot_ms")
 
 
 class ServeLedgerRow(PublishedRow):
+    node: str | None = None
     deployment: dict[str, Any] = {}
     scheduler: dict[str, Any] = {}
     workload: dict[str, Any] = {}
+    offload: dict[str, Any] = {}
     metric: Metric
 
     def scenario(self) -> ServeScenario:
         get_serving_framework(self.framework)
+        hardware = {"gpu": self.gpu, "gpus": self.gpus, **({"node": self.node} if self.node else {})}
         try:
             return ServeScenario.model_validate({
-                "model": self.model, "framework": self.framework, "hardware": {"gpu": self.gpu, "gpus": self.gpus},
-                "deployment": self.deployment, "scheduler": self.scheduler, "workload": self.workload})
+                "model": self.model, "framework": self.framework, "hardware": hardware,
+                "deployment": self.deployment, "scheduler": self.scheduler, "workload": self.workload,
+                "offload": self.offload})
         except ValidationError as err:
             raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
 
 
-def load_serve_ledger(path: str | Path | None = None) -> list[ServeLedgerRow]:
-    return load_rows(ServeLedgerRow, path, "serving.yaml")
+def load_serve_ledger(path: str | Path | None = None, builtin: str = "serving.yaml") -> list[ServeLedgerRow]:
+    return load_rows(ServeLedgerRow, path, builtin)
 
 
 class ServeValidationRow(BaseModel):
@@ -77,8 +82,9 @@ def predicted_value(row: ServeLedgerRow) -> float:
 
 
 def validate_serving(path: str | Path | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ServeValidationReport:
-    ledger = load_serve_ledger(path)
+                     progress: Callable[[int, int], None] | None = None,
+                     builtin: str = "serving.yaml") -> ServeValidationReport:
+    ledger = load_serve_ledger(path, builtin)
     rows = []
     for i, row in enumerate(ledger):
         kind = "latency" if row.metric in LATENCY_METRICS else "throughput"

@@ -1,0 +1,136 @@
+"""Serving iterations whose weights or KV cache live below the GPU: what each iteration streams
+over the host link, what the CPU computes beside the GPU, and how the three overlap.
+
+**Weights streamed per layer** (ZeRO-Inference, Aminabadi et al. SC22, "DeepSpeed-Inference",
+section VI; the DeepSpeed blog "ZeRO-Inference: Democratizing massive model inference", 2022;
+FlexGen, Sheng et al. ICML 2023). Every iteration (one forward pass over the batch) brings each
+offloaded layer's weights to the GPU once, from host DRAM over the host link or from NVMe through
+host bounce buffers (the slower of the two stages binds), while the GPU computes the layer before
+(layer prefetching). Only the first layer's fetch cannot hide. A dense layer's fetch costs the
+same whatever the batch; what the batch buys is compute per fetched byte, which is why these
+systems spend GPU memory on batch rather than on resident weights (the blog's full- versus
+partial-offload comparison).
+
+**Experts streamed on demand** (Eliseev and Mazur 2023, "Fast Inference of Mixture-of-Experts
+Language Models with Offloading"; HybriMoE, Zhong et al. 2025; MoE-Lens, 2025). Only the routed
+experts some token picked are fetched, and a GPU cache of each layer's most popular experts
+serves the rest. With per-token routing probabilities ``q_e`` over a layer's experts and top-k
+routing, a batch of ``T`` tokens touches expert ``e`` with probability ``1 - (1 - k q_e)^T``; the
+expected experts fetched per layer are that sum over the uncached ones, and the cache hit rate is
+the routing mass of the cached ones. The distribution is uniform, Zipf, or counted from a routing
+trace (a CSV of ``layer, expert`` choices).
+
+**KV cache in host memory, attention on the CPU** (FlexGen section 4.2: computing attention where
+the cache lives moves only the activations; MoE-Lens runs CPU attention beside the GPU's
+GEMMs). Decode attention then reads the cache at the host's DRAM bandwidth, or is bound by the
+CPU's vector peak; new keys and values go to the host over the link.
+
+**Overlap.** Per layer the GPU's work ``g``, the CPU's attention ``a`` and the fetch ``f`` of the
+next layer run on three resources. Attention sits between the GPU's projections and its MLP, so
+with one micro-batch the GPU and CPU take turns (``g + a``); split into ``m`` micro-batches, one
+micro-batch's attention overlaps another's GEMMs (FlexGen's GPU batches), a two-stage pipeline
+taking ``max(g, a) + min(g, a) / m``. The fetch overlaps both. Layers being alike, an iteration
+is ``max(G + ..., F, W) + F / L`` over the whole model's sums: ``G`` GPU, ``A`` CPU, ``F`` fetch,
+``W`` KV written to the host. Micro-batches are taken to cost no GEMM efficiency.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sextant.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """Per-iteration streaming and CPU costs of one serving instance (seconds, per GPU)."""
+
+    layers: int
+    micro_batches: int
+    dense_fetch_s: float  # weights every iteration streams, whatever the batch
+    expert_fetch_s: float  # one (layer, expert) pair's weights
+    miss_tokens: np.ndarray  # grid of token counts ...
+    miss_experts: np.ndarray  # ... and the expected (layer, expert) pairs fetched at each
+    cpu_per_context_s: float  # CPU attention per (sequence, cached token) pair, all layers; 0: GPU
+    kv_to_host_per_token_s: float  # writing one new token's keys and values to the host; 0: GPU
+    kv_from_host_per_token_s: float  # reading one cached token's keys and values back (prefill chunks)
+    expert_hit_rate: float  # routing mass the GPU's expert cache serves (1 with no expert streaming)
+
+    def fetch_s(self, tokens) -> np.ndarray:
+        """Seconds of host-link transfer of the weights an iteration over ``tokens`` tokens needs."""
+        t = np.asarray(tokens, float)
+        if self.expert_fetch_s == 0.0:
+            return np.full_like(t, self.dense_fetch_s)
+        misses = np.interp(np.log(np.maximum(t, 1.0)), np.log(self.miss_tokens), self.miss_experts)
+        return self.dense_fetch_s + self.expert_fetch_s * np.where(t > 0, misses, 0.0)
+
+    def iteration_s(self, gpu_s: float, cpu_s: float, fetch_s: float, to_host_s: float) -> float:
+        """Seconds of one iteration from each resource's total work (see the module docstring)."""
+        compute = max(gpu_s, cpu_s) + min(gpu_s, cpu_s) / self.micro_batches
+        return max(compute, fetch_s, to_host_s) + fetch_s / self.layers
+
+
+def expert_popularity(kind: str, experts: int, exponent: float = 1.0) -> np.ndarray:
+    """Per-token routing shares of one layer's experts, most popular first: uniform, or Zipf
+    (share of the i-th most popular proportional to i^-exponent)."""
+    if kind == "uniform":
+        return np.full(experts, 1.0 / experts)
+    if kind == "zipf":
+        w = np.arange(1, experts + 1, dtype=float) ** -exponent
+        return w / w.sum()
+    raise SpecError(f"unknown expert popularity {kind!r}; use uniform or zipf", field="expert_popularity")
+
+
+def trace_popularity(path: str | Path, moe_layers: int, experts: int) -> np.ndarray:
+    """Routing shares per MoE layer (rows) counted from a CSV of ``layer, expert`` choices (one row
+    per token and choice; ``layer`` numbers the MoE layers from 0). Layers the trace lacks take the
+    mean of the traced layers' sorted shares, which is all a most-popular cache depends on."""
+    try:
+        with open(path, newline="") as f:
+            rows = [(int(r["layer"]), int(r["expert"])) for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        raise SpecError(f"no such routing trace {path}", field="routing_trace") from None
+    except (KeyError, ValueError, TypeError):
+        raise SpecError(f"routing trace {path} needs integer columns layer, expert", field="routing_trace") from None
+    if not rows:
+        raise SpecError(f"routing trace {path} has no rows", field="routing_trace")
+    arr = np.asarray(rows)
+    if arr[:, 0].min() < 0 or arr[:, 0].max() >= moe_layers or arr[:, 1].min() < 0 or arr[:, 1].max() >= experts:
+        raise SpecError(f"routing trace {path}: layers must lie in 0..{moe_layers - 1} and experts in "
+                        f"0..{experts - 1}", field="routing_trace")
+    counts = np.zeros((moe_layers, experts))
+    np.add.at(counts, (arr[:, 0], arr[:, 1]), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    seen = totals[:, 0] > 0
+    shares = np.sort(np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0), axis=1)[:, ::-1]
+    shares[~seen] = shares[seen].mean(axis=0)
+    return shares
+
+
+def expected_misses(shares: np.ndarray, top_k: int, cached: int, tokens: np.ndarray) -> np.ndarray:
+    """Expected (layer, expert) pairs fetched per iteration of ``tokens`` tokens, summed over the
+    layers of ``shares`` (rows sorted most popular first), when each layer caches its ``cached``
+    most popular experts: sum over uncached ``e`` of ``1 - (1 - min(1, k q_e))^T``."""
+    shares = np.atleast_2d(shares)
+    p = np.minimum(1.0, top_k * shares[:, cached:]).ravel()
+    if p.size == 0:
+        return np.zeros_like(np.asarray(tokens, float))
+    t = np.asarray(tokens, float)[:, None]
+    return (1.0 - (1.0 - p[None, :]) ** t).sum(axis=1)
+
+
+def hit_rate(shares: np.ndarray, cached: int) -> float:
+    """Routing mass a cache of each layer's ``cached`` most popular experts serves."""
+    shares = np.atleast_2d(shares)
+    return float(shares[:, :cached].sum(axis=1).mean())
+
+
+def miss_grid(shares: np.ndarray, top_k: int, cached: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expected_misses` on a logarithmic grid up to ``max_tokens`` (smooth and monotone in
+    the token count, so :meth:`Streaming.fetch_s` interpolates it)."""
+    grid = np.unique(np.round(np.geomspace(1, max(max_tokens, 2), 256)))
+    return grid, expected_misses(shares, top_k, cached, grid)
