@@ -15,6 +15,8 @@ from rich.table import Table
 from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
+RESOURCE_LABELS = {"gpu": "GPU", "host_to_gpu": "host-to-GPU link", "gpu_to_host": "GPU-to-host link",
+                   "nvme": "NVMe reads", "cpu": "CPU attention"}
 
 
 class ServePrecision(str, Enum):
@@ -42,6 +44,16 @@ class BatchingChoice(str, Enum):
 def _put(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
     if value is not None:
         tree.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
+
+
+def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: int | None,
+                    acceptance_rate: float | None, prefill_replicas: int | None, decode_replicas: int | None) -> None:
+    """Speculative decoding and disaggregation from their flags, when any is given."""
+    if draft_model is not None:
+        tree["speculative"] = {"draft_model": draft_model, **({"num_tokens": spec_tokens} if spec_tokens else {}),
+                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {})}
+    if prefill_replicas is not None or decode_replicas is not None:
+        tree["disaggregation"] = {"prefill_replicas": prefill_replicas or 1, "decode_replicas": decode_replicas or 1}
 
 
 def _progress_bar(console: Console, total_hint: str):
@@ -85,6 +97,18 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     acceptance_rate: Optional[float] = Opt(None, help="Speculative decoding: per-token acceptance probability."),
     prefill_replicas: Optional[int] = Opt(None, help="Disaggregation: prefill-only replicas."),
     decode_replicas: Optional[int] = Opt(None, help="Disaggregation: decode-only replicas."),
+    node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node)."),
+    offload_weights: Optional[str] = Opt(None, help="Stream weights from host memory or NVMe per layer: none, cpu, nvme."),
+    streamed: Optional[str] = Opt(None, help="What is streamed: all weights, or only the routed experts (MoE)."),
+    resident_fraction: Optional[float] = Opt(None, help="Share of the streamed weights (layers, or each layer's "
+                                                         "most popular experts) kept on the GPU."),
+    offload_kv: Optional[str] = Opt(None, help="KV cache home: gpu, or cpu (decode attention on the CPU)."),
+    offload_micro_batches: Optional[int] = Opt(None, help="Micro-batches per offloaded iteration (CPU attention "
+                                                           "overlaps GPU work across them)."),
+    pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
+    expert_popularity: Optional[str] = Opt(None, help="Routing distribution over experts: uniform or zipf."),
+    zipf_exponent: Optional[float] = Opt(None, help="Exponent of the Zipf expert popularity."),
+    routing_trace: Optional[Path] = Opt(None, help="CSV of routed experts (layer, expert) for the expert cache."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
@@ -97,8 +121,14 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         tree["model"] = model
     if framework is not None:
         tree["framework"] = framework
-    for key, value in (("gpu", gpu), ("profile", str(profile) if profile else None)):
+    for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
         _put(tree, "hardware", key, value)
+    for key, value in (("weights", offload_weights), ("streamed", streamed), ("resident_fraction", resident_fraction),
+                       ("kv_cache", offload_kv), ("micro_batches", offload_micro_batches),
+                       ("pinned", None if pageable is None else not pageable),
+                       ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
+                       ("routing_trace", str(routing_trace) if routing_trace else None)):
+        _put(tree, "offload", key, value)
     for key, value in (("tp", tp), ("pp", pp), ("ep", ep), ("replicas", replicas), ("precision", precision),
                        ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
@@ -112,11 +142,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         _put(tree, "workload", key, value)
     _put(tree, "slo", "ttft_ms", ttft_slo)
     _put(tree, "slo", "tpot_ms", tpot_slo)
-    if draft_model is not None:
-        tree["speculative"] = {"draft_model": draft_model, **({"num_tokens": spec_tokens} if spec_tokens else {}),
-                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {})}
-    if prefill_replicas is not None or decode_replicas is not None:
-        tree["disaggregation"] = {"prefill_replicas": prefill_replicas or 1, "decode_replicas": decode_replicas or 1}
+    _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, prefill_replicas, decode_replicas)
     dep = tree.get("deployment", {})
     per_replica = dep.get("tp", 1) * dep.get("pp", 1)
     if gpus is not None:
@@ -164,6 +190,11 @@ def _render(r, trace_out: Path | None) -> None:
     console.print(f"KV cache: {r.kv_cache_capacity_tokens:,} tokens per engine, peak use {r.kv_cache_peak_fraction:.0%}"
                   f", {r.preemptions} preemption(s)")
     console.print("memory per GPU (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in r.memory_gb_per_gpu.items()))
+    if r.binding_resource != "gpu" or r.memory_gb_per_tier["host"] or r.memory_gb_per_tier["nvme"]:
+        console.print("memory per tier (GB, per GPU): " + ", ".join(
+            f"{k} {v:.1f} of {r.tier_capacity_gb[k]:.0f}" for k, v in r.memory_gb_per_tier.items()))
+        console.print(f"bound by: {RESOURCE_LABELS.get(r.binding_resource, r.binding_resource)}; busy "
+                      + ", ".join(f"{RESOURCE_LABELS.get(k, k)} {v:.1f} s" for k, v in r.resource_busy_s.items() if v))
     console.print(f"bottleneck: {r.bottleneck}")
     for a in r.assumptions:
         console.print(f"  assumes: {a}")

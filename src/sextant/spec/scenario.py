@@ -90,6 +90,12 @@ def base_tree(scenario: Path | None, model: str | None, gpu: str | None) -> dict
     return {}
 
 
+#: CLI flags whose names differ from their scenario keys, by (section, key).
+RENAMED_FLAGS = {("offload", "weights"): "--offload-weights", ("offload", "kv_cache"): "--offload-kv",
+                 ("offload", "micro_batches"): "--offload-micro-batches", ("offload", "pinned"): "--pageable",
+                 ("speculative", "num_tokens"): "--spec-tokens"}
+
+
 def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> S:
     """Validate a scenario tree as ``model``. ``from_flags``: name the offending CLI flag
     (``--tp``) rather than its path in the scenario (``strategy.tp``)."""
@@ -98,7 +104,8 @@ def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario"
     except ValidationError as err:
         if from_flags:
             first = err.errors()[0]
-            flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else source
+            loc = tuple(str(p) for p in first["loc"])
+            flag = (RENAMED_FLAGS.get(loc[-2:]) or "--" + loc[-1].replace("_", "-")) if loc else source
             got = f" (got {first['input']!r})" if "input" in first else ""
             raise ScenarioError(f"{first['msg']}{got}", field=flag) from None
         raise ScenarioError(format_validation_error(err), field=source) from None
