@@ -392,3 +392,12 @@ def test_inconsistent_heads_is_an_import_error() -> None:
 
 def test_opt_with_projected_embeddings_is_refused() -> None:
     assert "word_embed_proj_dim" in _one_line_error({**_load("opt-66b"), "word_embed_proj_dim": 512})
+
+
+def test_a_bloom_config_imports_as_the_native_bloom() -> None:
+    # bigscience/bloom config.json keys (n_embed, n_layer, n_head); ALiBi, 4h GeLU MLP, tied embeddings.
+    imported = model_from_hf_config({"model_type": "bloom", "n_embed": 14336, "n_layer": 70, "n_head": 112,
+                                     "vocab_size": 250880}, name="bloom-import")
+    native = get_model("bloom-176b")
+    assert imported.position_embedding == "alibi"
+    assert count_params(imported).total == pytest.approx(count_params(native).total, rel=1e-6)

@@ -1,4 +1,5 @@
-"""One serving engine: its scheduler, its paged KV cache, and the cost of each iteration.
+"""One serving engine: its scheduler and its paged KV cache, charging each iteration what
+:class:`~sextant.serve.iteration.IterationCost` says it costs.
 
 The engine advances one *iteration* at a time (one forward pass over a batch). Per-request work
 happens only at events (admission, end of prefill, preemption, finish), never per token, so that
@@ -34,98 +35,11 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from sextant.cost.inference import (
-    Layout,
-    attention_efficiency_ratio,
-    attention_rates,
-    output_head_time,
-    token_time,
-)
-from sextant.cost.streaming import Streaming
-from sextant.spec.model import ModelSpec
+from sextant.serve.iteration import IterationCost
 
 WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
 #: Fraction of KV blocks vLLM keeps free when admitting prompts (``watermark``, 1%).
 ADMISSION_WATERMARK = 0.01
-#: Largest token count tabulated up front; larger iterations are computed and memoized.
-TABLE_TOKENS = 16384
-
-
-class IterationCost:
-    """Seconds of an iteration from its token count, sampled sequences and attention work, by
-    part; built from the shared cost functions of :mod:`sextant.cost.inference` (tabulated)."""
-
-    PARTS = ("gemm", "elementwise", "communication", "attention", "offload_wait", "host_overhead")
-    #: Resources an offloaded iteration keeps busy (see :mod:`sextant.cost.streaming`).
-    RESOURCES = ("gpu", "host_to_gpu", "gpu_to_host", "cpu")
-
-    def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int,
-                 stream: Streaming | None = None) -> None:
-        self.model, self.lay, self.stream = model, lay, stream
-        n = min(max(max_tokens, 1), TABLE_TOKENS)
-        parts = token_time(model, lay, np.arange(1, n + 1, dtype=float), 0.0)
-        self._gemm = [0.0, *parts["gemm"].tolist()]
-        self._ew = [0.0, *parts["elementwise"].tolist()]
-        self._comm = [0.0, *parts["communication"].tolist()]
-        self._head = [0.0, *output_head_time(model, lay, np.arange(1, max(max_seqs, 1) + 1, dtype=float)).tolist()]
-        self._extra: dict[int, tuple[float, float, float]] = {}
-        rates = attention_rates(model, lay)
-        self.rates = rates
-        self.decode_per_ctx = max(rates.pair_s, rates.kv_read_s)
-        self.write_s = rates.write_s
-        self.launch_s = rates.launch_s
-        p = lay.dev.profile
-        self.host_s = model.num_layers * p.layer_overhead_s
-        self.host_sync = lay.dev.host_synchronous
-        self.iteration_overhead_s = lay.iteration_overhead_s
-        self.has_table = lay.dev.attention_table is not None
-
-    def token_parts(self, tokens: int) -> tuple[float, float, float]:
-        if tokens < len(self._gemm):
-            return self._gemm[tokens], self._ew[tokens], self._comm[tokens]
-        hit = self._extra.get(tokens)
-        if hit is None:
-            parts = token_time(self.model, self.lay, float(tokens), 0.0)
-            hit = (float(parts["gemm"]), float(parts["elementwise"]), float(parts["communication"]))
-            self._extra[tokens] = hit
-        return hit
-
-    def head(self, sequences: int) -> float:
-        if sequences < len(self._head):
-            return self._head[sequences]
-        return float(output_head_time(self.model, self.lay, float(sequences)))
-
-    def efficiency_ratio(self, seq: float) -> float:
-        return float(attention_efficiency_ratio(self.model, self.lay, seq)) if self.has_table else 1.0
-
-    def prefill_attention(self, new: float, cached: float, ratio: float = 1.0) -> float:
-        r = self.rates
-        pairs = new * cached + 0.5 * new * new
-        return max(r.pair_s / ratio * pairs, r.kv_read_s * cached) + r.write_s * new
-
-    def host(self, device_s: float) -> float:
-        added = self.host_s if self.host_sync else max(self.host_s - device_s, 0.0)
-        return added + self.iteration_overhead_s
-
-    def offloaded(self, gpu_s: float, tokens: int, decode_context: float, decode_seqs: int,
-                  new_tokens: int, cached_prefill_tokens: float) -> tuple[float, float, dict[str, float]]:
-        """(CPU attention seconds the GPU no longer does, iteration device seconds, busy seconds per
-        resource) of an iteration whose weights or KV cache are streamed; ``gpu_s`` is the GPU work
-        as if nothing were offloaded, its decode attention included."""
-        st = self.stream
-        assert st is not None
-        moved = 0.0
-        cpu = 0.0
-        if st.cpu_per_context_s:
-            moved = self.decode_per_ctx * decode_context + self.write_s * decode_seqs if decode_seqs else 0.0
-            cpu = st.cpu_per_context_s * decode_context
-        gpu = gpu_s - moved
-        fetch = float(st.fetch_s(tokens)) + st.kv_from_host_per_token_s * cached_prefill_tokens
-        to_host = st.kv_to_host_per_token_s * new_tokens
-        device = st.iteration_s(gpu, cpu, fetch, to_host)
-        return moved, device, {"gpu": gpu, "host_to_gpu": fetch, "gpu_to_host": to_host, "cpu": cpu}
 
 
 @dataclass

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 from sextant.cost.params import count_params
 from sextant.errors import SpecError
 from sextant.serve.deploy import Resolved, kv_transfer_seconds, resolve
-from sextant.serve.engine import EngineConfig, IterationCost
+from sextant.serve.engine import EngineConfig
+from sextant.serve.iteration import IterationCost
 from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
 from sextant.spec.serving import ServeScenario

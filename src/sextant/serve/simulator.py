@@ -11,7 +11,8 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sextant.serve.engine import Engine, EngineConfig, Iteration, IterationCost, RequestTable
+from sextant.serve.engine import Engine, EngineConfig, Iteration, RequestTable
+from sextant.serve.iteration import IterationCost
 from sextant.serve.requests import Requests
 
 ARRIVAL, ENGINE_DONE, KV_READY = 0, 1, 2
