@@ -59,6 +59,7 @@ class Streaming:
     kv_to_host_per_token_s: float  # writing one new token's keys and values to the host; 0: GPU
     kv_from_host_per_token_s: float  # reading one cached token's keys and values back (prefill chunks)
     expert_hit_rate: float  # routing mass the GPU's expert cache serves (1 with no expert streaming)
+    fetch_resource: str = "host_to_gpu"  # what limits the fetch: the host link, or "nvme"
 
     def fetch_s(self, tokens) -> np.ndarray:
         """Seconds of host-link transfer of the weights an iteration over ``tokens`` tokens needs."""

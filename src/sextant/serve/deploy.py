@@ -168,7 +168,8 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     gpu = cluster.gpu
     dev, head = serving_device(gpu, profile, dep.precision,
                                weight_bytes("w4a16", dep.weight_group_size, dep.weight_zero_point))
-    fabric = comm.Fabric.of(ClusterSpec(node=cluster.node, gpu=gpu, num_gpus=min(needed, hw.gpus)), profile)
+    used = ClusterSpec(node=cluster.node, gpu=gpu, num_gpus=min(needed, hw.gpus))
+    fabric = comm.Fabric.of(used, profile)
     overhead_ms = sched.iteration_overhead_ms or 0.0
     kv_bytes = KV_BYTES[dep.resolved_kv_precision]
     layout = Layout(dev=dev, tp=dep.tp, pp=dep.pp, ep=dep.ep, kv_bytes=kv_bytes,
@@ -179,8 +180,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     token_budget = sched.token_budget or (8192 if sched.batching == "chunked" else max(8192, longest_prompt))
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
     longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
-    offload = plan_offload(scenario, model, layout, ClusterSpec(node=cluster.node, gpu=gpu, num_gpus=min(needed, hw.gpus)),
-                           profile, longest_batch_tokens)
+    offload = plan_offload(scenario, model, layout, used, profile, longest_batch_tokens)
     weights = offload.gpu_weight_bytes
     draft_layout = draft_model = None
     if scenario.speculative is not None:

@@ -337,18 +337,11 @@ class Engine:
         ew += tew
         comm += tcomm + swap_s
         device = gemm + ew + comm + attention
-        wait = 0.0
-        if cost.stream is not None:
-            cached = float(sum(r.done[rid] for rid, _ in chunks))
-            moved, streamed, busy = cost.offloaded(device, dec_tokens + prefill_tokens,
-                                                   self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
-                                                   prefill_tokens + n_dec, cached)
-            attention -= moved
-            wait = streamed - (device - moved)
-            device = streamed
-            self._add_busy(busy)
-        else:
-            self.resource_busy["gpu"] += device
+        cached = float(sum(r.done[rid] for rid, _ in chunks)) if cost.stream is not None else 0.0
+        device, moved, wait = self._charge(device, dec_tokens + prefill_tokens,
+                                           self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
+                                           prefill_tokens + n_dec, cached)
+        attention -= moved
         host = cost.host(device)
         duration = device + host
         self._account(gemm, ew, comm, attention, host, wait)
@@ -496,13 +489,7 @@ class Engine:
                                         for rid in batch)
         gemm = g + cost.head(n)
         device = gemm + ew + comm + attention
-        wait = 0.0
-        if cost.stream is not None:
-            _, streamed, busy = cost.offloaded(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
-            wait, device = streamed - device, streamed
-            self._add_busy(busy)
-        else:
-            self.resource_busy["gpu"] += device
+        device, _, wait = self._charge(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
         host = cost.host(device)
         self._account(gemm, ew, comm, attention, host, wait)
         first_token_at = now + device + host
@@ -520,14 +507,9 @@ class Engine:
             att = cost.decode_per_ctx * (ctx0 + n * j)
             device = fixed + att
             step_attention = att + cost.write_s * n + cost.launch_s
-            if cost.stream is not None:
-                moved, streamed, busy = cost.offloaded(device, n, ctx0 + n * j, n, n, 0.0)
-                step_attention -= moved
-                wait += streamed - (device - moved)
-                device = streamed
-                self._add_busy(busy)
-            else:
-                self.resource_busy["gpu"] += device
+            device, moved, step_wait = self._charge(device, n, ctx0 + n * j, n, n, 0.0)
+            step_attention -= moved
+            wait += step_wait
             host = cost.host(device)
             if self.trace is not None:
                 self.trace.append(Iteration(t, device + host, n, 0, 0))
@@ -551,9 +533,18 @@ class Engine:
         p["host_overhead"] += host
         p["offload_wait"] += wait
 
-    def _add_busy(self, busy: dict[str, float]) -> None:
+    def _charge(self, device: float, tokens: int, decode_context: float, decode_seqs: int, new_tokens: int,
+                cached_prefill_tokens: float) -> tuple[float, float, float]:
+        """(device seconds, decode attention seconds moved to the CPU, seconds the GPU waits) of an
+        iteration whose GPU work without offloading is ``device``; records each resource's busy time."""
+        if self.cost.stream is None:
+            self.resource_busy["gpu"] += device
+            return device, 0.0, 0.0
+        moved, streamed, busy = self.cost.offloaded(device, tokens, decode_context, decode_seqs, new_tokens,
+                                                    cached_prefill_tokens)
         for k, v in busy.items():
             self.resource_busy[k] += v
+        return streamed, moved, streamed - (device - moved)
 
     def _complete_static(self, plan: tuple) -> list[int]:
         _, batch, step_end = plan

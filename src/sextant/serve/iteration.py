@@ -25,7 +25,7 @@ class IterationCost:
 
     PARTS = ("gemm", "elementwise", "communication", "attention", "offload_wait", "host_overhead")
     #: Resources an offloaded iteration keeps busy (see :mod:`sextant.cost.streaming`).
-    RESOURCES = ("gpu", "host_to_gpu", "gpu_to_host", "cpu")
+    RESOURCES = ("gpu", "host_to_gpu", "nvme", "gpu_to_host", "cpu")
 
     def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int,
                  stream: Streaming | None = None) -> None:
@@ -91,4 +91,4 @@ class IterationCost:
         fetch = float(st.fetch_s(tokens)) + st.kv_from_host_per_token_s * cached_prefill_tokens
         to_host = st.kv_to_host_per_token_s * new_tokens
         device = st.iteration_s(gpu, cpu, fetch, to_host)
-        return moved, device, {"gpu": gpu, "host_to_gpu": fetch, "gpu_to_host": to_host, "cpu": cpu}
+        return moved, device, {"gpu": gpu, st.fetch_resource: fetch, "gpu_to_host": to_host, "cpu": cpu}

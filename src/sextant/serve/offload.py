@@ -44,7 +44,6 @@ class OffloadPlan:
     kv_on_host: bool
     host_kv_capacity_bytes: float  # host memory left for the KV cache (kv_on_host only)
     tiers: TierRates
-    fetch_bytes_per_s: float
     description: list[str]
 
     @property
@@ -76,7 +75,7 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
     tiers = tier_rates(cluster, profile)
     weights = weight_bytes_per_gpu(model, layout)
     if not off.active:
-        return OffloadPlan(None, weights, 0.0, 0.0, False, 0.0, tiers, 0.0, [])
+        return OffloadPlan(None, weights, 0.0, 0.0, False, 0.0, tiers, [])
     _check(scenario, model, off)
     if off.weights == "nvme" and not tiers.has_nvme:
         raise SpecError(f"the {cluster.node.name} node has no NVMe drives to hold the weights", field="weights")
@@ -152,7 +151,8 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
         miss_tokens=grid_tokens if grid_tokens is not None else np.zeros(0),
         miss_experts=grid_misses if grid_misses is not None else np.zeros(0),
         cpu_per_context_s=cpu_per_ctx, kv_to_host_per_token_s=to_host, kv_from_host_per_token_s=from_host,
-        expert_hit_rate=hits)
+        expert_hit_rate=hits,
+        fetch_resource="nvme" if off.weights == "nvme" and rate < tiers.host_to_gpu else "host_to_gpu")
     return OffloadPlan(stream, resident + buffers, host_weights, nvme_weights, kv_on_host,
-                       tiers.host_capacity - host_weights, tiers, rate, description)
+                       tiers.host_capacity - host_weights, tiers, description)
 

@@ -195,8 +195,6 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
     for e in engines:
         for k, v in e.resource_busy.items():
             busy[k] = busy.get(k, 0.0) + v
-    if off.offloaded and sc.offload.weights == "nvme" and off.fetch_bytes_per_s < off.tiers.host_to_gpu:
-        busy["nvme"] = busy.pop("host_to_gpu")
     binding = max(busy, key=busy.get) if off.offloaded else "gpu"
     assumptions = [
         f"batching {sched.batching}; KV allocation {'reserved' if engine_reserve(sc) else 'on demand'} in "
