@@ -177,3 +177,36 @@ def test_nvme_needs_drives():
                                        "strategy": {"zero": 1, "offload_optimizer": "nvme"}})
     with pytest.raises(SpecError, match="no NVMe"):
         predict_train(sc)
+
+
+def test_optimizer_overlapping_the_backward_hides_its_time():
+    """Fuyou: each layer's update starts when its last gradient is on the host. The step gets
+    shorter but never shorter than the micro-batches alone, and the trace shows a CPU update
+    running while the GPU is still in the backward."""
+    fuyou = {"overlap": {"optimizer_with_backward": True}}
+    for mode in ("cpu", "nvme"):
+        after = predict_train(scenario(strategy={"offload_optimizer": mode, "zero": 3, "offload_params": "cpu"}))
+        during = predict_train(scenario(strategy={"offload_optimizer": mode, "zero": 3, "offload_params": "cpu",
+                                                  **fuyou}))
+        assert during.step_time_s < after.step_time_s
+        work = after.step_time_s - after.time_breakdown_s["optimizer"]
+        assert during.step_time_s >= work - 1e-9
+        assert during.time_breakdown_s["optimizer"] < 0.5 * after.time_breakdown_s["optimizer"]
+        assert during.resource_busy_s["cpu"] == pytest.approx(after.resource_busy_s["cpu"])
+
+
+def test_trace_of_the_overlapped_optimizer(tmp_path):
+    path = tmp_path / "fuyou.json"
+    args = ["predict", "train", "--model", "gpt-zero-offload-10b", "--gpu", "v100-32gb", "--gpus", "1",
+            "--global-batch", "4", "--micro-batch", "2", "--seq-len", "1024", "--precision", "fp16", "--zero", "3",
+            "--offload-optimizer", "cpu", "--offload-params", "cpu", "--framework", "fuyou-2024",
+            "--trace-out", str(path)]
+    assert main(args) == 0
+    trace = json.loads(path.read_text())
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    backward = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["name"].startswith("backward")]
+    adam = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["name"].startswith("CPU Adam")]
+    assert len(adam) == 50 and "overlapping" in trace["otherData"]["shown"]
+    assert any(a < d and c < b for a, b in backward for c, d in adam)  # an update runs during a backward
+    # The first micro-batch is drawn once, the last (with the updates) after it.
+    assert sum(e["name"] == "backward L0" for e in events) == 2

@@ -34,6 +34,10 @@ class Overlap(Spec):
     dp_param_gather: bool = True
     tp_comm: bool = False
     pp_p2p: bool = True
+    #: An offloaded optimizer updates each layer as soon as its final gradient is on the host,
+    #: during the rest of the last backward (Fuyou, Liao et al. 2024, arXiv:2403.06504), instead
+    #: of after the last backward (ZeRO-Offload, ZeRO-Infinity).
+    optimizer_with_backward: bool = False
     #: Fraction of the shorter of (communication, compute it overlaps with) that is actually
     #: hidden: 1.0 is perfect overlap; less models streams contending for SMs and memory, and
     #: prefetching that starts late.

@@ -29,6 +29,12 @@ The tasks, after the systems they model:
   "infinity offload engine", pipelined over sub-groups: read, update, write); or interleaved
   (Deep Optimizer States, Maurya et al. 2024): each layer's update goes to whichever of the CPU
   or the GPU (its state copied in over PCIe and back out) would finish it first.
+- Or, where the framework overlaps them (``overlap.optimizer_with_backward``; Fuyou, Liao et
+  al. 2024, arXiv:2403.06504, section 4: "synchronous out-of-core CPU Adam overlapped with
+  backward propagation"), each layer's update starts as soon as its last micro-batch's gradient
+  is on the host, while the backward goes on below it. The update is still synchronous (the next
+  step's forward waits for it); what it hides is its own time behind the last backward, and it
+  competes with that backward's prefetches for the link and the drives.
 - Zeroth-order fine-tuning (MeZO, Malladi et al. 2023; ZO2, Wang et al. 2025): no backward; each
   layer runs two perturbed forwards and its in-place update while its parameters are on the GPU,
   then, when they live in host memory, is written back (ZO2 section 4: one upload and one
@@ -73,6 +79,7 @@ class Event:
     start: float
     end: float
     phase: str
+    last: bool = False  # on the timeline of the last micro-batch (overlapped optimizer)
 
 
 @dataclass
@@ -143,6 +150,7 @@ class OffloadInputs:
     params: np.ndarray  # codes: 0 GPU, 1 host, 2 NVMe
     activations: np.ndarray  # codes: 0 GPU, 1 host, 2 NVMe
     zeroth_order: bool = False
+    optimizer_with_backward: bool = False
 
 
 @dataclass
@@ -174,11 +182,10 @@ def _flush(tl: Timeline, nbytes, code, rates: TierRates, ready, label: str) -> t
     return out, rest
 
 
-def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False) -> OffloadTimes:
-    """Simulate one micro-batch and the optimizer phase (see the module docstring)."""
-    n = len(x.fwd)
-    tl = Timeline(n, record)
-    L = x.layers
+def _microbatch(tl: Timeline, x: OffloadInputs, rates: TierRates, after_gradient=None) -> None:
+    """Queue one micro-batch's forward and backward; ``after_gradient(i, ready)`` queues what
+    follows layer ``i``'s gradient reaching the host (the overlapped optimizer of the last one)."""
+    n, L = len(x.fwd), x.layers
     zero = np.zeros(n)
     par, act, opt = x.params, x.activations, x.optimizer
 
@@ -188,11 +195,13 @@ def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False
     act_out = [zero] * L  # activation copy-out end per layer (frees its staging buffer)
     act_rest = [zero] * L  # activations at rest in their tier (ready to be read back)
     t = tl.run("gpu", x.pre, name="embedding")
-    fetched = {0: _fetch(tl, x.weight_bytes, par, rates, zero, "weights L0")}
+    depth = BUFFERS - 1
+    fetched = {j: _fetch(tl, x.weight_bytes, par, rates, zero, f"weights L{j}") for j in range(min(depth, L))}
     for i in range(L):
-        if i + 1 < L:  # prefetch the next layer once the layer two back has freed its buffer
-            fetched[i + 1] = _fetch(tl, x.weight_bytes, par, rates, weights_free[i - 1] if i >= 1 else zero,
-                                    f"weights L{i + 1}")
+        j = i + depth
+        if j < L:  # prefetch ``depth`` layers ahead once the layer BUFFERS back has freed its buffer
+            fetched[j] = _fetch(tl, x.weight_bytes, par, rates, weights_free[i - 1] if i >= 1 else zero,
+                                f"weights L{j}")
         staging = act_out[i - BUFFERS] if i >= BUFFERS else zero
         t = tl.run("gpu", x.fwd, t, fetched.pop(i), staging, name=f"forward L{i}")
         if x.zeroth_order:  # the updated layer goes back to its tier before its buffer is reused
@@ -201,80 +210,127 @@ def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False
             weights_free[i] = t
             act_out[i], act_rest[i] = _flush(tl, x.act_bytes, act, rates, t, f"activations L{i}")
     t = tl.run("gpu", x.mid, t, name="output layer and loss")
+    if x.zeroth_order:
+        return
 
     # ---- backward -----------------------------------------------------------------------------
-    if not x.zeroth_order:
-        tl.phase = "backward"
-        bwd_done: dict[int, np.ndarray] = {}
-        grad_out: dict[int, np.ndarray] = {}
-        opt_on_host = opt >= 1
+    tl.phase = "backward"
+    bwd_done: dict[int, np.ndarray] = {}
+    grad_out: dict[int, np.ndarray] = {}
+    opt_on_host = opt >= 1
 
-        def fetch_layer(i: int, ready) -> np.ndarray:
-            w = _fetch(tl, x.weight_bytes, par, rates, ready, f"weights L{i}")
-            a = _fetch(tl, x.act_bytes, act, rates, np.maximum(ready, act_rest[i]), f"activations L{i}")
-            return np.maximum(w, a)
+    def fetch_layer(i: int, ready) -> np.ndarray:
+        w = _fetch(tl, x.weight_bytes, par, rates, ready, f"weights L{i}")
+        a = _fetch(tl, x.act_bytes, act, rates, np.maximum(ready, act_rest[i]), f"activations L{i}")
+        return np.maximum(w, a)
 
-        pending = {L - 1: fetch_layer(L - 1, zero)}
-        for i in range(L - 1, -1, -1):
-            if i >= 1:  # prefetch the layer below once the layer two above has freed its buffers
-                pending[i - 1] = fetch_layer(i - 1, bwd_done.get(i + 1, zero))
-            grad_buffer = grad_out.get(i + BUFFERS, zero)
-            t = tl.run("gpu", x.bwd, t, pending.pop(i), grad_buffer, name=f"backward L{i}")
-            bwd_done[i] = t
-            grad_out[i] = tl.run("gpu_to_host", np.where(opt_on_host, x.grad_bytes / rates.gpu_to_host, 0.0), t,
-                                 name=f"store gradients L{i}")
+    depth = BUFFERS - 1
+    pending = {j: fetch_layer(j, zero) for j in range(L - 1, max(L - 1 - depth, -1), -1)}
+    for i in range(L - 1, -1, -1):
+        j = i - depth
+        if j >= 0:  # prefetch ``depth`` layers below once the layer BUFFERS above has freed its buffers
+            pending[j] = fetch_layer(j, bwd_done.get(i + 1, zero))
+        grad_buffer = grad_out.get(i + BUFFERS, zero)
+        t = tl.run("gpu", x.bwd, t, pending.pop(i), grad_buffer, name=f"backward L{i}")
+        bwd_done[i] = t
+        grad_out[i] = tl.run("gpu_to_host", np.where(opt_on_host, x.grad_bytes / rates.gpu_to_host, 0.0), t,
+                             name=f"store gradients L{i}")
+        if after_gradient is not None:
+            after_gradient(i, grad_out[i])
+            tl.phase = "backward"
+
+
+class _OptimizerStep:
+    """Queues the optimizer's work for one layer, in the order the gradients arrive: on the GPU
+    (no offload); on the CPU, the updated 16-bit parameters copied back as each layer finishes
+    (ZeRO-Offload); on the CPU with the state read from and written back to NVMe (ZeRO-Infinity);
+    or interleaved, each layer on whichever of the CPU and the GPU would finish it first (Deep
+    Optimizer States)."""
+
+    def __init__(self, tl: Timeline, x: OffloadInputs, rates: TierRates) -> None:
+        self.tl, self.x, self.rates = tl, x, rates
+        par = x.params
+        self.cpu_s = x.opt_params / rates.cpu_adam_params_per_s
+        self.state = x.opt_params * x.opt_state_bytes
+        self.back_to_gpu = np.where(par == 0, x.weight_bytes / rates.host_to_gpu, 0.0)
+        self.to_nvme = np.where(par == 2, x.weight_bytes / max(rates.nvme_write, 1e-30), 0.0)
+        # The GPU path of the interleaved update: state and gradient in, update, state out.
+        self.gpu_in = (self.state + x.grad_bytes) / rates.host_to_gpu
+        self.gpu_out = self.state / rates.gpu_to_host
+        self.interleaved = bool((x.optimizer == 3).any())
+        self.cpu_done: dict[int, np.ndarray] = {}
+        self.ends: list[np.ndarray] = []
+
+    def layer(self, i: int, ready: np.ndarray) -> None:
+        tl, x, rates, opt = self.tl, self.x, self.rates, self.x.optimizer
+        tl.phase = "optimizer"
+        if self.interleaved:
+            est_cpu = np.maximum(tl.free["cpu"], ready) + self.cpu_s + self.back_to_gpu
+            est_gpu = np.maximum(np.maximum(tl.free["host_to_gpu"], ready) + self.gpu_in, tl.free["gpu"]) + x.gpu_opt
+            on_gpu = (opt == 3) & (est_gpu < est_cpu)
+        else:
+            on_gpu = np.zeros(len(ready), bool)
+        on_cpu = (opt >= 1) & ~on_gpu
+        buffer = np.maximum(self.cpu_done.get(i + BUFFERS, ready), ready)
+        read = tl.run("nvme", np.where(opt == 2, self.state / max(rates.nvme_read, 1e-30), 0.0), buffer,
+                      name=f"read optimizer state L{i}")
+        cpu = tl.run("cpu", np.where(on_cpu, self.cpu_s, 0.0), read, name=f"CPU Adam L{i}")
+        self.cpu_done[i] = cpu
+        written = tl.run("nvme", np.where(opt == 2, self.state / max(rates.nvme_write, 1e-30), 0.0), cpu,
+                         name=f"write optimizer state L{i}")
+        params_back = tl.run("host_to_gpu", np.where(on_cpu, self.back_to_gpu, 0.0), cpu,
+                             name=f"load updated weights L{i}")
+        params_nvme = tl.run("nvme", np.where(on_cpu, self.to_nvme, 0.0), cpu, name=f"write updated weights L{i}")
+        state_in = tl.run("host_to_gpu", np.where(on_gpu, self.gpu_in, 0.0), ready, name=f"load optimizer state L{i}")
+        gpu = tl.run("gpu", np.where(opt == 0, x.gpu_opt, np.where(on_gpu, x.gpu_opt, 0.0)), state_in,
+                     name=f"GPU Adam L{i}")
+        state_out = tl.run("gpu_to_host", np.where(on_gpu, self.gpu_out, 0.0), gpu, name=f"store optimizer state L{i}")
+        self.ends += [written, params_back, params_nvme, state_out, gpu]
+
+
+def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False) -> OffloadTimes:
+    """Simulate one micro-batch and the optimizer phase (see the module docstring).
+
+    ``optimizer_s`` is what the optimizer adds to the step beyond ``m`` micro-batches: the whole
+    phase after the last backward, or, when ``x.optimizer_with_backward``, how much longer the
+    last micro-batch runs with the updates overlapping its backward."""
+    n = len(x.fwd)
+    tl = Timeline(n, record)
+    _microbatch(tl, x, rates)
     microbatch = tl.barrier()
     busy_microbatch = {r: v.copy() for r, v in tl.busy.items()}
 
-    # ---- optimizer step -----------------------------------------------------------------------
-    tl.phase = "optimizer"
-    start = microbatch
     if x.zeroth_order:
-        optimizer_end = start
-    else:
-        cpu_s = x.opt_params / rates.cpu_adam_params_per_s
-        state = x.opt_params * x.opt_state_bytes
-        back_to_gpu = np.where(par == 0, x.weight_bytes / rates.host_to_gpu, 0.0)
-        to_nvme = np.where(par == 2, x.weight_bytes / max(rates.nvme_write, 1e-30), 0.0)
-        # The GPU path of the interleaved update: state and gradient in, update, state out.
-        gpu_in = (state + x.grad_bytes) / rates.host_to_gpu
-        gpu_out = state / rates.gpu_to_host
-        cpu_done = {}
-        ends = [start]
-        interleaved = bool((opt == 3).any())
-        for i in range(L - 1, -1, -1):
-            ready = start
-            if interleaved:
-                est_cpu = np.maximum(tl.free["cpu"], ready) + cpu_s + back_to_gpu
-                est_gpu = np.maximum(np.maximum(tl.free["host_to_gpu"], ready) + gpu_in, tl.free["gpu"]) + x.gpu_opt
-                on_gpu = (opt == 3) & (est_gpu < est_cpu)
-            else:
-                on_gpu = np.zeros(n, bool)
-            on_cpu = (opt >= 1) & ~on_gpu
-            buffer = cpu_done.get(i + BUFFERS, ready)
-            read = tl.run("nvme", np.where(opt == 2, state / max(rates.nvme_read, 1e-30), 0.0), buffer,
-                          name=f"read optimizer state L{i}")
-            cpu = tl.run("cpu", np.where(on_cpu, cpu_s, 0.0), read, name=f"CPU Adam L{i}")
-            cpu_done[i] = cpu
-            written = tl.run("nvme", np.where(opt == 2, state / max(rates.nvme_write, 1e-30), 0.0), cpu,
-                             name=f"write optimizer state L{i}")
-            params_back = tl.run("host_to_gpu", np.where(on_cpu, back_to_gpu, 0.0), cpu, name=f"load updated weights L{i}")
-            params_nvme = tl.run("nvme", np.where(on_cpu, to_nvme, 0.0), cpu, name=f"write updated weights L{i}")
-            state_in = tl.run("host_to_gpu", np.where(on_gpu, gpu_in, 0.0), ready, name=f"load optimizer state L{i}")
-            gpu = tl.run("gpu", np.where(opt == 0, x.gpu_opt, np.where(on_gpu, x.gpu_opt, 0.0)), state_in,
-                         name=f"GPU Adam L{i}")
-            state_out = tl.run("gpu_to_host", np.where(on_gpu, gpu_out, 0.0), gpu, name=f"store optimizer state L{i}")
-            ends += [written, params_back, params_nvme, state_out, gpu]
-        optimizer_end = np.max(np.stack(ends), axis=0)
+        return OffloadTimes(microbatch_s=microbatch, optimizer_s=np.zeros(n), busy_microbatch_s=busy_microbatch,
+                            busy_optimizer_s={r: np.zeros(n) for r in RESOURCES}, events=tl.events)
+    if x.optimizer_with_backward:
+        # The last micro-batch on a fresh timeline, each layer's update queued as its gradient
+        # reaches the host (Fuyou): same resources, so the update competes with the backward's
+        # prefetches for the link and the drives.
+        last = Timeline(n, record)
+        step = _OptimizerStep(last, x, rates)
+        _microbatch(last, x, rates, after_gradient=step.layer)
+        end = np.max(np.stack([last.barrier(), *step.ends]), axis=0)
+        for e in last.events:
+            e.last = True
+        busy_optimizer = {r: last.busy[r] - busy_microbatch[r] for r in RESOURCES}
+        return OffloadTimes(microbatch_s=microbatch, optimizer_s=end - microbatch, busy_microbatch_s=busy_microbatch,
+                            busy_optimizer_s=busy_optimizer, events=tl.events + last.events)
+
+    step = _OptimizerStep(tl, x, rates)
+    for i in range(x.layers - 1, -1, -1):
+        step.layer(i, microbatch)
+    end = np.max(np.stack([microbatch, *step.ends]), axis=0)
     busy_optimizer = {r: tl.busy[r] - busy_microbatch[r] for r in RESOURCES}
-    return OffloadTimes(microbatch_s=microbatch, optimizer_s=optimizer_end - start, busy_microbatch_s=busy_microbatch,
+    return OffloadTimes(microbatch_s=microbatch, optimizer_s=end - microbatch, busy_microbatch_s=busy_microbatch,
                         busy_optimizer_s=busy_optimizer, events=tl.events)
 
 
 def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
     """A Perfetto / Chrome trace (JSON trace-event format) of row 0's timeline: one track per
-    resource, the first micro-batch and the optimizer phase after the last (the micro-batches in
-    between repeat the first). Returns the number of events."""
+    resource, the first micro-batch and the optimizer phase after the last, or the last
+    micro-batch with its overlapped optimizer (the micro-batches in between repeat the first).
+    Returns the number of events."""
     import json
     from pathlib import Path
 
@@ -283,11 +339,16 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
         events.append({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": RESOURCE_LABELS[r]}})
     tids = {r: i for i, r in enumerate(RESOURCES, start=1)}
     skipped = (microbatches - 1) * float(times.microbatch_s[0])
+    overlapped = any(e.last for e in times.events)
     for e in times.events:
-        shift = skipped if e.phase == "optimizer" else 0.0
+        if overlapped and microbatches <= 1 and not e.last:
+            continue  # one micro-batch: the last one's timeline is the whole step
+        shift = skipped if (e.phase == "optimizer" or e.last) else 0.0
         events.append({"ph": "X", "pid": 1, "tid": tids[e.resource], "name": e.name, "cat": e.phase,
                        "ts": (e.start + shift) * 1e6, "dur": (e.end - e.start) * 1e6})
-    meta = {"microbatches": microbatches, "shown": "micro-batch 1 and the optimizer step after the last",
+    shown = ("micro-batch 1 and the last, with the optimizer overlapping its backward" if overlapped
+             else "micro-batch 1 and the optimizer step after the last")
+    meta = {"microbatches": microbatches, "shown": shown,
             "microbatch_s": float(times.microbatch_s[0]), "optimizer_s": float(times.optimizer_s[0])}
     Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))
     return len(events)
@@ -316,6 +377,6 @@ def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer:
         grad_bytes=layer_params * weight_16 * mc.trainable_fraction / np.where(zero >= 2, dp_group, 1.0),
         opt_params=b(local_params) * mc.trainable_fraction / L, opt_state_bytes=state, gpu_opt=b(gpu_optimizer) / L,
         optimizer=c.offload_optimizer[rows], params=c.offload_params[rows], activations=c.offload_activations[rows],
-        zeroth_order=ctx.workload.method == "zo",
+        zeroth_order=ctx.workload.method == "zo", optimizer_with_backward=ctx.overlap.optimizer_with_backward,
     )
     return offload_timeline(inputs, ctx.tiers, record=record)
