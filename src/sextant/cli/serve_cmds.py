@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sextant.errors import SpecError
 from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
 RESOURCE_LABELS = {"gpu": "GPU", "host_to_gpu": "host-to-GPU link", "gpu_to_host": "GPU-to-host link",
-                   "nvme": "NVMe reads", "cpu": "CPU attention"}
+                   "nvme": "NVMe reads", "cpu": "CPU"}
 
 
 class ServePrecision(str, Enum):
@@ -47,11 +48,17 @@ def _put(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 
 def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: int | None,
-                    acceptance_rate: float | None, prefill_replicas: int | None, decode_replicas: int | None) -> None:
+                    acceptance_rate: float | None, spec_target: str | None, prefill_replicas: int | None,
+                    decode_replicas: int | None) -> None:
     """Speculative decoding and disaggregation from their flags, when any is given."""
     if draft_model is not None:
         tree["speculative"] = {"draft_model": draft_model, **({"num_tokens": spec_tokens} if spec_tokens else {}),
-                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {})}
+                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {}),
+                               **({"target_device": spec_target} if spec_target else {})}
+    elif spec_target is not None:
+        if "speculative" not in tree:
+            raise SpecError("--spec-target needs speculative decoding: give --draft-model", field="target_device")
+        tree["speculative"]["target_device"] = spec_target
     if prefill_replicas is not None or decode_replicas is not None:
         tree["disaggregation"] = {"prefill_replicas": prefill_replicas or 1, "decode_replicas": decode_replicas or 1}
 
@@ -95,6 +102,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     draft_model: Optional[str] = Opt(None, help="Speculative decoding: the draft model."),
     spec_tokens: Optional[int] = Opt(None, help="Speculative decoding: draft tokens per step."),
     acceptance_rate: Optional[float] = Opt(None, help="Speculative decoding: per-token acceptance probability."),
+    spec_target: Optional[str] = Opt(None, help="Speculative decoding: where the target runs, gpu or cpu (Dovetail: "
+                                                 "the draft on the GPU, the target on the CPU from host memory)."),
     prefill_replicas: Optional[int] = Opt(None, help="Disaggregation: prefill-only replicas."),
     decode_replicas: Optional[int] = Opt(None, help="Disaggregation: decode-only replicas."),
     node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node)."),
@@ -142,7 +151,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         _put(tree, "workload", key, value)
     _put(tree, "slo", "ttft_ms", ttft_slo)
     _put(tree, "slo", "tpot_ms", tpot_slo)
-    _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, prefill_replicas, decode_replicas)
+    _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, spec_target, prefill_replicas, decode_replicas)
     dep = tree.get("deployment", {})
     per_replica = dep.get("tp", 1) * dep.get("pp", 1)
     if gpus is not None:

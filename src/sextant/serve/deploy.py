@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from sextant.catalog import get_model
 from sextant.catalog.frameworks import fill_unset, get_serving_framework
 from sextant.cost import comm
+from sextant.cost.host_compute import host_device
 from sextant.cost.inference import Layout, kv_cache_bytes_per_token, weight_bytes_per_gpu
 from sextant.cost.layer import Device
 from sextant.errors import InfeasibleError, SpecError
-from sextant.serve.offload import OffloadPlan, plan_offload
+from sextant.serve.offload import OffloadPlan, plan_cpu_target, plan_offload
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
@@ -180,19 +181,28 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     token_budget = sched.token_budget or (8192 if sched.batching == "chunked" else max(8192, longest_prompt))
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
     longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
-    offload = plan_offload(scenario, model, layout, used, profile, longest_batch_tokens)
-    weights = offload.gpu_weight_bytes
     draft_layout = draft_model = None
     if scenario.speculative is not None:
         draft_model = _model(scenario.speculative.draft_model)
         draft_layout = dataclasses.replace(layout, pp=1, ep=1) if draft_model.moe is None else layout
         _check_layout(draft_model, dep.tp, 1, 1, cluster)
+    if scenario.speculative is not None and scenario.speculative.target_device == "cpu":
+        # Dovetail: the target's layers run on the host CPU; the GPU keeps the draft only.
+        host = host_device(used, profile, weight_bytes(dep.precision, dep.weight_group_size, dep.weight_zero_point))
+        layout = Layout(dev=host, kv_bytes=kv_bytes, gpus_per_node=cluster.node.gpus_per_node,
+                        iteration_overhead_s=overhead_ms / 1e3, grouped_kv_reads=dep.decode_attention == "grouped")
+        offload = plan_cpu_target(scenario, model, draft_model, layout, draft_layout, used, profile)
+    else:
+        offload = plan_offload(scenario, model, layout, used, profile, longest_batch_tokens)
+    weights = offload.gpu_weight_bytes
+    if draft_model is not None:
         weights += weight_bytes_per_gpu(draft_model, draft_layout)
     if sched.batching == "static":
         act_tokens, act_seqs = sched.max_batch * longest_prompt, sched.max_batch
     else:
         act_tokens, act_seqs = token_budget, sched.max_batch
-    activations = activation_bytes(model, dep.tp, act_tokens, act_seqs)
+    gpu_model = draft_model if offload.target_on_cpu else model
+    activations = activation_bytes(gpu_model, dep.tp, act_tokens, act_seqs)
     kv_per_token = kv_cache_bytes_per_token(model, kv_bytes, dep.tp) / dep.pp
     if draft_model is not None:
         kv_per_token += kv_cache_bytes_per_token(draft_model, kv_bytes, dep.tp)
@@ -209,8 +219,13 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
             raise InfeasibleError(
                 f"{weights / GB:.1f} GB of weights and buffers and {activations / GB:.1f} GB of activations exceed "
                 f"the {budget / GB:.1f} GB budget of one {gpu.name}; lower the batch or the token budget")
+        gpu_free = free
         free = offload.host_kv_capacity_bytes
-    tokens_total = max(int(free // kv_per_token), 0)
+    share = offload.kv_host_share
+    if offload.target_on_cpu:  # the target's cache in host memory, the draft's on the GPU
+        tokens_total = max(int(min(free // (kv_per_token * share), gpu_free // (kv_per_token * (1 - share)))), 0)
+    else:
+        tokens_total = max(int(free // kv_per_token), 0)
     blocks = tokens_total // sched.block_size // engines
     if blocks * sched.block_size < longest_request:
         raise InfeasibleError(

@@ -306,7 +306,7 @@ class Engine:
         prefill_tokens = sum(c for _, c in chunks)
         completing = sum(1 for rid, c in chunks if r.done[rid] + c >= r.target[rid])
         attention = 0.0
-        gemm = ew = comm = 0.0
+        gemm = ew = comm = draft_s = 0.0
         if n_dec:
             ctx = self.s0 + g * n_dec * step
             k = cfg.draft_tokens
@@ -315,7 +315,8 @@ class Engine:
                 d = cfg.draft
                 dg, dew, dcomm = d.token_parts(n_dec)
                 per_draft = dg + dew + dcomm + d.head(n_dec) + d.decode_per_ctx * ctx + d.write_s * n_dec + d.launch_s
-                gemm += k * per_draft
+                draft_s = k * per_draft
+                gemm += draft_s
                 rt = cost.rates
                 attention += max((k + 1) * rt.pair_s, rt.kv_read_s) * ctx + rt.write_s * n_dec * (k + 1) + cost.launch_s
                 head_rows = n_dec * (k + 1)
@@ -340,7 +341,7 @@ class Engine:
         cached = float(sum(r.done[rid] for rid, _ in chunks)) if cost.stream is not None else 0.0
         device, moved, wait = self._charge(device, dec_tokens + prefill_tokens,
                                            self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
-                                           prefill_tokens + n_dec, cached)
+                                           prefill_tokens + n_dec, cached, draft_s)
         attention -= moved
         host = cost.host(device)
         duration = device + host
@@ -534,11 +535,16 @@ class Engine:
         p["offload_wait"] += wait
 
     def _charge(self, device: float, tokens: int, decode_context: float, decode_seqs: int, new_tokens: int,
-                cached_prefill_tokens: float) -> tuple[float, float, float]:
+                cached_prefill_tokens: float, draft_s: float = 0.0) -> tuple[float, float, float]:
         """(device seconds, decode attention seconds moved to the CPU, seconds the GPU waits) of an
-        iteration whose GPU work without offloading is ``device``; records each resource's busy time."""
+        iteration whose GPU work without offloading is ``device`` (``draft_s`` of it the draft
+        model's); records each resource's busy time."""
         if self.cost.stream is None:
-            self.resource_busy["gpu"] += device
+            if self.cost.on_host:  # Dovetail: the draft's proposals on the GPU, the rest on the CPU
+                self.resource_busy["gpu"] += draft_s
+                self.resource_busy["cpu"] += device - draft_s
+            else:
+                self.resource_busy["gpu"] += device
             return device, 0.0, 0.0
         moved, streamed, busy = self.cost.offloaded(device, tokens, decode_context, decode_seqs, new_tokens,
                                                     cached_prefill_tokens)

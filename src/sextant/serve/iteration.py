@@ -28,7 +28,7 @@ class IterationCost:
     RESOURCES = ("gpu", "host_to_gpu", "nvme", "gpu_to_host", "cpu")
 
     def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int,
-                 stream: Streaming | None = None) -> None:
+                 stream: Streaming | None = None, on_host: bool = False) -> None:
         self.model, self.lay, self.stream = model, lay, stream
         n = min(max(max_tokens, 1), TABLE_TOKENS)
         parts = token_time(model, lay, np.arange(1, n + 1, dtype=float), 0.0)
@@ -45,6 +45,9 @@ class IterationCost:
         p = lay.dev.profile
         self.host_s = model.num_layers * p.layer_overhead_s
         self.host_sync = lay.dev.host_synchronous
+        #: The model runs on the host CPU beside a GPU draft (Dovetail's target): its work is the
+        #: CPU's, the draft's the GPU's.
+        self.on_host = on_host
         self.iteration_overhead_s = lay.iteration_overhead_s
         self.has_table = lay.dev.attention_table is not None
 

@@ -45,10 +45,15 @@ class OffloadPlan:
     host_kv_capacity_bytes: float  # host memory left for the KV cache (kv_on_host only)
     tiers: TierRates
     description: list[str]
+    #: Share of each token's KV bytes kept in host memory when ``kv_on_host`` (below 1 when a
+    #: GPU-resident draft model keeps its own cache on the GPU).
+    kv_host_share: float = 1.0
+    #: The target model runs on the host CPU (Dovetail); the GPU holds only the draft.
+    target_on_cpu: bool = False
 
     @property
     def offloaded(self) -> bool:
-        return self.stream is not None
+        return self.stream is not None or self.target_on_cpu
 
 
 def _check(scenario: ServeScenario, model: ModelSpec, off: ServeOffload) -> None:
@@ -63,7 +68,8 @@ def _check(scenario: ServeScenario, model: ModelSpec, off: ServeOffload) -> None
         raise SpecError("offloaded serving is modelled with pp=1 (each GPU streams its tensor-parallel shard)",
                         field="pp")
     if scenario.speculative is not None:
-        raise SpecError("speculative decoding with offloaded weights or KV cache is not modelled", field="speculative")
+        raise SpecError("speculative decoding with offloaded weights or KV cache is not modelled (with the target on "
+                        "the CPU its weights and cache are in host memory already)", field="speculative")
     if scenario.disaggregation is not None:
         raise SpecError("disaggregated prefill and decode with offloading is not modelled", field="disaggregation")
 
@@ -156,3 +162,29 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
     return OffloadPlan(stream, resident + buffers, host_weights, nvme_weights, kv_on_host,
                        tiers.host_capacity - host_weights, tiers, description)
 
+
+
+def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec, target: Layout, draft_layout: Layout,
+                    cluster: ClusterSpec, profile: HardwareProfile) -> OffloadPlan:
+    """Dovetail (Zhang et al., EMNLP 2025, arXiv:2412.18934): the target model's weights and KV
+    cache in host memory, computed by the CPU; the draft model and its cache on the one GPU.
+    Between them travel only token ids and the accepted count, which cost nothing here."""
+    dep = scenario.deployment
+    if dep.tp > 1 or dep.pp > 1 or dep.ep > 1:
+        raise SpecError("the CPU target runs beside one GPU's draft: set tp, pp and ep to 1", field="target_device")
+    if scenario.offload.active:
+        raise SpecError("with the target on the CPU its weights and KV cache are in host memory already; drop the "
+                        "offload settings", field="target_device")
+    tiers = tier_rates(cluster, profile)
+    host_weights = weight_bytes_per_gpu(model, target)
+    if host_weights > tiers.host_capacity:
+        raise InfeasibleError(f"the target's {host_weights / GB:.1f} GB of weights exceed the host memory share of "
+                              f"{tiers.host_capacity / GB:.1f} GB")
+    target_kv = kv_cache_bytes_per_token(model, target.kv_bytes, 1)
+    draft_kv = kv_cache_bytes_per_token(draft, draft_layout.kv_bytes, 1)
+    dev = target.dev
+    description = [f"target {model.name} on the CPU: {host_weights / GB:.1f} GB of weights and its KV cache in host "
+                   f"memory, {dev.mem_bw * dev.profile.memory_bw_efficiency / GB:.0f} GB/s of DRAM and "
+                   f"{dev.gemm_peak / 1e12:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
+    return OffloadPlan(None, 0.0, host_weights, 0.0, True, tiers.host_capacity - host_weights, tiers, description,
+                       kv_host_share=target_kv / (target_kv + draft_kv), target_on_cpu=True)

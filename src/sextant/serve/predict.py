@@ -114,7 +114,7 @@ def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost
     if spec is not None:
         max_tokens = max(max_tokens, sched.max_batch * (spec.num_tokens + 1))
     cost = IterationCost(res.model, inst.layout, max_tokens, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
-                         stream=inst.offload.stream)
+                         stream=inst.offload.stream, on_host=inst.offload.target_on_cpu)
     draft = None
     tokens_per_step = 1.0
     if spec is not None:
@@ -184,10 +184,11 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
     off = inst.offload
     kv_used = max(e.kv_peak_fraction() for e in engines)
     kv_gb = inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token * inst.engines_per_replica / GB
+    host_kv_gb = kv_gb * off.kv_host_share if off.kv_on_host else 0.0
     memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
-              "kv_cache": 0.0 if off.kv_on_host else kv_gb, "budget": inst.memory_budget_bytes / GB}
+              "kv_cache": kv_gb - host_kv_gb, "budget": inst.memory_budget_bytes / GB}
     tiers = {"gpu": memory["weights"] + memory["activations"] + memory["kv_cache"],
-             "host": off.host_weight_bytes / GB + (kv_gb if off.kv_on_host else 0.0),
+             "host": off.host_weight_bytes / GB + host_kv_gb,
              "nvme": off.nvme_weight_bytes / GB}
     capacity = {"gpu": inst.memory_budget_bytes / GB, "host": off.tiers.host_capacity / GB,
                 "nvme": off.tiers.nvme_capacity / GB}
@@ -213,7 +214,11 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
                            f"{s.acceptance_rate}: {(1 - s.acceptance_rate ** (s.num_tokens + 1)) / (1 - s.acceptance_rate):.2f}"
                            " tokens per step in expectation, for every sequence alike")
     assumptions.extend(off.description)
-    if off.offloaded:
+    if off.target_on_cpu:
+        assumptions.append("target on the CPU: each step the GPU drafts, then the CPU verifies, in turn; the CPU "
+                           f"uses stated priors ({inst.layout.dev.profile.provenance}); the draft's prompt prefill "
+                           "is not charged")
+    elif off.offloaded:
         assumptions.append("offloaded iterations: the next layer's weights are fetched while this layer computes; "
                            "the GPU and CPU overlap only across micro-batches (sextant.cost.streaming)")
     if sc.disaggregation is not None:

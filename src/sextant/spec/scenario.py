@@ -93,7 +93,7 @@ def base_tree(scenario: Path | None, model: str | None, gpu: str | None) -> dict
 #: CLI flags whose names differ from their scenario keys, by (section, key).
 RENAMED_FLAGS = {("offload", "weights"): "--offload-weights", ("offload", "kv_cache"): "--offload-kv",
                  ("offload", "micro_batches"): "--offload-micro-batches", ("offload", "pinned"): "--pageable",
-                 ("speculative", "num_tokens"): "--spec-tokens"}
+                 ("speculative", "num_tokens"): "--spec-tokens", ("speculative", "target_device"): "--spec-target"}
 
 
 def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> S:

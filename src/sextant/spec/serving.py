@@ -132,6 +132,10 @@ class Speculative(Spec):
     draft_model: str
     num_tokens: int = Field(default=4, gt=0, le=16, description="Tokens the draft proposes per step (gamma).")
     acceptance_rate: float = Field(default=0.7, gt=0, lt=1, description="Per-token acceptance probability alpha.")
+    #: Where the target model runs: on the GPUs beside the draft, or on the host CPU from host
+    #: memory while the draft proposes on the GPU (Dovetail, Zhang et al. EMNLP 2025,
+    #: arXiv:2412.18934), which keeps only the draft in GPU memory.
+    target_device: Literal["gpu", "cpu"] = "gpu"
 
 
 class Disaggregation(Spec):
