@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 import pytest
@@ -80,3 +81,14 @@ def test_zero3_makes_a_large_model_fit() -> None:
     sharded = predict_train(TrainScenario.model_validate(
         {**base, "strategy": {"tp": 1, "zero": 3, "recompute": "full"}}))
     assert not no_shard.fits and sharded.fits
+
+
+def test_validate_all_runs_every_ledger(capsys):
+    from sextant.cli.app import main
+
+    assert main(["validate", "all", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"train", "offload (training)", "serve", "offload (serving)", "plan"}
+    assert len(out["train"]["rows"]) >= 58 and len(out["plan"]["rows"]) == len(out["train"]["rows"])
+    assert {r["id"] for r in out["offload (serving)"]["rows"]} >= {"ZI1", "DI1"}
+    assert all(0 <= out[k]["median_ape"] <= out[k]["max_ape"] for k in ("train", "serve", "offload (training)"))

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import device_cmds, plan_cmds, serve_cmds, train_cmds
+from sextant.cli import device_cmds, plan_cmds, serve_cmds, train_cmds, validate_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ validate_app.command("train")(train_cmds.validate_train_cmd)
 validate_app.command("offload")(train_cmds.validate_offload_cmd)
 validate_app.command("plan")(plan_cmds.validate_plan_cmd)
 validate_app.command("serve")(serve_cmds.validate_serve_cmd)
+validate_app.command("all")(validate_cmds.validate_all_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
 app.command("calibrate")(device_cmds.calibrate_cmd)
 app.command("measure")(device_cmds.measure_cmd)

@@ -1,0 +1,44 @@
+"""``sextant validate all``: every ledger in one run, one line each."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+Opt = typer.Option
+
+
+def validate_all_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the summary."),
+) -> None:
+    """Run every built-in ledger (training, training offload, serving, serving offload, planner
+    rediscovery) and print one line per ledger: rows, median and worst error. Each ledger's own
+    command (`sextant validate train`, ...) prints its rows."""
+    from sextant.validate.offload import validate_offload
+    from sextant.validate.rediscover import rediscover
+    from sextant.validate.serve import validate_serving
+    from sextant.validate.train import validate_training
+
+    reports = {
+        "train": validate_training(None),
+        "offload (training)": validate_offload(None),
+        "serve": validate_serving(None),
+        "offload (serving)": validate_serving(None, builtin="serving-offload.yaml"),
+    }
+    plan = rediscover(None)
+    if as_json:
+        typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump()}, indent=2))
+        return
+    table = Table(title="every ledger: predicted vs published", title_justify="left")
+    for col in ("ledger", "rows", "median error", "worst row", "command"):
+        table.add_column(col, justify="right" if col in ("rows", "median error") else "left")
+    for name, r in reports.items():
+        command = "sextant validate " + ("offload" if name.startswith("offload") else name)
+        table.add_row(name, str(len(r.rows)), f"{r.median_ape:.1%}", f"{r.max_ape_id} ({r.max_ape:.1%})", command)
+    n = len(plan.rows)
+    table.add_row("plan (rediscovery)", str(n), "-", f"{plan.in_top_10_percent}/{n} in the top 10%; best found as fast "
+                  f"as published on {plan.best_at_least_as_fast}/{n}", "sextant validate plan")
+    Console().print(table)
