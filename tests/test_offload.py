@@ -210,3 +210,22 @@ def test_trace_of_the_overlapped_optimizer(tmp_path):
     assert any(a < d and c < b for a, b in backward for c, d in adam)  # an update runs during a backward
     # The first micro-batch is drawn once, the last (with the updates) after it.
     assert sum(e["name"] == "backward L0" for e in events) == 2
+
+
+def test_cxl_expanders_join_host_memory():
+    """Weighted interleaving over DRAM and CXL: capacity and bandwidth add up, so a 70B model's
+    offloaded state that DRAM alone cannot hold fits."""
+    cluster = build_cluster("h100-pcie", 1, node="pcie-h100-cxl")
+    profile = get_profile("h100-pcie")
+    dram_only = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cxl": None})})
+    pooled, dram = tier_rates(cluster, profile), tier_rates(dram_only, profile)
+    node = cluster.node
+    assert pooled.host_capacity / dram.host_capacity == pytest.approx(
+        (node.host_memory.capacity_bytes + node.cxl.capacity_bytes) / node.host_memory.capacity_bytes)
+    assert pooled.host_read > dram.host_read and pooled.cpu_adam_params_per_s > dram.cpu_adam_params_per_s
+    r = predict_train(TrainScenario.model_validate({
+        "model": "llama-3.1-70b", "hardware": {"gpu": "h100-pcie", "gpus": 1, "node": "pcie-h100-cxl"},
+        "strategy": {"zero": 3, "micro_batch": 1, "recompute": "full", "offload_optimizer": "cpu",
+                     "offload_params": "cpu"},
+        "workload": {"global_batch": 8, "seq_len": 2048}}))
+    assert r.fits and dram.host_capacity < r.memory_gb_per_tier["host"] * 2**30 <= pooled.host_capacity

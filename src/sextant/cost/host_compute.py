@@ -17,7 +17,7 @@ efficiency, DRAM bandwidth and operator overhead, and its profile can replace th
 from __future__ import annotations
 
 from sextant.cost.layer import Device
-from sextant.cost.tiers import HOST_DRAM_EFFICIENCY, NOMINAL_HOST_VECTOR_FLOPS
+from sextant.cost.tiers import HOST_DRAM_EFFICIENCY, NOMINAL_HOST_VECTOR_FLOPS, host_pool
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.profile import HardwareProfile
 
@@ -56,6 +56,6 @@ def host_device(cluster: ClusterSpec, base: HardwareProfile, weight_bytes: float
     node = cluster.node
     share = cluster.gpus_per_node
     peak = (node.host_cpu.vector_flops if node.host_cpu else NOMINAL_HOST_VECTOR_FLOPS) / share
-    return Device(gemm_peak=peak, attention_peak=peak, mem_bw=node.host_memory.read_bytes_per_s / share,
+    return Device(gemm_peak=peak, attention_peak=peak, mem_bw=host_pool(node).read / share,
                   gemm_bytes=2.0, profile=host_profile(base), act_bytes=2.0, host_synchronous=True,
                   weight_bytes=weight_bytes if weight_bytes != 2.0 else None)

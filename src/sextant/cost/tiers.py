@@ -14,6 +14,11 @@ offloading, where all ranks fetch and flush in step), so shared resources are di
   reach close to the drives' sequential rates), split evenly over the node's GPUs. One queue per
   volume: a read and a write in flight share it (times add), as the drives' sequential rates are
   quoted for one direction at a time.
+- CXL memory expanders, where the node has them, join host DRAM as one pool under weighted
+  interleaving (Linux 6.9 ``MPOL_WEIGHTED_INTERLEAVE``: pages spread over the DRAM and CXL NUMA
+  nodes in proportion to their bandwidths, so the pool's bandwidth and capacity are the sums;
+  Micron and Samsung describe CXL expanders as bandwidth and capacity expansion this way). What
+  is offloaded to ``cpu`` lives in that pool.
 - The CPU optimizer: the node's CPU-Adam rate (a calibrated term: ``sextant calibrate`` measures
   it and the profile's ``host_adam_params_per_s`` replaces the catalog's nominal figure), split
   over the node's GPUs, since each rank updates its own shard on its share of the cores.
@@ -59,13 +64,33 @@ class TierRates:
     has_nvme: bool
     host_read: float = 0.0  # DRAM read bandwidth for work on the CPU (CPU attention)
     cpu_flops: float = 0.0  # vector peak for work on the CPU
+    host_has_cxl: bool = False  # host memory includes CXL expanders
 
     def describe(self) -> str:
         nvme = (f"NVMe {self.nvme_read / 1e9:.1f}/{self.nvme_write / 1e9:.1f} GB/s read/write"
                 if self.has_nvme else "no NVMe")
         return (f"per GPU: {self.host_link} {self.host_to_gpu / 1e9:.1f} GB/s each way, {nvme}, "
                 f"CPU-Adam {self.cpu_adam_params_per_s / 1e9:.2f} G params/s, host memory "
-                f"{self.host_capacity / 2**30:.0f} GiB")
+                f"{self.host_capacity / 2**30:.0f} GiB" + (" (DRAM and CXL, interleaved)" if self.host_has_cxl else ""))
+
+
+@dataclass(frozen=True)
+class HostPool:
+    """Host DRAM and any CXL expanders of one node, interleaved: capacity and bandwidth summed."""
+
+    capacity: float
+    read: float
+    write: float
+    has_cxl: bool
+
+
+def host_pool(node) -> HostPool:
+    """The node's host memory pool (see the module docstring)."""
+    dram, cxl = node.host_memory, node.cxl
+    if cxl is None:
+        return HostPool(dram.capacity_bytes, dram.read_bytes_per_s, dram.write_bytes_per_s, False)
+    return HostPool(dram.capacity_bytes + cxl.capacity_bytes, dram.read_bytes_per_s + cxl.read_bytes_per_s,
+                    dram.write_bytes_per_s + cxl.write_bytes_per_s, True)
 
 
 def cpu_adam_params_per_s(cluster: ClusterSpec, profile: HardwareProfile) -> float:
@@ -76,7 +101,7 @@ def cpu_adam_params_per_s(cluster: ClusterSpec, profile: HardwareProfile) -> flo
     node = cluster.node
     if node.host_cpu is not None:
         return node.host_cpu.adam_params_per_s
-    return node.host_memory.read_bytes_per_s * CPU_ADAM_DRAM_EFFICIENCY / CPU_ADAM_BYTES_PER_PARAM
+    return host_pool(node).read * CPU_ADAM_DRAM_EFFICIENCY / CPU_ADAM_BYTES_PER_PARAM
 
 
 def tier_rates(cluster: ClusterSpec, profile: HardwareProfile) -> TierRates:
@@ -86,9 +111,9 @@ def tier_rates(cluster: ClusterSpec, profile: HardwareProfile) -> TierRates:
     link = node.host_link or cluster.gpu.pcie
     link_eff = profile.pcie_bw_efficiency if link.kind == "pcie" else 1.0
     link_share = link.bandwidth_bytes_per_s * link_eff / min(node.gpus_per_host_uplink, sharing)
-    dram = node.host_memory
-    to_gpu = min(link_share, dram.read_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing)
-    to_host = min(link_share, dram.write_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing)
+    pool = host_pool(node)
+    to_gpu = min(link_share, pool.read * HOST_DRAM_EFFICIENCY / sharing)
+    to_host = min(link_share, pool.write * HOST_DRAM_EFFICIENCY / sharing)
     adam = cpu_adam_params_per_s(cluster, profile)
     nvme = node.nvme
     return TierRates(
@@ -97,10 +122,10 @@ def tier_rates(cluster: ClusterSpec, profile: HardwareProfile) -> TierRates:
         nvme_read=nvme.read_bytes_per_s / sharing if nvme else 0.0,
         nvme_write=nvme.write_bytes_per_s / sharing if nvme else 0.0,
         cpu_adam_params_per_s=adam / sharing,
-        host_capacity=dram.capacity_bytes * (1.0 - HOST_RESERVED_FRACTION) / sharing,
+        host_capacity=pool.capacity * (1.0 - HOST_RESERVED_FRACTION) / sharing,
         nvme_capacity=nvme.capacity_bytes / sharing if nvme else 0.0,
-        host_link=link.name,
+        host_link=link.name, host_has_cxl=pool.has_cxl,
         has_nvme=nvme is not None,
-        host_read=dram.read_bytes_per_s * HOST_DRAM_EFFICIENCY / sharing,
+        host_read=pool.read * HOST_DRAM_EFFICIENCY / sharing,
         cpu_flops=(node.host_cpu.vector_flops if node.host_cpu else NOMINAL_HOST_VECTOR_FLOPS) / sharing,
     )
