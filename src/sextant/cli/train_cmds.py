@@ -133,7 +133,7 @@ def validate_offload_cmd(
     ledger: Optional[Path] = Opt(None, help="Training-offload ledger YAML (default: the built-in one)."),
     serve_ledger: Optional[Path] = Opt(None, help="Serving-offload ledger YAML (default: the built-in one)."),
 ) -> None:
-    """Predict the offloading ledgers. Training (ZeRO-Offload, ZeRO-Infinity, QLoRA, ZO2, Fuyou):
+    """Predict the offloading ledgers. Training (ZeRO-Offload, ZeRO-Infinity, QLoRA, ZO2):
     throughputs, "fits on this GPU" claims (fits: 1) and GPU counts needed without offloading.
     Serving (ZeRO-Inference, DeepSpeed-Inference): weights streamed from host memory or NVMe."""
     from sextant.cli.serve_cmds import print_serve_report
