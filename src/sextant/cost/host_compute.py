@@ -17,8 +17,7 @@ efficiency, DRAM bandwidth and operator overhead, and its profile can replace th
 from __future__ import annotations
 
 from sextant.cost.layer import Device
-from sextant.cost.tiers import HOST_DRAM_EFFICIENCY, NOMINAL_HOST_VECTOR_FLOPS, host_pool
-from sextant.spec.hardware import ClusterSpec
+from sextant.cost.tiers import HOST_DRAM_EFFICIENCY, TierRates
 from sextant.spec.profile import HardwareProfile
 
 #: Fraction of the vector peak a large GEMM reaches on the CPU: oneDNN and MKL SGEMM on AVX2 and
@@ -36,26 +35,25 @@ HOST_OP_OVERHEAD_S = 10e-6
 
 def host_profile(base: HardwareProfile) -> HardwareProfile:
     """CPU priors in the shape of a hardware profile (``base`` supplies the fields a CPU has no
-    use for: link efficiencies)."""
+    use for: link efficiencies). Memory-bound work runs at the full rate of the device's
+    ``mem_bw``, which :func:`host_device` takes from the tier rates, already at the STREAM
+    fraction."""
     return base.model_copy(update={
         "provenance": "host CPU priors (cost/host_compute.py): GEMMs at "
                       f"{HOST_GEMM_EFFICIENCY:.0%} of the vector peak, DRAM at {HOST_DRAM_EFFICIENCY:.0%}, "
                       f"{HOST_OP_OVERHEAD_S * 1e6:.0f} us per operator",
         "gemm_max_efficiency": HOST_GEMM_EFFICIENCY, "gemm_half_dim": HOST_GEMM_HALF_DIM, "gemm_half_rows": None,
         "flash_attention_efficiency": HOST_GEMM_EFFICIENCY, "unfused_attention_gemm_efficiency": HOST_GEMM_EFFICIENCY,
-        "memory_bw_efficiency": HOST_DRAM_EFFICIENCY, "loss_bw_efficiency": None,
+        "memory_bw_efficiency": 1.0, "loss_bw_efficiency": None,
         "kernel_overhead_s": HOST_OP_OVERHEAD_S, "layer_overhead_s": 0.0,
         "gemm_dtype_efficiency": {}, "gemm_tables": {}, "attention_tables": {},
     })
 
 
-def host_device(cluster: ClusterSpec, base: HardwareProfile, weight_bytes: float) -> Device:
-    """One GPU's share of the node's CPU and DRAM as a device (the CPU is split evenly over the
-    node's GPUs, as :func:`~sextant.cost.tiers.tier_rates` splits it); ``weight_bytes``: bytes per
-    weight element as stored in host memory."""
-    node = cluster.node
-    share = cluster.gpus_per_node
-    peak = (node.host_cpu.vector_flops if node.host_cpu else NOMINAL_HOST_VECTOR_FLOPS) / share
-    return Device(gemm_peak=peak, attention_peak=peak, mem_bw=host_pool(node).read / share,
-                  gemm_bytes=2.0, profile=host_profile(base), act_bytes=2.0, host_synchronous=True,
+def host_device(tiers: TierRates, base: HardwareProfile, weight_bytes: float) -> Device:
+    """One GPU's share of the node's CPU and host memory as a device: the vector peak and DRAM
+    read rate of :func:`~sextant.cost.tiers.tier_rates` (which splits them over the node's GPUs);
+    ``weight_bytes``: bytes per weight element as stored in host memory."""
+    return Device(gemm_peak=tiers.cpu_flops, attention_peak=tiers.cpu_flops, mem_bw=tiers.host_read, gemm_bytes=2.0,
+                  profile=host_profile(base), act_bytes=2.0, host_synchronous=True,
                   weight_bytes=weight_bytes if weight_bytes != 2.0 else None)

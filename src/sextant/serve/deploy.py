@@ -12,6 +12,7 @@ from sextant.cost import comm
 from sextant.cost.host_compute import host_device
 from sextant.cost.inference import Layout, kv_cache_bytes_per_token, weight_bytes_per_gpu
 from sextant.cost.layer import Device
+from sextant.cost.tiers import tier_rates
 from sextant.errors import InfeasibleError, SpecError
 from sextant.serve.offload import OffloadPlan, plan_cpu_target, plan_offload
 from sextant.spec.hardware import ClusterSpec
@@ -188,10 +189,11 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
         _check_layout(draft_model, dep.tp, 1, 1, cluster)
     if scenario.speculative is not None and scenario.speculative.target_device == "cpu":
         # Dovetail: the target's layers run on the host CPU; the GPU keeps the draft only.
-        host = host_device(used, profile, weight_bytes(dep.precision, dep.weight_group_size, dep.weight_zero_point))
+        tiers = tier_rates(used, profile)
+        host = host_device(tiers, profile, weight_bytes(dep.precision, dep.weight_group_size, dep.weight_zero_point))
         layout = Layout(dev=host, kv_bytes=kv_bytes, gpus_per_node=cluster.node.gpus_per_node,
                         iteration_overhead_s=overhead_ms / 1e3, grouped_kv_reads=dep.decode_attention == "grouped")
-        offload = plan_cpu_target(scenario, model, draft_model, layout, draft_layout, used, profile)
+        offload = plan_cpu_target(scenario, model, draft_model, layout, draft_layout, tiers)
     else:
         offload = plan_offload(scenario, model, layout, used, profile, longest_batch_tokens)
     weights = offload.gpu_weight_bytes

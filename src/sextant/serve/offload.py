@@ -165,7 +165,7 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
 
 
 def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec, target: Layout, draft_layout: Layout,
-                    cluster: ClusterSpec, profile: HardwareProfile) -> OffloadPlan:
+                    tiers: TierRates) -> OffloadPlan:
     """Dovetail (Zhang et al., EMNLP 2025, arXiv:2412.18934): the target model's weights and KV
     cache in host memory, computed by the CPU; the draft model and its cache on the one GPU.
     Between them travel only token ids and the accepted count, which cost nothing here."""
@@ -175,7 +175,6 @@ def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec,
     if scenario.offload.active:
         raise SpecError("with the target on the CPU its weights and KV cache are in host memory already; drop the "
                         "offload settings", field="target_device")
-    tiers = tier_rates(cluster, profile)
     host_weights = weight_bytes_per_gpu(model, target)
     if host_weights > tiers.host_capacity:
         raise InfeasibleError(f"the target's {host_weights / GB:.1f} GB of weights exceed the host memory share of "
@@ -184,7 +183,7 @@ def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec,
     draft_kv = kv_cache_bytes_per_token(draft, draft_layout.kv_bytes, 1)
     dev = target.dev
     description = [f"target {model.name} on the CPU: {host_weights / GB:.1f} GB of weights and its KV cache in host "
-                   f"memory, {dev.mem_bw * dev.profile.memory_bw_efficiency / GB:.0f} GB/s of DRAM and "
+                   f"memory, {dev.mem_bw / GB:.0f} GB/s of DRAM and "
                    f"{dev.gemm_peak / 1e12:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
     return OffloadPlan(None, 0.0, host_weights, 0.0, True, tiers.host_capacity - host_weights, tiers, description,
                        kv_host_share=target_kv / (target_kv + draft_kv), target_on_cpu=True)
