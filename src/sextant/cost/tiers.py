@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sextant.spec.hardware import ClusterSpec
+from sextant.spec.hardware import ClusterSpec, NodeSpec
 from sextant.spec.profile import HardwareProfile
 
 #: Fraction of the DRAM channels' bandwidth streaming copies reach on two-socket servers (STREAM
@@ -84,7 +84,7 @@ class HostPool:
     has_cxl: bool
 
 
-def host_pool(node) -> HostPool:
+def host_pool(node: NodeSpec) -> HostPool:
     """The node's host memory pool (see the module docstring)."""
     dram, cxl = node.host_memory, node.cxl
     if cxl is None:
