@@ -164,6 +164,10 @@ def _print_report(report, title: str, as_json: bool) -> None:
         table.add_row(row.id, row.model, str(row.gpus), row.metric, f"{row.published:.4g}", f"{row.predicted:.4g}",
                       f"[{style}]{err:+.1%}[/{style}]" if style else f"{err:+.1%}", "yes" if row.fits else "[red]no[/red]")
     console.print(table)
+    for row in report.rows:
+        if row.chosen:
+            knobs = ", ".join(f"{k} {v}" for k, v in row.chosen.items())
+            console.print(f"{row.id}: knobs the source leaves open, searched; predicted with the best that fits: {knobs}")
     console.print(f"{len(report.rows)} rows: median APE {report.median_ape:.1%}, max APE {report.max_ape:.1%} "
                   f"({report.max_ape_id}); {report.rows_not_fitting} predicted not to fit")
 

@@ -68,6 +68,10 @@ class Strategy(Spec):
     #: With fp16 parameters, the optimizer keeps an fp32 copy of the gradients (Megatron-LM: true;
     #: DeepSpeed converts per partition during the step: false).
     fp32_grad_copy: bool = True
+    #: DeepSpeed's ``partition_activations`` (activation checkpointing with model parallelism):
+    #: with full recomputation, each tensor-parallel rank keeps 1/tp of the checkpointed layer
+    #: input and all-gathers it before the layer is recomputed.
+    partition_activations: bool = False
     overlap: Overlap = Overlap()
     #: Offloading (train/offload.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).

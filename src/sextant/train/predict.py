@@ -104,6 +104,7 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
         precision=strategy.precision, attention_kernel=strategy.attention_kernel,
         dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
         zero3_gather_unit=strategy.zero3_gather_unit, fp32_grad_copy=strategy.fp32_grad_copy,
+        partition_activations=strategy.partition_activations,
     )
 
 

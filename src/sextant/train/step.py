@@ -97,6 +97,7 @@ class TrainContext:
     dp_collective: str = "hierarchical"
     zero3_gather_unit: str = "layer"
     fp32_grad_copy: bool = True
+    partition_activations: bool = False
 
     @property
     def method(self) -> MethodCosts:
@@ -252,6 +253,10 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     act_bytes = e * b * s_local * h
     tp_one = comm.all_reduce(act_bytes, tp, _group_per_node(tp, 1, gpn), fab)
     tp_total = (4.0 + np.where(rc == 2, 2.0, 0.0)) * tp_one
+    # DeepSpeed partition_activations: the checkpointed input is split over the tensor-parallel
+    # ranks (sequence parallelism splits it already) and all-gathered before its recomputation.
+    partitioned = (ctx.partition_activations and ctx.method.backward) & (rc == 2) & ~np.asarray(sp, bool) & (tp > 1)
+    tp_total = tp_total + np.where(partitioned, comm.all_gather(act_bytes, tp, _group_per_node(tp, 1, gpn), fab), 0.0)
     gemm_layer = layer.fwd.gemm + layer.bwd.gemm
     tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
 
@@ -278,6 +283,11 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
         act_extra = np.maximum(act_extra, layer_activation_peak_extra(
             model, b, s_local, tp, sp, rc, moe_layer=True, **kw))
+    # Partitioned checkpoints: 1/tp of the input is kept; the whole input exists again (gathered)
+    # while the layer is recomputed.
+    kept_share = np.where(partitioned, 1.0 / tp, 1.0)
+    act_extra = act_extra + act_layer * (1.0 - kept_share)
+    act_layer = act_layer * kept_share
 
     parts = {
         "fwd_gemm": layer.fwd.gemm, "fwd_attention": layer.fwd.attention, "fwd_elementwise": layer.fwd.elementwise,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
@@ -16,6 +17,10 @@ from sextant.spec.scenario import TrainScenario, format_validation_error
 
 R = TypeVar("R", bound=Spec)
 
+SearchedKnob = Literal["tp", "pp", "micro_batch", "zero"]
+#: Metrics where higher is better (a searched row takes the highest that fits).
+THROUGHPUT_METRICS = ("megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu",
+                      "zero_infinity_tflops_per_gpu")
 Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu", "tokens_per_s_per_gpu",
                  "zero_infinity_tflops_per_gpu", "fits", "min_gpus_without_offload"]
 
@@ -47,6 +52,35 @@ class LedgerRow(PublishedRow):
     metric: Metric
     #: ``min_gpus_without_offload`` rows: the GPU counts the planner tries, smallest first.
     gpu_counts: list[int] = []
+    #: Strategy knobs the source leaves open, searched: the prediction is the configuration that
+    #: fits with the highest value of the (throughput) metric, since a headline figure is its
+    #: authors' tuned run. With ``micro_batch`` searched, each step runs one micro-batch per
+    #: data-parallel rank (global batch = dp x micro-batch).
+    search: dict[SearchedKnob, list[int]] = {}
+
+    @model_validator(mode="after")
+    def _searchable(self) -> LedgerRow:
+        if self.search and self.metric not in THROUGHPUT_METRICS:
+            raise ValueError(f"search needs a throughput metric ({', '.join(THROUGHPUT_METRICS)}), not {self.metric}")
+        if "dp" in self.strategy and self.search:
+            raise ValueError("a searched row leaves dp out: it is gpus / (tp x pp x cp)")
+        return self
+
+    def searched(self) -> list[tuple[dict[str, int], LedgerRow]]:
+        """Each combination of the searched knobs and the row it makes (the row itself if none)."""
+        if not self.search:
+            return [({}, self)]
+        keys = list(self.search)
+        rows = []
+        for values in itertools.product(*self.search.values()):
+            knobs = dict(zip(keys, values))
+            strategy = {**self.strategy, **knobs}
+            workload = dict(self.workload)
+            if "micro_batch" in knobs:
+                model_parallel = strategy.get("tp", 1) * strategy.get("pp", 1) * strategy.get("cp", 1)
+                workload["global_batch"] = max(self.gpus // model_parallel, 1) * knobs["micro_batch"]
+            rows.append((knobs, self.model_copy(update={"strategy": strategy, "workload": workload, "search": {}})))
+        return rows
 
     def scenario(self) -> TrainScenario:
         """The row as a scenario; its framework preset fills what the row leaves unset."""

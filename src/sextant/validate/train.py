@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from sextant.cost.params import count_params
+from sextant.errors import SpecError
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
 from sextant.train.step import evaluate
@@ -27,6 +28,8 @@ class ValidationRow(BaseModel):
     step_time_s: float
     source: str
     assumptions: list[str]
+    #: For a row with searched knobs: those of the configuration predicted.
+    chosen: dict[str, int] = {}
 
 
 class ValidationReport(BaseModel):
@@ -38,9 +41,31 @@ class ValidationReport(BaseModel):
 
 
 def predicted_metric(row: LedgerRow) -> tuple[float, float, bool]:
-    """(predicted value of the row's metric, predicted step time, fits) for one row."""
-    ctx, cand = build_context(row.scenario())
-    return metric_of(row.metric, ctx, cand)
+    """(predicted value of the row's metric, predicted step time, fits) for one row; for a row
+    with searched knobs, those of the best configuration that fits (see :func:`chosen_knobs`)."""
+    return _best(row)[1]
+
+
+def chosen_knobs(row: LedgerRow) -> dict[str, int]:
+    """The searched knobs of the configuration a row's prediction comes from ({} if none)."""
+    return _best(row)[0]
+
+
+def _best(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float, bool]]:
+    best: tuple[dict[str, int], tuple[float, float, bool]] | None = None
+    for knobs, variant in row.searched():
+        try:
+            ctx, cand = build_context(variant.scenario())
+        except SpecError:
+            if not knobs:
+                raise
+            continue  # a combination the model cannot run (e.g. heads not divisible by tp)
+        value, step, fits = metric_of(row.metric, ctx, cand)
+        if best is None or (fits, value) > (best[1][2], best[1][0]):
+            best = (knobs, (value, step, fits))
+    if best is None:
+        raise SpecError(f"no searched combination of {sorted(row.search)} can run", field=f"ledger row {row.id}")
+    return best
 
 
 def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
@@ -69,7 +94,8 @@ def report_of(rows_and_predictions) -> ValidationReport:
     rows = [ValidationRow(
         id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, published=row.published,
         predicted=predicted, ape=abs(predicted - row.published) / row.published, fits=fits, step_time_s=step,
-        source=row.source, assumptions=row.assumptions) for row, (predicted, step, fits) in rows_and_predictions]
+        source=row.source, assumptions=row.assumptions, chosen=chosen_knobs(row) if getattr(row, "search", None) else {})
+        for row, (predicted, step, fits) in rows_and_predictions]
     apes = [r.ape for r in rows]
     worst = max(rows, key=lambda r: r.ape)
     return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape,
