@@ -108,8 +108,10 @@ def test_interleaved_optimizer_is_never_slower_than_cpu_only(cpu_adam):
         assert dos_busy < cpu_busy and dos_time < 0.9 * cpu_time
 
 
-def test_plan_and_predict_agree_on_offloaded_rows():
+@pytest.mark.parametrize("overlap", [{}, {"delayed_parameter_update": True}])
+def test_plan_and_predict_agree_on_offloaded_rows(overlap):
     sc = TrainScenario.model_validate({"model": "llama-3.1-8b", "hardware": {"gpu": "rtx-4090", "gpus": 1},
+                                       "strategy": {"overlap": overlap},
                                        "workload": {"global_batch": 8, "seq_len": 2048}})
     ctx = resolve_context(sc)
     space = enumerate_space(ctx.model, 1, 1, ctx.workload, SearchSpace(), has_nvme=True)

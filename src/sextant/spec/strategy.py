@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
 
@@ -38,10 +38,24 @@ class Overlap(Spec):
     #: during the rest of the last backward (Fuyou, Liao et al. 2024, arXiv:2403.06504), instead
     #: of after the last backward (ZeRO-Offload, ZeRO-Infinity).
     optimizer_with_backward: bool = False
+    #: ZeRO-Offload's one-step delayed parameter update (Ren et al. ATC 2021, section 4.3): the
+    #: CPU update of step i runs during step i+1's forward and backward, which use the parameters
+    #: of step i-1. Applies where the optimizer is offloaded and the parameters stay on the GPU;
+    #: step i's parameters are copied in during step i+1, each layer's once its backward is done
+    #: with the old ones (no second copy). Steady state only (the paper starts it after a few
+    #: dozen synchronous warm-up steps).
+    delayed_parameter_update: bool = False
     #: Fraction of the shorter of (communication, compute it overlaps with) that is actually
     #: hidden: 1.0 is perfect overlap; less models streams contending for SMs and memory, and
     #: prefetching that starts late.
     efficiency: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_optimizer_overlap(self) -> Overlap:
+        if self.optimizer_with_backward and self.delayed_parameter_update:
+            raise ValueError("optimizer_with_backward and delayed_parameter_update are exclusive: the update "
+                             "overlaps either the last backward (Fuyou) or the next step (ZeRO-Offload's DPU)")
+        return self
 
 
 class Strategy(Spec):

@@ -35,6 +35,9 @@ The tasks, after the systems they model:
   is on the host, while the backward goes on below it. The update is still synchronous (the next
   step's forward waits for it); what it hides is its own time behind the last backward, and it
   competes with that backward's prefetches for the link and the drives.
+- Or, with ZeRO-Offload's one-step delayed parameter update (``overlap.delayed_parameter_update``,
+  Ren et al. ATC 2021, section 4.3), the update of step i runs beside step i+1, bounded by each
+  shared resource's total work (see :func:`_delayed`).
 - Zeroth-order fine-tuning (MeZO, Malladi et al. 2023; ZO2, Wang et al. 2025): no backward; each
   layer runs two perturbed forwards and its in-place update while its parameters are on the GPU,
   then, when they live in host memory, is written back (ZO2 section 4: one upload and one
@@ -151,6 +154,9 @@ class OffloadInputs:
     activations: np.ndarray  # codes: 0 GPU, 1 host, 2 NVMe
     zeroth_order: bool = False
     optimizer_with_backward: bool = False
+    #: ZeRO-Offload's delayed parameter update, over ``microbatches`` per step (see _delayed).
+    delayed_update: bool = False
+    microbatches: np.ndarray | None = None
 
 
 @dataclass
@@ -322,8 +328,25 @@ def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False
         step.layer(i, microbatch)
     end = np.max(np.stack([microbatch, *step.ends]), axis=0)
     busy_optimizer = {r: tl.busy[r] - busy_microbatch[r] for r in RESOURCES}
-    return OffloadTimes(microbatch_s=microbatch, optimizer_s=end - microbatch, busy_microbatch_s=busy_microbatch,
+    optimizer = end - microbatch
+    if x.delayed_update:
+        optimizer = _delayed(x, microbatch, optimizer, busy_microbatch, busy_optimizer)
+    return OffloadTimes(microbatch_s=microbatch, optimizer_s=optimizer, busy_microbatch_s=busy_microbatch,
                         busy_optimizer_s=busy_optimizer, events=tl.events)
+
+
+def _delayed(x: OffloadInputs, microbatch, optimizer, busy_microbatch, busy_optimizer) -> np.ndarray:
+    """What the optimizer adds to a step under ZeRO-Offload's one-step delayed parameter update
+    (Ren et al. ATC 2021, section 4.3): the update of step i runs beside step i+1's m
+    micro-batches, so the step lasts the longest of the m micro-batches, the update's own chain
+    (the synchronous phase above) and, on each resource they share (link, drives, CPU, GPU),
+    their work added up. Rows with the parameters off the GPU, or the optimizer on it, keep the
+    synchronous phase."""
+    m = np.asarray(x.microbatches, float)
+    shared = np.max(np.stack([m * busy_microbatch[r] + busy_optimizer[r] for r in RESOURCES]), axis=0)
+    step = np.maximum(np.maximum(m * microbatch, optimizer), shared)
+    applies = (x.optimizer >= 1) & (x.params == 0)
+    return np.where(applies, step - m * microbatch, optimizer)
 
 
 def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
@@ -355,7 +378,7 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
 
 
 def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer: dict, emb_both, log_both,
-             stage_params, local_params, gpu_optimizer, *, record: bool) -> OffloadTimes:
+             stage_params, local_params, gpu_optimizer, microbatches, *, record: bool) -> OffloadTimes:
     """The timeline of the offloaded ``rows`` of ``c`` (all pp = 1: one stage holds every layer), from
     the evaluation's per-layer table and per-stage parameter counts."""
     from sextant.cost.memory import precision_bytes
@@ -378,5 +401,6 @@ def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer:
         opt_params=b(local_params) * mc.trainable_fraction / L, opt_state_bytes=state, gpu_opt=b(gpu_optimizer) / L,
         optimizer=c.offload_optimizer[rows], params=c.offload_params[rows], activations=c.offload_activations[rows],
         zeroth_order=ctx.workload.method == "zo", optimizer_with_backward=ctx.overlap.optimizer_with_backward,
+        delayed_update=ctx.overlap.delayed_parameter_update, microbatches=b(microbatches),
     )
     return offload_timeline(inputs, ctx.tiers, record=record)

@@ -165,7 +165,8 @@ def predict_train(scenario: TrainScenario, *, trace_out: str | None = None) -> T
         busy = {k: float(v[0]) for k, v in ev.offload.busy_step(ev.num_microbatches[0]).items()}
         assumptions.append("offload tiers " + ctx.tiers.describe())
         when = ("each layer's update overlapping the last backward (Fuyou)" if ctx.overlap.optimizer_with_backward
-                else "optimizer after the last backward")
+                else "the update of each step beside the next (ZeRO-Offload's delayed parameter update, steady state)"
+                if ctx.overlap.delayed_parameter_update else "optimizer after the last backward")
         assumptions.append("offload timeline: two layer buffers per stream, micro-batches separated by a "
                            f"synchronization, {when} (train/offload.py)")
         if trace_out:

@@ -442,7 +442,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     if offloaded.size:
         off_times = offload_times(ctx, c, offloaded, per_layer, emb_both, log_both, ne_first + ex_first,
                              ne_first / np.where(zero >= 1, dp_group, 1.0) + ex_first / np.where(zero >= 1, edp_group, 1.0),
-                             opt_first, record=detail and len(c) == 1)
+                             opt_first, m, record=detail and len(c) == 1)
         step = step.copy()
         step[offloaded] = (m[offloaded] * off_times.microbatch_s + off_times.optimizer_s
                            + dp_first[offloaded] + np.broadcast_to(emb_sync, step.shape)[offloaded])
