@@ -7,7 +7,7 @@ import pytest
 from sextant.spec.scenario import TrainScenario
 from sextant.train.predict import build_context, predict_train
 from sextant.validate.ledger import LedgerRow, load_ledger
-from sextant.validate.train import chosen_knobs, metric_of, predicted_metric
+from sextant.validate.train import best_prediction, metric_of
 
 
 def trillion(tp: int, micro_batch: int, **strategy) -> TrainScenario:
@@ -49,9 +49,8 @@ def test_offloaded_checkpoints_take_one_tp_share_of_host_memory():
 
 def test_searched_row_predicts_its_best_fitting_combination():
     row = next(r for r in load_ledger(None, "offload.yaml") if r.id == "I2")
-    chosen = chosen_knobs(row)
+    chosen, (value, _, fits) = best_prediction(row)
     assert set(chosen) == {"tp", "micro_batch"}
-    value, _, fits = predicted_metric(row)
     assert fits
     for knobs, variant in row.searched():
         ctx, cand = build_context(variant.scenario())

@@ -251,12 +251,13 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
 
     e = dev.act_bytes
     act_bytes = e * b * s_local * h
-    tp_one = comm.all_reduce(act_bytes, tp, _group_per_node(tp, 1, gpn), fab)
+    tp_per_node = _group_per_node(tp, 1, gpn)
+    tp_one = comm.all_reduce(act_bytes, tp, tp_per_node, fab)
     tp_total = (4.0 + np.where(rc == 2, 2.0, 0.0)) * tp_one
     # DeepSpeed partition_activations: the checkpointed input is split over the tensor-parallel
     # ranks (sequence parallelism splits it already) and all-gathered before its recomputation.
     partitioned = (ctx.partition_activations and ctx.method.backward) & (rc == 2) & ~np.asarray(sp, bool) & (tp > 1)
-    tp_total = tp_total + np.where(partitioned, comm.all_gather(act_bytes, tp, _group_per_node(tp, 1, gpn), fab), 0.0)
+    tp_total = tp_total + np.where(partitioned, comm.all_gather(act_bytes, tp, tp_per_node, fab), 0.0)
     gemm_layer = layer.fwd.gemm + layer.bwd.gemm
     tp_exposed = _exposed(tp_total, gemm_layer, eta) if ctx.overlap.tp_comm else tp_total
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sextant.errors import InfeasibleError
 from sextant.validate.ledger import LedgerRow, load_ledger
-from sextant.validate.train import ValidationReport, predicted_metric, report_of
+from sextant.validate.train import ValidationReport, best_prediction, report_of
 
 
 def min_gpus_without_offload(row: LedgerRow) -> tuple[float, float, bool]:
@@ -27,5 +27,5 @@ def min_gpus_without_offload(row: LedgerRow) -> tuple[float, float, bool]:
 
 
 def validate_offload(path: str | Path | None = None) -> ValidationReport:
-    return report_of((row, min_gpus_without_offload(row) if row.metric == "min_gpus_without_offload"
-                      else predicted_metric(row)) for row in load_ledger(path, "offload.yaml"))
+    return report_of((row, {}, min_gpus_without_offload(row)) if row.metric == "min_gpus_without_offload"
+                     else (row, *best_prediction(row)) for row in load_ledger(path, "offload.yaml"))

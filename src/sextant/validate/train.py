@@ -40,18 +40,9 @@ class ValidationReport(BaseModel):
     rows_not_fitting: int
 
 
-def predicted_metric(row: LedgerRow) -> tuple[float, float, bool]:
-    """(predicted value of the row's metric, predicted step time, fits) for one row; for a row
-    with searched knobs, those of the best configuration that fits (see :func:`chosen_knobs`)."""
-    return _best(row)[1]
-
-
-def chosen_knobs(row: LedgerRow) -> dict[str, int]:
-    """The searched knobs of the configuration a row's prediction comes from ({} if none)."""
-    return _best(row)[0]
-
-
-def _best(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float, bool]]:
+def best_prediction(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float, bool]]:
+    """(searched knobs chosen, (value, step time, fits)): the combination that fits with the
+    highest value of the row's metric, or the row itself when it searches nothing."""
     best: tuple[dict[str, int], tuple[float, float, bool]] | None = None
     for knobs, variant in row.searched():
         try:
@@ -89,13 +80,13 @@ def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
 
 
 def report_of(rows_and_predictions) -> ValidationReport:
-    """The report of (ledger row, (predicted value, step time, fits)) pairs: one row each, the
-    median and the worst absolute percentage error."""
+    """The report of (ledger row, searched knobs chosen, (predicted value, step time, fits))
+    triples: one row each, the median and the worst absolute percentage error."""
     rows = [ValidationRow(
         id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, published=row.published,
         predicted=predicted, ape=abs(predicted - row.published) / row.published, fits=fits, step_time_s=step,
-        source=row.source, assumptions=row.assumptions, chosen=chosen_knobs(row) if getattr(row, "search", None) else {})
-        for row, (predicted, step, fits) in rows_and_predictions]
+        source=row.source, assumptions=row.assumptions, chosen=chosen)
+        for row, chosen, (predicted, step, fits) in rows_and_predictions]
     apes = [r.ape for r in rows]
     worst = max(rows, key=lambda r: r.ape)
     return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape,
@@ -103,4 +94,4 @@ def report_of(rows_and_predictions) -> ValidationReport:
 
 
 def validate_training(path: str | Path | None = None) -> ValidationReport:
-    return report_of((row, predicted_metric(row)) for row in load_ledger(path))
+    return report_of((row, *best_prediction(row)) for row in load_ledger(path))
