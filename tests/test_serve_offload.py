@@ -161,11 +161,11 @@ def test_streaming_iteration_combines_the_three_resources():
     st = Streaming(layers=10, micro_batches=1, dense_fetch_s=1.0, expert_fetch_s=0.0, miss_tokens=np.zeros(0),
                    miss_experts=np.zeros(0), cpu_per_context_s=0.0, kv_to_host_per_token_s=0.0,
                    kv_from_host_per_token_s=0.0, expert_hit_rate=1.0)
-    assert st.iteration_s(0.2, 0.0, 1.0, 0.0) == pytest.approx(1.1)  # fetch-bound, one layer unhidden
-    assert st.iteration_s(3.0, 0.0, 1.0, 0.0) == pytest.approx(3.1)  # compute-bound
-    assert st.iteration_s(0.5, 0.5, 0.0, 0.0) == pytest.approx(1.0)  # GPU and CPU in turn
+    assert st.iteration(0.2, 0.0, 8, 0.0, 0, 0.0)[0] == pytest.approx(1.1)  # fetch-bound, one layer unhidden
+    assert st.iteration(3.0, 0.0, 8, 0.0, 0, 0.0)[0] == pytest.approx(3.1)  # compute-bound
+    assert st.iteration_s(0.5, 0.5, (0.0,), 0.0) == pytest.approx(1.0)  # GPU and CPU in turn
     two = Streaming(**{**st.__dict__, "micro_batches": 2})
-    assert two.iteration_s(0.5, 0.5, 0.0, 0.0) == pytest.approx(0.75)
+    assert two.iteration_s(0.5, 0.5, (0.0,), 0.0) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -111,7 +111,11 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     streamed: Optional[str] = Opt(None, help="What is streamed: all weights, or only the routed experts (MoE)."),
     resident_fraction: Optional[float] = Opt(None, help="Share of the streamed weights (layers, or each layer's "
                                                          "most popular experts) kept on the GPU."),
-    offload_kv: Optional[str] = Opt(None, help="KV cache home: gpu, or cpu (decode attention on the CPU)."),
+    nvme_fraction: Optional[float] = Opt(None, help="With --offload-weights cpu: share of all weights on NVMe "
+                                                    "instead of host DRAM (FlexGen's wd)."),
+    offload_kv: Optional[str] = Opt(None, help="KV cache home: gpu, cpu or nvme."),
+    kv_attention: Optional[str] = Opt(None, help="Where decode attention runs when the KV cache is off the GPU: "
+                                                 "cpu (beside the cache) or gpu (the cache copied in)."),
     offload_micro_batches: Optional[int] = Opt(None, help="Micro-batches per offloaded iteration (CPU attention "
                                                            "overlaps GPU work across them)."),
     pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
@@ -133,7 +137,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
         _put(tree, "hardware", key, value)
     for key, value in (("weights", offload_weights), ("streamed", streamed), ("resident_fraction", resident_fraction),
-                       ("kv_cache", offload_kv), ("micro_batches", offload_micro_batches),
+                       ("nvme_fraction", nvme_fraction), ("kv_cache", offload_kv),
+                       ("kv_attention", kv_attention), ("micro_batches", offload_micro_batches),
                        ("pinned", None if pageable is None else not pageable),
                        ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
                        ("routing_trace", str(routing_trace) if routing_trace else None)):

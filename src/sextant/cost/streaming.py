@@ -23,15 +23,25 @@ trace (a CSV of ``layer, expert`` choices).
 **KV cache in host memory, attention on the CPU** (FlexGen section 4.2: computing attention where
 the cache lives moves only the activations; MoE-Lens runs CPU attention beside the GPU's
 GEMMs). Decode attention then reads the cache at the host's DRAM bandwidth, or is bound by the
-CPU's vector peak; new keys and values go to the host over the link.
+CPU's vector peak; new keys and values go to the host over the link. Or the attention stays on
+the GPU and the whole cache crosses the link every decode iteration (FlexGen without its CPU
+delegation, which it turns off when it compresses the cache; its cost model's ``ctog`` term).
+
+**Three tiers** (FlexGen's placement, section 4.2 and appendix A.3): a share of the streamed
+weights, and possibly the KV cache, live on NVMe. They are read into host memory and on, so the
+drives' busy time per iteration is their share of the weights at the read rate, plus, for a cache
+on NVMe, the whole cache read back every decode iteration (``dtoc``) and each new token's keys and
+values written (``ctod``); reads and writes share the volume.
 
 **Overlap.** Per layer the GPU's work ``g``, the CPU's attention ``a`` and the fetch ``f`` of the
 next layer run on three resources. Attention sits between the GPU's projections and its MLP, so
 with one micro-batch the GPU and CPU take turns (``g + a``); split into ``m`` micro-batches, one
 micro-batch's attention overlaps another's GEMMs (FlexGen's GPU batches), a two-stage pipeline
 taking ``max(g, a) + min(g, a) / m``. The fetch overlaps both. Layers being alike, an iteration
-is ``max(G + ..., F, W) + F / L`` over the whole model's sums: ``G`` GPU, ``A`` CPU, ``F`` fetch,
-``W`` KV written to the host. Micro-batches are taken to cost no GEMM efficiency.
+is ``max(G + ..., F, W, D) + max(F, D) / L`` over the whole model's sums: ``G`` GPU, ``A`` CPU,
+``F`` host-to-GPU transfers, ``W`` KV written to the host, ``D`` the drives (FlexGen's cost model
+takes the same maximum over its five terms, assuming perfect overlap). Micro-batches are taken
+to cost no GEMM efficiency.
 """
 
 from __future__ import annotations
@@ -51,15 +61,23 @@ class Streaming:
 
     layers: int
     micro_batches: int
-    dense_fetch_s: float  # weights every iteration streams, whatever the batch
-    expert_fetch_s: float  # one (layer, expert) pair's weights
+    dense_fetch_s: float  # host-link seconds of the weights every iteration streams, whatever the batch
+    expert_fetch_s: float  # host-link seconds of one (layer, expert) pair's weights
     miss_tokens: np.ndarray  # grid of token counts ...
     miss_experts: np.ndarray  # ... and the expected (layer, expert) pairs fetched at each
     cpu_per_context_s: float  # CPU attention per (sequence, cached token) pair, all layers; 0: GPU
     kv_to_host_per_token_s: float  # writing one new token's keys and values to the host; 0: GPU
     kv_from_host_per_token_s: float  # reading one cached token's keys and values back (prefill chunks)
     expert_hit_rate: float  # routing mass the GPU's expert cache serves (1 with no expert streaming)
-    fetch_resource: str = "host_to_gpu"  # what limits the fetch: the host link, or "nvme"
+    #: Drive seconds per host-link second of weight fetch (the NVMe share of the weights, read at
+    #: the drives' rate through host bounce buffers); 0 when every streamed weight is in DRAM.
+    weight_nvme_per_link_s: float = 0.0
+    #: The cache off the GPU, attention on it: one cached token's keys and values over the link,
+    #: every decode iteration.
+    kv_link_per_context_s: float = 0.0
+    #: The cache on NVMe: one cached token read from the drives, and one new token written.
+    kv_nvme_per_context_s: float = 0.0
+    kv_nvme_write_per_token_s: float = 0.0
 
     def fetch_s(self, tokens) -> np.ndarray:
         """Seconds of host-link transfer of the weights an iteration over ``tokens`` tokens needs."""
@@ -69,10 +87,27 @@ class Streaming:
         misses = np.interp(np.log(np.maximum(t, 1.0)), np.log(self.miss_tokens), self.miss_experts)
         return self.dense_fetch_s + self.expert_fetch_s * np.where(t > 0, misses, 0.0)
 
-    def iteration_s(self, gpu_s: float, cpu_s: float, fetch_s: float, to_host_s: float) -> float:
-        """Seconds of one iteration from each resource's total work (see the module docstring)."""
+    def iteration_s(self, gpu_s: float, cpu_s: float, transfers: tuple[float, ...], first_s: float) -> float:
+        """Seconds of one iteration from each resource's total work: the GPU and CPU in turn or
+        pipelined over the micro-batches, every transfer overlapping them, and ``first_s`` (the
+        first layer's transfers) before anything can start (see the module docstring)."""
         compute = max(gpu_s, cpu_s) + min(gpu_s, cpu_s) / self.micro_batches
-        return max(compute, fetch_s, to_host_s) + fetch_s / self.layers
+        return max(compute, *transfers) + first_s
+
+    def iteration(self, gpu_s: float, cpu_s: float, tokens: int, decode_context: float, new_tokens: int,
+                  cached_prefill_tokens: float) -> tuple[float, dict[str, float]]:
+        """(seconds, busy seconds per resource) of one iteration over ``tokens`` tokens whose
+        decode sequences hold ``decode_context`` cached tokens in all, writing ``new_tokens``
+        tokens' keys and values and reading ``cached_prefill_tokens`` back for prefill chunks."""
+        weights = float(self.fetch_s(tokens))
+        link = (weights + self.kv_link_per_context_s * decode_context
+                + self.kv_from_host_per_token_s * cached_prefill_tokens)
+        nvme = (weights * self.weight_nvme_per_link_s
+                + self.kv_nvme_per_context_s * (decode_context + cached_prefill_tokens)
+                + self.kv_nvme_write_per_token_s * new_tokens)
+        to_host = self.kv_to_host_per_token_s * new_tokens
+        device = self.iteration_s(gpu_s, cpu_s, (link, to_host, nvme), max(link, nvme) / self.layers)
+        return device, {"gpu": gpu_s, "host_to_gpu": link, "nvme": nvme, "gpu_to_host": to_host, "cpu": cpu_s}
 
 
 def expert_popularity(kind: str, experts: int, exponent: float = 1.0) -> np.ndarray:

@@ -144,6 +144,21 @@ def activation_bytes(model: ModelSpec, tp: int, tokens: int, sequences: int) -> 
     return 2.0 * tokens * (2 * h + max(attention, mlp)) + LOGIT_BYTES * sequences * model.vocab_size / t
 
 
+def _working_set(scenario: ServeScenario, streamed: bool, longest_prompt: int, token_budget: int) -> tuple[int, int]:
+    """Tokens and sequences one iteration's activations hold on the GPU: a whole static batch's
+    prompts, or the token budget; with offloading, one micro-batch of them (FlexGen's GPU batch:
+    the GPU computes one at a time and the layer's activations move on)."""
+    sched = scenario.scheduler
+    if sched.batching == "static":
+        tokens, seqs = sched.max_batch * longest_prompt, sched.max_batch
+    else:
+        tokens, seqs = token_budget, sched.max_batch
+    if streamed:
+        parts = scenario.offload.micro_batches
+        tokens, seqs = -(-tokens // parts), -(-seqs // parts)
+    return tokens, seqs
+
+
 def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) -> Resolved:
     scenario = apply_serving_framework(scenario)
     model = _model(scenario.model)
@@ -199,10 +214,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     weights = offload.gpu_weight_bytes
     if draft_model is not None:
         weights += weight_bytes_per_gpu(draft_model, draft_layout)
-    if sched.batching == "static":
-        act_tokens, act_seqs = sched.max_batch * longest_prompt, sched.max_batch
-    else:
-        act_tokens, act_seqs = token_budget, sched.max_batch
+    act_tokens, act_seqs = _working_set(scenario, offload.stream is not None, longest_prompt, token_budget)
     gpu_model = draft_model if offload.target_on_cpu else model
     activations = activation_bytes(gpu_model, dep.tp, act_tokens, act_seqs)
     kv_per_token = kv_cache_bytes_per_token(model, kv_bytes, dep.tp) / dep.pp
@@ -216,13 +228,13 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
             f"{gpu.memory.capacity_bytes / GB:.1f}); raise tp or pp, quantize the weights, or stream them from "
             "host memory (--offload-weights cpu)")
     engines = dep.pp
-    if offload.kv_on_host:
+    if offload.kv_off_gpu:
         if free < 0:
             raise InfeasibleError(
                 f"{weights / GB:.1f} GB of weights and buffers and {activations / GB:.1f} GB of activations exceed "
                 f"the {budget / GB:.1f} GB budget of one {gpu.name}; lower the batch or the token budget")
         gpu_free = free
-        free = offload.host_kv_capacity_bytes
+        free = offload.kv_capacity_bytes
     share = offload.kv_host_share
     if offload.target_on_cpu:  # the target's cache in host memory, the draft's on the GPU
         tokens_total = max(int(min(free // (kv_per_token * share), gpu_free // (kv_per_token * (1 - share)))), 0)

@@ -90,8 +90,5 @@ class IterationCost:
         if st.cpu_per_context_s:
             moved = self.decode_per_ctx * decode_context + self.write_s * decode_seqs if decode_seqs else 0.0
             cpu = st.cpu_per_context_s * decode_context
-        gpu = gpu_s - moved
-        fetch = float(st.fetch_s(tokens)) + st.kv_from_host_per_token_s * cached_prefill_tokens
-        to_host = st.kv_to_host_per_token_s * new_tokens
-        device = st.iteration_s(gpu, cpu, fetch, to_host)
-        return moved, device, {"gpu": gpu, st.fetch_resource: fetch, "gpu_to_host": to_host, "cpu": cpu}
+        device, busy = st.iteration(gpu_s - moved, cpu, tokens, decode_context, new_tokens, cached_prefill_tokens)
+        return moved, device, busy

@@ -41,11 +41,11 @@ class OffloadPlan:
     gpu_weight_bytes: float  # resident weights plus the layer (or expert) buffers in flight
     host_weight_bytes: float
     nvme_weight_bytes: float
-    kv_on_host: bool
-    host_kv_capacity_bytes: float  # host memory left for the KV cache (kv_on_host only)
+    kv_tier: str  # where the KV cache lives: "gpu", "host" or "nvme"
+    kv_capacity_bytes: float  # host memory or NVMe left for the KV cache (a cache off the GPU only)
     tiers: TierRates
     description: list[str]
-    #: Share of each token's KV bytes kept in host memory when ``kv_on_host`` (below 1 when a
+    #: Share of each token's KV bytes kept off the GPU when the cache is (below 1 when a
     #: GPU-resident draft model keeps its own cache on the GPU).
     kv_host_share: float = 1.0
     #: The target model runs on the host CPU (Dovetail); the GPU holds only the draft.
@@ -54,6 +54,10 @@ class OffloadPlan:
     @property
     def offloaded(self) -> bool:
         return self.stream is not None or self.target_on_cpu
+
+    @property
+    def kv_off_gpu(self) -> bool:
+        return self.kv_tier != "gpu"
 
 
 def _check(scenario: ServeScenario, model: ModelSpec, off: ServeOffload) -> None:
@@ -81,13 +85,13 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
     tiers = tier_rates(cluster, profile)
     weights = weight_bytes_per_gpu(model, layout)
     if not off.active:
-        return OffloadPlan(None, weights, 0.0, 0.0, False, 0.0, tiers, [])
+        return OffloadPlan(None, weights, 0.0, 0.0, "gpu", 0.0, tiers, [])
     _check(scenario, model, off)
-    if off.weights == "nvme" and not tiers.has_nvme:
+    if (off.weights == "nvme" or off.nvme_fraction > 0) and not tiers.has_nvme:
         raise SpecError(f"the {cluster.node.name} node has no NVMe drives to hold the weights", field="weights")
+    if off.kv_cache == "nvme" and not tiers.has_nvme:
+        raise SpecError(f"the {cluster.node.name} node has no NVMe drives to hold the KV cache", field="kv_cache")
     link = tiers.host_to_gpu * (1.0 if off.pinned else profile.pageable_copy_efficiency)
-    # NVMe reads land in pinned bounce buffers; the slower stage binds the pipelined copy.
-    rate = min(tiers.nvme_read, tiers.host_to_gpu) if off.weights == "nvme" else link
     layers = model.num_layers
     moe = model.moe
     c = count_params(model)
@@ -125,25 +129,42 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
             # One distribution for every layer (no trace): one layer's misses times the layers.
             grid_misses = grid_misses * layer_fraction * (c.num_moe_layers if shares.ndim == 1 else 1)
             expert_pair_bytes = per_expert
+    # The NVMe share of the streamed set goes drive -> pinned host bounce buffer -> GPU; the rest
+    # is copied from host DRAM (pinned or pageable).
+    nvme_share = (1.0 if off.weights == "nvme"
+                  else min(off.nvme_fraction / (1.0 - r), 1.0) if streamed_bytes else 0.0)
+    link_s_per_byte = (1.0 - nvme_share) / link + nvme_share / tiers.host_to_gpu
+    nvme_s_per_byte = nvme_share / tiers.nvme_read if nvme_share else 0.0
+    host_weights = streamed_bytes * (1.0 - nvme_share)
+    nvme_weights = streamed_bytes * nvme_share
+    if off.weights != "none":
+        rate = 1.0 / max(link_s_per_byte, nvme_s_per_byte)
+        source = ("NVMe" if nvme_share == 1.0 else "host DRAM" if nvme_share == 0.0
+                  else f"host DRAM ({host_weights / GB:.1f} GB) and NVMe ({nvme_weights / GB:.1f} GB)")
         description.append(
-            f"weights: {streamed_bytes / GB:.1f} GB per GPU streamed from {'host DRAM' if off.weights == 'cpu' else 'NVMe'}"
-            f" at {rate / GB:.1f} GB/s ({'pinned' if off.pinned or off.weights == 'nvme' else 'pageable'}), "
-            f"{resident / GB:.1f} GB resident on the GPU"
+            f"weights: {streamed_bytes / GB:.1f} GB per GPU streamed from {source} at {rate / GB:.1f} GB/s "
+            f"({'pinned' if off.pinned or nvme_share == 1.0 else 'pageable'}), {resident / GB:.1f} GB resident on the GPU"
             + (f"; expert cache hit rate {hits:.0%}" if off.streamed == "experts" else ""))
-    kv_on_host = off.kv_cache == "cpu"
-    cpu_per_ctx = to_host = from_host = 0.0
-    if kv_on_host:
-        per_layer_bytes = kv_elements_per_token_layer(model, layout.tp) * layout.kv_bytes
-        pair = attention_flops_per_pair(model, layout.tp)
-        cpu_per_ctx = layers * max(per_layer_bytes / tiers.host_read, pair / tiers.cpu_flops)
+    kv_tier = {"gpu": "gpu", "cpu": "host", "nvme": "nvme"}[off.kv_cache]
+    kv = dict(cpu_per_context_s=0.0, kv_to_host_per_token_s=0.0, kv_from_host_per_token_s=0.0)
+    if kv_tier != "gpu":
         kv_token = kv_cache_bytes_per_token(model, layout.kv_bytes, layout.tp)
-        to_host = kv_token / tiers.gpu_to_host
-        from_host = kv_token / link
-        description.append(
-            f"KV cache in host memory; decode attention on the CPU at {tiers.host_read / GB:.0f} GB/s of DRAM "
-            f"and {tiers.cpu_flops / 1e12:.1f} TFLOP/s per GPU, {off.micro_batches} micro-batch(es) per iteration")
-    host_weights = streamed_bytes if off.weights == "cpu" else 0.0
-    nvme_weights = streamed_bytes if off.weights == "nvme" else 0.0
+        kv.update(kv_to_host_per_token_s=kv_token / tiers.gpu_to_host, kv_from_host_per_token_s=kv_token / link)
+        where = "host memory" if kv_tier == "host" else "NVMe (read back every decode iteration)"
+        if kv_tier == "nvme":
+            kv.update(kv_nvme_per_context_s=kv_token / tiers.nvme_read,
+                      kv_nvme_write_per_token_s=kv_token / tiers.nvme_write)
+        if off.kv_attention == "cpu":
+            per_layer_bytes = kv_elements_per_token_layer(model, layout.tp) * layout.kv_bytes
+            pair = attention_flops_per_pair(model, layout.tp)
+            kv["cpu_per_context_s"] = layers * max(per_layer_bytes / tiers.host_read, pair / tiers.cpu_flops)
+            description.append(
+                f"KV cache in {where}; decode attention on the CPU at {tiers.host_read / GB:.0f} GB/s of DRAM "
+                f"and {tiers.cpu_flops / 1e12:.1f} TFLOP/s per GPU, {off.micro_batches} micro-batch(es) per iteration")
+        else:
+            kv["kv_link_per_context_s"] = kv_token / link
+            description.append(f"KV cache in {where}; decode attention on the GPU, the cache copied in over the host "
+                               f"link every iteration, {off.micro_batches} micro-batch(es) per iteration")
     if host_weights > tiers.host_capacity:
         raise InfeasibleError(f"{host_weights / GB:.1f} GB of weights per GPU exceed the host memory share of "
                               f"{tiers.host_capacity / GB:.1f} GB; stream from NVMe or add GPUs")
@@ -152,15 +173,13 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
                               f"{tiers.nvme_capacity / GB:.1f} GB")
     stream = Streaming(
         layers=layers, micro_batches=off.micro_batches,
-        dense_fetch_s=dense_stream / rate if dense_stream else 0.0,
-        expert_fetch_s=expert_pair_bytes / rate if expert_pair_bytes else 0.0,
+        dense_fetch_s=dense_stream * link_s_per_byte,
+        expert_fetch_s=expert_pair_bytes * link_s_per_byte,
         miss_tokens=grid_tokens if grid_tokens is not None else np.zeros(0),
         miss_experts=grid_misses if grid_misses is not None else np.zeros(0),
-        cpu_per_context_s=cpu_per_ctx, kv_to_host_per_token_s=to_host, kv_from_host_per_token_s=from_host,
-        expert_hit_rate=hits,
-        fetch_resource="nvme" if off.weights == "nvme" and rate < tiers.host_to_gpu else "host_to_gpu")
-    return OffloadPlan(stream, resident + buffers, host_weights, nvme_weights, kv_on_host,
-                       tiers.host_capacity - host_weights, tiers, description)
+        expert_hit_rate=hits, weight_nvme_per_link_s=nvme_s_per_byte / link_s_per_byte, **kv)
+    left = tiers.host_capacity - host_weights if kv_tier != "nvme" else tiers.nvme_capacity - nvme_weights
+    return OffloadPlan(stream, resident + buffers, host_weights, nvme_weights, kv_tier, left, tiers, description)
 
 
 
@@ -185,5 +204,5 @@ def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec,
     description = [f"target {model.name} on the CPU: {host_weights / GB:.1f} GB of weights and its KV cache in host "
                    f"memory, {dev.mem_bw / GB:.0f} GB/s of DRAM and "
                    f"{dev.gemm_peak / 1e12:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
-    return OffloadPlan(None, 0.0, host_weights, 0.0, True, tiers.host_capacity - host_weights, tiers, description,
+    return OffloadPlan(None, 0.0, host_weights, 0.0, "host", tiers.host_capacity - host_weights, tiers, description,
                        kv_host_share=target_kv / (target_kv + draft_kv), target_on_cpu=True)

@@ -184,12 +184,12 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
     off = inst.offload
     kv_used = max(e.kv_peak_fraction() for e in engines)
     kv_gb = inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token * inst.engines_per_replica / GB
-    host_kv_gb = kv_gb * off.kv_host_share if off.kv_on_host else 0.0
+    off_gpu_kv_gb = kv_gb * off.kv_host_share if off.kv_off_gpu else 0.0
     memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
-              "kv_cache": kv_gb - host_kv_gb, "budget": inst.memory_budget_bytes / GB}
+              "kv_cache": kv_gb - off_gpu_kv_gb, "budget": inst.memory_budget_bytes / GB}
     tiers = {"gpu": memory["weights"] + memory["activations"] + memory["kv_cache"],
-             "host": off.host_weight_bytes / GB + host_kv_gb,
-             "nvme": off.nvme_weight_bytes / GB}
+             "host": off.host_weight_bytes / GB + (off_gpu_kv_gb if off.kv_tier == "host" else 0.0),
+             "nvme": off.nvme_weight_bytes / GB + (off_gpu_kv_gb if off.kv_tier == "nvme" else 0.0)}
     capacity = {"gpu": inst.memory_budget_bytes / GB, "host": off.tiers.host_capacity / GB,
                 "nvme": off.tiers.nvme_capacity / GB}
     busy: dict[str, float] = {}

@@ -27,7 +27,8 @@ KVAllocation = Literal["on_demand", "reserve"]
 Arrival = Literal["poisson", "gamma"]
 WeightHome = Literal["none", "cpu", "nvme"]
 Streamed = Literal["all", "experts"]
-KVHome = Literal["gpu", "cpu"]
+KVHome = Literal["gpu", "cpu", "nvme"]
+AttentionDevice = Literal["cpu", "gpu"]
 ExpertPopularity = Literal["uniform", "zipf"]
 LengthDistribution = Literal["fixed", "uniform", "exponential", "lognormal"]
 
@@ -83,12 +84,24 @@ class ServeOffload(Spec):
     memory and runs decode attention on the CPU beside the GPU's GEMMs (FlexGen's CPU attention,
     ZeRO-Inference's KV offload, MoE-Lens); ``micro_batches`` splits each iteration so that the
     CPU's attention for one part overlaps the GPU's work on another (FlexGen's GPU batches).
+
+    FlexGen's three-tier placement (Sheng et al. ICML 2023, section 4.2): ``nvme_fraction`` puts
+    that share of the weights on NVMe and the rest of the streamed set in host DRAM (its wd, with
+    ``resident_fraction`` its wg); ``kv_cache: nvme`` keeps the cache on the drives, read back
+    every decode iteration; ``kv_attention: gpu`` runs decode attention on the GPU even with the
+    cache off it, copying the cache in each iteration (FlexGen turns its CPU "computation
+    delegation" off when it compresses the cache).
     """
 
     weights: WeightHome = "none"
     streamed: Streamed = "all"
     resident_fraction: float = Field(default=0.0, ge=0, lt=1)
+    nvme_fraction: float = Field(
+        default=0.0, ge=0, le=1,
+        description="With weights: cpu, the share of all weights on NVMe instead of host DRAM (FlexGen's wd).")
     kv_cache: KVHome = "gpu"
+    kv_attention: AttentionDevice = Field(
+        default="cpu", description="Where decode attention runs when the KV cache is off the GPU.")
     micro_batches: int = Field(default=1, gt=0)
     pinned: bool = Field(default=True, description="Host copies of the weights in pinned memory (else pageable).")
     expert_popularity: ExpertPopularity = Field(
@@ -96,6 +109,21 @@ class ServeOffload(Spec):
     zipf_exponent: float = Field(default=1.0, gt=0)
     routing_trace: str | None = Field(
         default=None, description="CSV of routed expert ids (columns layer, expert), one row per token choice.")
+
+    @model_validator(mode="after")
+    def _check_placement(self) -> ServeOffload:
+        if self.nvme_fraction > 0 and self.weights != "cpu":
+            raise ValueError("nvme_fraction splits weights: cpu between host DRAM and NVMe; "
+                             "for every streamed weight on NVMe use weights: nvme")
+        if self.nvme_fraction > 0 and self.streamed != "all":
+            raise ValueError("nvme_fraction applies to streamed: all (whole layers)")
+        if self.resident_fraction + self.nvme_fraction > 1:
+            raise ValueError(f"resident_fraction {self.resident_fraction} and nvme_fraction {self.nvme_fraction} "
+                             "add up to more than all the weights")
+        if self.kv_attention == "gpu" and self.kv_cache == "gpu":
+            raise ValueError("kv_attention chooses where attention runs when the KV cache is off the GPU; "
+                             "set kv_cache: cpu or nvme")
+        return self
 
     @property
     def active(self) -> bool:
