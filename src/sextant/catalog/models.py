@@ -37,6 +37,7 @@ HF_REPOS: dict[str, str] = {
     "mistral-7b": "mistralai/Mistral-7B-v0.1",
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
     "mixtral-8x22b": "mistralai/Mixtral-8x22B-v0.1",
+    "opt-6.7b": "facebook/opt-6.7b",
     "opt-30b": "facebook/opt-30b",
     "opt-66b": "facebook/opt-66b",
     "opt-175b": "facebook/opt-175b (config of metaseq's OPT-175B; weights by request)",
