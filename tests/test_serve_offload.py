@@ -196,6 +196,19 @@ def test_the_serving_offload_ledger_rows_are_bound_where_their_systems_say():
     assert predict_serve(rows["DI1"].scenario()).binding_resource == "gpu"
 
 
+def test_nvme_streamed_generation_follows_the_volume_read_rate():
+    """DeepNVMe's Llama3-70B runs on one H200 with four and eight Gen5 drives striped (27 and 48
+    GB/s): decode re-reads every weight from the drives each token, so throughput rises with the
+    read rate, a little less than in proportion because the prefill is compute-bound on both."""
+    from sextant.validate.serve import load_serve_ledger
+
+    rows = {row.id: row for row in load_serve_ledger(builtin="serving-offload.yaml")}
+    four, eight = (predict_serve(rows[i].scenario()) for i in ("DN9", "DN10"))
+    assert four.binding_resource == eight.binding_resource == "nvme"
+    speedup = eight.output_tokens_per_s / four.output_tokens_per_s
+    assert 1.5 < speedup < 48 / 27
+
+
 def test_cli_streams_weights_and_names_the_binding_resource(capsys):
     code = main(["predict", "serve", "--model", "opt-30b", "--gpu", "rtx-a6000", "--gpus", "1", "--precision", "fp16",
                  "--batching", "static", "--max-batch", "4", "--input-len", "64", "--output-len", "5",
