@@ -37,4 +37,10 @@ class ScenarioError(SpecError):
 
 
 class InfeasibleError(SextantError):
-    """The request is well-formed but cannot run (e.g. nothing fits in memory)."""
+    """The request is well-formed but cannot run (e.g. nothing fits in memory). ``resource`` names
+    what ran out (``GPU memory``, ``KV cache``, ``host memory``, ``NVMe``), for searches that count
+    rejections by reason."""
+
+    def __init__(self, message: str, *, field: str | None = None, resource: str = "GPU memory") -> None:
+        super().__init__(message, field=field)
+        self.resource = resource

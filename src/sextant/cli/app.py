@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import device_cmds, plan_cmds, serve_cmds, train_cmds, validate_cmds
+from sextant.cli import device_cmds, plan_cmds, plan_serve_cmds, serve_cmds, train_cmds, validate_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(catalog_app, name="catalog")
 predict_app.command("train")(train_cmds.predict_train_cmd)
 predict_app.command("serve")(serve_cmds.predict_serve_cmd)
 plan_app.command("train")(plan_cmds.plan_train_cmd)
+plan_app.command("serve")(plan_serve_cmds.plan_serve_cmd)
 validate_app.command("train")(train_cmds.validate_train_cmd)
 validate_app.command("offload")(train_cmds.validate_offload_cmd)
 validate_app.command("plan")(plan_cmds.validate_plan_cmd)

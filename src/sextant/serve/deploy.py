@@ -246,7 +246,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
             f"the KV cache holds {blocks * sched.block_size} tokens per engine after {weights / GB:.1f} GB of weights "
             f"and {activations / GB:.1f} GB of activations; the longest request needs {longest_request}; "
             "raise tp, quantize the KV cache, lower the token budget or keep the cache in host memory "
-            "(--offload-kv cpu)")
+            "(--offload-kv cpu)", resource="KV cache")
     instance = Instance(layout=layout, kv_bytes_per_token=kv_per_token, kv_capacity_tokens=blocks * sched.block_size,
                         kv_capacity_blocks=blocks, weights_bytes_per_gpu=weights, activation_bytes_per_gpu=activations,
                         memory_budget_bytes=budget, engines_per_replica=engines, offload=offload)

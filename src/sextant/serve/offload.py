@@ -101,7 +101,8 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
     dense_stream = expert_pair_bytes = 0.0
     grid_tokens = grid_misses = None
     hits = 1.0
-    streamed_bytes = resident = buffers = 0.0
+    streamed_bytes = buffers = 0.0
+    resident = weights  # only the KV cache is offloaded: every weight stays on the GPU
     if off.weights != "none":
         if moe is None:
             streamed_bytes = weights * (1.0 - r)
@@ -167,10 +168,10 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
                                f"link every iteration, {off.micro_batches} micro-batch(es) per iteration")
     if host_weights > tiers.host_capacity:
         raise InfeasibleError(f"{host_weights / GB:.1f} GB of weights per GPU exceed the host memory share of "
-                              f"{tiers.host_capacity / GB:.1f} GB; stream from NVMe or add GPUs")
+                              f"{tiers.host_capacity / GB:.1f} GB; stream from NVMe or add GPUs", resource="host memory")
     if nvme_weights > tiers.nvme_capacity:
         raise InfeasibleError(f"{nvme_weights / GB:.1f} GB of weights per GPU exceed the NVMe share of "
-                              f"{tiers.nvme_capacity / GB:.1f} GB")
+                              f"{tiers.nvme_capacity / GB:.1f} GB", resource="NVMe")
     stream = Streaming(
         layers=layers, micro_batches=off.micro_batches,
         dense_fetch_s=dense_stream * link_s_per_byte,
@@ -197,7 +198,7 @@ def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec,
     host_weights = weight_bytes_per_gpu(model, target)
     if host_weights > tiers.host_capacity:
         raise InfeasibleError(f"the target's {host_weights / GB:.1f} GB of weights exceed the host memory share of "
-                              f"{tiers.host_capacity / GB:.1f} GB")
+                              f"{tiers.host_capacity / GB:.1f} GB", resource="host memory")
     target_kv = kv_cache_bytes_per_token(model, target.kv_bytes, 1)
     draft_kv = kv_cache_bytes_per_token(draft, draft_layout.kv_bytes, 1)
     dev = target.dev

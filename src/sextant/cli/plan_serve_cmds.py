@@ -1,0 +1,102 @@
+"""``plan serve``: where to keep weights and KV cache, and how large a batch to run, on one GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sextant.cli.serve_cmds import RESOURCE_LABELS, KVChoice, ServePrecision, _put
+from sextant.spec.serving import load_serve_scenario, parse_serve_scenario
+
+Opt = typer.Option
+SHOWN = 10  # placements listed in the report
+
+
+def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
+    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML serving scenario; flags override it."),
+    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    framework: Optional[str] = Opt(None, help="Serving preset, e.g. flexgen-2023, zero-inference-2023, vllm-2024."),
+    gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
+    node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node): its host memory and drives."),
+    tp: Optional[int] = Opt(None, help="Tensor-parallel degree (the replica's GPU count)."),
+    precision: Optional[ServePrecision] = Opt(None, help="Weight precision."),
+    kv_precision: Optional[KVChoice] = Opt(None, help="KV-cache precision."),
+    input_len: Optional[int] = Opt(None, help="Input tokens per request."),
+    output_len: Optional[int] = Opt(None, help="Output tokens per request."),
+    num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
+    pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
+    profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    top: int = Opt(5, help="How many configurations to report."),
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+) -> None:
+    """Search where one replica keeps its weights (GPU, host DRAM, NVMe, or a split) and KV cache
+    (GPU, DRAM, NVMe; attention on the CPU or GPU), and its batch, for offline throughput."""
+    from sextant.plan.serve_offload import plan_serve
+
+    tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
+    if model is not None:
+        tree["model"] = model
+    if framework is not None:
+        tree["framework"] = framework
+    for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
+        _put(tree, "hardware", key, value)
+    for key, value in (("tp", tp), ("precision", precision), ("kv_precision", kv_precision)):
+        _put(tree, "deployment", key, value)
+    for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
+        _put(tree, "workload", key, value)
+    _put(tree, "offload", "pinned", None if pageable is None else not pageable)
+    _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
+    base = parse_serve_scenario(tree, from_flags=scenario is None)
+    console = Console(stderr=True)
+    with Progress(TextColumn("searching placements"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("plan", total=None)
+        plan = plan_serve(base, top=top, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        typer.echo(json.dumps(plan.model_dump(), indent=2))
+        return
+    _render(plan)
+
+
+def _render(plan) -> None:
+    console = Console()
+    b = plan.best
+    console.print(f"[bold]{plan.model}[/bold] on {b.gpus} x {plan.gpu} ({plan.node}): {b.num_requests} requests of "
+                  f"{b.precision} weights, {b.kv_precision} KV, all at time 0")
+    console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
+                  + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
+    table = Table("weights", "KV cache", "batch", "GPU batches", "tokens/s", "bound by",
+                  title="best batch of each placement (scored on one batch)", title_justify="left")
+    for e in plan.strategies[:SHOWN]:
+        p = e.policy
+        table.add_row(p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
+                      f"{e.output_tokens_per_s:,.2f}", RESOURCE_LABELS.get(e.binding_resource, e.binding_resource))
+    console.print(table)
+    if len(plan.strategies) > SHOWN:
+        console.print(f"({len(plan.strategies) - SHOWN} slower placements not shown; --json lists them all)")
+    p = plan.best_policy
+    console.print(f"best: {p.strategy}, batch {p.max_batch} in {p.micro_batches} GPU batch(es): "
+                  f"{b.output_tokens_per_s:,.2f} output tokens/s over the whole workload; bound by "
+                  f"{RESOURCE_LABELS.get(b.binding_resource, b.binding_resource)}")
+    console.print("  as `sextant predict serve` flags: " + _flags(p))
+
+
+def _flags(p) -> str:
+    flags = [f"--max-batch {p.max_batch}"]
+    if p.weights != "none":
+        flags.append(f"--offload-weights {p.weights}")
+        if p.resident_fraction:
+            flags.append(f"--resident-fraction {p.resident_fraction:g}")
+        if p.nvme_fraction:
+            flags.append(f"--nvme-fraction {p.nvme_fraction:g}")
+    if p.kv_cache != "gpu":
+        flags += [f"--offload-kv {p.kv_cache}", f"--kv-attention {p.kv_attention}"]
+    if p.weights != "none" or p.kv_cache != "gpu":
+        flags.append(f"--offload-micro-batches {p.micro_batches}")
+    return " ".join(flags)

@@ -1,0 +1,86 @@
+"""``plan serve``: the placement and batch search for one GPU (sextant.plan.serve_offload)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sextant.cli.app import main
+from sextant.errors import InfeasibleError, SpecError
+from sextant.plan.serve_offload import _scenario, plan_serve
+from sextant.serve.predict import predict_serve
+from sextant.spec.serving import parse_serve_scenario
+
+
+def base(**workload):
+    return parse_serve_scenario({
+        "model": "opt-30b", "framework": "flexgen-2023", "deployment": {"precision": "fp16"},
+        "hardware": {"gpu": "t4", "gpus": 1, "node": "gcp-n1-highmem-32-t4"},
+        "workload": {"input_len": 512, "output_len": 32, "num_requests": 64, **workload}})
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return plan_serve(base(), top=3)
+
+
+def test_a_model_larger_than_the_gpu_is_planned_off_it(plan):
+    # 60 GB of fp16 weights on a 16 GB T4: nothing runs with every weight on the GPU.
+    assert all(e.policy.weights != "none" for e in plan.strategies)
+    assert plan.rejected.get("GPU memory", 0) > 0
+    assert plan.configs_feasible < plan.configs_evaluated
+    assert plan.best_policy.weights in ("cpu", "nvme")
+
+
+def test_the_best_entry_is_what_predict_serve_says_for_it(plan):
+    tree = base().model_dump(exclude_unset=True)
+    again = predict_serve(_scenario(tree, plan.best_policy, 64))
+    assert again.output_tokens_per_s == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)
+    assert [e.output_tokens_per_s for e in plan.top] == sorted((e.output_tokens_per_s for e in plan.top), reverse=True)
+    assert plan.top[0].output_tokens_per_s == plan.best.output_tokens_per_s
+
+
+def test_every_placement_is_reported_once_with_what_binds_it(plan):
+    strategies = [e.strategy for e in plan.strategies]
+    assert len(strategies) == len(set(strategies))
+    assert {e.binding_resource for e in plan.strategies} >= {"nvme", "host_to_gpu"}
+    # The more of the weights the drives hold, the slower: they read at 1.6 GB/s, the link 12.
+    by_share = {e.policy.nvme_fraction: e.output_tokens_per_s for e in plan.strategies
+                if e.policy.weights == "cpu" and e.policy.kv_cache == "cpu" and e.policy.kv_attention == "cpu"}
+    shares = sorted(by_share)
+    assert len(shares) == 4 and all(by_share[a] > by_share[b] for a, b in zip(shares, shares[1:]))
+
+
+def test_a_model_that_fits_keeps_its_weights_on_the_gpu():
+    plan = plan_serve(parse_serve_scenario({
+        "model": "opt-6.7b", "framework": "flexgen-2023", "deployment": {"precision": "fp16"},
+        "hardware": {"gpu": "a100-80gb", "gpus": 1},
+        "workload": {"input_len": 128, "output_len": 16, "num_requests": 32}}), top=1)
+    assert plan.best_policy.weights == "none"
+    assert plan.best_policy.max_batch == 32
+
+
+def test_kv_only_offload_keeps_every_weight_on_the_gpu():
+    """The KV cache in DRAM does not move the weights: OPT-30B's 60 GB still do not fit a T4."""
+    sc = base().model_dump(exclude_unset=True)
+    sc["offload"] = {"kv_cache": "cpu"}
+    with pytest.raises(InfeasibleError) as err:
+        predict_serve(parse_serve_scenario(sc))
+    assert err.value.resource == "GPU memory"
+
+
+def test_requests_arriving_over_time_are_refused():
+    with pytest.raises(SpecError, match="offline"):
+        plan_serve(base(rate=1.0))
+
+
+def test_cli_json_lists_the_search(capsys):
+    code = main(["plan", "serve", "--model", "opt-30b", "--gpu", "t4", "--node", "gcp-n1-highmem-32-t4",
+                 "--framework", "flexgen-2023", "--precision", "fp16", "--input-len", "512", "--output-len", "32",
+                 "--num-requests", "16", "--top", "2", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["configs_evaluated"] >= out["configs_feasible"] > 0
+    assert len(out["top"]) == 2 and out["best"]["output_tokens_per_s"] == out["top"][0]["output_tokens_per_s"]
+    assert set(out["rejected"]) <= {"GPU memory", "KV cache", "host memory", "NVMe"}
