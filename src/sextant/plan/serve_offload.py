@@ -15,6 +15,9 @@ FlexGen relaxes the placement to a linear program over its own cost model; here 
 is simulated by the same ``predict serve`` that scores one configuration, so a plan and a
 prediction of its best entry agree exactly. A batch ladder stops at the first batch that does not
 fit: memory only grows with the batch.
+
+Not searched: the tensor-parallel degree and precision (inputs), streaming only the routed experts
+of a mixture-of-experts model, and activations off the GPU.
 """
 
 from __future__ import annotations
@@ -138,12 +141,12 @@ def _entry(p: ServePolicy, r: ServeResult) -> ServePlanEntry:
                           bottleneck=r.bottleneck)
 
 
-def _flat(ladder: list[tuple[ServePlanEntry, ServeResult]]) -> bool:
+def _flat(ladder: list[ServePlanEntry]) -> bool:
     """Two doublings of the batch in a row gained less than :data:`PLATEAU` each: the GPU (or a
     link) is saturated and larger batches only add memory and latency."""
     if len(ladder) < 3:
         return False
-    a, b, c = (e.output_tokens_per_s for e, _ in ladder[-3:])
+    a, b, c = (e.output_tokens_per_s for e in ladder[-3:])
     return b <= a * (1 + PLATEAU) and c <= b * (1 + PLATEAU)
 
 
@@ -172,13 +175,13 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     ladders = [(w, r, d, kv, att) for (w, r, d) in _placements(has_nvme) for (kv, att) in _kv_homes(has_nvme)]
     batches = _batches(base.workload.num_requests)
     rejected: Counter[str] = Counter()
-    entries: list[tuple[ServePlanEntry, ServeResult]] = []  # scored on one batch each
+    entries: list[ServePlanEntry] = []  # scored on one batch each
     evaluated = 0
     for i, (w, r, d, kv, att) in enumerate(ladders):
         splits = MICRO_BATCHES if (w != "none" or kv != "gpu") else (1,)
         best_of_split = 0.0
         for m in splits:
-            ladder: list[tuple[ServePlanEntry, ServeResult]] = []
+            ladder: list[ServePlanEntry] = []
             for b in batches:
                 if b % m:
                     continue
@@ -193,11 +196,11 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
                 if result.kv_cache_capacity_tokens < b * longest:
                     rejected["KV cache"] += 1
                     break
-                ladder.append((_entry(policy, result), result))
+                ladder.append(_entry(policy, result))
                 if _flat(ladder):
                     break
             entries += ladder
-            top_of_split = max((e.output_tokens_per_s for e, _ in ladder), default=0.0)
+            top_of_split = max((e.output_tokens_per_s for e in ladder), default=0.0)
             if m > 1 and top_of_split <= best_of_split * (1 + PLATEAU):
                 break  # more GPU batches per block no longer pay
             best_of_split = max(best_of_split, top_of_split)
@@ -208,14 +211,14 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
         raise InfeasibleError(f"no placement of {base.model} fits one {base.hardware.gpu} with this node's host memory "
                               f"and drives, even at batch 1 ({reasons}); quantize the weights or add GPUs",
                               field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
-    entries.sort(key=lambda e: e[0].output_tokens_per_s, reverse=True)
+    entries.sort(key=lambda e: e.output_tokens_per_s, reverse=True)
     best_per_strategy: dict[str, ServePlanEntry] = {}
-    for entry, _ in entries:
+    for entry in entries:
         best_per_strategy.setdefault(entry.strategy, entry)
     # The search scored one batch per candidate; what is reported is the whole workload, as
     # `predict serve` simulates it (a last, partial batch included).
     full = [(e.policy, predict_serve(_scenario(tree, e.policy, base.workload.num_requests)))
-            for e, _ in entries[:top]]
+            for e in entries[:top]]
     full.sort(key=lambda pr: pr[1].output_tokens_per_s, reverse=True)
     best_policy, best = full[0]
     return ServePlan(model=best.model, gpu=best.gpu, node=node.name,
