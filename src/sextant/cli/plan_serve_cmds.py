@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sextant.cli.serve_cmds import RESOURCE_LABELS, KVChoice, ServePrecision, _put
-from sextant.spec.serving import load_serve_scenario, parse_serve_scenario
+from sextant.cli.serve_cmds import RESOURCE_LABELS, KVChoice, ServePrecision, _put, scenario_tree
+from sextant.spec.serving import parse_serve_scenario
 
 Opt = typer.Option
 SHOWN = 10  # placements listed in the report
@@ -39,13 +39,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     (GPU, DRAM, NVMe; attention on the CPU or GPU), and its batch, for offline throughput."""
     from sextant.plan.serve_offload import plan_serve
 
-    tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
-    if model is not None:
-        tree["model"] = model
-    if framework is not None:
-        tree["framework"] = framework
-    for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
-        _put(tree, "hardware", key, value)
+    tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):

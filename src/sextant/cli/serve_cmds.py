@@ -47,6 +47,19 @@ def _put(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
         tree.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
 
 
+def scenario_tree(scenario: Path | None, model: str | None, framework: str | None, gpu: str | None,
+                  node: str | None, profile: Path | None) -> dict[str, Any]:
+    """The serving scenario file's values (or none) with the model, preset and hardware flags over them."""
+    tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
+    if model is not None:
+        tree["model"] = model
+    if framework is not None:
+        tree["framework"] = framework
+    for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
+        _put(tree, "hardware", key, value)
+    return tree
+
+
 def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: int | None,
                     acceptance_rate: float | None, spec_target: str | None, prefill_replicas: int | None,
                     decode_replicas: int | None) -> None:
@@ -129,13 +142,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
     from sextant.serve.predict import run, summarise
 
-    tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
-    if model is not None:
-        tree["model"] = model
-    if framework is not None:
-        tree["framework"] = framework
-    for key, value in (("gpu", gpu), ("node", node), ("profile", str(profile) if profile else None)):
-        _put(tree, "hardware", key, value)
+    tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("weights", offload_weights), ("streamed", streamed), ("resident_fraction", resident_fraction),
                        ("nvme_fraction", nvme_fraction), ("kv_cache", offload_kv),
                        ("kv_attention", kv_attention), ("micro_batches", offload_micro_batches),
