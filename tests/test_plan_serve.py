@@ -84,3 +84,15 @@ def test_cli_json_lists_the_search(capsys):
     assert out["configs_evaluated"] >= out["configs_feasible"] > 0
     assert len(out["top"]) == 2 and out["best"]["output_tokens_per_s"] == out["top"][0]["output_tokens_per_s"]
     assert set(out["rejected"]) <= {"GPU memory", "KV cache", "host memory", "NVMe"}
+
+
+def test_the_printed_flags_predict_the_best_entry(plan, capsys):
+    from sextant.cli.plan_serve_cmds import _flags
+
+    flags = _flags(plan.best_policy).split()
+    code = main(["predict", "serve", "--model", "opt-30b", "--gpu", "t4", "--gpus", "1", "--node",
+                 "gcp-n1-highmem-32-t4", "--framework", "flexgen-2023", "--precision", "fp16", "--input-len", "512",
+                 "--output-len", "32", "--num-requests", "64", *flags, "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["output_tokens_per_s"] == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)

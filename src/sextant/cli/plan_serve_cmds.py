@@ -81,16 +81,16 @@ def _render(plan) -> None:
     console.print("  as `sextant predict serve` flags: " + _flags(p))
 
 
+#: ``predict serve`` flag of each offload setting a plan can choose.
+FLAG_OF = {"weights": "--offload-weights", "resident_fraction": "--resident-fraction",
+           "nvme_fraction": "--nvme-fraction", "kv_cache": "--offload-kv", "kv_attention": "--kv-attention",
+           "micro_batches": "--offload-micro-batches"}
+
+
 def _flags(p) -> str:
+    """The placement as ``predict serve`` flags (settings at their defaults left out)."""
     flags = [f"--max-batch {p.max_batch}"]
-    if p.weights != "none":
-        flags.append(f"--offload-weights {p.weights}")
-        if p.resident_fraction:
-            flags.append(f"--resident-fraction {p.resident_fraction:g}")
-        if p.nvme_fraction:
-            flags.append(f"--nvme-fraction {p.nvme_fraction:g}")
-    if p.kv_cache != "gpu":
-        flags += [f"--offload-kv {p.kv_cache}", f"--kv-attention {p.kv_attention}"]
-    if p.weights != "none" or p.kv_cache != "gpu":
-        flags.append(f"--offload-micro-batches {p.micro_batches}")
+    for key, value in p.offload().items():
+        if value not in (0.0, "none"):
+            flags.append(f"{FLAG_OF[key]} {value:g}" if isinstance(value, float) else f"{FLAG_OF[key]} {value}")
     return " ".join(flags)

@@ -51,6 +51,17 @@ class ServePolicy(BaseModel):
     max_batch: int
     micro_batches: int
 
+    def offload(self) -> dict[str, Any]:
+        """The scenario's ``offload`` settings for this placement (none when all is on the GPU)."""
+        if self.weights == "none" and self.kv_cache == "gpu":
+            return {}
+        settings: dict[str, Any] = {"weights": self.weights, "resident_fraction": self.resident_fraction,
+                                    "nvme_fraction": self.nvme_fraction, "kv_cache": self.kv_cache,
+                                    "micro_batches": self.micro_batches}
+        if self.kv_cache != "gpu":
+            settings["kv_attention"] = self.kv_attention
+        return settings
+
     @property
     def weights_home(self) -> str:
         if self.weights == "none":
@@ -125,13 +136,7 @@ def _batches(num_requests: int) -> list[int]:
 def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeScenario:
     tree = {**tree, "scheduler": {**tree.get("scheduler", {}), "max_batch": p.max_batch},
             "workload": {**tree.get("workload", {}), "num_requests": num_requests}}
-    offload = {k: v for k, v in tree.get("offload", {}).items() if k in ("pinned",)}
-    if p.weights != "none" or p.kv_cache != "gpu":
-        offload.update(weights=p.weights, resident_fraction=p.resident_fraction, nvme_fraction=p.nvme_fraction,
-                       kv_cache=p.kv_cache, micro_batches=p.micro_batches)
-        if p.kv_cache != "gpu":
-            offload["kv_attention"] = p.kv_attention
-    tree["offload"] = offload
+    tree["offload"] = {**{k: v for k, v in tree.get("offload", {}).items() if k == "pinned"}, **p.offload()}
     return parse_serve_scenario(tree, "plan serve candidate")
 
 
