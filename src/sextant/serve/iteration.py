@@ -15,8 +15,10 @@ from sextant.cost.inference import (
 from sextant.cost.streaming import Streaming
 from sextant.spec.model import ModelSpec
 
-#: Largest token count tabulated up front; larger iterations are computed and memoized.
-TABLE_TOKENS = 16384
+#: Token counts are tabulated in blocks of this many, each the first time an iteration needs one:
+#: a simulation touches few distinct counts (its decode batches and prompt chunks), and a
+#: mixture-of-experts model's cost per count is not small.
+TABLE_BLOCK = 256
 
 
 class IterationCost:
@@ -27,16 +29,12 @@ class IterationCost:
     #: Resources an offloaded iteration keeps busy (see :mod:`sextant.cost.streaming`).
     RESOURCES = ("gpu", "host_to_gpu", "nvme", "gpu_to_host", "cpu")
 
-    def __init__(self, model: ModelSpec, lay: Layout, max_tokens: int, max_seqs: int,
+    def __init__(self, model: ModelSpec, lay: Layout, max_seqs: int,
                  stream: Streaming | None = None, on_host: bool = False) -> None:
         self.model, self.lay, self.stream = model, lay, stream
-        n = min(max(max_tokens, 1), TABLE_TOKENS)
-        parts = token_time(model, lay, np.arange(1, n + 1, dtype=float), 0.0)
-        self._gemm = [0.0, *parts["gemm"].tolist()]
-        self._ew = [0.0, *parts["elementwise"].tolist()]
-        self._comm = [0.0, *parts["communication"].tolist()]
+        #: (GEMM, element-wise, communication) seconds per token count, by block of TABLE_BLOCK.
+        self._blocks: dict[int, list[tuple[float, float, float]]] = {}
         self._head = [0.0, *output_head_time(model, lay, np.arange(1, max(max_seqs, 1) + 1, dtype=float)).tolist()]
-        self._extra: dict[int, tuple[float, float, float]] = {}
         rates = attention_rates(model, lay)
         self.rates = rates
         self.decode_per_ctx = max(rates.pair_s, rates.kv_read_s)
@@ -52,14 +50,17 @@ class IterationCost:
         self.has_table = lay.dev.attention_table is not None
 
     def token_parts(self, tokens: int) -> tuple[float, float, float]:
-        if tokens < len(self._gemm):
-            return self._gemm[tokens], self._ew[tokens], self._comm[tokens]
-        hit = self._extra.get(tokens)
-        if hit is None:
-            parts = token_time(self.model, self.lay, float(tokens), 0.0)
-            hit = (float(parts["gemm"]), float(parts["elementwise"]), float(parts["communication"]))
-            self._extra[tokens] = hit
-        return hit
+        """(GEMM, element-wise, communication) seconds of an iteration over ``tokens`` tokens."""
+        if tokens <= 0:
+            return 0.0, 0.0, 0.0
+        block, i = divmod(tokens - 1, TABLE_BLOCK)
+        rows = self._blocks.get(block)
+        if rows is None:
+            counts = np.arange(block * TABLE_BLOCK + 1, (block + 1) * TABLE_BLOCK + 1, dtype=float)
+            parts = token_time(self.model, self.lay, counts, 0.0)
+            rows = list(zip(parts["gemm"].tolist(), parts["elementwise"].tolist(), parts["communication"].tolist()))
+            self._blocks[block] = rows
+        return rows[i]
 
     def head(self, sequences: int) -> float:
         if sequences < len(self._head):

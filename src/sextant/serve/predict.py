@@ -110,15 +110,12 @@ def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost
     swap_s_per_token = inst.kv_bytes_per_token / (pcie.bandwidth_bytes_per_s * res.profile.pcie_bw_efficiency)
     swap_blocks = int(sched.swap_space_gb * 1e9 // (inst.kv_bytes_per_token * sched.block_size)) \
         if sched.preemption == "swap" else 0
-    max_tokens = res.token_budget if sched.batching != "static" else sched.max_batch
-    if spec is not None:
-        max_tokens = max(max_tokens, sched.max_batch * (spec.num_tokens + 1))
-    cost = IterationCost(res.model, inst.layout, max_tokens, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
+    cost = IterationCost(res.model, inst.layout, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
                          stream=inst.offload.stream, on_host=inst.offload.target_on_cpu)
     draft = None
     tokens_per_step = 1.0
     if spec is not None:
-        draft = IterationCost(res.draft_model, res.draft, sched.max_batch, sched.max_batch)
+        draft = IterationCost(res.draft_model, res.draft, sched.max_batch)
         a, k = spec.acceptance_rate, spec.num_tokens
         # Expected tokens per verification step: (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, eq. 1).
         tokens_per_step = (1 - a ** (k + 1)) / (1 - a)
