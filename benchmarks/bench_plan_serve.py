@@ -1,11 +1,12 @@
-"""``plan serve`` timed on three single-GPU searches.
+"""``plan serve`` timed on four single-GPU searches.
 
     python benchmarks/bench_plan_serve.py
 
 Prints, per case, the candidates simulated, the wall time and the rate. Two offload cases
-(OPT-30B on FlexGen's T4 machine, Llama-3.1-70B on one H200 with eight striped NVMe drives) and
-one model that fits on the GPU (Llama-3.1-8B on one H100 under continuous batching, 128-token
-outputs), which costs more per candidate.
+(OPT-30B on FlexGen's T4 machine, Llama-3.1-70B on one H200 with eight striped NVMe drives), a
+mixture-of-experts model, whose search adds expert streaming and caching (Mixtral-8x7B in 4-bit
+on an RTX 4090, Zipf routing), and one model that fits on the GPU (Llama-3.1-8B on one H100
+under continuous batching, 128-token outputs), which costs more per candidate.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ CASES = {
         "model": "llama-3.1-70b", "framework": "zero-inference-2023", "deployment": {"precision": "fp16"},
         "hardware": {"gpu": "h200", "gpus": 1, "node": "azure-nd-h200-v5"},
         "workload": {"input_len": 512, "output_len": 32, "num_requests": 128}},
+    "Mixtral-8x7B 4-bit, RTX 4090, Zipf routing, continuous batching (64 requests, 512 in / 32 out)": {
+        "model": "mixtral-8x7b", "deployment": {"precision": "w4a16"},
+        "hardware": {"gpu": "rtx-4090", "gpus": 1, "node": "fuyou-rtx4090-server"},
+        "workload": {"input_len": 512, "output_len": 32, "num_requests": 64},
+        "offload": {"expert_popularity": "zipf"}},
     "Llama-3.1-8B, H100, continuous batching (256 requests, 512 in / 128 out)": {
         "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
         "workload": {"input_len": 512, "output_len": 128, "num_requests": 256}},

@@ -8,7 +8,7 @@ import pytest
 
 from sextant.cli.app import main
 from sextant.errors import InfeasibleError, SpecError
-from sextant.plan.serve_offload import _scenario, plan_serve
+from sextant.plan.serve_offload import ServePolicy, _scenario, plan_serve
 from sextant.serve.predict import predict_serve
 from sextant.spec.serving import parse_serve_scenario
 
@@ -96,3 +96,72 @@ def test_the_printed_flags_predict_the_best_entry(plan, capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["output_tokens_per_s"] == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)
+
+
+def test_a_dense_model_is_never_planned_with_expert_streaming(plan):
+    assert all(e.policy.streamed == "all" for e in plan.strategies)
+
+
+def test_a_kv_cache_on_nvme_is_never_faster_than_in_dram():
+    """The premise that lets the search skip NVMe-cache ladders where DRAM holds the cache: the
+    drives add reads and writes to the same link traffic."""
+    tree = base().model_dump(exclude_unset=True)
+    slower = 0
+    for on_nvme, attention, batch in ((0.0, "cpu", 32), (0.25, "gpu", 16), (0.0, "gpu", 8)):
+        speeds = {}
+        for home in ("cpu", "nvme"):
+            policy = ServePolicy(weights="cpu", resident_fraction=0.0, nvme_fraction=on_nvme, kv_cache=home,
+                                 kv_attention=attention, max_batch=batch, micro_batches=2)
+            speeds[home] = predict_serve(_scenario(tree, policy, batch)).output_tokens_per_s
+        assert speeds["nvme"] <= speeds["cpu"]
+        slower += speeds["nvme"] < speeds["cpu"]
+    assert slower >= 2  # equal only where the link, not the drives, binds both
+
+
+def moe_base(popularity: str):
+    """Mixtral-8x7B in 4-bit (23 GB of weights) on one 24 GB RTX 4090, four short requests."""
+    return parse_serve_scenario({
+        "model": "mixtral-8x7b", "deployment": {"precision": "w4a16"},
+        "hardware": {"gpu": "rtx-4090", "gpus": 1, "node": "fuyou-rtx4090-server"},
+        "workload": {"input_len": 128, "output_len": 16, "num_requests": 4},
+        "offload": {"expert_popularity": popularity}})
+
+
+@pytest.fixture(scope="module")
+def moe_plan():
+    return plan_serve(moe_base("zipf"), top=2)
+
+
+def test_a_moe_model_streams_only_its_routed_experts(moe_plan):
+    """The dense parts stay on the GPU and a batch of four fetches only the experts it routes to:
+    fewer bytes over the link than streaming whole layers."""
+    best = moe_plan.best_policy
+    assert best.weights == "cpu" and best.streamed == "experts"
+    fastest = {kind: max(e.output_tokens_per_s for e in moe_plan.strategies if e.policy.streamed == kind)
+               for kind in ("all", "experts")}
+    assert fastest["experts"] > fastest["all"]
+
+
+def test_skewed_routing_makes_the_expert_cache_pay(moe_plan):
+    """Under Zipf routing the most popular experts take most tokens, so the plan caches them; the
+    same placement under uniform routing misses more and runs slower."""
+    best = moe_plan.best_policy
+    assert best.resident_fraction > 0
+    uniform = predict_serve(_scenario(moe_base("uniform").model_dump(exclude_unset=True), best, 4))
+    assert uniform.output_tokens_per_s < moe_plan.best.output_tokens_per_s
+    uncached = {e.policy.resident_fraction: e.output_tokens_per_s for e in moe_plan.strategies
+                if e.policy.streamed == "experts" and e.policy.weights == "cpu" and e.policy.kv_cache == "gpu"}
+    assert uncached[0.0] < uncached[best.resident_fraction]
+
+
+def test_the_printed_flags_of_an_expert_plan_predict_its_best(moe_plan, capsys):
+    from sextant.cli.plan_serve_cmds import _flags
+
+    flags = _flags(moe_plan.best_policy).split()
+    assert "--streamed" in flags
+    code = main(["predict", "serve", "--model", "mixtral-8x7b", "--gpu", "rtx-4090", "--gpus", "1", "--node",
+                 "fuyou-rtx4090-server", "--precision", "w4a16", "--input-len", "128", "--output-len", "16",
+                 "--num-requests", "4", "--expert-popularity", "zipf", *flags, "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["output_tokens_per_s"] == pytest.approx(moe_plan.best.output_tokens_per_s, rel=1e-9)

@@ -31,12 +31,18 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     output_len: Optional[int] = Opt(None, help="Output tokens per request."),
     num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
     pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
+    expert_popularity: Optional[str] = Opt(None, help="MoE routing over experts (uniform or zipf): how many experts "
+                                                      "a batch touches and what a GPU expert cache catches."),
+    zipf_exponent: Optional[float] = Opt(None, help="Exponent of the Zipf expert popularity."),
+    routing_trace: Optional[Path] = Opt(None, help="CSV of routed experts (layer, expert) for the expert cache."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     top: int = Opt(5, help="How many configurations to report."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
-    """Search where one replica keeps its weights (GPU, host DRAM, NVMe, or a split) and KV cache
-    (GPU, DRAM, NVMe; attention on the CPU or GPU), and its batch, for offline throughput."""
+    """Search where one replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
+    mixture-of-experts model also only its routed experts, with a GPU cache of the popular ones)
+    and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), and its batch, for offline
+    throughput."""
     from sextant.plan.serve_offload import plan_serve
 
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
@@ -44,7 +50,10 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
-    _put(tree, "offload", "pinned", None if pageable is None else not pageable)
+    for key, value in (("pinned", None if pageable is None else not pageable),
+                       ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
+                       ("routing_trace", str(routing_trace) if routing_trace else None)):
+        _put(tree, "offload", key, value)
     _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
@@ -82,7 +91,7 @@ def _render(plan) -> None:
 
 
 #: ``predict serve`` flag of each offload setting a plan can choose.
-FLAG_OF = {"weights": "--offload-weights", "resident_fraction": "--resident-fraction",
+FLAG_OF = {"weights": "--offload-weights", "streamed": "--streamed", "resident_fraction": "--resident-fraction",
            "nvme_fraction": "--nvme-fraction", "kv_cache": "--offload-kv", "kv_attention": "--kv-attention",
            "micro_batches": "--offload-micro-batches"}
 

@@ -7,6 +7,10 @@ disk, with attention on the CPU or the GPU), reduced to a grid:
 
 - weights: all on the GPU; streamed from host DRAM with 0, 25, 50 or 75% kept resident; split
   between DRAM and NVMe (25, 50 or 75% on the drives); all on NVMe;
+- for a mixture-of-experts model also only its routed experts, in DRAM or on NVMe, with 0, 25,
+  50 or 75% of each layer's experts (the most popular) cached on the GPU and the dense parts
+  resident (Mixtral-offloading, Eliseev & Mazur 2023; HybriMoE; MoE-Lens): the routing
+  distribution or trace of the scenario decides how many experts a batch touches;
 - KV cache: on the GPU; in host DRAM or on NVMe with decode attention on the CPU or the GPU;
 - the batch: powers of two up to the number of requests, each split into 1, 2, 4 or 8 GPU
   batches when anything is offloaded.
@@ -16,8 +20,7 @@ is simulated by the same ``predict serve`` that scores one configuration, so a p
 prediction of its best entry agree exactly. A batch ladder stops at the first batch that does not
 fit: memory only grows with the batch.
 
-Not searched: the tensor-parallel degree and precision (inputs), streaming only the routed experts
-of a mixture-of-experts model, and activations off the GPU.
+Not searched: the tensor-parallel degree and precision (inputs), and activations off the GPU.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from pydantic import BaseModel
 
 from sextant.catalog.hardware import get_gpu, get_node
 from sextant.errors import InfeasibleError, SpecError
+from sextant.serve.deploy import model_spec
 from sextant.serve.predict import ServeResult, predict_serve
 from sextant.spec.serving import ServeScenario, parse_serve_scenario
 
 RESIDENT_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 NVME_FRACTIONS = (0.25, 0.5, 0.75)
 MICRO_BATCHES = (1, 2, 4, 8)
+#: Offload settings a plan keeps from the scenario: how host copies are made and how tokens route.
+KEPT_OFFLOAD = ("pinned", "expert_popularity", "zipf_exponent", "routing_trace")
 #: A doubling of the batch (or of the GPU batches per block) that gains less than this is flat.
 PLATEAU = 0.01
 
@@ -44,7 +50,8 @@ class ServePolicy(BaseModel):
     """One placement of weights and KV cache (the strategy), with the batch that runs it."""
 
     weights: str  # none (all on the GPU), cpu or nvme
-    resident_fraction: float
+    streamed: str = "all"  # all the weights, or only a mixture-of-experts model's routed experts
+    resident_fraction: float  # of the streamed set: whole layers, or each layer's cached experts
     nvme_fraction: float
     kv_cache: str
     kv_attention: str
@@ -55,7 +62,8 @@ class ServePolicy(BaseModel):
         """The scenario's ``offload`` settings for this placement (none when all is on the GPU)."""
         if self.weights == "none" and self.kv_cache == "gpu":
             return {}
-        settings: dict[str, Any] = {"weights": self.weights, "resident_fraction": self.resident_fraction,
+        settings: dict[str, Any] = {"weights": self.weights, **({"streamed": "experts"} if self.experts else {}),
+                                    "resident_fraction": self.resident_fraction,
                                     "nvme_fraction": self.nvme_fraction, "kv_cache": self.kv_cache,
                                     "micro_batches": self.micro_batches}
         if self.kv_cache != "gpu":
@@ -63,9 +71,16 @@ class ServePolicy(BaseModel):
         return settings
 
     @property
+    def experts(self) -> bool:
+        return self.streamed == "experts"
+
+    @property
     def weights_home(self) -> str:
         if self.weights == "none":
             return "GPU"
+        if self.experts:
+            return (f"experts in {'NVMe' if self.weights == 'nvme' else 'DRAM'}"
+                    + (f", {self.resident_fraction:.0%} cached on GPU" if self.resident_fraction else ""))
         if self.weights == "nvme":
             return "NVMe"
         if self.nvme_fraction:
@@ -108,14 +123,20 @@ class ServePlan(BaseModel):
     strategies: list[ServePlanEntry]
 
 
-def _placements(has_nvme: bool) -> Iterator[tuple[str, float, float]]:
-    yield "none", 0.0, 0.0
+def _placements(has_nvme: bool, moe: bool) -> Iterator[tuple[str, str, float, float]]:
+    """(weights home, what is streamed, resident fraction, NVMe fraction) of every placement."""
+    homes = ("cpu", "nvme") if has_nvme else ("cpu",)
+    yield "none", "all", 0.0, 0.0
     for r in RESIDENT_FRACTIONS:
-        yield "cpu", r, 0.0
+        yield "cpu", "all", r, 0.0
     if has_nvme:
         for d in NVME_FRACTIONS:
-            yield "cpu", 0.0, d
-        yield "nvme", 0.0, 0.0
+            yield "cpu", "all", 0.0, d
+        yield "nvme", "all", 0.0, 0.0
+    if moe:
+        for home in homes:
+            for r in RESIDENT_FRACTIONS:
+                yield home, "experts", r, 0.0
 
 
 def _kv_homes(has_nvme: bool) -> Iterator[tuple[str, str]]:
@@ -136,7 +157,7 @@ def _batches(num_requests: int) -> list[int]:
 def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeScenario:
     tree = {**tree, "scheduler": {**tree.get("scheduler", {}), "max_batch": p.max_batch},
             "workload": {**tree.get("workload", {}), "num_requests": num_requests}}
-    tree["offload"] = {**{k: v for k, v in tree.get("offload", {}).items() if k == "pinned"}, **p.offload()}
+    tree["offload"] = {**{k: v for k, v in tree.get("offload", {}).items() if k in KEPT_OFFLOAD}, **p.offload()}
     return parse_serve_scenario(tree, "plan serve candidate")
 
 
@@ -153,6 +174,68 @@ def _flat(ladder: list[ServePlanEntry]) -> bool:
         return False
     a, b, c = (e.output_tokens_per_s for e in ladder[-3:])
     return b <= a * (1 + PLATEAU) and c <= b * (1 + PLATEAU)
+
+
+class _Search:
+    """The candidates of one search: every placement's batch ladders, scored on one batch each."""
+
+    def __init__(self, tree: dict[str, Any], batches: list[int], longest: int) -> None:
+        self.tree, self.batches, self.longest = tree, batches, longest
+        self.rejected: Counter[str] = Counter()
+        self.entries: list[ServePlanEntry] = []
+        self.evaluated = 0
+        #: Per ladder with the KV cache in DRAM, the first batch that did not fit (None: all did).
+        self.dram_limit: dict[tuple, int | None] = {}
+
+    def placement(self, template: ServePolicy) -> None:
+        """The batch ladders of one placement, over more GPU batches while they pay."""
+        offloaded = template.weights != "none" or template.kv_cache != "gpu"
+        best_of_split = 0.0
+        for m in MICRO_BATCHES if offloaded else (1,):
+            policy = template.model_copy(update={"micro_batches": m})
+            ladder = self.ladder(policy)
+            self.entries += ladder
+            top_of_split = max((e.output_tokens_per_s for e in ladder), default=0.0)
+            if m > 1 and top_of_split <= best_of_split * (1 + PLATEAU):
+                break  # more GPU batches per block no longer pay
+            best_of_split = max(best_of_split, top_of_split)
+
+    def ladder(self, policy: ServePolicy) -> list[ServePlanEntry]:
+        """Batches of one placement and split, smallest first, until one does not fit or two
+        doublings gain nothing. A KV cache on NVMe is tried only at batches whose cache DRAM could
+        not hold: it adds drive reads and writes to the same link traffic, so where DRAM holds the
+        cache the DRAM ladder is at least as fast."""
+        key = (policy.weights, policy.streamed, policy.resident_fraction, policy.nvme_fraction,
+               policy.kv_attention, policy.micro_batches)
+        first = 1
+        if policy.kv_cache == "nvme" and key in self.dram_limit:
+            limit = self.dram_limit[key]
+            if limit is None:
+                return []
+            first = limit
+        entries: list[ServePlanEntry] = []
+        limit = None
+        for b in self.batches:
+            if b < first or b % policy.micro_batches:
+                continue
+            candidate = policy.model_copy(update={"max_batch": b})
+            self.evaluated += 1
+            try:
+                result = predict_serve(_scenario(self.tree, candidate, b))
+            except InfeasibleError as err:
+                self.rejected[err.resource] += 1
+                limit = b
+                break  # a larger batch needs more memory still
+            if result.kv_cache_capacity_tokens < b * self.longest:
+                self.rejected["KV cache"] += 1
+                limit = b
+                break
+            entries.append(_entry(candidate, result))
+            if _flat(entries):
+                break
+        if policy.kv_cache == "cpu":
+            self.dram_limit[key] = limit
+        return entries
 
 
 def _check(base: ServeScenario) -> None:
@@ -174,43 +257,19 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     workload) for the highest offline output-token throughput (see the module docstring)."""
     _check(base)
     node = get_node(base.hardware.node or get_gpu(base.hardware.gpu).default_node)
+    moe = model_spec(base.model).moe is not None
     tree = base.model_dump(exclude_unset=True)
     has_nvme = node.nvme is not None
     longest = base.workload.input_len + base.workload.output_len
-    ladders = [(w, r, d, kv, att) for (w, r, d) in _placements(has_nvme) for (kv, att) in _kv_homes(has_nvme)]
-    batches = _batches(base.workload.num_requests)
-    rejected: Counter[str] = Counter()
-    entries: list[ServePlanEntry] = []  # scored on one batch each
-    evaluated = 0
-    for i, (w, r, d, kv, att) in enumerate(ladders):
-        splits = MICRO_BATCHES if (w != "none" or kv != "gpu") else (1,)
-        best_of_split = 0.0
-        for m in splits:
-            ladder: list[ServePlanEntry] = []
-            for b in batches:
-                if b % m:
-                    continue
-                policy = ServePolicy(weights=w, resident_fraction=r, nvme_fraction=d, kv_cache=kv,
-                                     kv_attention=att, max_batch=b, micro_batches=m)
-                evaluated += 1
-                try:
-                    result = predict_serve(_scenario(tree, policy, b))
-                except InfeasibleError as err:
-                    rejected[err.resource] += 1
-                    break  # a larger batch needs more memory still
-                if result.kv_cache_capacity_tokens < b * longest:
-                    rejected["KV cache"] += 1
-                    break
-                ladder.append(_entry(policy, result))
-                if _flat(ladder):
-                    break
-            entries += ladder
-            top_of_split = max((e.output_tokens_per_s for e in ladder), default=0.0)
-            if m > 1 and top_of_split <= best_of_split * (1 + PLATEAU):
-                break  # more GPU batches per block no longer pay
-            best_of_split = max(best_of_split, top_of_split)
+    ladders = [(w, s, r, d, kv, att) for (w, s, r, d) in _placements(has_nvme, moe)
+               for (kv, att) in _kv_homes(has_nvme)]
+    search = _Search(tree, _batches(base.workload.num_requests), longest)
+    for i, (w, s, r, d, kv, att) in enumerate(ladders):
+        search.placement(ServePolicy(weights=w, streamed=s, resident_fraction=r, nvme_fraction=d, kv_cache=kv,
+                                     kv_attention=att, max_batch=1, micro_batches=1))
         if progress is not None:
             progress(i + 1, len(ladders))
+    entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
     if not entries:
         reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
         raise InfeasibleError(f"no placement of {base.model} fits one {base.hardware.gpu} with this node's host memory "

@@ -112,7 +112,8 @@ class Resolved:
     iteration_overhead_s: float
 
 
-def _model(name_or_spec) -> ModelSpec:
+def model_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
+    """A scenario's model: a catalog name or config path resolved, a spec passed through."""
     return name_or_spec if isinstance(name_or_spec, ModelSpec) else get_model(name_or_spec)
 
 
@@ -161,7 +162,7 @@ def _working_set(scenario: ServeScenario, streamed: bool, longest_prompt: int, t
 
 def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) -> Resolved:
     scenario = apply_serving_framework(scenario)
-    model = _model(scenario.model)
+    model = model_spec(scenario.model)
     dep, sched = scenario.deployment, scenario.scheduler
     per_replica = dep.gpus_per_replica
     disagg = scenario.disaggregation
@@ -199,7 +200,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
     draft_layout = draft_model = None
     if scenario.speculative is not None:
-        draft_model = _model(scenario.speculative.draft_model)
+        draft_model = model_spec(scenario.speculative.draft_model)
         draft_layout = dataclasses.replace(layout, pp=1, ep=1) if draft_model.moe is None else layout
         _check_layout(draft_model, dep.tp, 1, 1, cluster)
     if scenario.speculative is not None and scenario.speculative.target_device == "cpu":
