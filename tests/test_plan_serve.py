@@ -165,3 +165,31 @@ def test_the_printed_flags_of_an_expert_plan_predict_its_best(moe_plan, capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["output_tokens_per_s"] == pytest.approx(moe_plan.best.output_tokens_per_s, rel=1e-9)
+
+
+def test_the_best_placement_is_refined_between_its_grid_points():
+    from sextant.plan.serve_offload import _finer
+
+    layers = ServePolicy(weights="cpu", resident_fraction=0.25, nvme_fraction=0.0, kv_cache="cpu",
+                         kv_attention="cpu", max_batch=1, micro_batches=1)
+    assert [p.resident_fraction for p in _finer(layers, 0)] == pytest.approx(
+        [0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45])
+    assert [p.resident_fraction for p in _finer(layers.model_copy(update={"resident_fraction": 0.75}), 0)][-1] == 0.95
+    # All on NVMe: the DRAM/NVMe splits next to it; a split: its neighbours on both sides.
+    on_nvme = _finer(layers.model_copy(update={"weights": "nvme", "resident_fraction": 0.0}), 0)
+    assert [(p.weights, p.nvme_fraction) for p in on_nvme] == [("cpu", 0.8), ("cpu", 0.85), ("cpu", 0.9), ("cpu", 0.95)]
+    # Eight experts per layer: whole experts, the grid's 6 of 8 cached refined to 5 and 7.
+    experts = layers.model_copy(update={"streamed": "experts", "resident_fraction": 0.75})
+    assert [p.resident_fraction for p in _finer(experts, 8)] == [5 / 8, 7 / 8]
+    assert _finer(layers.model_copy(update={"weights": "none", "kv_cache": "gpu"}), 0) == []
+
+
+def test_the_refinement_finds_flexgens_own_placement_for_opt_30b(plan):
+    """FlexGen's policy for OPT-30B on the T4 (section 6.1) keeps 20% of the weights on the GPU,
+    the rest and the KV cache in DRAM, with attention on the CPU: off the quarter grid, between
+    the 0% that fits and the 25% that does not."""
+    p = plan.best_policy
+    assert (p.weights, p.streamed, p.kv_cache, p.kv_attention) == ("cpu", "all", "cpu", "cpu")
+    assert p.resident_fraction == pytest.approx(0.2)
+    fitted = {e.policy.resident_fraction for e in plan.strategies if e.policy.weights == "cpu"}
+    assert 0.25 not in fitted and 0.0 in fitted

@@ -15,9 +15,11 @@ disk, with attention on the CPU or the GPU), reduced to a grid:
 - the batch: powers of two up to the number of requests, each split into 1, 2, 4 or 8 GPU
   batches when anything is offloaded.
 
-FlexGen relaxes the placement to a linear program over its own cost model; here every candidate
-is simulated by the same ``predict serve`` that scores one configuration, so a plan and a
-prediction of its best entry agree exactly. A batch ladder stops at the first batch that does not
+FlexGen relaxes the placement to a linear program over its own cost model; here the grid's best
+placement is refined instead: its share (resident layers, cached experts, or on NVMe) is searched
+again in 5% steps (whole experts) between its grid neighbours. Every candidate is simulated by the
+same ``predict serve`` that scores one configuration, so a plan and a prediction of its best entry
+agree exactly. A batch ladder stops at the first batch that does not
 fit: memory only grows with the batch.
 
 Not searched: the tensor-parallel degree and precision (inputs), and activations off the GPU.
@@ -44,6 +46,11 @@ MICRO_BATCHES = (1, 2, 4, 8)
 KEPT_OFFLOAD = ("pinned", "expert_popularity", "zipf_exponent", "routing_trace")
 #: A doubling of the batch (or of the GPU batches per block) that gains less than this is flat.
 PLATEAU = 0.01
+#: After the grid, the best placement's share (resident, cached experts or on NVMe) is searched
+#: again at this step between its grid neighbours: FlexGen's placement is continuous.
+REFINE_STEP = 0.05
+#: Spacing of the grid's shares, which the refinement fills in.
+GRID_STEP = 0.25
 
 
 class ServePolicy(BaseModel):
@@ -144,6 +151,24 @@ def _kv_homes(has_nvme: bool) -> Iterator[tuple[str, str]]:
     for home in ("cpu", "nvme") if has_nvme else ("cpu",):
         for attention in ("cpu", "gpu"):
             yield home, attention
+
+
+def _finer(p: ServePolicy, experts: int) -> list[ServePolicy]:
+    """The best grid placement's neighbours between its grid points: its resident share in steps
+    of REFINE_STEP (of whole layers, or of each layer's experts, at least one expert), or its
+    share on NVMe (all on NVMe becomes a DRAM/NVMe split)."""
+    if p.weights == "none":
+        return []
+    if p.experts:
+        field, value, step = "resident_fraction", p.resident_fraction, max(1, round(experts * REFINE_STEP)) / experts
+    elif p.weights == "nvme" or p.nvme_fraction:
+        field, value, step = "nvme_fraction", p.nvme_fraction if p.weights == "cpu" else 1.0, REFINE_STEP
+    else:
+        field, value, step = "resident_fraction", p.resident_fraction, REFINE_STEP
+    top = 1.0 - step if field == "resident_fraction" else 1.0 - REFINE_STEP
+    shares = [value + sign * k * step for sign in (-1, 1) for k in range(1, int(GRID_STEP / step + 1e-9) + 1)]
+    return [p.model_copy(update={"weights": "cpu" if field == "nvme_fraction" else p.weights, field: round(v, 6)})
+            for v in sorted(shares) if step / 2 <= v <= top + 1e-9 and abs(v - value) < GRID_STEP - 1e-9]
 
 
 def _batches(num_requests: int) -> list[int]:
@@ -257,11 +282,12 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     workload) for the highest offline output-token throughput (see the module docstring)."""
     _check(base)
     node = get_node(base.hardware.node or get_gpu(base.hardware.gpu).default_node)
-    moe = model_spec(base.model).moe is not None
+    moe = model_spec(base.model).moe
+    experts = moe.num_experts if moe is not None else 0
     tree = base.model_dump(exclude_unset=True)
     has_nvme = node.nvme is not None
     longest = base.workload.input_len + base.workload.output_len
-    ladders = [(w, s, r, d, kv, att) for (w, s, r, d) in _placements(has_nvme, moe)
+    ladders = [(w, s, r, d, kv, att) for (w, s, r, d) in _placements(has_nvme, moe is not None)
                for (kv, att) in _kv_homes(has_nvme)]
     search = _Search(tree, _batches(base.workload.num_requests), longest)
     for i, (w, s, r, d, kv, att) in enumerate(ladders):
@@ -269,6 +295,13 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
                                      kv_attention=att, max_batch=1, micro_batches=1))
         if progress is not None:
             progress(i + 1, len(ladders))
+    if search.entries:
+        best_of_grid = max(search.entries, key=lambda e: e.output_tokens_per_s).policy
+        finer = _finer(best_of_grid.model_copy(update={"max_batch": 1, "micro_batches": 1}), experts)
+        for j, policy in enumerate(finer):
+            search.placement(policy)
+            if progress is not None:
+                progress(len(ladders) + j + 1, len(ladders) + len(finer))
     entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
     if not entries:
         reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())

@@ -115,7 +115,7 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
                                                                    off.zipf_exponent))
             per_expert = experts_bytes / (c.num_moe_layers * moe.num_experts)
             if off.streamed == "experts":
-                cached = int(math.floor(r * moe.num_experts))
+                cached = int(math.floor(r * moe.num_experts + 1e-9))  # r = k / E names k experts
                 resident = weights - experts_bytes + per_expert * cached * c.num_moe_layers
                 hits = hit_rate(shares, cached)
                 layer_fraction = 1.0
