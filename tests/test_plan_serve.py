@@ -193,3 +193,19 @@ def test_the_refinement_finds_flexgens_own_placement_for_opt_30b(plan):
     assert p.resident_fraction == pytest.approx(0.2)
     fitted = {e.policy.resident_fraction for e in plan.strategies if e.policy.weights == "cpu"}
     assert 0.25 not in fitted and 0.0 in fitted
+
+
+def test_a_routing_trace_is_counted_once_for_the_whole_search(tmp_path):
+    """Every candidate reads the same trace: it is counted once, and the plan under a trace that
+    routes most tokens to two experts per layer caches experts, as under Zipf routing."""
+    from sextant.cost.streaming import _count_trace
+
+    path = tmp_path / "routing.csv"
+    lines = ["layer,expert"] + [f"{layer},{expert}" for layer in range(32) for expert in [0] * 6 + [1] * 3 + [2, 3, 4, 5]]
+    path.write_text("\n".join(lines) + "\n")
+    tree = moe_base("uniform").model_dump(exclude_unset=True)
+    tree["offload"] = {"routing_trace": str(path)}
+    before = _count_trace.cache_info().misses
+    traced = plan_serve(parse_serve_scenario(tree), top=1)
+    assert _count_trace.cache_info().misses == before + 1
+    assert traced.best_policy.streamed == "experts" and traced.best_policy.resident_fraction > 0

@@ -47,6 +47,7 @@ to cost no GEMM efficiency.
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,19 @@ def expert_popularity(kind: str, experts: int, exponent: float = 1.0) -> np.ndar
 def trace_popularity(path: str | Path, moe_layers: int, experts: int) -> np.ndarray:
     """Routing shares per MoE layer (rows) counted from a CSV of ``layer, expert`` choices (one row
     per token and choice; ``layer`` numbers the MoE layers from 0). Layers the trace lacks take the
-    mean of the traced layers' sorted shares, which is all a most-popular cache depends on."""
+    mean of the traced layers' sorted shares, which is all a most-popular cache depends on.
+
+    Counted once per file version (its path, size and modification time): ``plan serve`` predicts
+    hundreds of placements under one trace. The array is read-only."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        raise SpecError(f"no such routing trace {path}", field="routing_trace") from None
+    return _count_trace(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, moe_layers, experts)
+
+
+@functools.lru_cache(maxsize=8)
+def _count_trace(path: str, size: int, mtime_ns: int, moe_layers: int, experts: int) -> np.ndarray:
     try:
         with open(path, newline="") as f:
             rows = [(int(r["layer"]), int(r["expert"])) for r in csv.DictReader(f)]
@@ -144,6 +157,7 @@ def trace_popularity(path: str | Path, moe_layers: int, experts: int) -> np.ndar
     seen = totals[:, 0] > 0
     shares = np.sort(np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0), axis=1)[:, ::-1]
     shares[~seen] = shares[seen].mean(axis=0)
+    shares.setflags(write=False)
     return shares
 
 
