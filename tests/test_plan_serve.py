@@ -86,16 +86,20 @@ def test_cli_json_lists_the_search(capsys):
     assert set(out["rejected"]) <= {"GPU memory", "KV cache", "host memory", "NVMe"}
 
 
-def test_the_printed_flags_predict_the_best_entry(plan, capsys):
+def predicted_with_printed_flags(plan, scenario_flags: list[str], capsys) -> float:
+    """``predict serve`` through the CLI with the scenario's flags and the plan's printed ones."""
     from sextant.cli.plan_serve_cmds import _flags
 
     flags = _flags(plan.best_policy).split()
-    code = main(["predict", "serve", "--model", "opt-30b", "--gpu", "t4", "--gpus", "1", "--node",
-                 "gcp-n1-highmem-32-t4", "--framework", "flexgen-2023", "--precision", "fp16", "--input-len", "512",
-                 "--output-len", "32", "--num-requests", "64", *flags, "--json"])
-    assert code == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["output_tokens_per_s"] == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)
+    assert main(["predict", "serve", "--gpus", "1", *scenario_flags, *flags, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["output_tokens_per_s"]
+
+
+def test_the_printed_flags_predict_the_best_entry(plan, capsys):
+    predicted = predicted_with_printed_flags(plan, [
+        "--model", "opt-30b", "--gpu", "t4", "--node", "gcp-n1-highmem-32-t4", "--framework", "flexgen-2023",
+        "--precision", "fp16", "--input-len", "512", "--output-len", "32", "--num-requests", "64"], capsys)
+    assert predicted == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)
 
 
 def test_a_dense_model_is_never_planned_with_expert_streaming(plan):
@@ -157,14 +161,11 @@ def test_skewed_routing_makes_the_expert_cache_pay(moe_plan):
 def test_the_printed_flags_of_an_expert_plan_predict_its_best(moe_plan, capsys):
     from sextant.cli.plan_serve_cmds import _flags
 
-    flags = _flags(moe_plan.best_policy).split()
-    assert "--streamed" in flags
-    code = main(["predict", "serve", "--model", "mixtral-8x7b", "--gpu", "rtx-4090", "--gpus", "1", "--node",
-                 "fuyou-rtx4090-server", "--precision", "w4a16", "--input-len", "128", "--output-len", "16",
-                 "--num-requests", "4", "--expert-popularity", "zipf", *flags, "--json"])
-    assert code == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["output_tokens_per_s"] == pytest.approx(moe_plan.best.output_tokens_per_s, rel=1e-9)
+    assert "--streamed" in _flags(moe_plan.best_policy).split()
+    predicted = predicted_with_printed_flags(moe_plan, [
+        "--model", "mixtral-8x7b", "--gpu", "rtx-4090", "--node", "fuyou-rtx4090-server", "--precision", "w4a16",
+        "--input-len", "128", "--output-len", "16", "--num-requests", "4", "--expert-popularity", "zipf"], capsys)
+    assert predicted == pytest.approx(moe_plan.best.output_tokens_per_s, rel=1e-9)
 
 
 def test_the_best_placement_is_refined_between_its_grid_points():
