@@ -11,7 +11,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sextant.cli.serve_cmds import RESOURCE_LABELS, KVChoice, ServePrecision, _put, scenario_tree
+from sextant.cli.serve_cmds import (
+    EXPERT_POPULARITY,
+    PAGEABLE,
+    RESOURCE_LABELS,
+    ROUTING_TRACE,
+    ZIPF_EXPONENT,
+    KVChoice,
+    ServePrecision,
+    _put,
+    put_host_and_routing,
+    scenario_tree,
+)
 from sextant.spec.serving import parse_serve_scenario
 
 Opt = typer.Option
@@ -30,11 +41,10 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     input_len: Optional[int] = Opt(None, help="Input tokens per request."),
     output_len: Optional[int] = Opt(None, help="Output tokens per request."),
     num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
-    pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
-    expert_popularity: Optional[str] = Opt(None, help="MoE routing over experts (uniform or zipf): how many experts "
-                                                      "a batch touches and what a GPU expert cache catches."),
-    zipf_exponent: Optional[float] = Opt(None, help="Exponent of the Zipf expert popularity."),
-    routing_trace: Optional[Path] = Opt(None, help="CSV of routed experts (layer, expert) for the expert cache."),
+    pageable: Optional[bool] = PAGEABLE,
+    expert_popularity: Optional[str] = EXPERT_POPULARITY,
+    zipf_exponent: Optional[float] = ZIPF_EXPONENT,
+    routing_trace: Optional[Path] = ROUTING_TRACE,
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     top: int = Opt(5, help="How many configurations to report."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
@@ -50,10 +60,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
-    for key, value in (("pinned", None if pageable is None else not pageable),
-                       ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
-                       ("routing_trace", str(routing_trace) if routing_trace else None)):
-        _put(tree, "offload", key, value)
+    put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
     _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)

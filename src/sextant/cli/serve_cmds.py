@@ -60,6 +60,23 @@ def scenario_tree(scenario: Path | None, model: str | None, framework: str | Non
     return tree
 
 
+#: Options ``predict serve`` and ``plan serve`` share: how host copies are made and how a
+#: mixture-of-experts model's tokens route (what an expert cache catches).
+PAGEABLE = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory.")
+EXPERT_POPULARITY = Opt(None, help="Routing distribution over experts: uniform or zipf.")
+ZIPF_EXPONENT = Opt(None, help="Exponent of the Zipf expert popularity.")
+ROUTING_TRACE = Opt(None, help="CSV of routed experts (layer, expert) for the expert cache.")
+
+
+def put_host_and_routing(tree: dict[str, Any], pageable: bool | None, expert_popularity: str | None,
+                         zipf_exponent: float | None, routing_trace: Path | None) -> None:
+    """The shared options above into the scenario's ``offload`` section (those given)."""
+    for key, value in (("pinned", None if pageable is None else not pageable),
+                       ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
+                       ("routing_trace", str(routing_trace) if routing_trace else None)):
+        _put(tree, "offload", key, value)
+
+
 def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: int | None,
                     acceptance_rate: float | None, spec_target: str | None, prefill_replicas: int | None,
                     decode_replicas: int | None) -> None:
@@ -131,10 +148,10 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
                                                  "cpu (beside the cache) or gpu (the cache copied in)."),
     offload_micro_batches: Optional[int] = Opt(None, help="Micro-batches per offloaded iteration (CPU attention "
                                                            "overlaps GPU work across them)."),
-    pageable: Optional[bool] = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory."),
-    expert_popularity: Optional[str] = Opt(None, help="Routing distribution over experts: uniform or zipf."),
-    zipf_exponent: Optional[float] = Opt(None, help="Exponent of the Zipf expert popularity."),
-    routing_trace: Optional[Path] = Opt(None, help="CSV of routed experts (layer, expert) for the expert cache."),
+    pageable: Optional[bool] = PAGEABLE,
+    expert_popularity: Optional[str] = EXPERT_POPULARITY,
+    zipf_exponent: Optional[float] = ZIPF_EXPONENT,
+    routing_trace: Optional[Path] = ROUTING_TRACE,
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
@@ -145,11 +162,9 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("weights", offload_weights), ("streamed", streamed), ("resident_fraction", resident_fraction),
                        ("nvme_fraction", nvme_fraction), ("kv_cache", offload_kv),
-                       ("kv_attention", kv_attention), ("micro_batches", offload_micro_batches),
-                       ("pinned", None if pageable is None else not pageable),
-                       ("expert_popularity", expert_popularity), ("zipf_exponent", zipf_exponent),
-                       ("routing_trace", str(routing_trace) if routing_trace else None)):
+                       ("kv_attention", kv_attention), ("micro_batches", offload_micro_batches)):
         _put(tree, "offload", key, value)
+    put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
     for key, value in (("tp", tp), ("pp", pp), ("ep", ep), ("replicas", replicas), ("precision", precision),
                        ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
