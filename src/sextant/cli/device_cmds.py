@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sextant.cli.render import report_console
 from sextant.errors import SpecError
 
 Opt = typer.Option
@@ -80,7 +81,7 @@ def calibrate_cmd(
         if key in m:
             summary.add_row(key.replace("_bytes_per_s", "").replace("_", " "), f"{m[key] / 1e9:.1f} GB/s")
     summary.add_row("took", f"{profile.provenance['duration_s']:.0f} s")
-    Console().print(summary)
+    report_console().print(summary)
 
 
 def measure_cmd(
@@ -111,7 +112,7 @@ def measure_cmd(
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return
-    render_measure(result, Console())
+    render_measure(result, report_console())
 
 
 def _default_profile(device: str, gpu: str | None) -> str | None:

@@ -10,8 +10,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from sextant.cli.render import listing, report_console
 from sextant.errors import SpecError
 from sextant.spec.scenario import base_tree, parse_scenario
 
@@ -120,14 +120,20 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return
-    render_plan(result, Console())
+    render_plan(result, report_console())
 
 
 OFFLOAD_ROWS_SHOWN = 6
+#: Columns of words (left-aligned), and those that may wrap when a terminal is narrow; the others
+#: keep a number or a layout on one line.
+TEXT_COLUMNS = {"layout", "recompute", "offload", "offloaded", "largest part", "configuration", "bound by", "id",
+                "published", "best found"}
+WRAPPING = {"offload", "offloaded", "largest part", "bound by"}
 
 
 def _offload_label(t) -> str:
-    """Compact offload description of a result: opt:cpu par:nvme act:cpu, or - for none."""
+    """Compact offload description of a result or offload option: opt:cpu par:nvme act:cpu, or -
+    for none."""
     parts = [f"{k}:{v}" for k, v in (("opt", t.offload_optimizer), ("par", t.offload_params),
                                        ("act", t.offload_activations)) if v != "none"]
     return " ".join(parts) or "-"
@@ -139,42 +145,39 @@ def render_plan(result, console: Console) -> None:
                   f"x {r.seq_len} tokens, objective {r.objective}")
     console.print(f"{r.configs_total:,} configurations enumerated, {r.configs_evaluated:,} evaluated in "
                   f"{r.search_seconds:.2f} s ({r.evaluations_per_second:,.0f}/s), {r.configs_feasible:,} fit")
-    rejected = Table(title="rejected", title_justify="left", show_header=False)
+    rejected = listing("rejected", {"reason": 0, "configurations": 0}, {"reason"}, {"reason"})
     for reason, count in sorted(r.rejected.items(), key=lambda kv: -kv[1]):
         rejected.add_row(reason, f"{count:,}")
     console.print(rejected)
-    table = Table(title=f"top {len(r.top)}", title_justify="left")
+    several_counts = len(r.gpus) > 1
     offloading = any(_offload_label(t) != "-" for t in r.top)
-    for col in ("#", "gpus", "dp", "tp", "pp", "cp", "ep", "vpp", "zero", "mb", "recompute", "sp",
-                *(("offload",) if offloading else ()), "step s", "tokens/s", "MFU", "GiB", "bottleneck"):
-        table.add_column(col, justify="left" if col in ("recompute", "bottleneck", "offload") else "right")
+    columns = {"#": 0, **({"gpus": 0} if several_counts else {}), "layout": 0, "ZeRO": 0, "mb": 0, "recompute": 0,
+               **({"offload": 0} if offloading else {}), "step s": 0, "tokens/s": 0, "MFU": 0, "GiB": 0,
+               "largest part": 0}
+    table = listing(f"top {len(r.top)}", columns, TEXT_COLUMNS, WRAPPING)
     for i, t in enumerate(r.top, 1):
-        table.add_row(str(i), str(t.gpus), str(t.dp), str(t.tp), str(t.pp), str(t.cp), str(t.ep), str(t.vpp),
-                      str(t.zero), str(t.micro_batch), t.recompute, "on" if t.sequence_parallel else "off",
-                      *((_offload_label(t),) if offloading else ()),
+        table.add_row(str(i), *((str(t.gpus),) if several_counts else ()), t.layout, str(t.zero),
+                      str(t.micro_batch), t.recompute, *((_offload_label(t),) if offloading else ()),
                       f"{t.step_time_s:.3f}", f"{t.tokens_per_s:,.0f}", f"{t.mfu:.1%}",
-                      f"{t.memory_gb_per_gpu['total']:.1f}", t.bottleneck.split(":")[0])
+                      f"{t.memory_gb_per_gpu['total']:.1f}", t.largest_part)
     console.print(table)
     if r.offload_options:
-        opts = Table(title="feasible offload strategies (the best configuration of each)", title_justify="left")
-        for col in ("optimizer", "params", "activations", "configuration", "tokens/s", "MFU", "GPU GiB",
-                    "host GiB", "NVMe GiB", "bound by"):
-            opts.add_column(col, justify="left" if col in ("optimizer", "params", "activations", "configuration",
-                                                           "bound by") else "right")
+        opts = listing("offload strategies that fit, the best of each (memory: GiB per GPU)",
+                       {"offloaded": 16, "configuration": 0, "tokens/s": 0, "GPU": 0, "host": 0, "NVMe": 0,
+                        "bound by": 11}, TEXT_COLUMNS, WRAPPING)
         for o in r.offload_options[:OFFLOAD_ROWS_SHOWN]:
             m = o.memory_gb_per_tier
-            opts.add_row(o.offload_optimizer, o.offload_params, o.offload_activations, o.config,
-                         f"{o.tokens_per_s:,.0f}", f"{o.mfu:.1%}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}",
-                         f"{m.get('nvme', 0):.0f}", o.binding_resource)
+            opts.add_row(_offload_label(o), o.config, f"{o.tokens_per_s:,.0f}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}", f"{m.get('nvme', 0):.0f}",
+                         o.binding_resource)
         console.print(opts)
         if len(r.offload_options) > OFFLOAD_ROWS_SHOWN:
             console.print(f"  ... and {len(r.offload_options) - OFFLOAD_ROWS_SHOWN} slower offload choices (--json lists all)")
     for line in r.why_best:
         console.print(f"  {line}")
     if len(r.by_gpu_count) > 1 or r.tokens:
-        counts = Table(title="by GPU count (* on the throughput/GPU-count Pareto front)", title_justify="left")
-        for col in ("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"):
-            counts.add_column(col, justify="right")
+        counts = listing("by GPU count (* on the throughput/GPU-count Pareto front)",
+                         dict.fromkeys(("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"), 0),
+                         set(), set())
         for s in r.by_gpu_count:
             counts.add_row(f"{s.gpus}{'*' if s.on_pareto_front else ''}", f"{s.configs_feasible:,}",
                            f"{s.best_tokens_per_s:,.0f}" if s.best_tokens_per_s else "-",
@@ -200,12 +203,12 @@ def validate_plan_cmd(
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))
         return
-    console = Console()
-    table = Table(title="published configuration's rank in the planner's search", title_justify="left")
-    for col in ("id", "gpus", "published", "rank", "of", "top", "same recompute", "best found", "speed-up"):
-        table.add_column(col, justify="left" if col in ("id", "published", "best found") else "right")
+    console = report_console()
+    table = listing("published configuration's rank in the planner's search",
+                    dict.fromkeys(("id", "gpus", "published", "rank", "top", "same recompute", "best found",
+                                   "speed-up"), 0), TEXT_COLUMNS, {"published", "best found"})
     for r in report.rows:
-        table.add_row(r.id, str(r.gpus), r.published_config, str(r.rank), str(r.feasible), f"{r.percentile:.0%}",
+        table.add_row(r.id, str(r.gpus), r.published_config, f"{r.rank}/{r.feasible}", f"{r.percentile:.0%}",
                       f"{r.rank_same_recompute}/{r.feasible_same_recompute}", r.best_config,
                       f"{r.published_step_time_s / r.best_step_time_s:.2f}x")
     console.print(table)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from sextant.cli.render import listing, report_console
 from sextant.cli.serve_cmds import (
     EXPERT_POPULARITY,
     PAGEABLE,
@@ -26,7 +26,6 @@ from sextant.cli.serve_cmds import (
 from sextant.spec.serving import parse_serve_scenario
 
 Opt = typer.Option
-SHOWN = 10  # placements listed in the report
 
 
 def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
@@ -46,7 +45,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
     routing_trace: Optional[Path] = ROUTING_TRACE,
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
-    top: int = Opt(5, help="How many configurations to report."),
+    top: int = Opt(5, help="How many placements to list, each at its best batch (the JSON's `top` holds as many "
+                           "fastest configurations, simulated over the whole workload)."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
     """Search where one replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
@@ -71,25 +71,26 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     if as_json:
         typer.echo(json.dumps(plan.model_dump(), indent=2))
         return
-    _render(plan)
+    _render(plan, top)
 
 
-def _render(plan) -> None:
-    console = Console()
+def _render(plan, shown: int) -> None:
+    console = report_console()
     b = plan.best
     console.print(f"[bold]{plan.model}[/bold] on {b.gpus} x {plan.gpu} ({plan.node}): {b.num_requests} requests of "
                   f"{b.precision} weights, {b.kv_precision} KV, all at time 0")
     console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
                   + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
-    table = Table("weights", "KV cache", "batch", "GPU batches", "tokens/s", "bound by",
-                  title="best batch of each placement (scored on one batch)", title_justify="left")
-    for e in plan.strategies[:SHOWN]:
+    table = listing("best batch of each placement (scored on one batch)",
+                    {"weights": 0, "KV cache": 0, "batch": 0, "GPU batches": 0, "tokens/s": 0, "bound by": 0},
+                    text={"weights", "KV cache", "bound by"}, wrapping={"weights", "KV cache", "bound by"})
+    for e in plan.strategies[:shown]:
         p = e.policy
         table.add_row(p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
                       f"{e.output_tokens_per_s:,.2f}", RESOURCE_LABELS.get(e.binding_resource, e.binding_resource))
     console.print(table)
-    if len(plan.strategies) > SHOWN:
-        console.print(f"({len(plan.strategies) - SHOWN} slower placements not shown; --json lists them all)")
+    if len(plan.strategies) > shown:
+        console.print(f"({len(plan.strategies) - shown} slower placements not shown; --top or --json lists them)")
     p = plan.best_policy
     console.print(f"best: {p.strategy}, batch {p.max_batch} in {p.micro_batches} GPU batch(es): "
                   f"{b.output_tokens_per_s:,.2f} output tokens/s over the whole workload; bound by "

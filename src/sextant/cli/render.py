@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +21,33 @@ def _duration(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.3f} s"
     return f"{seconds * 1e3:.2f} ms"
+
+
+#: Width of a report written to a pipe or a file, where no terminal wraps lines (Rich would
+#: assume 80 columns there and squeeze the tables).
+PIPE_WIDTH = 120
+
+
+def report_console() -> Console:
+    """The console reports go to: the terminal's width, or :data:`PIPE_WIDTH` when standard output
+    is a pipe or a file and ``COLUMNS`` does not say otherwise."""
+    console = Console()
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=PIPE_WIDTH)
+
+
+def listing(title: str, columns: dict[str, str], text: set[str], wrapping: set[str]) -> Table:
+    """A table of many rows that stays readable in an 80-column terminal or a pipe: a rule under
+    the header and no vertical lines; ``columns`` maps each header to its ``min_width`` hint
+    (0: none); columns in ``text`` are left-aligned, and only those in ``wrapping`` may wrap
+    (numbers and layouts stay on one line)."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    for name, width in columns.items():
+        table.add_column(name, justify="left" if name in text else "right", no_wrap=name not in wrapping,
+                         min_width=width or None, overflow="fold")
+    return table
 
 
 def render_train(result: TrainResult, console: Console) -> None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sextant.cli.render import report_console
 from sextant.errors import SpecError
 from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
 
@@ -209,7 +210,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
 
 
 def _render(r, trace_out: Path | None) -> None:
-    console = Console()
+    console = report_console()
     console.print(f"[bold]{r.model}[/bold] on {r.gpus} x {r.gpu}: tp {r.tp} pp {r.pp}, {r.replicas} replica(s)"
                   + (f" ({r.prefill_replicas} prefill)" if r.prefill_replicas else "")
                   + f", {r.precision} weights, {r.kv_precision} KV, {r.batching} batching (max batch {r.max_batch}, "
@@ -252,7 +253,7 @@ def print_serve_report(report, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))
         return
-    console = Console()
+    console = report_console()
     table = Table(title=f"{title}: predicted vs published", title_justify="left")
     for col, justify in (("id", "left"), ("model", "left"), ("gpu", "left"), ("gpus", "right"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right")):

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sextant.cli.render import report_console
 from sextant.spec.scenario import base_tree, parse_scenario
 from sextant.train.predict import predict_train
 
@@ -115,7 +116,7 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         return
     from sextant.cli.render import render_train
 
-    render_train(result, Console())
+    render_train(result, report_console())
 
 
 def validate_train_cmd(
@@ -153,7 +154,7 @@ def _print_report(report, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))
         return
-    console = Console()
+    console = report_console()
     table = Table(title=f"{title}: predicted vs published", title_justify="left")
     for col, justify in (("id", "left"), ("model", "left"), ("gpus", "right"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right"), ("fits", "left")):
@@ -177,7 +178,7 @@ def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks
     from sextant import catalog
     from sextant.errors import SpecError
 
-    console = Console(width=max(Console().width, 200))  # names must survive a pipe to grep
+    console = Console(width=max(report_console().width, 200))  # names must survive a pipe to grep
     if kind == "gpus":
         table = Table("name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM GB/s", "link GB/s/dir", "TDP W", "source")
         for name in catalog.gpu_names():

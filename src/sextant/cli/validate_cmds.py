@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from sextant.cli.render import report_console
 
 Opt = typer.Option
 
@@ -41,4 +42,4 @@ def validate_all_cmd(
     n = len(plan.rows)
     table.add_row("plan (rediscovery)", str(n), "-", f"{plan.in_top_10_percent}/{n} in the top 10%; best found as fast "
                   f"as published on {plan.best_at_least_as_fast}/{n}", "sextant validate plan")
-    Console().print(table)
+    report_console().print(table)

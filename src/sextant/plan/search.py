@@ -322,7 +322,7 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
             offload_activations=r.offload_activations, gpus=gpus, tokens_per_s=r.tokens_per_s,
             step_time_s=r.step_time_s, mfu=r.mfu, binding_resource=r.binding_resource,
             memory_gb_per_tier=r.memory_gb_per_tier,
-            config=f"dp{r.dp} tp{r.tp} pp{r.pp} cp{r.cp} zero{r.zero} mb{r.micro_batch} {r.recompute}"))
+            config=f"{r.layout} zero{r.zero} mb{r.micro_batch} {r.recompute}"))
 
     # Pareto front of throughput against GPU count: a count is on it when no smaller count is at
     # least as fast.

@@ -23,6 +23,15 @@ RECOMPUTE_CODES: dict[str, int] = {"none": 0, "selective": 1, "full": 2}
 SCHEDULE_CODES: dict[str, int] = {"gpipe": 0, "1f1b": 1, "interleaved": 2}
 
 
+def layout_label(dp: int, tp: int, pp: int, cp: int = 1, ep: int = 1, vpp: int = 1, *,
+                 sequence_parallel: bool = False) -> str:
+    """A parallel layout in a few characters, for tables: the degrees above 1 (``dp4 tp8+sp pp8
+    vpp3``; ``+sp`` marks Megatron-LM's sequence parallelism), or ``1 GPU`` when nothing is split."""
+    parts = [f"{name}{n}" + ("+sp" if name == "tp" and sequence_parallel else "")
+             for name, n in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp)) if n > 1]
+    return " ".join(parts) or "1 GPU"
+
+
 class Overlap(Spec):
     """Which communication the framework hides behind compute.
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from sextant.spec.strategy import layout_label
+
 TIME_PART_LABELS = {
     "gemm": "matrix multiplies (GEMM)",
     "attention": "attention kernels",
@@ -18,6 +20,22 @@ TIME_PART_LABELS = {
     "dp_comm": "data-parallel gradient/parameter communication",
     "optimizer": "optimizer step",
     "offload_wait": "GPU waiting for offload transfers (PCIe, NVMe)",
+}
+#: The same parts in a word or two, for table columns.
+TIME_PART_SHORT = {
+    "gemm": "GEMM",
+    "attention": "attention",
+    "elementwise": "element-wise",
+    "recompute": "recompute",
+    "embedding_logits": "logits",
+    "tp_comm": "TP comm",
+    "cp_comm": "CP comm",
+    "ep_comm": "EP all-to-all",
+    "pp_p2p": "PP send/recv",
+    "pipeline_bubble": "PP bubble",
+    "dp_comm": "DP comm",
+    "optimizer": "optimizer",
+    "offload_wait": "offload wait",
 }
 MEMORY_PART_LABELS = {
     "weights": "weights",
@@ -82,3 +100,14 @@ class TrainResult(BaseModel):
     #: busy seconds per resource on the offload timeline.
     binding_resource: str = "GPU compute"
     resource_busy_s: dict[str, float] = {}
+
+    @property
+    def layout(self) -> str:
+        """The parallel degrees above 1, e.g. ``dp4 tp8+sp pp8`` (see :func:`layout_label`)."""
+        return layout_label(self.dp, self.tp, self.pp, self.cp, self.ep, self.vpp,
+                            sequence_parallel=self.sequence_parallel)
+
+    @property
+    def largest_part(self) -> str:
+        """The largest part of the step time, in a word or two (:data:`TIME_PART_SHORT`)."""
+        return TIME_PART_SHORT[max(self.time_breakdown_s, key=self.time_breakdown_s.get)]

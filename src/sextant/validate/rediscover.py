@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from sextant.plan.search import evaluate_table, fixed_strategy, rank_rows, scenario_for, score_space
 from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
-from sextant.spec.strategy import RECOMPUTE_CODES
+from sextant.spec.strategy import RECOMPUTE_CODES, layout_label
 from sextant.train.predict import apply_framework, build_context, resolve_context
 from sextant.train.step import evaluate
 from sextant.validate.ledger import load_ledger
@@ -54,9 +54,9 @@ class RediscoveryReport(BaseModel):
 
 def _describe(row: dict) -> str:
     names = {v: k for k, v in RECOMPUTE_CODES.items()}
-    return (f"dp{row['dp']} tp{row['tp']} pp{row['pp']} cp{row['cp']} ep{row['ep']} vpp{row['vpp']} "
-            f"zero{row['zero']} mb{row['micro_batch']} {names[row['recompute']]}"
-            f"{' sp' if row['sequence_parallel'] else ''}")
+    layout = layout_label(row["dp"], row["tp"], row["pp"], row["cp"], row["ep"], row["vpp"],
+                          sequence_parallel=bool(row["sequence_parallel"]))
+    return f"{layout} zero{row['zero']} mb{row['micro_batch']} {names[row['recompute']]}"
 
 
 def rediscover_row(row, space: SearchSpace) -> RediscoveryRow:
