@@ -225,3 +225,60 @@ def test_expert_parallelism_moves_experts_not_bytes():
                          deployment={"tp": 8, "ep": 8, "precision": "fp8"}), 512, 256)
     assert a.instance.weights_bytes_per_gpu == pytest.approx(b.instance.weights_bytes_per_gpu)
     assert 80e9 < a.instance.weights_bytes_per_gpu < 90e9  # 671B parameters at 1 byte over 8 GPUs
+
+
+FOLDED = [
+    # replicas under continuous batching (round-robin), pipeline engines with the least-loaded
+    # router, and offloaded replicas sharing one host
+    {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 8}, "deployment": {"tp": 2},
+     "scheduler": {"max_batch": 64}, "workload": {"input_len": 512, "output_len": 128, "num_requests": 256}},
+    {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 8}, "deployment": {"tp": 1, "pp": 2},
+     "scheduler": {"max_batch": 32, "router": "least_loaded"},
+     "workload": {"input_len": 300, "output_len": 64, "num_requests": 128}},
+    {"model": "opt-30b", "framework": "flexgen-2023", "deployment": {"precision": "fp16", "replicas": 2},
+     "hardware": {"gpu": "rtx-4090", "gpus": 2, "node": "workstation-rtx4090"}, "scheduler": {"max_batch": 32},
+     "offload": {"weights": "cpu", "kv_cache": "cpu", "kv_attention": "cpu"},
+     "workload": {"input_len": 512, "output_len": 32, "num_requests": 64}},
+]
+
+
+@pytest.mark.parametrize("tree", FOLDED)
+def test_identical_engines_simulated_once_give_the_full_simulation(tree, monkeypatch):
+    """Alike requests at time 0 over identical engines: one engine's replay, repeated, is what
+    the full event loop computes (to the last bits of a mean's summation order)."""
+    import functools
+
+    import sextant.serve.predict as predict
+    from sextant.serve.simulator import simulate
+
+    sc = ServeScenario.model_validate(tree)
+    folded = predict_serve(sc).model_dump()
+    monkeypatch.setattr(predict, "simulate", functools.partial(simulate, fold_alike=False))
+    full = predict_serve(sc).model_dump()
+    assert folded.keys() == full.keys()
+    for key, value in full.items():
+        if isinstance(value, float):
+            assert folded[key] == pytest.approx(value, rel=1e-12), key
+        elif key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            assert folded[key] == pytest.approx(value, rel=1e-12), key
+        elif key in ("time_breakdown_s", "resource_busy_s"):
+            assert folded[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert folded[key] == value, key
+
+
+def test_only_alike_requests_are_folded(monkeypatch):
+    """Requests of different lengths are dealt out unevenly: the loop runs every engine. (The
+    folded path calls ``simulate`` again for one engine; that inner call is what is counted.)"""
+    import sextant.serve.simulator as simulator
+
+    calls = []
+    real = simulator.simulate
+    monkeypatch.setattr(simulator, "simulate", lambda *a, **k: calls.append(k["engines"]) or real(*a, **k))
+    predict_serve(ServeScenario.model_validate(FOLDED[0]))
+    assert calls == [1]
+    calls.clear()
+    tree = {**FOLDED[0], "workload": {"input_len": {"mean": 512, "stdev": 100, "distribution": "uniform"},
+                                      "output_len": 128, "num_requests": 64}}
+    predict_serve(ServeScenario.model_validate(tree))
+    assert calls == []

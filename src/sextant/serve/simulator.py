@@ -3,6 +3,13 @@
 Events are (time, sequence number, kind, payload) in one heap, so equal times resolve in the
 order they were scheduled and a run is deterministic. An engine is either busy until the end of
 its current iteration or idle; new work wakes an idle engine at once.
+
+Identical engines given identical work are simulated once: when every request has the same
+prompt and output length and arrives at the same time, and the engines divide them evenly, both
+routers deal them out in turn (round-robin by construction; least-loaded because each enqueue
+raises an engine's load before the next pick), so every engine runs the same timeline. One engine
+then replays its share and the result is repeated, exactly what the full loop would produce, in
+1/engines of the time (``plan serve`` scores hundreds of multi-replica candidates this way).
 """
 
 from __future__ import annotations
@@ -42,13 +49,39 @@ class Router:
         return min(self.engines, key=Engine.load)
 
 
+def _alike(requests: Requests, engines: int) -> bool:
+    """Every request the same and at the same time, in a number the engines divide evenly."""
+    n = len(requests)
+    return (engines > 1 and n > 0 and n % engines == 0
+            and all(bool((a == a[0]).all()) for a in (requests.arrival_s, requests.input_tokens,
+                                                       requests.output_tokens)))
+
+
+def _repeated(requests: Requests, one: SimulationOutput, engines: int) -> SimulationOutput:
+    """The output of ``engines`` engines that each ran ``one``'s timeline on their share."""
+    table = RequestTable(requests.arrival_s.tolist(), requests.input_tokens.tolist(),
+                         requests.output_tokens.tolist())
+    table.first, table.finish = one.table.first * engines, one.table.finish * engines
+    table.preemptions = one.table.preemptions * engines
+    return SimulationOutput(table=table, engines=one.engines * engines, prefill_engines=[],
+                            makespan_s=one.makespan_s, traces={}, kv_transfers=[])
+
+
 def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, engines: int, router: str,
              prefill_config: EngineConfig | None = None, prefill_engines: int = 0,
              kv_transfer_s: Callable[[int], float] | None = None, trace: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> SimulationOutput:
+             progress: Callable[[int, int], None] | None = None, fold_alike: bool = True) -> SimulationOutput:
     """Replay ``requests`` on ``engines`` engines (plus ``prefill_engines`` prefill-only ones
     when disaggregated, whose finished prompts move to the decode engines after
-    ``kv_transfer_s(tokens)``)."""
+    ``kv_transfer_s(tokens)``). With ``fold_alike``, identical engines given identical requests
+    are simulated once (see the module docstring); a trace always shows every engine."""
+    if fold_alike and not trace and prefill_engines == 0 and _alike(requests, engines):
+        share = len(requests) // engines
+        tick = (lambda done, total: progress(done * engines, total * engines)) if progress else None
+        one = simulate(Requests(requests.arrival_s[:share], requests.input_tokens[:share],
+                                requests.output_tokens[:share]),
+                       cost=cost, config=config, engines=1, router=router, progress=tick)
+        return _repeated(requests, one, engines)
     table = RequestTable(requests.arrival_s.tolist(), requests.input_tokens.tolist(),
                          requests.output_tokens.tolist())
     traces: dict[str, list[Iteration]] = {}
