@@ -210,3 +210,49 @@ def test_a_routing_trace_is_counted_once_for_the_whole_search(tmp_path):
     traced = plan_serve(parse_serve_scenario(tree), top=1)
     assert _count_trace.cache_info().misses == before + 1
     assert traced.best_policy.streamed == "experts" and traced.best_policy.resident_fraction > 0
+
+
+# ---- several GPUs: tensor-parallel replicas --------------------------------------------------
+
+def several(gpus: int = 6, **deployment):
+    return parse_serve_scenario({
+        "model": "llama-2-13b", "deployment": {"precision": "fp16", **deployment},
+        "hardware": {"gpu": "a10g", "gpus": gpus, "node": "aws-g5"},
+        "workload": {"input_len": 128, "output_len": 8, "num_requests": 16}})
+
+
+@pytest.fixture(scope="module")
+def replicas_plan():
+    return plan_serve(several(), top=2)
+
+
+def test_every_degree_that_splits_the_gpus_and_the_heads_is_searched(replicas_plan):
+    # Six GPUs and 40 attention heads: tp 3 and 6 do not divide the heads; 1 and 2 do, as six
+    # and three replicas.
+    assert {e.policy.tp for e in replicas_plan.strategies} == {1, 2}
+    assert all(e.policy.tp * e.policy.replicas == 6 for e in replicas_plan.strategies)
+    # 26 GB of fp16 weights do not fit one 24 GB A10G: one-GPU replicas must stream them.
+    assert all(e.policy.weights != "none" for e in replicas_plan.strategies if e.policy.tp == 1)
+    assert replicas_plan.best.gpus == 6 and replicas_plan.best.replicas == replicas_plan.best_policy.replicas
+
+
+def test_the_printed_flags_predict_the_best_of_several_gpus(replicas_plan, capsys):
+    from sextant.cli.plan_serve_cmds import _flags
+
+    flags = _flags(replicas_plan.best_policy).split()
+    assert "--gpus" in flags and "--tp" in flags
+    assert main(["predict", "serve", "--model", "llama-2-13b", "--gpu", "a10g", "--node", "aws-g5",
+                 "--precision", "fp16", "--input-len", "128", "--output-len", "8", "--num-requests", "16",
+                 *flags, "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["output_tokens_per_s"]
+    assert predicted == pytest.approx(replicas_plan.best.output_tokens_per_s, rel=1e-9)
+
+
+def test_a_given_degree_is_kept():
+    plan = plan_serve(several(8, tp=4), top=1)
+    assert {(e.policy.tp, e.policy.replicas) for e in plan.strategies} == {(4, 2)}
+
+
+def test_a_degree_that_does_not_divide_the_gpus_is_refused():
+    with pytest.raises(SpecError, match="does not divide"):
+        plan_serve(several(8, tp=3))

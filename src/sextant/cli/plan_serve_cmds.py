@@ -1,4 +1,5 @@
-"""``plan serve``: where to keep weights and KV cache, and how large a batch to run, on one GPU."""
+"""``plan serve``: where to keep weights and KV cache, how large a batch to run, and on several GPUs
+how to split them into tensor-parallel replicas."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     framework: Optional[str] = Opt(None, help="Serving preset, e.g. flexgen-2023, zero-inference-2023, vllm-2024."),
     gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
     node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node): its host memory and drives."),
-    tp: Optional[int] = Opt(None, help="Tensor-parallel degree (the replica's GPU count)."),
+    gpus: Optional[int] = Opt(None, help="GPUs to serve with (default: --tp, else 1); split into replicas of tp GPUs."),
+    tp: Optional[int] = Opt(None, help="Tensor-parallel degree of each replica (default: every degree that fits "
+                                       "is searched)."),
     precision: Optional[ServePrecision] = Opt(None, help="Weight precision."),
     kv_precision: Optional[KVChoice] = Opt(None, help="KV-cache precision."),
     input_len: Optional[int] = Opt(None, help="Input tokens per request."),
@@ -49,10 +52,10 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
                            "fastest configurations, simulated over the whole workload)."),
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
-    """Search where one replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
+    """Search where each replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
     mixture-of-experts model also only its routed experts, with a GPU cache of the popular ones)
-    and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), and its batch, for offline
-    throughput."""
+    and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), its batch, and on several GPUs
+    the tensor-parallel degree of the replicas, for offline throughput."""
     from sextant.plan.serve_offload import plan_serve
 
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
@@ -61,7 +64,9 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
     put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
-    _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
+    _put(tree, "hardware", "gpus", gpus)
+    if "gpus" not in tree.get("hardware", {}):
+        _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
     with Progress(TextColumn("searching placements"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -81,18 +86,22 @@ def _render(plan, shown: int) -> None:
                   f"{b.precision} weights, {b.kv_precision} KV, all at time 0")
     console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
                   + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
-    table = listing("best batch of each placement (scored on one batch)",
-                    {"weights": 0, "KV cache": 0, "batch": 0, "GPU batches": 0, "tokens/s": 0, "bound by": 0},
-                    text={"weights", "KV cache", "bound by"}, wrapping={"weights", "KV cache", "bound by"})
+    several = b.gpus > 1
+    columns = {**({"tp x replicas": 0} if several else {}), "weights": 0, "KV cache": 0, "batch": 0,
+               "GPU batches": 0, "tokens/s": 0, "bound by": 0}
+    table = listing("best batch of each placement (scored on one batch per replica)", columns,
+                    text={"tp x replicas", "weights", "KV cache", "bound by"},
+                    wrapping={"weights", "KV cache", "bound by"})
     for e in plan.strategies[:shown]:
         p = e.policy
-        table.add_row(p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
+        table.add_row(*((p.layout,) if several else ()), p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
                       f"{e.output_tokens_per_s:,.2f}", RESOURCE_LABELS.get(e.binding_resource, e.binding_resource))
     console.print(table)
     if len(plan.strategies) > shown:
         console.print(f"({len(plan.strategies) - shown} slower placements not shown; --top or --json lists them)")
     p = plan.best_policy
-    console.print(f"best: {p.strategy}, batch {p.max_batch} in {p.micro_batches} GPU batch(es): "
+    console.print(f"best: {p.strategy}, batch {p.max_batch}{' per replica' if several else ''} in "
+                  f"{p.micro_batches} GPU batch(es): "
                   f"{b.output_tokens_per_s:,.2f} output tokens/s over the whole workload; bound by "
                   f"{RESOURCE_LABELS.get(b.binding_resource, b.binding_resource)}")
     console.print("  as `sextant predict serve` flags: " + _flags(p))
@@ -106,7 +115,7 @@ FLAG_OF = {"weights": "--offload-weights", "streamed": "--streamed", "resident_f
 
 def _flags(p) -> str:
     """The placement as ``predict serve`` flags (settings at their defaults left out)."""
-    flags = [f"--max-batch {p.max_batch}"]
+    flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp}"] if p.gpus > 1 else [])
     for key, value in p.offload().items():
         if value not in (0.0, "none"):
             flags.append(f"{FLAG_OF[key]} {value:g}" if isinstance(value, float) else f"{FLAG_OF[key]} {value}")

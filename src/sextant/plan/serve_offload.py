@@ -1,5 +1,6 @@
-"""``plan serve``: search where one GPU keeps a model's weights and KV cache, and how large a batch
-it runs, for the highest offline throughput.
+"""``plan serve``: search where a replica keeps a model's weights and KV cache, how large a batch
+it runs, and, on several GPUs, how they split into tensor-parallel replicas, for the highest
+offline throughput.
 
 The space is FlexGen's policy space (Sheng et al., ICML 2023, section 4.3: the GPU batch size,
 the number of GPU batches in a block, and the percentages of weights and KV cache on GPU, CPU and
@@ -22,7 +23,15 @@ same ``predict serve`` that scores one configuration, so a plan and a prediction
 agree exactly. A batch ladder stops at the first batch that does not
 fit: memory only grows with the batch.
 
-Not searched: the tensor-parallel degree and precision (inputs), and activations off the GPU.
+On ``N`` GPUs every tensor-parallel degree that divides ``N``, fits in one node and divides the
+attention heads is searched, with ``N / tp`` replicas sharing the node's host memory, link and
+drives (``sextant.cost.tiers`` divides them over the GPUs in use): more replicas run more batches
+at once, a wider tp holds more KV cache per replica and streams a smaller shard per GPU, at the
+price of its all-reduces. Requests are dealt out evenly, so each candidate's replicas run the same
+timeline and the simulator replays one (``sextant.serve.simulator``). A degree given explicitly
+(``--tp``, or ``deployment.tp`` in the scenario) is kept.
+
+Not searched: precision (an input), pipeline parallelism, and activations off the GPU.
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from pydantic import BaseModel
 
 from sextant.catalog.hardware import get_gpu, get_node
 from sextant.errors import InfeasibleError, SpecError
-from sextant.serve.deploy import model_spec
+from sextant.serve.deploy import check_layout, model_spec
 from sextant.serve.predict import ServeResult, predict_serve
 from sextant.spec.serving import ServeScenario, parse_serve_scenario
+from sextant.train.predict import cluster_and_profile
 
 RESIDENT_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 NVME_FRACTIONS = (0.25, 0.5, 0.75)
@@ -62,8 +72,10 @@ class ServePolicy(BaseModel):
     nvme_fraction: float
     kv_cache: str
     kv_attention: str
-    max_batch: int
+    max_batch: int  # per replica
     micro_batches: int
+    tp: int = 1
+    replicas: int = 1
 
     def offload(self) -> dict[str, Any]:
         """The scenario's ``offload`` settings for this placement (none when all is on the GPU)."""
@@ -101,8 +113,18 @@ class ServePolicy(BaseModel):
         return f"{'DRAM' if self.kv_cache == 'cpu' else 'NVMe'}, attention on {self.kv_attention.upper()}"
 
     @property
+    def gpus(self) -> int:
+        return self.tp * self.replicas
+
+    @property
+    def layout(self) -> str:
+        """``tp2 x 4`` (four replicas of two GPUs each)."""
+        return f"tp{self.tp} x {self.replicas}"
+
+    @property
     def strategy(self) -> str:
-        return f"weights {self.weights_home}; KV {self.kv_home}"
+        place = f"weights {self.weights_home}; KV {self.kv_home}"
+        return place if self.gpus == 1 else f"{self.layout}: {place}"
 
 
 class ServePlanEntry(BaseModel):
@@ -180,8 +202,11 @@ def _batches(num_requests: int) -> list[int]:
 
 
 def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeScenario:
+    """The scenario of one candidate: ``num_requests`` over all of its replicas."""
     tree = {**tree, "scheduler": {**tree.get("scheduler", {}), "max_batch": p.max_batch},
-            "workload": {**tree.get("workload", {}), "num_requests": num_requests}}
+            "workload": {**tree.get("workload", {}), "num_requests": num_requests},
+            "deployment": {**tree.get("deployment", {}), "tp": p.tp, "replicas": p.replicas},
+            "hardware": {**tree.get("hardware", {}), "gpus": p.gpus}}
     tree["offload"] = {**{k: v for k, v in tree.get("offload", {}).items() if k in KEPT_OFFLOAD}, **p.offload()}
     return parse_serve_scenario(tree, "plan serve candidate")
 
@@ -204,8 +229,8 @@ def _flat(ladder: list[ServePlanEntry]) -> bool:
 class _Search:
     """The candidates of one search: every placement's batch ladders, scored on one batch each."""
 
-    def __init__(self, tree: dict[str, Any], batches: list[int], longest: int) -> None:
-        self.tree, self.batches, self.longest = tree, batches, longest
+    def __init__(self, tree: dict[str, Any], num_requests: int, longest: int) -> None:
+        self.tree, self.num_requests, self.longest = tree, num_requests, longest
         self.rejected: Counter[str] = Counter()
         self.entries: list[ServePlanEntry] = []
         self.evaluated = 0
@@ -230,7 +255,7 @@ class _Search:
         doublings gain nothing. A KV cache on NVMe is tried only at batches whose cache DRAM could
         not hold: it adds drive reads and writes to the same link traffic, so where DRAM holds the
         cache the DRAM ladder is at least as fast."""
-        key = (policy.weights, policy.streamed, policy.resident_fraction, policy.nvme_fraction,
+        key = (policy.tp, policy.weights, policy.streamed, policy.resident_fraction, policy.nvme_fraction,
                policy.kv_attention, policy.micro_batches)
         first = 1
         if policy.kv_cache == "nvme" and key in self.dram_limit:
@@ -240,13 +265,13 @@ class _Search:
             first = limit
         entries: list[ServePlanEntry] = []
         limit = None
-        for b in self.batches:
+        for b in _batches(self.num_requests // policy.replicas):
             if b < first or b % policy.micro_batches:
                 continue
             candidate = policy.model_copy(update={"max_batch": b})
             self.evaluated += 1
             try:
-                result = predict_serve(_scenario(self.tree, candidate, b))
+                result = predict_serve(_scenario(self.tree, candidate, b * policy.replicas))
             except InfeasibleError as err:
                 self.rejected[err.resource] += 1
                 limit = b
@@ -268,12 +293,35 @@ def _check(base: ServeScenario) -> None:
         raise SpecError("plan serve searches offline throughput (every request at time 0): drop --rate and --trace",
                         field="workload")
     dep = base.deployment
-    if dep.pp > 1 or base.hardware.gpus != dep.tp or base.speculative or base.disaggregation:
-        raise SpecError("plan serve searches the placements of one replica without pipeline stages, speculation or "
-                        "disaggregation: give --gpus equal to --tp", field="deployment")
+    if dep.pp > 1 or base.speculative or base.disaggregation:
+        raise SpecError("plan serve searches tensor-parallel replicas without pipeline stages, speculation or "
+                        "disaggregation", field="deployment")
+    if "tp" in dep.model_fields_set and base.hardware.gpus % dep.tp:
+        raise SpecError(f"tp={dep.tp} does not divide the {base.hardware.gpus} GPUs into replicas", field="tp")
     if not (isinstance(base.workload.input_len, int) and isinstance(base.workload.output_len, int)):
         raise SpecError("plan serve needs fixed input and output lengths (a batch's KV cache is sized by them)",
                         field="workload")
+
+
+def tensor_parallel_degrees(base: ServeScenario) -> list[int]:
+    """The tp degrees a plan searches: the one the scenario sets, or every divisor of its GPU count
+    that fits in one node, divides the attention heads, and leaves each replica a request."""
+    dep, gpus = base.deployment, base.hardware.gpus
+    if "tp" in dep.model_fields_set:
+        return [dep.tp]
+    cluster = cluster_and_profile(base.hardware)[0]
+    model = model_spec(base.model)
+    degrees = []
+    for tp in (d for d in range(1, gpus + 1) if gpus % d == 0 and gpus // d <= base.workload.num_requests):
+        try:
+            check_layout(model, tp, 1, dep.ep, cluster)
+        except SpecError:
+            continue
+        degrees.append(tp)
+    if not degrees:
+        raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas of {model.name} within one "
+                        f"{cluster.node.name}", field="gpus")
+    return degrees
 
 
 def plan_serve(base: ServeScenario, *, top: int = 5,
@@ -287,12 +335,14 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     tree = base.model_dump(exclude_unset=True)
     has_nvme = node.nvme is not None
     longest = base.workload.input_len + base.workload.output_len
-    ladders = [(w, s, r, d, kv, att) for (w, s, r, d) in _placements(has_nvme, moe is not None)
+    degrees = tensor_parallel_degrees(base)
+    ladders = [(tp, w, s, r, d, kv, att) for tp in degrees for (w, s, r, d) in _placements(has_nvme, moe is not None)
                for (kv, att) in _kv_homes(has_nvme)]
-    search = _Search(tree, _batches(base.workload.num_requests), longest)
-    for i, (w, s, r, d, kv, att) in enumerate(ladders):
+    gpus = base.hardware.gpus
+    search = _Search(tree, base.workload.num_requests, longest)
+    for i, (tp, w, s, r, d, kv, att) in enumerate(ladders):
         search.placement(ServePolicy(weights=w, streamed=s, resident_fraction=r, nvme_fraction=d, kv_cache=kv,
-                                     kv_attention=att, max_batch=1, micro_batches=1))
+                                     kv_attention=att, max_batch=1, micro_batches=1, tp=tp, replicas=gpus // tp))
         if progress is not None:
             progress(i + 1, len(ladders))
     if search.entries:
@@ -305,7 +355,8 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
     if not entries:
         reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
-        raise InfeasibleError(f"no placement of {base.model} fits one {base.hardware.gpu} with this node's host memory "
+        where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} at tp {degrees}"
+        raise InfeasibleError(f"no placement of {base.model} fits {where} with this node's host memory "
                               f"and drives, even at batch 1 ({reasons}); quantize the weights or add GPUs",
                               field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
     entries.sort(key=lambda e: e.output_tokens_per_s, reverse=True)

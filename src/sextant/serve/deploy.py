@@ -117,7 +117,7 @@ def model_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
     return name_or_spec if isinstance(name_or_spec, ModelSpec) else get_model(name_or_spec)
 
 
-def _check_layout(model: ModelSpec, tp: int, pp: int, ep: int, cluster: ClusterSpec) -> None:
+def check_layout(model: ModelSpec, tp: int, pp: int, ep: int, cluster: ClusterSpec) -> None:
     if model.num_heads % tp:
         raise SpecError(f"tp={tp} does not divide {model.num_heads} attention heads", field="tp")
     if model.num_kv_heads > tp and model.num_kv_heads % tp:
@@ -168,7 +168,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     disagg = scenario.disaggregation
     hw = scenario.hardware
     cluster, profile = cluster_and_profile(hw)
-    _check_layout(model, dep.tp, dep.pp, dep.ep, cluster)
+    check_layout(model, dep.tp, dep.pp, dep.ep, cluster)
     if disagg is not None:
         replicas = disagg.prefill_replicas + disagg.decode_replicas
         if dep.replicas is not None and dep.replicas != replicas:
@@ -202,7 +202,7 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
     if scenario.speculative is not None:
         draft_model = model_spec(scenario.speculative.draft_model)
         draft_layout = dataclasses.replace(layout, pp=1, ep=1) if draft_model.moe is None else layout
-        _check_layout(draft_model, dep.tp, 1, 1, cluster)
+        check_layout(draft_model, dep.tp, 1, 1, cluster)
     if scenario.speculative is not None and scenario.speculative.target_device == "cpu":
         # Dovetail: the target's layers run on the host CPU; the GPU keeps the draft only.
         tiers = tier_rates(used, profile)
