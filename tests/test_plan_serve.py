@@ -253,6 +253,10 @@ def test_a_given_degree_is_kept():
     assert {(e.policy.tp, e.policy.replicas) for e in plan.strategies} == {(4, 2)}
 
 
-def test_a_degree_that_does_not_divide_the_gpus_is_refused():
+def test_a_degree_that_does_not_divide_the_gpus_or_leaves_a_replica_idle_is_refused():
     with pytest.raises(SpecError, match="does not divide"):
         plan_serve(several(8, tp=3))
+    idle = parse_serve_scenario({**several(8, tp=1).model_dump(exclude_unset=True),
+                                 "workload": {"input_len": 128, "output_len": 8, "num_requests": 4}})
+    with pytest.raises(SpecError, match="each replica needs one"):
+        plan_serve(idle)

@@ -4,6 +4,7 @@ terminal (no number cut short, no column dropped), and layouts are named compact
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
@@ -34,34 +35,82 @@ def _plan_json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
+def _tables(render) -> list:
+    """The tables ``render(console)`` prints."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    tables = []
+    console = Console(file=io.StringIO(), width=200)
+    console.print = lambda *objects, **_: tables.extend(o for o in objects if isinstance(o, Table))
+    render(console)
+    return tables
+
+
+def _characters_lost(table, width: int) -> Counter:
+    """Characters of ``table``'s title, headers and cells missing from its rendering at ``width``
+    columns. Wrapping and folding only move characters; cutting a cell short drops them."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(table)
+    texts = [table.title, *(c.header for c in table.columns), *(cell for c in table.columns for cell in c._cells)]
+    wanted = Counter(ch for text in texts for ch in str(text) if not ch.isspace())
+    printed = Counter(ch for ch in console.file.getvalue() if not ch.isspace() and ch != "─")
+    return wanted - printed
+
+
 PLAN_70B_ON_ONE_4090 = ["plan", "train", "--model", "llama-3.1-70b", "--gpu", "rtx-4090", "--gpus", "1",
                         "--global-batch", "8", "--seq-len", "2048", "--top", "3"]
 
 
-@pytest.mark.parametrize("columns", [None, "80"])
-def test_plan_train_report_keeps_every_column_and_number(capsys, monkeypatch, columns):
-    """The default plan (no offloading) and a single-GPU offload plan: every header is printed,
-    the best configuration's throughput appears whole, and no line is wider than the console."""
-    if columns is None:
-        monkeypatch.delenv("COLUMNS", raising=False)  # a pipe: the report's own width
-    else:
-        monkeypatch.setenv("COLUMNS", columns)
-    for argv, headers in ((["plan", "train", "--top", "3"], ("layout", "ZeRO", "recompute", "tokens/s", "MFU",
-                                                             "largest", "offloaded", "bound by")),
-                          (PLAN_70B_ON_ONE_4090, ("layout", "offload", "tokens/s", "largest", "NVMe"))):
-        best = _plan_json(capsys, argv)["best"]
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        width = int(columns or 120)
-        assert max(len(line) for line in out.splitlines()) <= width
-        for header in headers:
-            assert header in out, header
-        assert f"{best['tokens_per_s']:,.0f}" in out
-        if columns is None:
-            # In a pipe the configuration stays on one line: the best layout is printed whole.
-            layout = re.escape(layout_label(best["dp"], best["tp"], best["pp"], best["cp"], best["ep"], best["vpp"],
-                                            sequence_parallel=best["sequence_parallel"]))
-            assert re.search(rf"^1\s+{layout}\s", out, re.M), out
+@pytest.mark.parametrize("width", [60, 80])
+def test_narrow_terminals_wrap_cells_rather_than_cut_them(width):
+    """Plans with several GPU counts and offloading (the widest tables) and a multi-GPU serving
+    plan: at 60 or 80 columns every character of every table is still printed."""
+    from sextant.cli.plan_cmds import render_plan
+    from sextant.cli.plan_serve_cmds import render_plan_serve
+    from sextant.plan.search import plan_train
+    from sextant.plan.serve_offload import plan_serve
+    from sextant.spec.scenario import parse_scenario
+    from sextant.spec.serving import parse_serve_scenario
+
+    train = plan_train(parse_scenario({"model": "llama-3.1-70b", "hardware": {"gpu": "rtx-4090", "gpus": 1},
+                                       "workload": {"global_batch": 8, "seq_len": 2048}}, source="test"),
+                       [1, 2], top_k=3)
+    serve = plan_serve(parse_serve_scenario({
+        "model": "llama-2-13b", "deployment": {"precision": "fp16"}, "hardware": {"gpu": "a10g", "gpus": 6,
+                                                                                  "node": "aws-g5"},
+        "workload": {"input_len": 128, "output_len": 8, "num_requests": 16}}), top=2)
+    tables = _tables(lambda c: render_plan(train, c)) + _tables(lambda c: render_plan_serve(serve, 5, c))
+    assert len(tables) == 5  # rejected, top, offload strategies, by GPU count; the serving placements
+    for table in tables:
+        assert not _characters_lost(table, width), table.title
+
+
+@pytest.mark.parametrize("argv, headers", [
+    (["plan", "train", "--top", "3"], ("layout", "ZeRO", "recompute", "tokens/s", "MFU", "largest part",
+                                       "offloaded", "bound by")),
+    (PLAN_70B_ON_ONE_4090, ("layout", "offload", "tokens/s", "largest part", "NVMe")),
+])
+def test_a_piped_plan_keeps_each_configuration_on_one_line(capsys, monkeypatch, argv, headers):
+    """In a pipe (no COLUMNS) reports are 120 columns wide: headers whole, the best layout and its
+    throughput printed whole on its row."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    best = _plan_json(capsys, argv)["best"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    for header in headers:
+        assert header in out, header
+    layout = re.escape(layout_label(best["dp"], best["tp"], best["pp"], best["cp"], best["ep"], best["vpp"],
+                                    sequence_parallel=best["sequence_parallel"]))
+    tokens = re.escape(f"{best['tokens_per_s']:,.0f}")
+    assert re.search(rf"^1\s+{layout}\s.*\s{tokens}\s", out, re.M), out
 
 
 def test_plan_serve_lists_as_many_placements_as_asked(capsys):

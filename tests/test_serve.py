@@ -253,8 +253,14 @@ def test_identical_engines_simulated_once_give_the_full_simulation(tree, monkeyp
 
     sc = ServeScenario.model_validate(tree)
     folded = predict_serve(sc).model_dump()
+    folded_table = run(sc)[2].table
     monkeypatch.setattr(predict, "simulate", functools.partial(simulate, fold_alike=False))
     full = predict_serve(sc).model_dump()
+    full_table = run(sc)[2].table
+    # Request by request, not only in aggregate: request i ran on engine i % engines.
+    assert folded_table.first == pytest.approx(full_table.first, rel=1e-12)
+    assert folded_table.finish == pytest.approx(full_table.finish, rel=1e-12)
+    assert folded_table.state == full_table.state and folded_table.gen == full_table.gen
     assert folded.keys() == full.keys()
     for key, value in full.items():
         if isinstance(value, float):

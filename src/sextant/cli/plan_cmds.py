@@ -124,11 +124,9 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
 
 
 OFFLOAD_ROWS_SHOWN = 6
-#: Columns of words (left-aligned), and those that may wrap when a terminal is narrow; the others
-#: keep a number or a layout on one line.
+#: Columns of words (left-aligned; numbers are right-aligned).
 TEXT_COLUMNS = {"layout", "recompute", "offload", "offloaded", "largest part", "configuration", "bound by", "id",
                 "published", "best found"}
-WRAPPING = {"offload", "offloaded", "largest part", "bound by"}
 
 
 def _offload_label(t) -> str:
@@ -145,16 +143,15 @@ def render_plan(result, console: Console) -> None:
                   f"x {r.seq_len} tokens, objective {r.objective}")
     console.print(f"{r.configs_total:,} configurations enumerated, {r.configs_evaluated:,} evaluated in "
                   f"{r.search_seconds:.2f} s ({r.evaluations_per_second:,.0f}/s), {r.configs_feasible:,} fit")
-    rejected = listing("rejected", {"reason": 0, "configurations": 0}, {"reason"}, {"reason"})
+    rejected = listing("rejected", ("reason", "configurations"), {"reason"})
     for reason, count in sorted(r.rejected.items(), key=lambda kv: -kv[1]):
         rejected.add_row(reason, f"{count:,}")
     console.print(rejected)
     several_counts = len(r.gpus) > 1
     offloading = any(_offload_label(t) != "-" for t in r.top)
-    columns = {"#": 0, **({"gpus": 0} if several_counts else {}), "layout": 0, "ZeRO": 0, "mb": 0, "recompute": 0,
-               **({"offload": 0} if offloading else {}), "step s": 0, "tokens/s": 0, "MFU": 0, "GiB": 0,
-               "largest part": 0}
-    table = listing(f"top {len(r.top)}", columns, TEXT_COLUMNS, WRAPPING)
+    columns = ("#", *(("gpus",) if several_counts else ()), "layout", "ZeRO", "mb", "recompute",
+               *(("offload",) if offloading else ()), "step s", "tokens/s", "MFU", "GiB", "largest part")
+    table = listing(f"top {len(r.top)}", columns, TEXT_COLUMNS)
     for i, t in enumerate(r.top, 1):
         table.add_row(str(i), *((str(t.gpus),) if several_counts else ()), t.layout, str(t.zero),
                       str(t.micro_batch), t.recompute, *((_offload_label(t),) if offloading else ()),
@@ -163,11 +160,11 @@ def render_plan(result, console: Console) -> None:
     console.print(table)
     if r.offload_options:
         opts = listing("offload strategies that fit, the best of each (memory: GiB per GPU)",
-                       {"offloaded": 16, "configuration": 0, "tokens/s": 0, "GPU": 0, "host": 0, "NVMe": 0,
-                        "bound by": 11}, TEXT_COLUMNS, WRAPPING)
+                       ("offloaded", "configuration", "tokens/s", "MFU", "GPU", "host", "NVMe", "bound by"),
+                       TEXT_COLUMNS)
         for o in r.offload_options[:OFFLOAD_ROWS_SHOWN]:
             m = o.memory_gb_per_tier
-            opts.add_row(_offload_label(o), o.config, f"{o.tokens_per_s:,.0f}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}", f"{m.get('nvme', 0):.0f}",
+            opts.add_row(_offload_label(o), o.config, f"{o.tokens_per_s:,.0f}", f"{o.mfu:.1%}", f"{m.get('gpu', 0):.1f}", f"{m.get('host', 0):.0f}", f"{m.get('nvme', 0):.0f}",
                          o.binding_resource)
         console.print(opts)
         if len(r.offload_options) > OFFLOAD_ROWS_SHOWN:
@@ -176,8 +173,7 @@ def render_plan(result, console: Console) -> None:
         console.print(f"  {line}")
     if len(r.by_gpu_count) > 1 or r.tokens:
         counts = listing("by GPU count (* on the throughput/GPU-count Pareto front)",
-                         dict.fromkeys(("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"), 0),
-                         set(), set())
+                         ("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"))
         for s in r.by_gpu_count:
             counts.add_row(f"{s.gpus}{'*' if s.on_pareto_front else ''}", f"{s.configs_feasible:,}",
                            f"{s.best_tokens_per_s:,.0f}" if s.best_tokens_per_s else "-",
@@ -205,8 +201,8 @@ def validate_plan_cmd(
         return
     console = report_console()
     table = listing("published configuration's rank in the planner's search",
-                    dict.fromkeys(("id", "gpus", "published", "rank", "top", "same recompute", "best found",
-                                   "speed-up"), 0), TEXT_COLUMNS, {"published", "best found"})
+                    ("id", "gpus", "published", "rank", "top", "same recompute", "best found", "speed-up"),
+                    TEXT_COLUMNS)
     for r in report.rows:
         table.add_row(r.id, str(r.gpus), r.published_config, f"{r.rank}/{r.feasible}", f"{r.percentile:.0%}",
                       f"{r.rank_same_recompute}/{r.feasible_same_recompute}", r.best_config,

@@ -76,22 +76,20 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     if as_json:
         typer.echo(json.dumps(plan.model_dump(), indent=2))
         return
-    _render(plan, top)
+    render_plan_serve(plan, top, report_console())
 
 
-def _render(plan, shown: int) -> None:
-    console = report_console()
+def render_plan_serve(plan, shown: int, console) -> None:
     b = plan.best
     console.print(f"[bold]{plan.model}[/bold] on {b.gpus} x {plan.gpu} ({plan.node}): {b.num_requests} requests of "
                   f"{b.precision} weights, {b.kv_precision} KV, all at time 0")
     console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
                   + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
     several = b.gpus > 1
-    columns = {**({"tp x replicas": 0} if several else {}), "weights": 0, "KV cache": 0, "batch": 0,
-               "GPU batches": 0, "tokens/s": 0, "bound by": 0}
+    columns = (*(("tp x replicas",) if several else ()), "weights", "KV cache", "batch", "GPU batches", "tokens/s",
+               "bound by")
     table = listing("best batch of each placement (scored on one batch per replica)", columns,
-                    text={"tp x replicas", "weights", "KV cache", "bound by"},
-                    wrapping={"weights", "KV cache", "bound by"})
+                    text={"tp x replicas", "weights", "KV cache", "bound by"})
     for e in plan.strategies[:shown]:
         p = e.policy
         table.add_row(*((p.layout,) if several else ()), p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
@@ -115,7 +113,8 @@ FLAG_OF = {"weights": "--offload-weights", "streamed": "--streamed", "resident_f
 
 def _flags(p) -> str:
     """The placement as ``predict serve`` flags (settings at their defaults left out)."""
-    flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp}"] if p.gpus > 1 else [])
+    flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp} --replicas {p.replicas}"]
+                                              if p.gpus > 1 else [])
     for key, value in p.offload().items():
         if value not in (0.0, "none"):
             flags.append(f"{FLAG_OF[key]} {value:g}" if isinstance(value, float) else f"{FLAG_OF[key]} {value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from rich import box
 from rich.console import Console
@@ -37,16 +38,16 @@ def report_console() -> Console:
     return Console(width=PIPE_WIDTH)
 
 
-def listing(title: str, columns: dict[str, str], text: set[str], wrapping: set[str]) -> Table:
-    """A table of many rows that stays readable in an 80-column terminal or a pipe: a rule under
-    the header and no vertical lines; ``columns`` maps each header to its ``min_width`` hint
-    (0: none); columns in ``text`` are left-aligned, and only those in ``wrapping`` may wrap
-    (numbers and layouts stay on one line)."""
+def listing(title: str, columns: Iterable[str], text: Iterable[str] = ()) -> Table:
+    """A table of many rows, readable in a pipe and in a narrow terminal: a rule under the header
+    and no vertical lines; columns named in ``text`` are left-aligned, the others (numbers) right.
+    Any cell may wrap, and a word longer than its column folds onto the next line: when the
+    terminal is too narrow for the whole table, cells wrap rather than lose characters."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 1, 0, 0))
-    for name, width in columns.items():
-        table.add_column(name, justify="left" if name in text else "right", no_wrap=name not in wrapping,
-                         min_width=width or None, overflow="fold")
+    left = set(text)
+    for name in columns:
+        table.add_column(name, justify="left" if name in left else "right", overflow="fold")
     return table
 
 

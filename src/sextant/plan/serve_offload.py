@@ -296,8 +296,12 @@ def _check(base: ServeScenario) -> None:
     if dep.pp > 1 or base.speculative or base.disaggregation:
         raise SpecError("plan serve searches tensor-parallel replicas without pipeline stages, speculation or "
                         "disaggregation", field="deployment")
-    if "tp" in dep.model_fields_set and base.hardware.gpus % dep.tp:
-        raise SpecError(f"tp={dep.tp} does not divide the {base.hardware.gpus} GPUs into replicas", field="tp")
+    if "tp" in dep.model_fields_set:
+        if base.hardware.gpus % dep.tp:
+            raise SpecError(f"tp={dep.tp} does not divide the {base.hardware.gpus} GPUs into replicas", field="tp")
+        if base.hardware.gpus // dep.tp > base.workload.num_requests:
+            raise SpecError(f"{base.hardware.gpus // dep.tp} replicas of tp={dep.tp} for {base.workload.num_requests} "
+                            "requests: each replica needs one; raise --num-requests or --tp", field="num_requests")
     if not (isinstance(base.workload.input_len, int) and isinstance(base.workload.output_len, int)):
         raise SpecError("plan serve needs fixed input and output lengths (a batch's KV cache is sized by them)",
                         field="workload")
@@ -320,7 +324,8 @@ def tensor_parallel_degrees(base: ServeScenario) -> list[int]:
         degrees.append(tp)
     if not degrees:
         raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas of {model.name} within one "
-                        f"{cluster.node.name}", field="gpus")
+                        f"{cluster.node.name} with a request each ({base.workload.num_requests} requests)",
+                        field="gpus")
     return degrees
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sextant.serve.engine import Engine, EngineConfig, Iteration, RequestTable
 from sextant.serve.iteration import IterationCost
@@ -58,10 +58,16 @@ def _alike(requests: Requests, engines: int) -> bool:
 
 
 def _repeated(requests: Requests, one: SimulationOutput, engines: int) -> SimulationOutput:
-    """The output of ``engines`` engines that each ran ``one``'s timeline on their share."""
+    """The output of ``engines`` engines that each ran ``one``'s timeline on their share: request
+    ``i`` went to engine ``i % engines`` as its ``i // engines``-th request, as the routers deal."""
+    n = len(requests)
     table = RequestTable(requests.arrival_s.tolist(), requests.input_tokens.tolist(),
                          requests.output_tokens.tolist())
-    table.first, table.finish = one.table.first * engines, one.table.finish * engines
+    share = n // engines
+    for f in fields(RequestTable):
+        values = getattr(one.table, f.name)
+        if isinstance(values, list) and len(values) == share:
+            setattr(table, f.name, [values[i // engines] for i in range(n)])
     table.preemptions = one.table.preemptions * engines
     return SimulationOutput(table=table, engines=one.engines * engines, prefill_engines=[],
                             makespan_s=one.makespan_s, traces={}, kv_transfers=[])
