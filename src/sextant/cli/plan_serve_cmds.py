@@ -13,10 +13,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sextant.cli.render import listing, report_console
 from sextant.cli.serve_cmds import (
+    AS_JSON,
     EXPERT_POPULARITY,
+    GPU,
+    INPUT_LEN,
+    KV_PRECISION,
+    MODEL,
+    OUTPUT_LEN,
     PAGEABLE,
+    PRECISION,
+    PROFILE,
     RESOURCE_LABELS,
     ROUTING_TRACE,
+    SCENARIO,
     ZIPF_EXPONENT,
     KVChoice,
     ServePrecision,
@@ -30,27 +39,27 @@ Opt = typer.Option
 
 
 def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
-    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML serving scenario; flags override it."),
-    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    scenario: Optional[Path] = SCENARIO,
+    model: Optional[str] = MODEL,
     framework: Optional[str] = Opt(None, help="Serving preset, e.g. flexgen-2023, zero-inference-2023, vllm-2024."),
-    gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
+    gpu: Optional[str] = GPU,
     node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node): its host memory and drives."),
     gpus: Optional[int] = Opt(None, help="GPUs to serve with (default: --tp, else 1); split into replicas of tp GPUs."),
     tp: Optional[int] = Opt(None, help="Tensor-parallel degree of each replica (default: every degree that fits "
                                        "is searched)."),
-    precision: Optional[ServePrecision] = Opt(None, help="Weight precision."),
-    kv_precision: Optional[KVChoice] = Opt(None, help="KV-cache precision."),
-    input_len: Optional[int] = Opt(None, help="Input tokens per request."),
-    output_len: Optional[int] = Opt(None, help="Output tokens per request."),
+    precision: Optional[ServePrecision] = PRECISION,
+    kv_precision: Optional[KVChoice] = KV_PRECISION,
+    input_len: Optional[int] = INPUT_LEN,
+    output_len: Optional[int] = OUTPUT_LEN,
     num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
     pageable: Optional[bool] = PAGEABLE,
     expert_popularity: Optional[str] = EXPERT_POPULARITY,
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
     routing_trace: Optional[Path] = ROUTING_TRACE,
-    profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    profile: Optional[Path] = PROFILE,
     top: int = Opt(5, help="How many placements to list, each at its best batch (the JSON's `top` holds as many "
                            "fastest configurations, simulated over the whole workload)."),
-    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Search where each replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
     mixture-of-experts model also only its routed experts, with a GPU cache of the popular ones)

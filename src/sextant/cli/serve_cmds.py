@@ -63,6 +63,16 @@ def scenario_tree(scenario: Path | None, model: str | None, framework: str | Non
 
 #: Options ``predict serve`` and ``plan serve`` share: how host copies are made and how a
 #: mixture-of-experts model's tokens route (what an expert cache catches).
+# Options predict serve and plan serve share, one definition each.
+SCENARIO = Opt(None, "--scenario", "-s", help="YAML serving scenario; flags override it.")
+MODEL = Opt(None, help="Catalog model name or path to a HuggingFace config.json.")
+GPU = Opt(None, help="Catalog GPU name.")
+PRECISION = Opt(None, help="Weight precision.")
+KV_PRECISION = Opt(None, help="KV-cache precision (default fp8 with fp8 weights).")
+INPUT_LEN = Opt(None, help="Input tokens per request.")
+OUTPUT_LEN = Opt(None, help="Output tokens per request.")
+PROFILE = Opt(None, help="Hardware profile JSON (default: the built-in one).")
+AS_JSON = Opt(False, "--json", help="Print one JSON object instead of the report.")
 PAGEABLE = Opt(None, "--pageable/--pinned", help="Host weights in pageable or pinned memory.")
 EXPERT_POPULARITY = Opt(None, help="Routing distribution over experts: uniform or zipf.")
 ZIPF_EXPONENT = Opt(None, help="Exponent of the Zipf expert popularity.")
@@ -101,18 +111,18 @@ def _progress_bar(console: Console, total_hint: str):
 
 
 def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts call
-    scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML serving scenario; flags override it."),
-    model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
+    scenario: Optional[Path] = SCENARIO,
+    model: Optional[str] = MODEL,
     framework: Optional[str] = Opt(None, help="Serving preset: vllm-2024, sarathi-serve-2024, trtllm-session-2023, "
                                               "trtllm-inflight-2025."),
-    gpu: Optional[str] = Opt(None, help="Catalog GPU name."),
+    gpu: Optional[str] = GPU,
     gpus: Optional[int] = Opt(None, help="GPUs in total (default tp * pp * replicas)."),
     tp: Optional[int] = Opt(None, help="Tensor-parallel degree per replica."),
     pp: Optional[int] = Opt(None, help="Pipeline-parallel degree per replica."),
     ep: Optional[int] = Opt(None, help="Expert-parallel degree inside the tp group (MoE)."),
     replicas: Optional[int] = Opt(None, help="Model replicas behind the router."),
-    precision: Optional[ServePrecision] = Opt(None, help="Weight precision."),
-    kv_precision: Optional[KVChoice] = Opt(None, help="KV-cache precision (default fp8 with fp8 weights)."),
+    precision: Optional[ServePrecision] = PRECISION,
+    kv_precision: Optional[KVChoice] = KV_PRECISION,
     batching: Optional[BatchingChoice] = Opt(None, help="static, continuous (vLLM) or chunked (Sarathi-Serve)."),
     max_batch: Optional[int] = Opt(None, help="Sequences running at once."),
     token_budget: Optional[int] = Opt(None, help="Tokens per iteration (max_num_batched_tokens)."),
@@ -120,8 +130,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     preemption: Optional[str] = Opt(None, help="recompute or swap."),
     router: Optional[str] = Opt(None, help="round_robin or least_loaded."),
     iteration_overhead_ms: Optional[float] = Opt(None, help="Engine CPU work per iteration, ms."),
-    input_len: Optional[int] = Opt(None, help="Input tokens per request."),
-    output_len: Optional[int] = Opt(None, help="Output tokens per request."),
+    input_len: Optional[int] = INPUT_LEN,
+    output_len: Optional[int] = OUTPUT_LEN,
     trace: Optional[Path] = Opt(None, help="CSV or JSONL trace: arrival_s, input_tokens, output_tokens."),
     rate: Optional[float] = Opt(None, help="Mean arrivals per second (default: all at time 0, offline)."),
     arrival: Optional[str] = Opt(None, help="poisson or gamma."),
@@ -153,9 +163,9 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     expert_popularity: Optional[str] = EXPERT_POPULARITY,
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
     routing_trace: Optional[Path] = ROUTING_TRACE,
-    profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    profile: Optional[Path] = PROFILE,
     trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
-    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
     from sextant.serve.predict import run, summarise
