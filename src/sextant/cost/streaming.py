@@ -88,18 +88,24 @@ class Streaming:
         misses = np.interp(np.log(np.maximum(t, 1.0)), np.log(self.miss_tokens), self.miss_experts)
         return self.dense_fetch_s + self.expert_fetch_s * np.where(t > 0, misses, 0.0)
 
-    def iteration_s(self, gpu_s: float, cpu_s: float, transfers: tuple[float, ...], first_s: float) -> float:
+    def iteration_s(self, gpu_s, cpu_s, transfers: tuple, first_s, top=max, bottom=min):
         """Seconds of one iteration from each resource's total work: the GPU and CPU in turn or
         pipelined over the micro-batches, every transfer overlapping them, and ``first_s`` (the
-        first layer's transfers) before anything can start (see the module docstring)."""
-        compute = max(gpu_s, cpu_s) + min(gpu_s, cpu_s) / self.micro_batches
-        return max(compute, *transfers) + first_s
+        first layer's transfers) before anything can start (see the module docstring). Floats
+        with the builtin ``max``/``min``, or arrays (one entry per iteration of a decode run)
+        with ``np.maximum``/``np.minimum``."""
+        compute = top(gpu_s, cpu_s) + bottom(gpu_s, cpu_s) / self.micro_batches
+        for t in transfers:
+            compute = top(compute, t)
+        return compute + first_s
 
-    def iteration(self, gpu_s: float, cpu_s: float, tokens: int, decode_context: float, new_tokens: int,
-                  cached_prefill_tokens: float) -> tuple[float, dict[str, float]]:
+    def iteration(self, gpu_s, cpu_s, tokens: int, decode_context, new_tokens: int,
+                  cached_prefill_tokens: float, top=max, bottom=min) -> tuple:
         """(seconds, busy seconds per resource) of one iteration over ``tokens`` tokens whose
         decode sequences hold ``decode_context`` cached tokens in all, writing ``new_tokens``
-        tokens' keys and values and reading ``cached_prefill_tokens`` back for prefill chunks."""
+        tokens' keys and values and reading ``cached_prefill_tokens`` back for prefill chunks.
+        ``gpu_s``, ``cpu_s`` and ``decode_context`` may be arrays over the iterations of a decode
+        run (``top``/``bottom`` then ``np.maximum``/``np.minimum``)."""
         weights = float(self.fetch_s(tokens))
         link = (weights + self.kv_link_per_context_s * decode_context
                 + self.kv_from_host_per_token_s * cached_prefill_tokens)
@@ -107,7 +113,7 @@ class Streaming:
                 + self.kv_nvme_per_context_s * (decode_context + cached_prefill_tokens)
                 + self.kv_nvme_write_per_token_s * new_tokens)
         to_host = self.kv_to_host_per_token_s * new_tokens
-        device = self.iteration_s(gpu_s, cpu_s, (link, to_host, nvme), max(link, nvme) / self.layers)
+        device = self.iteration_s(gpu_s, cpu_s, (link, to_host, nvme), top(link, nvme) / self.layers, top, bottom)
         return device, {"gpu": gpu_s, "host_to_gpu": link, "nvme": nvme, "gpu_to_host": to_host, "cpu": cpu_s}
 
 

@@ -14,10 +14,8 @@ happens only at events (admission, end of prefill, preemption, finish), never pe
   ``n`` sequences advancing ``g`` tokens per step, kept as a running sum.
 - Each sequence's finishing step is known when it enters decode; a heap yields the finishers.
 
-Policies:
-- ``static``: a batch of waiting requests is prefilled together, then decoded until its longest
-  request is done (finished sequences stay in the batch as padding), as TensorRT-LLM's
-  gptSessionBenchmark runs it; the next batch starts when the engine is free.
+Policies (``static`` batching, a batch prefilled together and decoded to its longest request, is
+:class:`~sextant.serve.static_engine.StaticEngine`):
 - ``continuous``: vLLM's prefill-first scheduler: an iteration prefills newly admitted prompts
   (whole, within the token budget) when any can be admitted, else decodes every running
   sequence (Yu et al., Orca, OSDI 2022; Kwon et al., vLLM, SOSP 2023).
@@ -35,7 +33,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from sextant.serve.iteration import IterationCost
+import numpy as np
+
+from sextant.serve.iteration import DecodeSteps, IterationCost
 
 WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
 #: Fraction of KV blocks vLLM keeps free when admitting prompts (``watermark``, 1%).
@@ -127,7 +127,6 @@ class Engine:
         self.iterations = 0
         self.trace = trace
         self._plan: tuple | None = None
-        self._static_queue: list[tuple[float, int]] | None = None
 
     # ---- queue ----------------------------------------------------------------------------
     def enqueue(self, rid: int) -> None:
@@ -273,11 +272,17 @@ class Engine:
                 self.running_stack.append(rid)
 
     # ---- one iteration ---------------------------------------------------------------------
-    def start(self, now: float) -> float | None:
-        """Plan the next iteration at ``now``; its duration, or None when there is no work."""
-        if self.cfg.batching == "static":
-            return self._start_static(now)
+    def start(self, now: float, horizon: float = math.inf) -> float | None:
+        """Plan the next iteration at ``now``; the time it ends, or None when there is no work.
+
+        Iterations that only decode are planned as a *run*: every decode-only iteration up to the
+        next finish, as long as no step lacks KV blocks and no iteration after the first starts
+        at or after ``horizon`` (the next arrival, which could change what the engine admits).
+        Nothing else can change between them, so the run is exactly those iterations one by one
+        (see :meth:`_decode_run`). A first iteration that preempted frees blocks that the next
+        could use to swap in or admit, so it is planned alone."""
         cfg, r, cost = self.cfg, self.req, self.cost
+        preemptions = r.preemptions
         extra = self._swap_in(now) if cfg.role != "prefill" else 0.0
         if cfg.role == "decode":
             self._admit_ready(now)
@@ -300,6 +305,9 @@ class Engine:
         if not chunks and not decode:
             self._plan = None
             return None if swap_s == 0.0 else self._idle_swap(now, swap_s)
+        if (decode and not chunks and swap_s == 0.0 and r.preemptions == preemptions and cfg.draft is None
+                and not cost.on_host):
+            return self._decode_run(now, horizon)
         n_dec = self.n_dec if decode else 0
         g = cfg.tokens_per_step
         step = self.D + 1
@@ -322,7 +330,7 @@ class Engine:
                 head_rows = n_dec * (k + 1)
                 dec_tokens = n_dec * (k + 1)
             else:
-                attention += cost.decode_per_ctx * ctx + cost.write_s * n_dec + cost.launch_s
+                attention += cost.decode_attention(ctx, n_dec)
                 head_rows = n_dec
                 dec_tokens = n_dec
         else:
@@ -347,15 +355,43 @@ class Engine:
         duration = device + host
         self._account(gemm, ew, comm, attention, host, wait)
         self.iterations += 1
-        self._plan = ("step", decode, chunks)
+        self._plan = ("step", int(decode), chunks)
         if self.trace is not None:
             self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
-        return duration
+        return now + duration
+
+    def _decode_run(self, now: float, horizon: float) -> float:
+        """Plan decode-only iterations from step ``D + 1`` (whose blocks are reserved) up to the
+        next finish; the time the last ends. The run stops early before a step whose blocks are
+        not free (it preempts, one iteration at a time) and before any iteration that would
+        start at or after ``horizon``; with a trace every iteration is planned alone. Between
+        finishes, arrivals and preemptions no decode-only iteration can turn into another kind:
+        nothing was admitted or swapped in this iteration, nothing was preempted to free blocks,
+        and free blocks only shrink while decoding, so nothing will be. Times and accumulated parts are summed in iteration order, so the run
+        is bit-identical to its iterations planned one by one."""
+        cfg = self.cfg
+        n, first = self.n_dec, self.D + 1
+        steps = 1 if self.trace is not None or horizon <= now else self.finish_heap[0][0] - self.D
+        if steps > 1 and not cfg.reserve:
+            later = np.asarray(self.phase)[np.arange(first + 1, first + steps) % cfg.block_size]
+            steps = 1 + int(np.searchsorted(np.cumsum(later), self.free, side="right"))
+        step_no = np.arange(first, first + steps)
+        it = self.cost.decode_steps(n, self.s0 + cfg.tokens_per_step * n * step_no)
+        ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
+        if steps > 1:
+            steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
+        if steps > 1 and not cfg.reserve:
+            self._use(int(later[:steps - 1].sum()))
+        self._account_steps(it, steps)
+        self._plan = ("step", steps, [])
+        if self.trace is not None:
+            self.trace.append(Iteration(now, float(it.duration[0]), n, 0, 0))
+        return float(ends[steps - 1])
 
     def _idle_swap(self, now: float, seconds: float) -> float:
         self._plan = ("swap",)
         self.parts["communication"] += seconds
-        return seconds
+        return now + seconds
 
     def _watermark(self) -> int:
         return int(ADMISSION_WATERMARK * self.cfg.capacity_blocks) if not self.cfg.reserve else 0
@@ -427,12 +463,10 @@ class Engine:
         handoff: list[int] = []
         if plan is None or plan[0] == "swap":
             return handoff
-        if plan[0] == "static":
-            return self._complete_static(plan)
-        _, decode, chunks = plan
+        _, decode_steps, chunks = plan
         r = self.req
-        if decode:
-            self.D += 1
+        if decode_steps:
+            self.D += decode_steps
             heap = self.finish_heap
             while heap and heap[0][0] <= self.D:
                 _, rid, ep = heapq.heappop(heap)
@@ -466,64 +500,15 @@ class Engine:
                 self._finish(rid, end)
         return handoff
 
-    # ---- static batching -------------------------------------------------------------------
-    def _start_static(self, now: float) -> float | None:
-        cfg, r, cost = self.cfg, self.req, self.cost
-        batch = []
-        while self.waiting and len(batch) < cfg.max_batch:
-            rid = self.waiting[0]
-            need = self._blocks(r.inp[rid] + r.out[rid])
-            if need > self.free:
-                break
-            self.waiting.popleft()
-            self._use(need)
-            r.held[rid] = need
-            batch.append(rid)
-        if not batch:
-            return None
-        n = len(batch)
-        prompt_tokens = sum(r.inp[rid] for rid in batch)
-        steps = max(r.out[rid] for rid in batch) - 1
-        # Prefill of the whole batch.
-        g, ew, comm = cost.token_parts(prompt_tokens)
-        attention = cost.launch_s + sum(cost.prefill_attention(r.inp[rid], 0.0, cost.efficiency_ratio(r.inp[rid]))
-                                        for rid in batch)
-        gemm = g + cost.head(n)
-        device = gemm + ew + comm + attention
-        device, _, wait = self._charge(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
-        host = cost.host(device)
-        self._account(gemm, ew, comm, attention, host, wait)
-        first_token_at = now + device + host
-        if self.trace is not None:
-            self.trace.append(Iteration(now, device + host, 0, prompt_tokens, n))
-        # Decode steps j = 1..steps over all n sequences (finished ones stay in as padding).
-        dg, dew, dcomm = cost.token_parts(n)
-        head = cost.head(n)
-        fixed = dg + dew + dcomm + head + cost.write_s * n + cost.launch_s
-        ctx0 = float(prompt_tokens)
-        t = first_token_at
-        step_end = [first_token_at] * (steps + 1)
-        attention = host_total = wait = 0.0
-        for j in range(1, steps + 1):
-            att = cost.decode_per_ctx * (ctx0 + n * j)
-            device = fixed + att
-            step_attention = att + cost.write_s * n + cost.launch_s
-            device, moved, step_wait = self._charge(device, n, ctx0 + n * j, n, n, 0.0)
-            step_attention -= moved
-            wait += step_wait
-            host = cost.host(device)
-            if self.trace is not None:
-                self.trace.append(Iteration(t, device + host, n, 0, 0))
-            t += device + host
-            step_end[j] = t
-            attention += step_attention
-            host_total += host
-        self._account((dg + head) * steps, dew * steps, dcomm * steps, attention, host_total, wait)
-        self.iterations += 1 + steps
-        for rid in batch:
-            r.first[rid] = first_token_at
-        self._plan = ("static", batch, step_end)
-        return t - now
+    def _account_steps(self, it: DecodeSteps, steps: int) -> None:
+        """Add the first ``steps`` of a run of decode-only iterations, one at a time in order."""
+        for key, v in it.busy.items():
+            self.resource_busy[key] = _summed(self.resource_busy[key], v, steps)
+        p = self.parts
+        for key, v in (("gemm", it.gemm), ("elementwise", it.elementwise), ("communication", it.communication),
+                       ("attention", it.attention), ("host_overhead", it.host), ("offload_wait", it.wait)):
+            p[key] = _summed(p[key], v, steps)
+        self.iterations += steps
 
     def _account(self, gemm, ew, comm, attention, host, wait=0.0) -> None:
         p = self.parts
@@ -552,11 +537,9 @@ class Engine:
             self.resource_busy[k] += v
         return streamed, moved, streamed - (device - moved)
 
-    def _complete_static(self, plan: tuple) -> list[int]:
-        _, batch, step_end = plan
-        r = self.req
-        for rid in batch:
-            self.free += r.held[rid]
-            r.held[rid] = 0
-            self._finish(rid, step_end[r.out[rid] - 1])
-        return []
+
+def _summed(total: float, values, count: int) -> float:
+    """``total`` plus ``count`` per-iteration ``values`` (an array, or one float for all), added
+    one at a time in order, as ``count`` separate iterations would have added them."""
+    seq = np.full(count, values) if np.ndim(values) == 0 else np.asarray(values)[:count]
+    return float(np.cumsum(np.concatenate(([total], seq)))[-1])

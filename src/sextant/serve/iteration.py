@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sextant.cost.inference import (
@@ -19,6 +21,21 @@ from sextant.spec.model import ModelSpec
 #: a simulation touches few distinct counts (its decode batches and prompt chunks), and a
 #: mixture-of-experts model's cost per count is not small.
 TABLE_BLOCK = 256
+#: Token-work tables last built, shared by every IterationCost of the same model and layout:
+#: ``plan serve`` builds an engine per candidate over a few layouts, and a table is a pure
+#: function of the two, so sharing changes nothing but the time.
+_TABLES: list[tuple[ModelSpec, Layout, dict]] = []
+_TABLES_KEPT = 8
+
+
+def _token_table(model: ModelSpec, lay: Layout) -> dict[int, list[tuple[float, float, float]]]:
+    for m, layout, table in _TABLES:
+        if (m is model or m == model) and layout == lay:
+            return table
+    table: dict[int, list[tuple[float, float, float]]] = {}
+    _TABLES.insert(0, (model, lay, table))
+    del _TABLES[_TABLES_KEPT:]
+    return table
 
 
 class IterationCost:
@@ -33,7 +50,7 @@ class IterationCost:
                  stream: Streaming | None = None, on_host: bool = False) -> None:
         self.model, self.lay, self.stream = model, lay, stream
         #: (GEMM, element-wise, communication) seconds per token count, by block of TABLE_BLOCK.
-        self._blocks: dict[int, list[tuple[float, float, float]]] = {}
+        self._blocks = _token_table(model, lay)
         self._head = [0.0, *output_head_time(model, lay, np.arange(1, max(max_seqs, 1) + 1, dtype=float)).tolist()]
         rates = attention_rates(model, lay)
         self.rates = rates
@@ -75,15 +92,22 @@ class IterationCost:
         pairs = new * cached + 0.5 * new * new
         return max(r.pair_s / ratio * pairs, r.kv_read_s * cached) + r.write_s * new
 
-    def host(self, device_s: float) -> float:
-        added = self.host_s if self.host_sync else max(self.host_s - device_s, 0.0)
+    def host(self, device_s, top=max):
+        """Host seconds an iteration adds to ``device_s`` (a float, or an array with ``np.maximum``)."""
+        added = self.host_s if self.host_sync else top(self.host_s - device_s, 0.0)
         return added + self.iteration_overhead_s
 
-    def offloaded(self, gpu_s: float, tokens: int, decode_context: float, decode_seqs: int,
-                  new_tokens: int, cached_prefill_tokens: float) -> tuple[float, float, dict[str, float]]:
+    def decode_attention(self, context, seqs: int):
+        """Seconds of decode attention over ``context`` cached tokens in all for ``seqs`` sequences
+        (each writing one token's keys and values), with its kernel launch."""
+        return self.decode_per_ctx * context + self.write_s * seqs + self.launch_s
+
+    def offloaded(self, gpu_s, tokens: int, decode_context, decode_seqs: int, new_tokens: int,
+                  cached_prefill_tokens: float, top=max, bottom=min) -> tuple:
         """(CPU attention seconds the GPU no longer does, iteration device seconds, busy seconds per
         resource) of an iteration whose weights or KV cache are streamed; ``gpu_s`` is the GPU work
-        as if nothing were offloaded, its decode attention included."""
+        as if nothing were offloaded, its decode attention included. Floats, or arrays over the
+        iterations of a decode run (``top``/``bottom`` then ``np.maximum``/``np.minimum``)."""
         st = self.stream
         assert st is not None
         moved = 0.0
@@ -91,5 +115,42 @@ class IterationCost:
         if st.cpu_per_context_s:
             moved = self.decode_per_ctx * decode_context + self.write_s * decode_seqs if decode_seqs else 0.0
             cpu = st.cpu_per_context_s * decode_context
-        device, busy = st.iteration(gpu_s - moved, cpu, tokens, decode_context, new_tokens, cached_prefill_tokens)
+        device, busy = st.iteration(gpu_s - moved, cpu, tokens, decode_context, new_tokens, cached_prefill_tokens,
+                                    top, bottom)
         return moved, device, busy
+
+    def decode_steps(self, seqs: int, context: np.ndarray) -> DecodeSteps:
+        """Iterations that only decode, each over the same ``seqs`` sequences, the i-th at
+        ``context[i]`` cached tokens in all: the engine's decode-only iteration, evaluated for a
+        whole run of them at once in the same operation order as one at a time, so each entry is
+        bit-identical to the iteration computed alone."""
+        tg, tew, tcomm = self.token_parts(seqs)
+        gemm = tg + self.head(seqs)
+        attention = self.decode_attention(context, seqs)
+        device = gemm + tew + tcomm + attention
+        if self.stream is None:
+            busy = {"gpu": device}
+            wait = np.zeros_like(device)
+        else:
+            moved, streamed, busy = self.offloaded(device, seqs, context, seqs, seqs, 0.0, np.maximum, np.minimum)
+            attention = attention - moved
+            wait = streamed - (device - moved)
+            device = streamed
+        host = self.host(device, np.maximum)
+        return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
+                           attention=attention, host=host, wait=wait, busy=busy)
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    """Per-iteration seconds of a run of decode-only iterations (arrays, one entry per iteration;
+    ``gemm``, ``elementwise`` and ``communication`` are the same for every iteration)."""
+
+    duration: np.ndarray
+    gemm: float
+    elementwise: float
+    communication: float
+    attention: np.ndarray
+    host: np.ndarray
+    wait: np.ndarray
+    busy: dict  # resource -> seconds (an array, or a float the same for every iteration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -37,8 +38,23 @@ class Percentiles(BaseModel):
     def of(cls, values: np.ndarray) -> Percentiles:
         if len(values) == 0:
             return cls(mean=0.0, p50=0.0, p90=0.0, p99=0.0)
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return cls(mean=float(values.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+        ordered = np.sort(values)
+        p50, p90, p99 = (_percentile(ordered, q) for q in (0.5, 0.9, 0.99))
+        return cls(mean=float(values.mean()), p50=p50, p90=p90, p99=p99)
+
+
+def _percentile(ordered: np.ndarray, q: float) -> float:
+    """NumPy's default (linear, Hyndman and Fan's 7th) quantile ``q`` of sorted values, with its
+    rounding: ``np.percentile`` costs ~0.2 ms a call on small arrays, most of a candidate's
+    summary in ``plan serve``."""
+    last = len(ordered) - 1
+    at = last * q
+    if at >= last:
+        return float(ordered[last])
+    below = int(math.floor(at))
+    gamma = at - below
+    a, b = float(ordered[below]), float(ordered[below + 1])
+    return b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma
 
 
 class ServeResult(BaseModel):

@@ -15,12 +15,14 @@ then replays its share and the result is repeated, exactly what the full loop wo
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from sextant.serve.engine import Engine, EngineConfig, Iteration, RequestTable
 from sextant.serve.iteration import IterationCost
 from sextant.serve.requests import Requests
+from sextant.serve.static_engine import StaticEngine
 
 ARRIVAL, ENGINE_DONE, KV_READY = 0, 1, 2
 
@@ -94,7 +96,7 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
 
     def make(name: str, cfg: EngineConfig) -> Engine:
         buf = traces.setdefault(name, []) if trace else None
-        return Engine(name, cost, cfg, table, buf)
+        return (StaticEngine if cfg.batching == "static" else Engine)(name, cost, cfg, table, buf)
 
     decoders = [make(f"replica{i}" if prefill_engines == 0 else f"decode{i}", config) for i in range(engines)]
     prefillers = [make(f"prefill{i}", prefill_config) for i in range(prefill_engines)] if prefill_config else []
@@ -113,11 +115,14 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
         nonlocal seq
         if e.busy:
             return
-        d = e.start(t)
-        if d is not None:
+        # An engine may plan decode-only iterations up to the next arrival; with prefill
+        # instances, handed-off prompts can reach it at any time, so it plans one at a time.
+        horizon = t if prefillers else arrivals[next_arrival] if next_arrival < n else math.inf
+        end = e.start(t, horizon)
+        if end is not None:
             e.busy = True
             seq += 1
-            heapq.heappush(events, (t + d, seq, ENGINE_DONE, e))
+            heapq.heappush(events, (end, seq, ENGINE_DONE, e))
 
     while next_arrival < n or events:
         # Admit every arrival due before the next engine event (arrivals at equal times first).
