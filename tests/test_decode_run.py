@@ -127,11 +127,10 @@ def test_summed_adds_in_order(start, values, count):
     expected = start
     for v in values[:count]:
         expected += v
-    assert _summed(start, np.asarray(values), count) == expected
     constant = start
     for _ in range(count):
         constant += values[0]
-    assert _summed(start, values[0], count) == constant
+    assert _summed([start, start], [np.asarray(values), values[0]], count) == [expected, constant]
 
 
 @settings(max_examples=12, deadline=None)

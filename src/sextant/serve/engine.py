@@ -367,26 +367,38 @@ class Engine:
         start at or after ``horizon``; with a trace every iteration is planned alone. Between
         finishes, arrivals and preemptions no decode-only iteration can turn into another kind:
         nothing was admitted or swapped in this iteration, nothing was preempted to free blocks,
-        and free blocks only shrink while decoding, so nothing will be. Times and accumulated parts are summed in iteration order, so the run
-        is bit-identical to its iterations planned one by one."""
-        cfg = self.cfg
-        n, first = self.n_dec, self.D + 1
-        steps = 1 if self.trace is not None or horizon <= now else self.finish_heap[0][0] - self.D
+        and free blocks only shrink while decoding, so nothing will be. Times and accumulated
+        parts are summed in iteration order, so the run is bit-identical to its iterations
+        planned one by one."""
+        cfg, cost = self.cfg, self.cost
+        n, first, g = self.n_dec, self.D + 1, cfg.tokens_per_step
+        one = cost.decode_steps(n, self.s0 + g * n * first)
+        end = now + one.duration
+        steps = 1 if self.trace is not None or end >= horizon else self.finish_heap[0][0] - self.D
+        if steps > 1 and horizon < math.inf:
+            # Decode iterations only lengthen as contexts grow, so no more than this many start
+            # before the horizon (a bound only: the run is cut exactly below).
+            steps = min(steps, 2 + int((horizon - now) / one.duration))
         if steps > 1 and not cfg.reserve:
             later = np.asarray(self.phase)[np.arange(first + 1, first + steps) % cfg.block_size]
             steps = 1 + int(np.searchsorted(np.cumsum(later), self.free, side="right"))
-        step_no = np.arange(first, first + steps)
-        it = self.cost.decode_steps(n, self.s0 + cfg.tokens_per_step * n * step_no)
-        ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
-        if steps > 1:
+        if steps == 1:
+            self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait)
+            for key, v in one.busy.items():
+                self.resource_busy[key] += v
+            self.iterations += 1
+        else:
+            it = cost.decode_steps(n, self.s0 + g * n * np.arange(first, first + steps))
+            ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
             steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
-        if steps > 1 and not cfg.reserve:
-            self._use(int(later[:steps - 1].sum()))
-        self._account_steps(it, steps)
+            if not cfg.reserve:
+                self._use(int(later[:steps - 1].sum()))
+            self._account_steps(it, steps)
+            end = float(ends[steps - 1])
         self._plan = ("step", steps, [])
         if self.trace is not None:
-            self.trace.append(Iteration(now, float(it.duration[0]), n, 0, 0))
-        return float(ends[steps - 1])
+            self.trace.append(Iteration(now, one.duration, n, 0, 0))
+        return end
 
     def _idle_swap(self, now: float, seconds: float) -> float:
         self._plan = ("swap",)
@@ -502,12 +514,13 @@ class Engine:
 
     def _account_steps(self, it: DecodeSteps, steps: int) -> None:
         """Add the first ``steps`` of a run of decode-only iterations, one at a time in order."""
-        for key, v in it.busy.items():
-            self.resource_busy[key] = _summed(self.resource_busy[key], v, steps)
-        p = self.parts
-        for key, v in (("gemm", it.gemm), ("elementwise", it.elementwise), ("communication", it.communication),
-                       ("attention", it.attention), ("host_overhead", it.host), ("offload_wait", it.wait)):
-            p[key] = _summed(p[key], v, steps)
+        p, busy = self.parts, self.resource_busy
+        per_step = {"gemm": it.gemm, "elementwise": it.elementwise, "communication": it.communication,
+                    "attention": it.attention, "host_overhead": it.host, "offload_wait": it.wait}
+        totals = _summed([p[k] for k in per_step] + [busy[k] for k in it.busy],
+                         [*per_step.values(), *it.busy.values()], steps)
+        for key, total in zip([*per_step, *it.busy], totals):
+            (p if key in p else busy)[key] = total
         self.iterations += steps
 
     def _account(self, gemm, ew, comm, attention, host, wait=0.0) -> None:
@@ -538,8 +551,12 @@ class Engine:
         return streamed, moved, streamed - (device - moved)
 
 
-def _summed(total: float, values, count: int) -> float:
-    """``total`` plus ``count`` per-iteration ``values`` (an array, or one float for all), added
-    one at a time in order, as ``count`` separate iterations would have added them."""
-    seq = np.full(count, values) if np.ndim(values) == 0 else np.asarray(values)[:count]
-    return float(np.cumsum(np.concatenate(([total], seq)))[-1])
+def _summed(totals: list[float], values: list, count: int) -> list[float]:
+    """Each of ``totals`` plus the first ``count`` of its per-iteration ``values`` (an array, or
+    one float for every iteration), added one at a time in order, as ``count`` separate
+    iterations would have added them (a cumulative sum is sequential; ``np.sum`` is not)."""
+    rows = np.empty((len(totals), count + 1))
+    rows[:, 0] = totals
+    for row, v in zip(rows, values):
+        row[1:] = v if np.ndim(v) == 0 else v[:count]
+    return rows.cumsum(axis=1)[:, -1].tolist()

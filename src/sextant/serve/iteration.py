@@ -119,38 +119,40 @@ class IterationCost:
                                     top, bottom)
         return moved, device, busy
 
-    def decode_steps(self, seqs: int, context: np.ndarray) -> DecodeSteps:
-        """Iterations that only decode, each over the same ``seqs`` sequences, the i-th at
-        ``context[i]`` cached tokens in all: the engine's decode-only iteration, evaluated for a
-        whole run of them at once in the same operation order as one at a time, so each entry is
-        bit-identical to the iteration computed alone."""
+    def decode_steps(self, seqs: int, context) -> DecodeSteps:
+        """Iterations that only decode, each over the same ``seqs`` sequences: one at ``context``
+        cached tokens in all (a float), or a run of them, the i-th at ``context[i]`` (an array).
+        The engine's decode-only iteration, evaluated for a whole run at once in the same
+        operation order as one at a time, so each entry is bit-identical to the iteration
+        computed alone."""
+        top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
         tg, tew, tcomm = self.token_parts(seqs)
         gemm = tg + self.head(seqs)
         attention = self.decode_attention(context, seqs)
         device = gemm + tew + tcomm + attention
+        wait = 0.0
         if self.stream is None:
             busy = {"gpu": device}
-            wait = np.zeros_like(device)
         else:
-            moved, streamed, busy = self.offloaded(device, seqs, context, seqs, seqs, 0.0, np.maximum, np.minimum)
+            moved, streamed, busy = self.offloaded(device, seqs, context, seqs, seqs, 0.0, top, bottom)
             attention = attention - moved
             wait = streamed - (device - moved)
             device = streamed
-        host = self.host(device, np.maximum)
+        host = self.host(device, top)
         return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
                            attention=attention, host=host, wait=wait, busy=busy)
 
 
 @dataclass(frozen=True)
 class DecodeSteps:
-    """Per-iteration seconds of a run of decode-only iterations (arrays, one entry per iteration;
-    ``gemm``, ``elementwise`` and ``communication`` are the same for every iteration)."""
+    """Seconds of one decode-only iteration (floats), or per iteration of a run of them (arrays,
+    one entry per iteration; a float is the same for every iteration)."""
 
-    duration: np.ndarray
+    duration: np.ndarray | float
     gemm: float
     elementwise: float
     communication: float
-    attention: np.ndarray
-    host: np.ndarray
-    wait: np.ndarray
-    busy: dict  # resource -> seconds (an array, or a float the same for every iteration)
+    attention: np.ndarray | float
+    host: np.ndarray | float
+    wait: np.ndarray | float
+    busy: dict  # resource -> seconds
