@@ -8,7 +8,7 @@ mixture-of-experts model, whose search adds expert streaming and caching (Mixtra
 on an RTX 4090, Zipf routing), and one model that fits on the GPU (Llama-3.1-8B on one H100
 under continuous batching, 128-token outputs), which costs more per candidate; then Llama-3.1-70B in
 fp16 on an 8x A10G node (AWS g5.48xlarge), where the tensor-parallel degree of the replicas (1, 2,
-4 or 8) is searched too.
+4 or 8) and their pipeline stages are searched too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CASES = {
     "Llama-3.1-8B, H100, continuous batching (256 requests, 512 in / 128 out)": {
         "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
         "workload": {"input_len": 512, "output_len": 128, "num_requests": 256}},
-    "Llama-3.1-70B, 8x A10G, tp and replicas searched (256 requests, 512 in / 64 out)": {
+    "Llama-3.1-70B, 8x A10G, tp, pp and replicas searched (256 requests, 512 in / 64 out)": {
         "model": "llama-3.1-70b", "deployment": {"precision": "fp16"},
         "hardware": {"gpu": "a10g", "gpus": 8, "node": "aws-g5"},
         "workload": {"input_len": 512, "output_len": 64, "num_requests": 256}},

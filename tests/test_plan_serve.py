@@ -227,12 +227,14 @@ def replicas_plan():
 
 
 def test_every_degree_that_splits_the_gpus_and_the_heads_is_searched(replicas_plan):
-    # Six GPUs and 40 attention heads: tp 3 and 6 do not divide the heads; 1 and 2 do, as six
-    # and three replicas.
-    assert {e.policy.tp for e in replicas_plan.strategies} == {1, 2}
-    assert all(e.policy.tp * e.policy.replicas == 6 for e in replicas_plan.strategies)
+    # Six GPUs, 40 attention heads and 40 layers: tp 3 and 6 do not divide the heads; 1 and 2 do,
+    # as six and three replicas. Pipeline stages must divide the layers: 2 of one GPU each (three
+    # replicas); 3 and 6 stages do not divide 40 layers.
+    layouts = {(e.policy.tp, e.policy.pp, e.policy.replicas) for e in replicas_plan.strategies}
+    assert layouts == {(1, 1, 6), (2, 1, 3), (1, 2, 3)}
+    assert all(e.policy.gpus == 6 for e in replicas_plan.strategies)
     # 26 GB of fp16 weights do not fit one 24 GB A10G: one-GPU replicas must stream them.
-    assert all(e.policy.weights != "none" for e in replicas_plan.strategies if e.policy.tp == 1)
+    assert all(e.policy.weights != "none" for e in replicas_plan.strategies if e.policy.tp * e.policy.pp == 1)
     assert replicas_plan.best.gpus == 6 and replicas_plan.best.replicas == replicas_plan.best_policy.replicas
 
 
@@ -250,7 +252,8 @@ def test_the_printed_flags_predict_the_best_of_several_gpus(replicas_plan, capsy
 
 def test_a_given_degree_is_kept():
     plan = plan_serve(several(8, tp=4), top=1)
-    assert {(e.policy.tp, e.policy.replicas) for e in plan.strategies} == {(4, 2)}
+    # tp 4 kept: two replicas, or one of two stages.
+    assert {(e.policy.tp, e.policy.pp, e.policy.replicas) for e in plan.strategies} == {(4, 1, 2), (4, 2, 1)}
 
 
 def test_a_degree_that_does_not_divide_the_gpus_or_leaves_a_replica_idle_is_refused():
@@ -260,3 +263,61 @@ def test_a_degree_that_does_not_divide_the_gpus_or_leaves_a_replica_idle_is_refu
                                  "workload": {"input_len": 128, "output_len": 8, "num_requests": 4}})
     with pytest.raises(SpecError, match="each replica needs one"):
         plan_serve(idle)
+
+
+def test_pipelined_replicas_hold_the_model_on_their_gpus(replicas_plan):
+    """Offloaded serving streams each GPU's tensor-parallel shard, so only replicas without
+    stages are offloaded; a pipelined replica runs a batch per stage."""
+    staged = [e for e in replicas_plan.strategies if e.policy.pp > 1]
+    assert staged and all(not e.policy.offloaded for e in staged)
+    assert any(e.policy.offloaded for e in replicas_plan.strategies if e.policy.pp == 1)
+
+
+def test_pipeline_stages_beat_tensor_parallelism_over_pcie():
+    """Eight A10Gs share only PCIe: tp 8's two all-reduces per layer cost more than the
+    activation sends between stages, so a pipelined layout wins, and its printed flags predict
+    exactly what the plan reports."""
+    import io
+
+    from rich.console import Console
+
+    from sextant.cli.plan_serve_cmds import _flags, render_plan_serve
+
+    plan = plan_serve(parse_serve_scenario({
+        "model": "llama-3.1-70b", "deployment": {"precision": "fp16"},
+        "hardware": {"gpu": "a10g", "gpus": 8, "node": "aws-g5"},
+        "workload": {"input_len": 512, "output_len": 64, "num_requests": 256}}), top=3)
+    best = plan.best_policy
+    assert best.pp > 1 and not best.offloaded
+    tp8 = max(e.output_tokens_per_s for e in plan.strategies if e.policy.tp == 8 and e.policy.pp == 1)
+    assert plan.best.output_tokens_per_s > tp8
+    assert plan.best.time_breakdown_s["communication"] < plan.best.time_breakdown_s["gemm"]
+    flags = _flags(best).split()
+    assert flags[flags.index("--pp") + 1] == str(best.pp)
+    result = predict_serve(parse_serve_scenario({
+        "model": "llama-3.1-70b", "hardware": {"gpu": "a10g", "gpus": 8, "node": "aws-g5"},
+        "deployment": {"precision": "fp16", "tp": best.tp, "pp": best.pp, "replicas": best.replicas},
+        "scheduler": {"max_batch": best.max_batch},
+        "workload": {"input_len": 512, "output_len": 64, "num_requests": 256}}))
+    assert result.output_tokens_per_s == pytest.approx(plan.best.output_tokens_per_s, rel=1e-9)
+    out = io.StringIO()
+    render_plan_serve(plan, 3, Console(file=out, width=120))
+    assert f"tp{best.tp} pp{best.pp} x {best.replicas}" in out.getvalue() and "per pipeline stage" in out.getvalue()
+
+
+def test_given_pipeline_stages_are_kept_or_refused():
+    kept = plan_serve(several(8, pp=2), top=1)
+    assert {e.policy.pp for e in kept.strategies} == {2}
+    assert all(e.policy.gpus == 8 for e in kept.strategies)
+    with pytest.raises(SpecError, match="does not divide"):
+        plan_serve(several(8, pp=3))
+    with pytest.raises(SpecError, match="layers"):
+        plan_serve(several(6, tp=2, pp=3))  # 40 layers in 3 stages
+
+
+def test_cli_takes_pipeline_stages(capsys):
+    assert main(["plan", "serve", "--model", "llama-2-13b", "--gpu", "a10g", "--node", "aws-g5", "--gpus", "8",
+                 "--pp", "2", "--precision", "fp16", "--input-len", "128", "--output-len", "8",
+                 "--num-requests", "16", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["best_policy"]["pp"] == 2 and plan["best"]["pp"] == 2 and plan["best"]["gpus"] == 8

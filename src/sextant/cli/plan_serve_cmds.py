@@ -1,5 +1,5 @@
 """``plan serve``: where to keep weights and KV cache, how large a batch to run, and on several GPUs
-how to split them into tensor-parallel replicas."""
+how to split them into replicas of tensor-parallel and pipeline stages."""
 
 from __future__ import annotations
 
@@ -44,9 +44,12 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     framework: Optional[str] = Opt(None, help="Serving preset, e.g. flexgen-2023, zero-inference-2023, vllm-2024."),
     gpu: Optional[str] = GPU,
     node: Optional[str] = Opt(None, help="Catalog node (default: the GPU's usual node): its host memory and drives."),
-    gpus: Optional[int] = Opt(None, help="GPUs to serve with (default: --tp, else 1); split into replicas of tp GPUs."),
+    gpus: Optional[int] = Opt(None, help="GPUs to serve with (default: --tp x --pp, else 1); split into replicas of "
+                                         "tp x pp GPUs."),
     tp: Optional[int] = Opt(None, help="Tensor-parallel degree of each replica (default: every degree that fits "
                                        "is searched)."),
+    pp: Optional[int] = Opt(None, help="Pipeline stages of each replica (default: every degree that divides the "
+                                       "layers is searched, for replicas that hold the model on their GPUs)."),
     precision: Optional[ServePrecision] = PRECISION,
     kv_precision: Optional[KVChoice] = KV_PRECISION,
     input_len: Optional[int] = INPUT_LEN,
@@ -64,18 +67,19 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     """Search where each replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
     mixture-of-experts model also only its routed experts, with a GPU cache of the popular ones)
     and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), its batch, and on several GPUs
-    the tensor-parallel degree of the replicas, for offline throughput."""
+    the tensor-parallel and pipeline degrees of the replicas, for offline throughput."""
     from sextant.plan.serve_offload import plan_serve
 
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
-    for key, value in (("tp", tp), ("precision", precision), ("kv_precision", kv_precision)):
+    for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
     put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
     _put(tree, "hardware", "gpus", gpus)
     if "gpus" not in tree.get("hardware", {}):
-        _put(tree, "hardware", "gpus", tree.get("deployment", {}).get("tp", 1))
+        dep = tree.get("deployment", {})
+        _put(tree, "hardware", "gpus", dep.get("tp", 1) * dep.get("pp", 1))
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
     with Progress(TextColumn("searching placements"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -95,10 +99,10 @@ def render_plan_serve(plan, shown: int, console) -> None:
     console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
                   + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
     several = b.gpus > 1
-    columns = (*(("tp x replicas",) if several else ()), "weights", "KV cache", "batch", "GPU batches", "tokens/s",
+    columns = (*(("replicas",) if several else ()), "weights", "KV cache", "batch", "GPU batches", "tokens/s",
                "bound by")
-    table = listing("best batch of each placement (scored on one batch per replica)", columns,
-                    text={"tp x replicas", "weights", "KV cache", "bound by"})
+    table = listing("best batch of each placement (scored on one batch per engine)", columns,
+                    text={"replicas", "weights", "KV cache", "bound by"})
     for e in plan.strategies[:shown]:
         p = e.policy
         table.add_row(*((p.layout,) if several else ()), p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
@@ -107,7 +111,8 @@ def render_plan_serve(plan, shown: int, console) -> None:
     if len(plan.strategies) > shown:
         console.print(f"({len(plan.strategies) - shown} slower placements not shown; --top or --json lists them)")
     p = plan.best_policy
-    console.print(f"best: {p.strategy}, batch {p.max_batch}{' per replica' if several else ''} in "
+    per = " per pipeline stage" if p.pp > 1 else " per replica" if several else ""
+    console.print(f"best: {p.strategy}, batch {p.max_batch}{per} in "
                   f"{p.micro_batches} GPU batch(es): "
                   f"{b.output_tokens_per_s:,.2f} output tokens/s over the whole workload; bound by "
                   f"{RESOURCE_LABELS.get(b.binding_resource, b.binding_resource)}")
@@ -122,8 +127,8 @@ FLAG_OF = {"weights": "--offload-weights", "streamed": "--streamed", "resident_f
 
 def _flags(p) -> str:
     """The placement as ``predict serve`` flags (settings at their defaults left out)."""
-    flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp} --replicas {p.replicas}"]
-                                              if p.gpus > 1 else [])
+    flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp}" + (f" --pp {p.pp}" if p.pp > 1 else "")
+                                               + f" --replicas {p.replicas}"] if p.gpus > 1 else [])
     for key, value in p.offload().items():
         if value not in (0.0, "none"):
             flags.append(f"{FLAG_OF[key]} {value:g}" if isinstance(value, float) else f"{FLAG_OF[key]} {value}")

@@ -27,11 +27,17 @@ On ``N`` GPUs every tensor-parallel degree that divides ``N``, fits in one node 
 attention heads is searched, with ``N / tp`` replicas sharing the node's host memory, link and
 drives (``sextant.cost.tiers`` divides them over the GPUs in use): more replicas run more batches
 at once, a wider tp holds more KV cache per replica and streams a smaller shard per GPU, at the
-price of its all-reduces. Requests are dealt out evenly, so each candidate's replicas run the same
-timeline and the simulator replays one (``sextant.serve.simulator``). A degree given explicitly
-(``--tp``, or ``deployment.tp`` in the scenario) is kept.
+price of its all-reduces. Pipeline stages are searched too, for replicas that hold the whole
+model on their GPUs (offloaded serving streams each GPU's tensor-parallel shard, with pp 1):
+``tp x pp`` GPUs per replica, ``pp`` dividing the layers, each replica running ``pp`` batches in
+flight (vLLM's virtual engines), so its batch is per virtual engine. Where GPUs share only PCIe,
+stages trade tensor parallelism's two all-reduces per layer for one activation send per stage.
+Requests are dealt out evenly, so each candidate's engines run the same timeline and the
+simulator replays one (``sextant.serve.simulator``). A degree given explicitly (``--tp``,
+``--pp``, or ``deployment.tp``/``pp`` in the scenario) is kept.
 
-Not searched: precision (an input), pipeline parallelism, and activations off the GPU.
+Not searched: precision (an input), pipeline stages of offloaded replicas, and activations off
+the GPU.
 """
 
 from __future__ import annotations
@@ -72,10 +78,11 @@ class ServePolicy(BaseModel):
     nvme_fraction: float
     kv_cache: str
     kv_attention: str
-    max_batch: int  # per replica
+    max_batch: int  # per engine: per replica, or per virtual engine of a pipelined replica
     micro_batches: int
     tp: int = 1
     replicas: int = 1
+    pp: int = 1
 
     def offload(self) -> dict[str, Any]:
         """The scenario's ``offload`` settings for this placement (none when all is on the GPU)."""
@@ -114,12 +121,21 @@ class ServePolicy(BaseModel):
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.replicas
+        return self.tp * self.pp * self.replicas
+
+    @property
+    def engines(self) -> int:
+        """Engines the batch is dealt to: every replica's virtual engines (one per stage)."""
+        return self.replicas * self.pp
+
+    @property
+    def offloaded(self) -> bool:
+        return self.weights != "none" or self.kv_cache != "gpu"
 
     @property
     def layout(self) -> str:
-        """``tp2 x 4`` (four replicas of two GPUs each)."""
-        return f"tp{self.tp} x {self.replicas}"
+        """``tp2 x 4`` (four replicas of two GPUs each), ``tp4 pp2 x 1``."""
+        return f"tp{self.tp}{f' pp{self.pp}' if self.pp > 1 else ''} x {self.replicas}"
 
     @property
     def strategy(self) -> str:
@@ -205,7 +221,7 @@ def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeS
     """The scenario of one candidate: ``num_requests`` over all of its replicas."""
     tree = {**tree, "scheduler": {**tree.get("scheduler", {}), "max_batch": p.max_batch},
             "workload": {**tree.get("workload", {}), "num_requests": num_requests},
-            "deployment": {**tree.get("deployment", {}), "tp": p.tp, "replicas": p.replicas},
+            "deployment": {**tree.get("deployment", {}), "tp": p.tp, "pp": p.pp, "replicas": p.replicas},
             "hardware": {**tree.get("hardware", {}), "gpus": p.gpus}}
     tree["offload"] = {**{k: v for k, v in tree.get("offload", {}).items() if k in KEPT_OFFLOAD}, **p.offload()}
     return parse_serve_scenario(tree, "plan serve candidate")
@@ -239,9 +255,8 @@ class _Search:
 
     def placement(self, template: ServePolicy) -> None:
         """The batch ladders of one placement, over more GPU batches while they pay."""
-        offloaded = template.weights != "none" or template.kv_cache != "gpu"
         best_of_split = 0.0
-        for m in MICRO_BATCHES if offloaded else (1,):
+        for m in MICRO_BATCHES if template.offloaded else (1,):
             policy = template.model_copy(update={"micro_batches": m})
             ladder = self.ladder(policy)
             self.entries += ladder
@@ -255,7 +270,7 @@ class _Search:
         doublings gain nothing. A KV cache on NVMe is tried only at batches whose cache DRAM could
         not hold: it adds drive reads and writes to the same link traffic, so where DRAM holds the
         cache the DRAM ladder is at least as fast."""
-        key = (policy.tp, policy.weights, policy.streamed, policy.resident_fraction, policy.nvme_fraction,
+        key = (policy.tp, policy.pp, policy.weights, policy.streamed, policy.resident_fraction, policy.nvme_fraction,
                policy.kv_attention, policy.micro_batches)
         first = 1
         if policy.kv_cache == "nvme" and key in self.dram_limit:
@@ -265,13 +280,13 @@ class _Search:
             first = limit
         entries: list[ServePlanEntry] = []
         limit = None
-        for b in _batches(self.num_requests // policy.replicas):
+        for b in _batches(self.num_requests // policy.engines):
             if b < first or b % policy.micro_batches:
                 continue
             candidate = policy.model_copy(update={"max_batch": b})
             self.evaluated += 1
             try:
-                result = predict_serve(_scenario(self.tree, candidate, b * policy.replicas))
+                result = predict_serve(_scenario(self.tree, candidate, b * policy.engines))
             except InfeasibleError as err:
                 self.rejected[err.resource] += 1
                 limit = b
@@ -292,41 +307,54 @@ def _check(base: ServeScenario) -> None:
     if base.workload.rate is not None or base.workload.trace is not None:
         raise SpecError("plan serve searches offline throughput (every request at time 0): drop --rate and --trace",
                         field="workload")
-    dep = base.deployment
-    if dep.pp > 1 or base.speculative or base.disaggregation:
-        raise SpecError("plan serve searches tensor-parallel replicas without pipeline stages, speculation or "
-                        "disaggregation", field="deployment")
-    if "tp" in dep.model_fields_set:
-        if base.hardware.gpus % dep.tp:
-            raise SpecError(f"tp={dep.tp} does not divide the {base.hardware.gpus} GPUs into replicas", field="tp")
-        if base.hardware.gpus // dep.tp > base.workload.num_requests:
-            raise SpecError(f"{base.hardware.gpus // dep.tp} replicas of tp={dep.tp} for {base.workload.num_requests} "
-                            "requests: each replica needs one; raise --num-requests or --tp", field="num_requests")
+    dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
+    if base.speculative or base.disaggregation:
+        raise SpecError("plan serve searches replicas without speculation or disaggregation", field="deployment")
+    fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
+    if fixed:
+        named = " x ".join(f"{k}={v}" for k, v in fixed.items())
+        per_replica = fixed.get("tp", 1) * fixed.get("pp", 1)
+        if gpus % per_replica:
+            raise SpecError(f"{named} does not divide the {gpus} GPUs into replicas", field="tp")
+        engines = gpus // per_replica * fixed.get("pp", 1)
+        if engines > requests:
+            raise SpecError(f"{engines} {'engines' if 'pp' in fixed else 'replicas'} of {named} for {requests} "
+                            "requests: each replica needs one; raise --num-requests, --tp or --pp",
+                            field="num_requests")
     if not (isinstance(base.workload.input_len, int) and isinstance(base.workload.output_len, int)):
         raise SpecError("plan serve needs fixed input and output lengths (a batch's KV cache is sized by them)",
                         field="workload")
 
 
-def tensor_parallel_degrees(base: ServeScenario) -> list[int]:
-    """The tp degrees a plan searches: the one the scenario sets, or every divisor of its GPU count
-    that fits in one node, divides the attention heads, and leaves each replica a request."""
-    dep, gpus = base.deployment, base.hardware.gpus
-    if "tp" in dep.model_fields_set:
-        return [dep.tp]
+def parallel_layouts(base: ServeScenario) -> list[tuple[int, int]]:
+    """The (tp, pp) degrees of the replicas a plan searches: those the scenario sets, else every
+    tp that divides the GPU count, fits in one node and divides the attention heads, with every
+    pp that divides the remaining GPUs and the layers; each engine (a replica's pipeline stage
+    running its own batch) needs a request."""
+    dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
     cluster = cluster_and_profile(base.hardware)[0]
     model = model_spec(base.model)
-    degrees = []
-    for tp in (d for d in range(1, gpus + 1) if gpus % d == 0 and gpus // d <= base.workload.num_requests):
-        try:
-            check_layout(model, tp, 1, dep.ep, cluster)
-        except SpecError:
-            continue
-        degrees.append(tp)
-    if not degrees:
+
+    def divisors(n: int) -> list[int]:
+        return [d for d in range(1, n + 1) if n % d == 0]
+
+    tps = [dep.tp] if "tp" in dep.model_fields_set else divisors(gpus)
+    layouts = []
+    for tp in tps:
+        for pp in [dep.pp] if "pp" in dep.model_fields_set else divisors(gpus // tp):
+            if gpus % (tp * pp) or gpus // (tp * pp) * pp > requests:
+                continue
+            try:
+                check_layout(model, tp, pp, dep.ep, cluster)
+            except SpecError:
+                if len(tps) == 1 and "pp" in dep.model_fields_set:
+                    raise
+                continue
+            layouts.append((tp, pp))
+    if not layouts:
         raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas of {model.name} within one "
-                        f"{cluster.node.name} with a request each ({base.workload.num_requests} requests)",
-                        field="gpus")
-    return degrees
+                        f"{cluster.node.name} with a request each ({requests} requests)", field="gpus")
+    return layouts
 
 
 def plan_serve(base: ServeScenario, *, top: int = 5,
@@ -340,14 +368,16 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     tree = base.model_dump(exclude_unset=True)
     has_nvme = node.nvme is not None
     longest = base.workload.input_len + base.workload.output_len
-    degrees = tensor_parallel_degrees(base)
-    ladders = [(tp, w, s, r, d, kv, att) for tp in degrees for (w, s, r, d) in _placements(has_nvme, moe is not None)
-               for (kv, att) in _kv_homes(has_nvme)]
+    layouts = parallel_layouts(base)
     gpus = base.hardware.gpus
+    # Offloaded serving streams each GPU's tensor-parallel shard: pipelined replicas hold theirs.
+    ladders = [ServePolicy(weights=w, streamed=s, resident_fraction=r, nvme_fraction=d, kv_cache=kv, kv_attention=att,
+                           max_batch=1, micro_batches=1, tp=tp, pp=pp, replicas=gpus // (tp * pp))
+               for tp, pp in layouts for (w, s, r, d) in _placements(has_nvme, moe is not None)
+               for (kv, att) in _kv_homes(has_nvme) if pp == 1 or (w == "none" and kv == "gpu")]
     search = _Search(tree, base.workload.num_requests, longest)
-    for i, (tp, w, s, r, d, kv, att) in enumerate(ladders):
-        search.placement(ServePolicy(weights=w, streamed=s, resident_fraction=r, nvme_fraction=d, kv_cache=kv,
-                                     kv_attention=att, max_batch=1, micro_batches=1, tp=tp, replicas=gpus // tp))
+    for i, policy in enumerate(ladders):
+        search.placement(policy)
         if progress is not None:
             progress(i + 1, len(ladders))
     if search.entries:
@@ -360,9 +390,11 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
     if not entries:
         reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
-        where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} at tp {degrees}"
+        shapes = ", ".join(f"tp{tp}" + (f" pp{pp}" if pp > 1 else "") for tp, pp in layouts)
+        where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} as {shapes}"
+        staged = " (pipelined replicas are not offloaded: drop --pp)" if all(pp > 1 for _, pp in layouts) else ""
         raise InfeasibleError(f"no placement of {base.model} fits {where} with this node's host memory "
-                              f"and drives, even at batch 1 ({reasons}); quantize the weights or add GPUs",
+                              f"and drives, even at batch 1 ({reasons}); quantize the weights or add GPUs{staged}",
                               field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
     entries.sort(key=lambda e: e.output_tokens_per_s, reverse=True)
     best_per_strategy: dict[str, ServePlanEntry] = {}
