@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serve_strategies import tight_schedulers
 
 from sextant.serve.engine import Engine, _summed
 from sextant.serve.predict import run, summarise
@@ -134,20 +135,9 @@ def test_summed_adds_in_order(start, values, count):
 
 
 @settings(max_examples=12, deadline=None)
-@given(batching=st.sampled_from(["continuous", "chunked"]), allocation=st.sampled_from(["on_demand", "reserve"]),
-       preemption=st.sampled_from(["recompute", "swap"]), max_batch=st.integers(1, 48),
-       budget=st.integers(600, 4096), replicas=st.integers(1, 3),
-       rate=st.one_of(st.none(), st.floats(1.0, 500.0)), seed=st.integers(0, 10_000),
-       utilization=st.floats(0.245, 0.3))
-def test_decode_runs_match_single_iterations_on_random_schedulers(
-        batching, allocation, preemption, max_batch, budget, replicas, rate, seed, utilization):
+@given(tree=tight_schedulers(("continuous", "chunked")))
+def test_decode_runs_match_single_iterations_on_random_schedulers(tree):
     """Small KV caches (preemption, queueing), random lengths and arrivals, several replicas."""
-    tree = _tree(hardware={"gpus": replicas},
-                 scheduler={"batching": batching, "kv_allocation": allocation, "preemption": preemption,
-                            "max_batch": max_batch, "token_budget": budget, "gpu_memory_utilization": utilization},
-                 workload={"input_len": {"distribution": "exponential", "mean": 200, "max": 512},
-                           "output_len": {"distribution": "uniform", "mean": 300, "stdev": 150, "max": 1000},
-                           "num_requests": 120, "seed": seed, **({"rate": rate} if rate else {})})
     out, result = _simulated(tree)
     with pytest.MonkeyPatch.context() as mp:
         _one_at_a_time(mp)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from serve_strategies import tight_schedulers
 
 from sextant.cli.app import main
 from sextant.cost.inference import decode_time, prefill_time
@@ -81,22 +81,10 @@ def _check_conservation(sc: ServeScenario):
 
 
 @settings(max_examples=25, deadline=None)
-@given(batching=st.sampled_from(["static", "continuous", "chunked"]),
-       allocation=st.sampled_from(["on_demand", "reserve"]),
-       preemption=st.sampled_from(["recompute", "swap"]),
-       max_batch=st.integers(1, 48), budget=st.integers(600, 4096), replicas=st.integers(1, 3),
-       rate=st.one_of(st.none(), st.floats(1.0, 500.0)), seed=st.integers(0, 10_000),
-       utilization=st.floats(0.245, 0.3))
-def test_every_request_completes_exactly_once_and_kv_stays_within_capacity(
-        batching, allocation, preemption, max_batch, budget, replicas, rate, seed, utilization):
+@given(tree=tight_schedulers())
+def test_every_request_completes_exactly_once_and_kv_stays_within_capacity(tree):
     # Low memory utilization leaves a small KV cache, so preemption and queueing happen.
-    sc = scenario(hardware={"gpus": replicas},
-                  scheduler={"batching": batching, "kv_allocation": allocation, "preemption": preemption,
-                             "max_batch": max_batch, "token_budget": budget, "gpu_memory_utilization": utilization},
-                  workload={"input_len": {"distribution": "exponential", "mean": 200, "max": 512},
-                            "output_len": {"distribution": "uniform", "mean": 300, "stdev": 150, "max": 1000},
-                            "num_requests": 120, "seed": seed, **({"rate": rate} if rate else {})})
-    _check_conservation(sc)
+    _check_conservation(ServeScenario.model_validate(tree))
 
 
 def test_a_tight_cache_preempts_and_still_completes_everything():

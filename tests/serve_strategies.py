@@ -1,0 +1,25 @@
+"""Hypothesis strategies shared by the serving tests: schedulers over a small KV cache, so that
+queueing, preemption (recompute or swap) and admission limits all happen."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+BASE = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1}}
+
+
+@st.composite
+def tight_schedulers(draw, batchings=("static", "continuous", "chunked")) -> dict:
+    """A scenario tree: one to three replicas of Llama 3.1 8B on H100s at 24.5-30% memory
+    utilization, 120 requests of random lengths, all at once or a Poisson stream."""
+    rate = draw(st.one_of(st.none(), st.floats(1.0, 500.0)))
+    return {**BASE, "hardware": {**BASE["hardware"], "gpus": draw(st.integers(1, 3))},
+            "scheduler": {"batching": draw(st.sampled_from(batchings)),
+                          "kv_allocation": draw(st.sampled_from(["on_demand", "reserve"])),
+                          "preemption": draw(st.sampled_from(["recompute", "swap"])),
+                          "max_batch": draw(st.integers(1, 48)), "token_budget": draw(st.integers(600, 4096)),
+                          "gpu_memory_utilization": draw(st.floats(0.245, 0.3))},
+            "workload": {"input_len": {"distribution": "exponential", "mean": 200, "max": 512},
+                         "output_len": {"distribution": "uniform", "mean": 300, "stdev": 150, "max": 1000},
+                         "num_requests": 120, "seed": draw(st.integers(0, 10_000)),
+                         **({"rate": rate} if rate else {})}}
