@@ -24,10 +24,10 @@ agree exactly. A batch ladder stops at the first batch that does not
 fit: memory only grows with the batch.
 
 On ``N`` GPUs every tensor-parallel degree that divides ``N``, fits in one node and divides the
-attention heads is searched, with ``N / tp`` replicas sharing the node's host memory, link and
-drives (``sextant.cost.tiers`` divides them over the GPUs in use): more replicas run more batches
-at once, a wider tp holds more KV cache per replica and streams a smaller shard per GPU, at the
-price of its all-reduces. Pipeline stages are searched too, for replicas that hold the whole
+attention heads is searched, with ``N / tp`` replicas (``N / (tp pp)`` with stages) sharing the
+node's host memory, link and drives (``sextant.cost.tiers`` divides them over the GPUs in use):
+more replicas run more batches at once, a wider tp holds more KV cache per replica and streams a
+smaller shard per GPU, at the price of its all-reduces. Pipeline stages are searched too, for replicas that hold the whole
 model on their GPUs (offloaded serving streams each GPU's tensor-parallel shard, with pp 1):
 ``tp x pp`` GPUs per replica, ``pp`` dividing the layers, each replica running ``pp`` batches in
 flight (vLLM's virtual engines), so its batch is per virtual engine. Where GPUs share only PCIe,
@@ -313,14 +313,16 @@ def _check(base: ServeScenario) -> None:
     fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
     if fixed:
         named = " x ".join(f"{k}={v}" for k, v in fixed.items())
-        per_replica = fixed.get("tp", 1) * fixed.get("pp", 1)
-        if gpus % per_replica:
+        if gpus % (fixed.get("tp", 1) * fixed.get("pp", 1)):
             raise SpecError(f"{named} does not divide the {gpus} GPUs into replicas", field="tp")
-        engines = gpus // per_replica * fixed.get("pp", 1)
-        if engines > requests:
-            raise SpecError(f"{engines} {'engines' if 'pp' in fixed else 'replicas'} of {named} for {requests} "
-                            "requests: each replica needs one; raise --num-requests, --tp or --pp",
-                            field="num_requests")
+    if "tp" in fixed and gpus // dep.tp > requests:
+        # Replicas x stages = GPUs / tp engines, whatever the stages, each running its own batch.
+        raise SpecError(f"{gpus // dep.tp} engines (replicas, or pipeline stages of them) of tp={dep.tp} for "
+                        f"{requests} requests: each needs a request; raise --num-requests or --tp",
+                        field="num_requests")
+    if "pp" in fixed and model_spec(base.model).num_layers % dep.pp:
+        raise SpecError(f"pp={dep.pp} does not divide the {model_spec(base.model).num_layers} layers of "
+                        f"{model_spec(base.model).name}", field="pp")
     if not (isinstance(base.workload.input_len, int) and isinstance(base.workload.output_len, int)):
         raise SpecError("plan serve needs fixed input and output lengths (a batch's KV cache is sized by them)",
                         field="workload")
@@ -347,13 +349,14 @@ def parallel_layouts(base: ServeScenario) -> list[tuple[int, int]]:
             try:
                 check_layout(model, tp, pp, dep.ep, cluster)
             except SpecError:
-                if len(tps) == 1 and "pp" in dep.model_fields_set:
+                if "tp" in dep.model_fields_set and "pp" in dep.model_fields_set:
                     raise
                 continue
             layouts.append((tp, pp))
     if not layouts:
-        raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas of {model.name} within one "
-                        f"{cluster.node.name} with a request each ({requests} requests)", field="gpus")
+        stages = f" of {dep.pp} stages" if "pp" in dep.model_fields_set else ""
+        raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas{stages} of {model.name} within "
+                        f"one {cluster.node.name} with a request for each engine ({requests} requests)", field="gpus")
     return layouts
 
 
