@@ -13,11 +13,15 @@ def tight_schedulers(draw, batchings=("static", "continuous", "chunked")) -> dic
     """A scenario tree: one to three replicas of Llama 3.1 8B on H100s at 24.5-30% memory
     utilization, 120 requests of random lengths, all at once or a Poisson stream."""
     rate = draw(st.one_of(st.none(), st.floats(1.0, 500.0)))
+    batching = draw(st.sampled_from(batchings))
+    allocation = draw(st.sampled_from(["on_demand", "reserve"]))
+    budget = draw(st.integers(600, 4096))
+    if batching == "continuous" and allocation == "on_demand":
+        budget = max(budget, 512 + 1000)  # a preempted request's prompt and output fit one prefill
     return {**BASE, "hardware": {**BASE["hardware"], "gpus": draw(st.integers(1, 3))},
-            "scheduler": {"batching": draw(st.sampled_from(batchings)),
-                          "kv_allocation": draw(st.sampled_from(["on_demand", "reserve"])),
+            "scheduler": {"batching": batching, "kv_allocation": allocation,
                           "preemption": draw(st.sampled_from(["recompute", "swap"])),
-                          "max_batch": draw(st.integers(1, 48)), "token_budget": draw(st.integers(600, 4096)),
+                          "max_batch": draw(st.integers(1, 48)), "token_budget": budget,
                           "gpu_memory_utilization": draw(st.floats(0.245, 0.3))},
             "workload": {"input_len": {"distribution": "exponential", "mean": 200, "max": 512},
                          "output_len": {"distribution": "uniform", "mean": 300, "stdev": 150, "max": 1000},

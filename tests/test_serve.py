@@ -96,6 +96,22 @@ def test_a_tight_cache_preempts_and_still_completes_everything():
         assert max(e.kv_peak_fraction() for e in out.engines) > 0.9
 
 
+def test_a_preempted_request_is_prefilled_again_within_the_token_budget():
+    """Without chunked prefill a preempted request re-prefills its prompt and what it generated in
+    one iteration: the default budget covers the longest request (as vLLM's covers
+    max_model_len), so 9,000-token requests preempted late still finish; a smaller budget given
+    explicitly is refused, as vLLM refuses max_num_batched_tokens below max_model_len."""
+    tree = {"scheduler": {"gpu_memory_utilization": 0.3, "max_batch": 64, "preemption": "recompute"},
+            "workload": {"input_len": 4000, "output_len": 5000, "num_requests": 24}}
+    res, out = _check_conservation(scenario(**tree))
+    assert out.table.preemptions > 0 and res.token_budget == 9000
+    with pytest.raises(SpecError, match="prefilled again"):
+        predict_serve(scenario(**{**tree, "scheduler": {**tree["scheduler"], "token_budget": 8192}}))
+    # Reserved blocks never preempt, and chunked prefill splits the re-prefill: both accept it.
+    for scheduler in ({"kv_allocation": "reserve"}, {"batching": "chunked"}):
+        predict_serve(scenario(**{**tree, "scheduler": {**tree["scheduler"], "token_budget": 8192, **scheduler}}))
+
+
 def test_disaggregated_and_speculative_deployments_complete():
     _check_conservation(scenario(hardware={"gpus": 3}, disaggregation={"prefill_replicas": 1, "decode_replicas": 2},
                                  workload={"rate": 30.0, "num_requests": 100}))

@@ -195,7 +195,12 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
                     iteration_overhead_s=overhead_ms / 1e3, head_dev=head,
                     grouped_kv_reads=dep.decode_attention == "grouped")
 
-    token_budget = sched.token_budget or (8192 if sched.batching == "chunked" else max(8192, longest_prompt))
+    # Without chunked prefill a whole sequence must fit one iteration, since a preempted one is
+    # prefilled again with what it generated: vLLM's default max_num_batched_tokens is
+    # max(max_model_len, 2048), and its SchedulerConfig refuses one below max_model_len.
+    default_budget = {"chunked": 8192, "continuous": max(8192, longest_request)}.get(sched.batching,
+                                                                                    max(8192, longest_prompt))
+    token_budget = sched.token_budget or default_budget
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
     longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
     draft_layout = draft_model = None

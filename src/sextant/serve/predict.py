@@ -153,6 +153,14 @@ def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: boo
     if sched.batching == "continuous" and int(requests.input_tokens.max()) > res.token_budget:
         raise SpecError(f"a {int(requests.input_tokens.max())}-token prompt exceeds the token budget "
                         f"{res.token_budget}; raise --token-budget or use --batching chunked", field="token_budget")
+    if sched.batching == "continuous" and not engine_reserve(res.scenario) and longest > res.token_budget:
+        # A preempted request is prefilled again with what it generated, in one iteration; vLLM's
+        # SchedulerConfig refuses max_num_batched_tokens below max_model_len without chunked prefill.
+        raise SpecError(f"requests of up to {longest} tokens (prompt and output) exceed the token budget "
+                        f"{res.token_budget}: without chunked prefill a preempted request is prefilled again "
+                        "with its generated tokens in one iteration (vLLM requires max_num_batched_tokens >= "
+                        "max_model_len); raise --token-budget, reserve KV blocks, or use --batching chunked",
+                        field="token_budget")
     disagg = res.scenario.disaggregation
     engines_per = res.instance.engines_per_replica
     cfg, cost = engine_config(res, "decode" if disagg else "both")

@@ -137,8 +137,10 @@ class Scheduler(Spec):
     max_batch: int = Field(default=256, gt=0, description="Sequences running at once (max_num_seqs).")
     token_budget: int | None = Field(
         default=None, gt=0,
-        description="Tokens per iteration (max_num_batched_tokens). Default: 8192 when chunked, "
-                    "else max(8192, longest prompt).")
+        description="Tokens per iteration (max_num_batched_tokens). Default: 8192 when chunked; "
+                    "max(8192, longest prompt + output) for continuous batching, whose preempted "
+                    "requests are prefilled again whole (a smaller one is refused when KV blocks are "
+                    "allocated on demand); max(8192, longest prompt) for static batches.")
     block_size: int = Field(default=16, gt=0, description="Tokens per paged KV block.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1,
                                           description="Fraction of GPU memory the engine may use.")
