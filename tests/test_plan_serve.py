@@ -273,7 +273,17 @@ def test_pipelined_replicas_hold_the_model_on_their_gpus(replicas_plan):
     assert any(e.policy.offloaded for e in replicas_plan.strategies if e.policy.pp == 1)
 
 
-def test_pipeline_stages_beat_tensor_parallelism_over_pcie():
+A10G_70B = {"model": "llama-3.1-70b", "deployment": {"precision": "fp16"},
+            "hardware": {"gpu": "a10g", "gpus": 8, "node": "aws-g5"},
+            "workload": {"input_len": 512, "output_len": 64, "num_requests": 256}}
+
+
+@pytest.fixture(scope="module")
+def a10g_plan():
+    return plan_serve(parse_serve_scenario(A10G_70B), top=3)
+
+
+def test_pipeline_stages_beat_tensor_parallelism_over_pcie(a10g_plan):
     """Eight A10Gs share only PCIe: tp 8's two all-reduces per layer cost more than the
     activation sends between stages, so a pipelined layout wins, and its printed flags predict
     what the plan reports (to rounding)."""
@@ -283,10 +293,7 @@ def test_pipeline_stages_beat_tensor_parallelism_over_pcie():
 
     from sextant.cli.plan_serve_cmds import _flags, render_plan_serve
 
-    plan = plan_serve(parse_serve_scenario({
-        "model": "llama-3.1-70b", "deployment": {"precision": "fp16"},
-        "hardware": {"gpu": "a10g", "gpus": 8, "node": "aws-g5"},
-        "workload": {"input_len": 512, "output_len": 64, "num_requests": 256}}), top=3)
+    plan = a10g_plan
     best = plan.best_policy
     assert best.pp > 1 and not best.offloaded
     tp8 = max(e.output_tokens_per_s for e in plan.strategies if e.policy.tp == 8 and e.policy.pp == 1)
@@ -327,3 +334,29 @@ def test_cli_takes_pipeline_stages(capsys):
                  "--num-requests", "16", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["best_policy"]["pp"] == 2 and plan["best"]["pp"] == 2 and plan["best"]["gpus"] == 8
+    assert main(["plan", "serve", "--model", "llama-2-13b", "--gpu", "a10g", "--node", "aws-g5", "--gpus", "8",
+                 "--precision", "fp16", "--input-len", "128", "--output-len", "8", "--num-requests", "16",
+                 "--tpot-slo", "40", "--json"]) == 0
+    bounded = json.loads(capsys.readouterr().out)
+    assert bounded["best"]["tpot_ms"]["p99"] <= 40 and bounded["best"]["slo_attainment"] == 1.0
+
+
+def test_a_tpot_objective_trades_throughput_for_latency(a10g_plan):
+    """Bounding the time per output token caps the batch: the plan is the fastest whose every
+    request decodes within the bound. A pipelined replica passes each token through all its
+    stages in turn, so under a tight bound tp 8 wins where stages win on throughput alone."""
+    bounded = plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"tpot_ms": 50}}), top=3)
+    assert bounded.best.tpot_ms.p99 <= 50 and bounded.best.slo_attainment == 1.0
+    assert bounded.best_policy.pp == 1 and a10g_plan.best_policy.pp > 1
+    assert bounded.best.output_tokens_per_s < a10g_plan.best.output_tokens_per_s
+    assert bounded.rejected["TPOT objective"] > 0
+    looser = plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"tpot_ms": 80}}), top=3)
+    assert bounded.best.output_tokens_per_s <= looser.best.output_tokens_per_s <= a10g_plan.best.output_tokens_per_s
+    assert looser.best.tpot_ms.p99 <= 80
+    with pytest.raises(InfeasibleError, match="decodes within 5 ms per token"):
+        plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"tpot_ms": 5}}))
+
+
+def test_a_ttft_objective_is_refused_offline():
+    with pytest.raises(SpecError, match="time to first token is mostly queueing"):
+        plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"ttft_ms": 500}}))

@@ -55,6 +55,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     input_len: Optional[int] = INPUT_LEN,
     output_len: Optional[int] = OUTPUT_LEN,
     num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
+    tpot_slo: Optional[float] = Opt(None, help="Time-per-output-token objective, ms: the best throughput whose "
+                                               "every request decodes within it."),
     pageable: Optional[bool] = PAGEABLE,
     expert_popularity: Optional[str] = EXPERT_POPULARITY,
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
@@ -76,6 +78,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
     put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
+    _put(tree, "slo", "tpot_ms", tpot_slo)
     _put(tree, "hardware", "gpus", gpus)
     if "gpus" not in tree.get("hardware", {}):
         dep = tree.get("deployment", {})

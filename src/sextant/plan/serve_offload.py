@@ -36,6 +36,12 @@ Requests are dealt out evenly, so each candidate's engines run the same timeline
 simulator replays one (``sextant.serve.simulator``). A degree given explicitly (``--tp``,
 ``--pp``, or ``deployment.tp``/``pp`` in the scenario) is kept.
 
+A time-per-output-token objective (``--tpot-slo``, ``slo.tpot_ms``) bounds the batch: a
+candidate any of whose requests decodes slower than the objective is rejected, and its ladder
+stops there (a larger batch only slows each step), so the plan is the highest throughput whose
+every token arrives within the bound: the throughput-latency trade-off of offline serving. (With
+every request at time 0, time to first token is mostly queueing, so it is not an objective here.)
+
 Not searched: precision (an input), pipeline stages of offloaded replicas, and activations off
 the GPU.
 """
@@ -295,6 +301,9 @@ class _Search:
                 self.rejected["KV cache"] += 1
                 limit = b
                 break
+            if result.slo_attainment < 1.0:
+                self.rejected["TPOT objective"] += 1
+                break  # a larger batch only slows every decode step
             entries.append(_entry(candidate, result))
             if _flat(entries):
                 break
@@ -310,6 +319,9 @@ def _check(base: ServeScenario) -> None:
     dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
     if base.speculative or base.disaggregation:
         raise SpecError("plan serve searches replicas without speculation or disaggregation", field="deployment")
+    if base.slo.ttft_ms is not None:
+        raise SpecError("plan serve puts every request at time 0, so time to first token is mostly queueing: "
+                        "bound the time per output token instead (--tpot-slo)", field="slo")
     fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
     if fixed:
         named = " x ".join(f"{k}={v}" for k, v in fixed.items())
@@ -396,8 +408,11 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
         shapes = ", ".join(f"tp{tp}" + (f" pp{pp}" if pp > 1 else "") for tp, pp in layouts)
         where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} as {shapes}"
         staged = " (pipelined replicas are not offloaded: drop --pp)" if all(pp > 1 for _, pp in layouts) else ""
+        objective = (f" and decodes within {base.slo.tpot_ms:g} ms per token"
+                     if base.slo.tpot_ms is not None else "")
         raise InfeasibleError(f"no placement of {base.model} fits {where} with this node's host memory "
-                              f"and drives, even at batch 1 ({reasons}); quantize the weights or add GPUs{staged}",
+                              f"and drives{objective}, even at batch 1 ({reasons}); quantize the weights or add "
+                              f"GPUs{staged}",
                               field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
     entries.sort(key=lambda e: e.output_tokens_per_s, reverse=True)
     best_per_strategy: dict[str, ServePlanEntry] = {}
@@ -407,6 +422,8 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     # `predict serve` simulates it (a last, partial batch included).
     full = [(e.policy, predict_serve(_scenario(tree, e.policy, base.workload.num_requests)))
             for e in entries[:top]]
+    # Later batches repeat the first, so they meet the TPOT objective too; kept honest regardless.
+    full = [pr for pr in full if pr[1].slo_attainment >= 1.0] or full
     full.sort(key=lambda pr: pr[1].output_tokens_per_s, reverse=True)
     best_policy, best = full[0]
     return ServePlan(model=best.model, gpu=best.gpu, node=node.name,
