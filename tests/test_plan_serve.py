@@ -350,6 +350,8 @@ def test_a_tpot_objective_trades_throughput_for_latency(a10g_plan):
     assert bounded.best_policy.pp == 1 and a10g_plan.best_policy.pp > 1
     assert bounded.best.output_tokens_per_s < a10g_plan.best.output_tokens_per_s
     assert bounded.rejected["TPOT objective"] > 0
+    assert all(e.tpot_ms <= 50 for e in bounded.strategies) and bounded.tpot_slo_ms == 50
+    assert max(e.tpot_ms for e in a10g_plan.strategies) > 50  # unbounded, some placements decode slower
     looser = plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"tpot_ms": 80}}), top=3)
     assert bounded.best.output_tokens_per_s <= looser.best.output_tokens_per_s <= a10g_plan.best.output_tokens_per_s
     assert looser.best.tpot_ms.p99 <= 80

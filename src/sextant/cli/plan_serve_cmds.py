@@ -97,19 +97,21 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
 
 def render_plan_serve(plan, shown: int, console) -> None:
     b = plan.best
+    bound = f", each token within {plan.tpot_slo_ms:g} ms" if plan.tpot_slo_ms is not None else ""
     console.print(f"[bold]{plan.model}[/bold] on {b.gpus} x {plan.gpu} ({plan.node}): {b.num_requests} requests of "
-                  f"{b.precision} weights, {b.kv_precision} KV, all at time 0")
+                  f"{b.precision} weights, {b.kv_precision} KV, all at time 0{bound}")
     console.print(f"evaluated {plan.configs_evaluated} configurations, {plan.configs_feasible} run; rejected: "
                   + (", ".join(f"{k} {v}" for k, v in sorted(plan.rejected.items())) or "none"))
     several = b.gpus > 1
     columns = (*(("replicas",) if several else ()), "weights", "KV cache", "batch", "GPU batches", "tokens/s",
-               "bound by")
+               "ms/token", "bound by")
     table = listing("best batch of each placement (scored on one batch per engine)", columns,
                     text={"replicas", "weights", "KV cache", "bound by"})
     for e in plan.strategies[:shown]:
         p = e.policy
         table.add_row(*((p.layout,) if several else ()), p.weights_home, p.kv_home, str(p.max_batch), str(p.micro_batches),
-                      f"{e.output_tokens_per_s:,.2f}", RESOURCE_LABELS.get(e.binding_resource, e.binding_resource))
+                      f"{e.output_tokens_per_s:,.2f}", f"{e.tpot_ms:,.1f}",
+                      RESOURCE_LABELS.get(e.binding_resource, e.binding_resource))
     console.print(table)
     if len(plan.strategies) > shown:
         console.print(f"({len(plan.strategies) - shown} slower placements not shown; --top or --json lists them)")

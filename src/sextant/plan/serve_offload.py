@@ -153,6 +153,8 @@ class ServePlanEntry(BaseModel):
     policy: ServePolicy
     strategy: str
     output_tokens_per_s: float
+    #: The slowest request's time per output token (p99), ms: what a larger batch costs latency.
+    tpot_ms: float
     binding_resource: str
     memory_gb_per_tier: dict[str, float]
     bottleneck: str
@@ -162,6 +164,8 @@ class ServePlan(BaseModel):
     model: str
     gpu: str
     node: str
+    #: The time-per-output-token objective every planned request meets, ms (None: unbounded).
+    tpot_slo_ms: float | None = None
     configs_evaluated: int
     configs_feasible: int
     rejected: dict[str, int]
@@ -235,7 +239,7 @@ def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeS
 
 def _entry(p: ServePolicy, r: ServeResult) -> ServePlanEntry:
     return ServePlanEntry(policy=p, strategy=p.strategy, output_tokens_per_s=r.output_tokens_per_s,
-                          binding_resource=r.binding_resource, memory_gb_per_tier=r.memory_gb_per_tier,
+                          tpot_ms=r.tpot_ms.p99, binding_resource=r.binding_resource, memory_gb_per_tier=r.memory_gb_per_tier,
                           bottleneck=r.bottleneck)
 
 
@@ -426,7 +430,7 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     full = [pr for pr in full if pr[1].slo_attainment >= 1.0] or full
     full.sort(key=lambda pr: pr[1].output_tokens_per_s, reverse=True)
     best_policy, best = full[0]
-    return ServePlan(model=best.model, gpu=best.gpu, node=node.name,
+    return ServePlan(model=best.model, gpu=best.gpu, node=node.name, tpot_slo_ms=base.slo.tpot_ms,
                      configs_evaluated=evaluated, configs_feasible=len(entries), rejected=dict(rejected),
                      best=best, best_policy=best_policy, top=[_entry(p, r) for p, r in full],
                      strategies=list(best_per_strategy.values()))
