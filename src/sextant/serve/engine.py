@@ -535,20 +535,12 @@ class Engine:
     def _charge(self, device: float, tokens: int, decode_context: float, decode_seqs: int, new_tokens: int,
                 cached_prefill_tokens: float, draft_s: float = 0.0) -> tuple[float, float, float]:
         """(device seconds, decode attention seconds moved to the CPU, seconds the GPU waits) of an
-        iteration whose GPU work without offloading is ``device`` (``draft_s`` of it the draft
-        model's); records each resource's busy time."""
-        if self.cost.stream is None:
-            if self.cost.on_host:  # Dovetail: the draft's proposals on the GPU, the rest on the CPU
-                self.resource_busy["gpu"] += draft_s
-                self.resource_busy["cpu"] += device - draft_s
-            else:
-                self.resource_busy["gpu"] += device
-            return device, 0.0, 0.0
-        moved, streamed, busy = self.cost.offloaded(device, tokens, decode_context, decode_seqs, new_tokens,
-                                                    cached_prefill_tokens)
+        iteration (:meth:`IterationCost.charge`); records each resource's busy time."""
+        device, moved, wait, busy = self.cost.charge(device, tokens, decode_context, decode_seqs, new_tokens,
+                                                     cached_prefill_tokens, draft_s)
         for k, v in busy.items():
             self.resource_busy[k] += v
-        return streamed, moved, streamed - (device - moved)
+        return device, moved, wait
 
 
 def _summed(totals: list[float], values: list, count: int) -> list[float]:

@@ -119,6 +119,19 @@ class IterationCost:
                                     top, bottom)
         return moved, device, busy
 
+    def charge(self, device, tokens: int, decode_context, decode_seqs: int, new_tokens: int,
+               cached_prefill_tokens: float, draft_s: float = 0.0, top=max, bottom=min) -> tuple:
+        """(device seconds, decode attention seconds moved to the CPU, seconds the GPU waits, busy
+        seconds per resource) of an iteration whose GPU work without offloading is ``device``
+        (``draft_s`` of it the draft model's). Floats, or arrays over a decode run."""
+        if self.stream is None:
+            if self.on_host:  # Dovetail: the draft's proposals on the GPU, the rest on the CPU
+                return device, 0.0, 0.0, {"gpu": draft_s, "cpu": device - draft_s}
+            return device, 0.0, 0.0, {"gpu": device}
+        moved, streamed, busy = self.offloaded(device, tokens, decode_context, decode_seqs, new_tokens,
+                                               cached_prefill_tokens, top, bottom)
+        return streamed, moved, streamed - (device - moved), busy
+
     def decode_steps(self, seqs: int, context) -> DecodeSteps:
         """Iterations that only decode, each over the same ``seqs`` sequences: one at ``context``
         cached tokens in all (a float), or a run of them, the i-th at ``context[i]`` (an array).
@@ -129,15 +142,9 @@ class IterationCost:
         tg, tew, tcomm = self.token_parts(seqs)
         gemm = tg + self.head(seqs)
         attention = self.decode_attention(context, seqs)
-        device = gemm + tew + tcomm + attention
-        wait = 0.0
-        if self.stream is None:
-            busy = {"gpu": device}
-        else:
-            moved, streamed, busy = self.offloaded(device, seqs, context, seqs, seqs, 0.0, top, bottom)
-            attention = attention - moved
-            wait = streamed - (device - moved)
-            device = streamed
+        device, moved, wait, busy = self.charge(gemm + tew + tcomm + attention, seqs, context, seqs, seqs, 0.0,
+                                                top=top, bottom=bottom)
+        attention = attention - moved
         host = self.host(device, top)
         return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
                            attention=attention, host=host, wait=wait, busy=busy)
