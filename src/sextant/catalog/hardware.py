@@ -120,7 +120,7 @@ def get_node(name: str) -> NodeSpec:
         nvme=_tier("nvme", entry["nvme"], source) if entry.get("nvme") else None,
         cxl=_tier("cxl", entry["cxl"], source) if entry.get("cxl") else None,
         host_cpu=None if cpu is None else HostCPU(
-            name=cpu["name"], cores=cpu["cores"], adam_params_per_s=cpu["adam_gparams_per_s"] * 1e9,
+            name=cpu["name"], cores=cpu["cores"], adam_params_per_s=cpu["adam_gparams_per_s"] * 1e9 if "adam_gparams_per_s" in cpu else None,
             fp32_flops=cpu["fp32_tflops"] * 1e12 if "fp32_tflops" in cpu else None, source=cpu.get("source", source)),
         host_link=None if link is None else LinkSpec(
             name=link["name"], kind=link["kind"], bandwidth_bytes_per_s=link["gb_per_s"] * GB,

@@ -99,7 +99,7 @@ def cpu_adam_params_per_s(cluster: ClusterSpec, profile: HardwareProfile) -> flo
     if profile.host_adam_params_per_s is not None:
         return profile.host_adam_params_per_s
     node = cluster.node
-    if node.host_cpu is not None:
+    if node.host_cpu is not None and node.host_cpu.adam_params_per_s is not None:
         return node.host_cpu.adam_params_per_s
     return host_pool(node).read * CPU_ADAM_DRAM_EFFICIENCY / CPU_ADAM_BYTES_PER_PARAM
 

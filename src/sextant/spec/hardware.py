@@ -47,7 +47,10 @@ class HostCPU(Spec):
 
     name: str
     cores: int = Field(gt=0)
-    adam_params_per_s: float = Field(gt=0, description="All cores together, parameters per second.")
+    adam_params_per_s: float | None = Field(
+        default=None, gt=0,
+        description="CPU-Adam, all cores together, parameters per second; default: the nominal DRAM-bound "
+                    "rate of the node's host memory (sextant.cost.tiers.cpu_adam_params_per_s).")
     fp32_flops: float | None = Field(default=None, gt=0,
                                      description="Vector peak of all cores (CPU attention); default: nominal.")
     source: str = ""
