@@ -362,3 +362,16 @@ def test_a_tpot_objective_trades_throughput_for_latency(a10g_plan):
 def test_a_ttft_objective_is_refused_offline():
     with pytest.raises(SpecError, match="time to first token is mostly queueing"):
         plan_serve(parse_serve_scenario({**A10G_70B, "slo": {"ttft_ms": 500}}))
+
+
+def test_the_plan_runs_on_the_node_of_a_profile_that_names_its_gpu(tmp_path):
+    """A profile file for a T4 with no --gpu: the plan's node, and so its drives and host
+    memory, are the T4's usual node, the one the candidates are simulated on."""
+    from sextant.catalog.hardware import get_gpu, get_profile
+
+    path = tmp_path / "t4.json"
+    path.write_text(get_profile("t4").model_dump_json())
+    plan = plan_serve(parse_serve_scenario({
+        "model": "opt-6.7b", "deployment": {"precision": "fp16"}, "hardware": {"profile": str(path), "gpus": 1},
+        "workload": {"input_len": 128, "output_len": 8, "num_requests": 8}}), top=1)
+    assert plan.gpu == "t4" and plan.node == get_gpu("t4").default_node

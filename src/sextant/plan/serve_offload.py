@@ -54,10 +54,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sextant.catalog.hardware import get_gpu, get_node
 from sextant.errors import InfeasibleError, SpecError
+from sextant.plan.space import divisors
 from sextant.serve.deploy import check_layout, model_spec
 from sextant.serve.predict import ServeResult, predict_serve
+from sextant.spec.hardware import ClusterSpec
 from sextant.spec.serving import ServeScenario, parse_serve_scenario
 from sextant.train.predict import cluster_and_profile
 
@@ -140,13 +141,17 @@ class ServePolicy(BaseModel):
 
     @property
     def layout(self) -> str:
-        """``tp2 x 4`` (four replicas of two GPUs each), ``tp4 pp2 x 1``."""
-        return f"tp{self.tp}{f' pp{self.pp}' if self.pp > 1 else ''} x {self.replicas}"
+        return replicas_label(self.tp, self.pp, self.replicas)
 
     @property
     def strategy(self) -> str:
         place = f"weights {self.weights_home}; KV {self.kv_home}"
         return place if self.gpus == 1 else f"{self.layout}: {place}"
+
+
+def replicas_label(tp: int, pp: int, replicas: int) -> str:
+    """``tp2 x 4`` (four replicas of two GPUs each), ``tp4 pp2 x 1``."""
+    return f"tp{tp}{f' pp{pp}' if pp > 1 else ''} x {replicas}"
 
 
 class ServePlanEntry(BaseModel):
@@ -344,18 +349,13 @@ def _check(base: ServeScenario) -> None:
                         field="workload")
 
 
-def parallel_layouts(base: ServeScenario) -> list[tuple[int, int]]:
+def parallel_layouts(base: ServeScenario, cluster: ClusterSpec) -> list[tuple[int, int]]:
     """The (tp, pp) degrees of the replicas a plan searches: those the scenario sets, else every
     tp that divides the GPU count, fits in one node and divides the attention heads, with every
     pp that divides the remaining GPUs and the layers; each engine (a replica's pipeline stage
     running its own batch) needs a request."""
     dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
-    cluster = cluster_and_profile(base.hardware)[0]
     model = model_spec(base.model)
-
-    def divisors(n: int) -> list[int]:
-        return [d for d in range(1, n + 1) if n % d == 0]
-
     tps = [dep.tp] if "tp" in dep.model_fields_set else divisors(gpus)
     layouts = []
     for tp in tps:
@@ -381,13 +381,15 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     """Search the placements and batches of ``base`` (its model, hardware, precision and
     workload) for the highest offline output-token throughput (see the module docstring)."""
     _check(base)
-    node = get_node(base.hardware.node or get_gpu(base.hardware.gpu).default_node)
+    # The node the candidates are simulated on (a profile file may bring its own device).
+    cluster = cluster_and_profile(base.hardware)[0]
+    node = cluster.node
     moe = model_spec(base.model).moe
     experts = moe.num_experts if moe is not None else 0
     tree = base.model_dump(exclude_unset=True)
     has_nvme = node.nvme is not None
     longest = base.workload.input_len + base.workload.output_len
-    layouts = parallel_layouts(base)
+    layouts = parallel_layouts(base, cluster)
     gpus = base.hardware.gpus
     # Offloaded serving streams each GPU's tensor-parallel shard: pipelined replicas hold theirs.
     ladders = [ServePolicy(weights=w, streamed=s, resident_fraction=r, nvme_fraction=d, kv_cache=kv, kv_attention=att,
@@ -409,7 +411,7 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
     if not entries:
         reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
-        shapes = ", ".join(f"tp{tp}" + (f" pp{pp}" if pp > 1 else "") for tp, pp in layouts)
+        shapes = ", ".join(replicas_label(tp, pp, gpus // (tp * pp)) for tp, pp in layouts)
         where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} as {shapes}"
         staged = " (pipelined replicas are not offloaded: drop --pp)" if all(pp > 1 for _, pp in layouts) else ""
         objective = (f" and decodes within {base.slo.tpot_ms:g} ms per token"
