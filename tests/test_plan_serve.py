@@ -375,3 +375,11 @@ def test_the_plan_runs_on_the_node_of_a_profile_that_names_its_gpu(tmp_path):
         "model": "opt-6.7b", "deployment": {"precision": "fp16"}, "hardware": {"profile": str(path), "gpus": 1},
         "workload": {"input_len": 128, "output_len": 8, "num_requests": 8}}), top=1)
     assert plan.gpu == "t4" and plan.node == get_gpu("t4").default_node
+
+
+def test_printed_flags_leave_out_settings_at_their_defaults():
+    from sextant.cli.plan_serve_cmds import _flags
+
+    p = ServePolicy(weights="cpu", resident_fraction=0.25, nvme_fraction=0.0, kv_cache="gpu", kv_attention="cpu",
+                    max_batch=8, micro_batches=1)
+    assert _flags(p) == "--max-batch 8 --offload-weights cpu --resident-fraction 0.25"

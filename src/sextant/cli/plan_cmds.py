@@ -9,9 +9,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sextant.cli.render import listing, report_console
+from sextant.cli.render import listing, report_console, search_progress
 from sextant.errors import SpecError
 from sextant.spec.scenario import base_tree, parse_scenario
 
@@ -111,8 +110,7 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     space = SearchSpace(headroom=headroom, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
                         offload=offload)
     console = Console(stderr=True)
-    with Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
+    with search_progress(console, "searching", quiet=as_json) as bar:
         task = bar.add_task("search", total=None)
         result = plan_train(parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
                             price_per_gpu_hour=price_per_gpu_hour,

@@ -9,9 +9,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sextant.cli.render import listing, report_console
+from sextant.cli.render import listing, report_console, search_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
     EXPERT_POPULARITY,
@@ -33,7 +32,8 @@ from sextant.cli.serve_cmds import (
     put_host_and_routing,
     scenario_tree,
 )
-from sextant.spec.serving import parse_serve_scenario
+from sextant.spec.scenario import flag_of
+from sextant.spec.serving import ServeOffload, parse_serve_scenario
 
 Opt = typer.Option
 
@@ -85,8 +85,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         _put(tree, "hardware", "gpus", dep.get("tp", 1) * dep.get("pp", 1))
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
-    with Progress(TextColumn("searching placements"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with search_progress(console, "searching placements", quiet=as_json) as bar:
         task = bar.add_task("plan", total=None)
         plan = plan_serve(base, top=top, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
@@ -124,17 +123,12 @@ def render_plan_serve(plan, shown: int, console) -> None:
     console.print("  as `sextant predict serve` flags: " + _flags(p))
 
 
-#: ``predict serve`` flag of each offload setting a plan can choose.
-FLAG_OF = {"weights": "--offload-weights", "streamed": "--streamed", "resident_fraction": "--resident-fraction",
-           "nvme_fraction": "--nvme-fraction", "kv_cache": "--offload-kv", "kv_attention": "--kv-attention",
-           "micro_batches": "--offload-micro-batches"}
-
-
 def _flags(p) -> str:
     """The placement as ``predict serve`` flags (settings at their defaults left out)."""
     flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp}" + (f" --pp {p.pp}" if p.pp > 1 else "")
                                                + f" --replicas {p.replicas}"] if p.gpus > 1 else [])
     for key, value in p.offload().items():
-        if value not in (0.0, "none"):
-            flags.append(f"{FLAG_OF[key]} {value:g}" if isinstance(value, float) else f"{FLAG_OF[key]} {value}")
+        if value != ServeOffload.model_fields[key].default:
+            flags.append(f"{flag_of('offload', key)} {value:g}" if isinstance(value, float)
+                         else f"{flag_of('offload', key)} {value}")
     return " ".join(flags)

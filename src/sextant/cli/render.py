@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -112,3 +113,10 @@ def render_train(result: TrainResult, console: Console) -> None:
     console.print(Text("FLOPs: " + r.flop_convention, style="dim"))
     for line in r.assumptions:
         console.print(Text("assumes " + line, style="dim"))
+
+
+def search_progress(console: Console, label: str, quiet: bool) -> Progress:
+    """The progress bar of a search, on stderr; off for ``--json`` and when stderr is not a
+    terminal (a bar in a log or a pipe is noise)."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                    transient=True, disable=quiet or not console.is_terminal)

@@ -96,6 +96,11 @@ RENAMED_FLAGS = {("offload", "weights"): "--offload-weights", ("offload", "kv_ca
                  ("speculative", "num_tokens"): "--spec-tokens", ("speculative", "target_device"): "--spec-target"}
 
 
+def flag_of(section: str, key: str) -> str:
+    """The CLI flag that sets ``section.key`` of a scenario (``--offload-kv`` for offload.kv_cache)."""
+    return RENAMED_FLAGS.get((section, key)) or "--" + key.replace("_", "-")
+
+
 def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> S:
     """Validate a scenario tree as ``model``. ``from_flags``: name the offending CLI flag
     (``--tp``) rather than its path in the scenario (``strategy.tp``)."""
@@ -105,7 +110,7 @@ def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario"
         if from_flags:
             first = err.errors()[0]
             loc = tuple(str(p) for p in first["loc"])
-            flag = (RENAMED_FLAGS.get(loc[-2:]) or "--" + loc[-1].replace("_", "-")) if loc else source
+            flag = flag_of(*loc[-2:]) if len(loc) >= 2 else ("--" + loc[-1].replace("_", "-") if loc else source)
             got = f" (got {first['input']!r})" if "input" in first else ""
             raise ScenarioError(f"{first['msg']}{got}", field=flag) from None
         raise ScenarioError(format_validation_error(err), field=source) from None
