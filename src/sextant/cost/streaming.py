@@ -23,7 +23,7 @@ trace (a CSV of ``layer, expert`` choices).
 **KV cache in host memory, attention on the CPU** (FlexGen section 4.2: computing attention where
 the cache lives moves only the activations; MoE-Lens runs CPU attention beside the GPU's
 GEMMs). Decode attention then reads the cache at the host's DRAM bandwidth, or is bound by the
-CPU's vector peak; new keys and values go to the host over the link. Or the attention stays on
+CPU's vector peak (the CPU priced as a device, ``sextant.cost.host_compute``); new keys and values go to the host over the link. Or the attention stays on
 the GPU and the whole cache crosses the link every decode iteration (FlexGen without its CPU
 delegation, which it turns off when it compresses the cache; its cost model's ``ctog`` term).
 

@@ -4,16 +4,17 @@ per-iteration :class:`~sextant.cost.streaming.Streaming` costs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from sextant.cost.host_compute import host_device
 from sextant.cost.inference import (
     Layout,
-    attention_flops_per_pair,
+    attention_rates,
     kv_cache_bytes_per_token,
-    kv_elements_per_token_layer,
     weight_bytes_per_gpu,
 )
 from sextant.cost.params import count_params
@@ -156,9 +157,10 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
             kv.update(kv_nvme_per_context_s=kv_token / tiers.nvme_read,
                       kv_nvme_write_per_token_s=kv_token / tiers.nvme_write)
         if off.kv_attention == "cpu":
-            per_layer_bytes = kv_elements_per_token_layer(model, layout.tp) * layout.kv_bytes
-            pair = attention_flops_per_pair(model, layout.tp)
-            kv["cpu_per_context_s"] = layers * max(per_layer_bytes / tiers.host_read, pair / tiers.cpu_flops)
+            # The CPU priced as a device by the shared attention rates (as Dovetail's CPU target).
+            cpu = attention_rates(model, dataclasses.replace(layout, dev=host_device(tiers, profile, 2.0),
+                                                             head_dev=None))
+            kv["cpu_per_context_s"] = max(cpu.pair_s, cpu.kv_read_s)
             description.append(
                 f"KV cache in {where}; decode attention on the CPU at {tiers.host_read / GB:.0f} GB/s of DRAM "
                 f"and {tiers.cpu_flops / 1e12:.1f} TFLOP/s per GPU, {off.micro_batches} micro-batch(es) per iteration")
