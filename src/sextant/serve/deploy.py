@@ -145,15 +145,12 @@ def activation_bytes(model: ModelSpec, tp: int, tokens: int, sequences: int) -> 
     return 2.0 * tokens * (2 * h + max(attention, mlp)) + LOGIT_BYTES * sequences * model.vocab_size / t
 
 
-def _working_set(scenario: ServeScenario, streamed: bool, longest_prompt: int, token_budget: int) -> tuple[int, int]:
-    """Tokens and sequences one iteration's activations hold on the GPU: a whole static batch's
-    prompts, or the token budget; with offloading, one micro-batch of them (FlexGen's GPU batch:
-    the GPU computes one at a time and the layer's activations move on)."""
+def _working_set(scenario: ServeScenario, streamed: bool, iteration_tokens: int) -> tuple[int, int]:
+    """Tokens and sequences one iteration's activations hold on the GPU: the most an iteration
+    runs; with offloading, one micro-batch of them (FlexGen's GPU batch: the GPU computes one at
+    a time and the layer's activations move on)."""
     sched = scenario.scheduler
-    if sched.batching == "static":
-        tokens, seqs = sched.max_batch * longest_prompt, sched.max_batch
-    else:
-        tokens, seqs = token_budget, sched.max_batch
+    tokens, seqs = iteration_tokens, sched.max_batch
     if streamed:
         parts = scenario.offload.micro_batches
         tokens, seqs = -(-tokens // parts), -(-seqs // parts)
@@ -202,7 +199,8 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
                                                                                     max(8192, longest_prompt))
     token_budget = sched.token_budget or default_budget
     budget = gpu.memory.capacity_bytes * sched.gpu_memory_utilization
-    longest_batch_tokens = max(token_budget, sched.max_batch * longest_prompt if sched.batching == "static" else 0)
+    # The most tokens one iteration runs: a whole static batch's prompts, or the token budget.
+    iteration_tokens = sched.max_batch * longest_prompt if sched.batching == "static" else token_budget
     draft_layout = draft_model = None
     if scenario.speculative is not None:
         draft_model = model_spec(scenario.speculative.draft_model)
@@ -212,21 +210,20 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
         # Dovetail: the target's layers run on the host CPU; the GPU keeps the draft only.
         tiers = tier_rates(used, profile)
         host = host_device(tiers, profile, weight_bytes(dep.precision, dep.weight_group_size, dep.weight_zero_point))
-        layout = Layout(dev=host, kv_bytes=kv_bytes, gpus_per_node=cluster.node.gpus_per_node,
-                        iteration_overhead_s=overhead_ms / 1e3, grouped_kv_reads=dep.decode_attention == "grouped")
+        layout = dataclasses.replace(layout, dev=host, head_dev=None, fabric=None)
         offload = plan_cpu_target(scenario, model, draft_model, layout, draft_layout, tiers)
     else:
-        offload = plan_offload(scenario, model, layout, used, profile, longest_batch_tokens)
+        offload = plan_offload(scenario, model, layout, used, profile, iteration_tokens)
     weights = offload.gpu_weight_bytes
     if draft_model is not None:
         weights += weight_bytes_per_gpu(draft_model, draft_layout)
-    act_tokens, act_seqs = _working_set(scenario, offload.stream is not None, longest_prompt, token_budget)
+    act_tokens, act_seqs = _working_set(scenario, offload.stream is not None, iteration_tokens)
     gpu_model = draft_model if offload.target_on_cpu else model
     activations = activation_bytes(gpu_model, dep.tp, act_tokens, act_seqs)
-    kv_per_token = kv_cache_bytes_per_token(model, kv_bytes, dep.tp) / dep.pp
-    if draft_model is not None:
-        kv_per_token += kv_cache_bytes_per_token(draft_model, kv_bytes, dep.tp)
-    free = budget - weights - activations
+    target_kv = kv_cache_bytes_per_token(model, kv_bytes, dep.tp) / dep.pp
+    draft_kv = kv_cache_bytes_per_token(draft_model, kv_bytes, dep.tp) if draft_model is not None else 0.0
+    kv_per_token = target_kv + draft_kv
+    free = gpu_free = budget - weights - activations
     if weights > budget:
         raise InfeasibleError(
             f"{model.name} weights need {weights / GB:.1f} GB per GPU at {dep.precision} with tp={dep.tp} pp={dep.pp}; "
@@ -239,11 +236,9 @@ def resolve(scenario: ServeScenario, longest_request: int, longest_prompt: int) 
             raise InfeasibleError(
                 f"{weights / GB:.1f} GB of weights and buffers and {activations / GB:.1f} GB of activations exceed "
                 f"the {budget / GB:.1f} GB budget of one {gpu.name}; lower the batch or the token budget")
-        gpu_free = free
         free = offload.kv_capacity_bytes
-    share = offload.kv_host_share
     if offload.target_on_cpu:  # the target's cache in host memory, the draft's on the GPU
-        tokens_total = max(int(min(free // (kv_per_token * share), gpu_free // (kv_per_token * (1 - share)))), 0)
+        tokens_total = max(int(min(free // target_kv, gpu_free // draft_kv)), 0)
     else:
         tokens_total = max(int(free // kv_per_token), 0)
     blocks = tokens_total // sched.block_size // engines
