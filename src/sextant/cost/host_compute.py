@@ -19,6 +19,7 @@ from __future__ import annotations
 from sextant.cost.layer import Device
 from sextant.cost.tiers import HOST_DRAM_EFFICIENCY, TierRates
 from sextant.spec.profile import HardwareProfile
+from sextant.units import MICROSECOND
 
 #: Fraction of the vector peak a large GEMM reaches on the CPU: oneDNN and MKL SGEMM on AVX2 and
 #: AVX-512 server cores run at 70-90% of the FMA peak on large shapes; the low end is taken, as
@@ -41,7 +42,7 @@ def host_profile(base: HardwareProfile) -> HardwareProfile:
     return base.model_copy(update={
         "provenance": "host CPU priors (cost/host_compute.py): GEMMs at "
                       f"{HOST_GEMM_EFFICIENCY:.0%} of the vector peak, DRAM at {HOST_DRAM_EFFICIENCY:.0%}, "
-                      f"{HOST_OP_OVERHEAD_S * 1e6:.0f} us per operator",
+                      f"{HOST_OP_OVERHEAD_S / MICROSECOND:.0f} us per operator",
         "gemm_max_efficiency": HOST_GEMM_EFFICIENCY, "gemm_half_dim": HOST_GEMM_HALF_DIM, "gemm_half_rows": None,
         "flash_attention_efficiency": HOST_GEMM_EFFICIENCY, "unfused_attention_gemm_efficiency": HOST_GEMM_EFFICIENCY,
         "memory_bw_efficiency": 1.0, "loss_bw_efficiency": None,

@@ -80,12 +80,16 @@ class Streaming:
     kv_nvme_per_context_s: float = 0.0
     kv_nvme_write_per_token_s: float = 0.0
 
+    @functools.cached_property
+    def _log_miss_tokens(self) -> np.ndarray:
+        return np.log(self.miss_tokens)
+
     def fetch_s(self, tokens) -> np.ndarray:
         """Seconds of host-link transfer of the weights an iteration over ``tokens`` tokens needs."""
         t = np.asarray(tokens, float)
         if self.expert_fetch_s == 0.0:
             return np.full_like(t, self.dense_fetch_s)
-        misses = np.interp(np.log(np.maximum(t, 1.0)), np.log(self.miss_tokens), self.miss_experts)
+        misses = np.interp(np.log(np.maximum(t, 1.0)), self._log_miss_tokens, self.miss_experts)
         return self.dense_fetch_s + self.expert_fetch_s * np.where(t > 0, misses, 0.0)
 
     def iteration_s(self, gpu_s, cpu_s, transfers: tuple, first_s, top=max, bottom=min):
@@ -106,7 +110,8 @@ class Streaming:
         tokens' keys and values and reading ``cached_prefill_tokens`` back for prefill chunks.
         ``gpu_s``, ``cpu_s`` and ``decode_context`` may be arrays over the iterations of a decode
         run (``top``/``bottom`` then ``np.maximum``/``np.minimum``)."""
-        weights = float(self.fetch_s(tokens))
+        # Dense weights cost the same whatever the batch: no array for them, once per iteration.
+        weights = self.dense_fetch_s if self.expert_fetch_s == 0.0 else float(self.fetch_s(tokens))
         link = (weights + self.kv_link_per_context_s * decode_context
                 + self.kv_from_host_per_token_s * cached_prefill_tokens)
         nvme = (weights * self.weight_nvme_per_link_s

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from sextant.spec.hardware import ClusterSpec, NodeSpec
 from sextant.spec.profile import HardwareProfile
+from sextant.units import GiB
 
 #: Fraction of the DRAM channels' bandwidth streaming copies reach on two-socket servers (STREAM
 #: triad on Xeon and EPYC servers: about 70-80% of the theoretical rate; McCalpin, STREAM results).
@@ -71,7 +72,7 @@ class TierRates:
                 if self.has_nvme else "no NVMe")
         return (f"per GPU: {self.host_link} {self.host_to_gpu / 1e9:.1f} GB/s each way, {nvme}, "
                 f"CPU-Adam {self.cpu_adam_params_per_s / 1e9:.2f} G params/s, host memory "
-                f"{self.host_capacity / 2**30:.0f} GiB" + (" (DRAM and CXL, interleaved)" if self.host_has_cxl else ""))
+                f"{self.host_capacity / GiB:.0f} GiB" + (" (DRAM and CXL, interleaved)" if self.host_has_cxl else ""))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
 from sextant.spec.serving import ServeOffload, ServeScenario
-from sextant.units import GB
+from sextant.units import GB, TFLOPS
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def plan_offload(scenario: ServeScenario, model: ModelSpec, layout: Layout, clus
             kv["cpu_per_context_s"] = max(cpu.pair_s, cpu.kv_read_s)
             description.append(
                 f"KV cache in {where}; decode attention on the CPU at {tiers.host_read / GB:.0f} GB/s of DRAM "
-                f"and {tiers.cpu_flops / 1e12:.1f} TFLOP/s per GPU, {off.micro_batches} micro-batch(es) per iteration")
+                f"and {tiers.cpu_flops / TFLOPS:.1f} TFLOP/s per GPU, {off.micro_batches} micro-batch(es) per iteration")
         else:
             kv["kv_link_per_context_s"] = kv_token / link
             description.append(f"KV cache in {where}; decode attention on the GPU, the cache copied in over the host "
@@ -206,6 +206,6 @@ def plan_cpu_target(scenario: ServeScenario, model: ModelSpec, draft: ModelSpec,
     dev = target.dev
     description = [f"target {model.name} on the CPU: {host_weights / GB:.1f} GB of weights and its KV cache in host "
                    f"memory, {dev.mem_bw / GB:.0f} GB/s of DRAM and "
-                   f"{dev.gemm_peak / 1e12:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
+                   f"{dev.gemm_peak / TFLOPS:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
     return OffloadPlan(None, 0.0, host_weights, 0.0, "host", tiers.host_capacity - host_weights, tiers, description,
                        kv_host_share=target_kv / (target_kv + draft_kv), target_on_cpu=True)
