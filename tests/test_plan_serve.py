@@ -318,9 +318,9 @@ def test_given_pipeline_stages_are_kept_or_refused():
     assert all(e.policy.gpus == 8 for e in kept.strategies)
     with pytest.raises(SpecError, match="does not divide"):
         plan_serve(several(8, pp=3))
-    with pytest.raises(SpecError, match="pp=3 does not divide the 40 layers"):
+    with pytest.raises(SpecError, match="pp=3 does not divide 40 layers"):
         plan_serve(several(6, tp=2, pp=3))  # 40 layers in 3 stages
-    with pytest.raises(SpecError, match="pp=3 does not divide the 40 layers"):
+    with pytest.raises(SpecError, match="pp=3 does not divide 40 layers"):
         plan_serve(several(6, pp=3))  # tp searched: still the layers, not the degrees
     # Stages given alone leave tp to the search: two engines of tp 4 x pp 2 serve 4 requests.
     few = parse_serve_scenario({**several(8, pp=2).model_dump(exclude_unset=True),

@@ -325,25 +325,11 @@ def _check(base: ServeScenario) -> None:
     if base.workload.rate is not None or base.workload.trace is not None:
         raise SpecError("plan serve searches offline throughput (every request at time 0): drop --rate and --trace",
                         field="workload")
-    dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
     if base.speculative or base.disaggregation:
         raise SpecError("plan serve searches replicas without speculation or disaggregation", field="deployment")
     if base.slo.ttft_ms is not None:
         raise SpecError("plan serve puts every request at time 0, so time to first token is mostly queueing: "
                         "bound the time per output token instead (--tpot-slo)", field="slo")
-    fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
-    if fixed:
-        named = " x ".join(f"{k}={v}" for k, v in fixed.items())
-        if gpus % (fixed.get("tp", 1) * fixed.get("pp", 1)):
-            raise SpecError(f"{named} does not divide the {gpus} GPUs into replicas", field="tp")
-    if "tp" in fixed and gpus // dep.tp > requests:
-        # Replicas x stages = GPUs / tp engines, whatever the stages, each running its own batch.
-        raise SpecError(f"{gpus // dep.tp} engines (replicas, or pipeline stages of them) of tp={dep.tp} for "
-                        f"{requests} requests: each needs a request; raise --num-requests or --tp",
-                        field="num_requests")
-    if "pp" in fixed and model_spec(base.model).num_layers % dep.pp:
-        raise SpecError(f"pp={dep.pp} does not divide the {model_spec(base.model).num_layers} layers of "
-                        f"{model_spec(base.model).name}", field="pp")
     if not (isinstance(base.workload.input_len, int) and isinstance(base.workload.output_len, int)):
         raise SpecError("plan serve needs fixed input and output lengths (a batch's KV cache is sized by them)",
                         field="workload")
@@ -353,25 +339,31 @@ def parallel_layouts(base: ServeScenario, cluster: ClusterSpec) -> list[tuple[in
     """The (tp, pp) degrees of the replicas a plan searches: those the scenario sets, else every
     tp that divides the GPU count, fits in one node and divides the attention heads, with every
     pp that divides the remaining GPUs and the layers; each engine (a replica's pipeline stage
-    running its own batch) needs a request."""
+    running its own batch; GPUs / tp of them, whatever the stages) needs a request. When a degree
+    is set and nothing fits, the first reason is the error."""
     dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
     model = model_spec(base.model)
-    tps = [dep.tp] if "tp" in dep.model_fields_set else divisors(gpus)
-    layouts = []
-    for tp in tps:
-        for pp in [dep.pp] if "pp" in dep.model_fields_set else divisors(gpus // tp):
-            if gpus % (tp * pp) or gpus // (tp * pp) * pp > requests:
-                continue
+    fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
+    layouts: list[tuple[int, int]] = []
+    reasons: list[SpecError] = []
+    for tp in [fixed["tp"]] if "tp" in fixed else divisors(gpus):
+        for pp in [fixed["pp"]] if "pp" in fixed else divisors(gpus // tp):
             try:
+                if gpus % (tp * pp):
+                    raise SpecError(f"tp={tp} x pp={pp} does not divide the {gpus} GPUs into replicas", field="tp")
+                if gpus // tp > requests:
+                    raise SpecError(f"{gpus // tp} engines (replicas, or pipeline stages of them) of tp={tp} for "
+                                    f"{requests} requests: each needs a request; raise --num-requests or --tp",
+                                    field="num_requests")
                 check_layout(model, tp, pp, dep.ep, cluster)
-            except SpecError:
-                if "tp" in dep.model_fields_set and "pp" in dep.model_fields_set:
-                    raise
+            except SpecError as err:
+                reasons.append(err)
                 continue
             layouts.append((tp, pp))
     if not layouts:
-        stages = f" of {dep.pp} stages" if "pp" in dep.model_fields_set else ""
-        raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas{stages} of {model.name} within "
+        if fixed and reasons:
+            raise reasons[0]
+        raise SpecError(f"no tensor-parallel degree splits {gpus} GPUs into replicas of {model.name} within "
                         f"one {cluster.node.name} with a request for each engine ({requests} requests)", field="gpus")
     return layouts
 
