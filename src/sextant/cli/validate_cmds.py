@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
-from sextant.cli.render import report_console
+from sextant.cli.render import listing, report_console
 
 Opt = typer.Option
 
@@ -33,9 +32,8 @@ def validate_all_cmd(
     if as_json:
         typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump()}, indent=2))
         return
-    table = Table(title="every ledger: predicted vs published", title_justify="left")
-    for col in ("ledger", "rows", "median error", "worst row", "command"):
-        table.add_column(col, justify="right" if col in ("rows", "median error") else "left")
+    table = listing("every ledger: predicted vs published", ("ledger", "rows", "median error", "worst row", "command"),
+                    text={"ledger", "worst row", "command"})
     for name, r in reports.items():
         command = "sextant validate " + ("offload" if name.startswith("offload") else name)
         table.add_row(name, str(len(r.rows)), f"{r.median_ape:.1%}", f"{r.max_ape_id} ({r.max_ape:.1%})", command)
