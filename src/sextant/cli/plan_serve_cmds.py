@@ -22,7 +22,6 @@ from sextant.cli.serve_cmds import (
     PAGEABLE,
     PRECISION,
     PROFILE,
-    RESOURCE_LABELS,
     ROUTING_TRACE,
     SCENARIO,
     ZIPF_EXPONENT,
@@ -32,6 +31,7 @@ from sextant.cli.serve_cmds import (
     put_host_and_routing,
     scenario_tree,
 )
+from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.spec.scenario import flag_of
 from sextant.spec.serving import ServeOffload, parse_serve_scenario
 

@@ -13,12 +13,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sextant.cli.render import report_console
+from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
 from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
-RESOURCE_LABELS = {"gpu": "GPU", "host_to_gpu": "host-to-GPU link", "gpu_to_host": "GPU-to-host link",
-                   "nvme": "NVMe reads", "cpu": "CPU"}
 
 
 class ServePrecision(str, Enum):

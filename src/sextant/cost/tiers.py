@@ -48,6 +48,9 @@ CPU_ADAM_DRAM_EFFICIENCY = 0.5
 #: Vector peak of a host whose CPU the catalog does not name: 16 cores x 2 GHz x 32 fp32 FLOP per
 #: cycle (see :attr:`HostCPU.vector_flops`). A stated prior for CPU attention.
 NOMINAL_HOST_VECTOR_FLOPS = 16 * 2.0e9 * 32
+#: What an offloaded training step or serving iteration keeps busy, by name in reports.
+RESOURCE_LABELS = {"gpu": "GPU compute", "host_to_gpu": "host-to-GPU link", "gpu_to_host": "GPU-to-host link",
+                   "nvme": "NVMe", "cpu": "CPU"}
 
 
 @dataclass(frozen=True)

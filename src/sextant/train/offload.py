@@ -54,20 +54,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sextant.cost.tiers import TierRates
+from sextant.cost.tiers import RESOURCE_LABELS, TierRates
 
 if TYPE_CHECKING:
     from sextant.train.candidates import Candidates
     from sextant.train.step import TrainContext
 
 RESOURCES = ("gpu", "host_to_gpu", "gpu_to_host", "nvme", "cpu")
-RESOURCE_LABELS = {
-    "gpu": "GPU compute",
-    "host_to_gpu": "PCIe host-to-GPU",
-    "gpu_to_host": "PCIe GPU-to-host",
-    "nvme": "NVMe",
-    "cpu": "CPU",
-}
 #: Offload target codes of the candidate columns.
 OFFLOAD_CODES = {"none": 0, "cpu": 1, "nvme": 2, "interleaved": 3}
 OFFLOAD_NAMES = {v: k for k, v in OFFLOAD_CODES.items()}

@@ -134,7 +134,7 @@ def binding_resource(parts: dict[str, float], busy: dict[str, float] | None) -> 
     """What limits the step: on an offload timeline, the busiest resource; otherwise the resource
     of the largest part of the breakdown (GPU compute unless communication dominates)."""
     if busy:
-        from sextant.train.offload import RESOURCE_LABELS
+        from sextant.cost.tiers import RESOURCE_LABELS
 
         return RESOURCE_LABELS[max(busy, key=busy.get)]
     return PART_RESOURCE.get(max(parts, key=parts.get), "GPU compute")
