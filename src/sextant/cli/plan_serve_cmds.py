@@ -28,6 +28,7 @@ from sextant.cli.serve_cmds import (
     KVChoice,
     ServePrecision,
     _put,
+    put_gpus,
     put_host_and_routing,
     scenario_tree,
 )
@@ -79,10 +80,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         _put(tree, "workload", key, value)
     put_host_and_routing(tree, pageable, expert_popularity, zipf_exponent, routing_trace)
     _put(tree, "slo", "tpot_ms", tpot_slo)
-    _put(tree, "hardware", "gpus", gpus)
-    if "gpus" not in tree.get("hardware", {}):
-        dep = tree.get("deployment", {})
-        _put(tree, "hardware", "gpus", dep.get("tp", 1) * dep.get("pp", 1))
+    put_gpus(tree, gpus)
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
     with search_progress(console, "searching placements", quiet=as_json) as bar:

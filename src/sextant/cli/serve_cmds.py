@@ -109,6 +109,18 @@ def _progress_bar(console: Console, total_hint: str):
     return bar
 
 
+def put_gpus(tree: dict, gpus: int | None) -> None:
+    """``hardware.gpus``: as given, else as the scenario sets it, else what its replicas need
+    (tp x pp GPUs each)."""
+    if gpus is not None:
+        _put(tree, "hardware", "gpus", gpus)
+    elif "gpus" not in tree.get("hardware", {}):
+        dep = tree.get("deployment", {})
+        count = (tree["disaggregation"]["prefill_replicas"] + tree["disaggregation"]["decode_replicas"]
+                 if "disaggregation" in tree else dep.get("replicas", 1))
+        _put(tree, "hardware", "gpus", dep.get("tp", 1) * dep.get("pp", 1) * count)
+
+
 def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts call
     scenario: Optional[Path] = SCENARIO,
     model: Optional[str] = MODEL,
@@ -189,14 +201,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     _put(tree, "slo", "ttft_ms", ttft_slo)
     _put(tree, "slo", "tpot_ms", tpot_slo)
     _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, spec_target, prefill_replicas, decode_replicas)
-    dep = tree.get("deployment", {})
-    per_replica = dep.get("tp", 1) * dep.get("pp", 1)
-    if gpus is not None:
-        _put(tree, "hardware", "gpus", gpus)
-    elif "gpus" not in tree.get("hardware", {}):
-        count = (tree["disaggregation"]["prefill_replicas"] + tree["disaggregation"]["decode_replicas"]
-                 if "disaggregation" in tree else dep.get("replicas", 1))
-        _put(tree, "hardware", "gpus", per_replica * count)
+    put_gpus(tree, gpus)
     sc: ServeScenario = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
     with _progress_bar(console, "simulating requests") as bar:
