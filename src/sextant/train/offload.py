@@ -321,14 +321,14 @@ def offload_timeline(x: OffloadInputs, rates: TierRates, *, record: bool = False
         step.layer(i, microbatch)
     end = np.max(np.stack([microbatch, *step.ends]), axis=0)
     busy_optimizer = {r: tl.busy[r] - busy_microbatch[r] for r in RESOURCES}
-    optimizer = end - microbatch
+    times = OffloadTimes(microbatch_s=microbatch, optimizer_s=end - microbatch, busy_microbatch_s=busy_microbatch,
+                         busy_optimizer_s=busy_optimizer, events=tl.events)
     if x.delayed_update:
-        optimizer = _delayed(x, microbatch, optimizer, busy_microbatch, busy_optimizer)
-    return OffloadTimes(microbatch_s=microbatch, optimizer_s=optimizer, busy_microbatch_s=busy_microbatch,
-                        busy_optimizer_s=busy_optimizer, events=tl.events)
+        times.optimizer_s = _delayed(x, times)
+    return times
 
 
-def _delayed(x: OffloadInputs, microbatch, optimizer, busy_microbatch, busy_optimizer) -> np.ndarray:
+def _delayed(x: OffloadInputs, times: OffloadTimes) -> np.ndarray:
     """What the optimizer adds to a step under ZeRO-Offload's one-step delayed parameter update
     (Ren et al. ATC 2021, section 4.3): the update of step i runs beside step i+1's m
     micro-batches, so the step lasts the longest of the m micro-batches, the update's own chain
@@ -336,10 +336,10 @@ def _delayed(x: OffloadInputs, microbatch, optimizer, busy_microbatch, busy_opti
     their work added up. Rows with the parameters off the GPU, or the optimizer on it, keep the
     synchronous phase."""
     m = np.asarray(x.microbatches, float)
-    shared = np.max(np.stack([m * busy_microbatch[r] + busy_optimizer[r] for r in RESOURCES]), axis=0)
-    step = np.maximum(np.maximum(m * microbatch, optimizer), shared)
+    shared = np.max(np.stack(list(times.busy_step(m).values())), axis=0)
+    step = np.maximum(np.maximum(m * times.microbatch_s, times.optimizer_s), shared)
     applies = (x.optimizer >= 1) & (x.params == 0)
-    return np.where(applies, step - m * microbatch, optimizer)
+    return np.where(applies, step - m * times.microbatch_s, times.optimizer_s)
 
 
 def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
