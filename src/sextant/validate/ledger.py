@@ -14,6 +14,8 @@ from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario, format_validation_error
+from sextant.spec.strategy import Strategy
+from sextant.train.validate_strategy import resolve_dp
 
 R = TypeVar("R", bound=Spec)
 
@@ -77,8 +79,7 @@ class LedgerRow(PublishedRow):
             strategy = {**self.strategy, **knobs}
             workload = dict(self.workload)
             if "micro_batch" in knobs:
-                model_parallel = strategy.get("tp", 1) * strategy.get("pp", 1) * strategy.get("cp", 1)
-                workload["global_batch"] = max(self.gpus // model_parallel, 1) * knobs["micro_batch"]
+                workload["global_batch"] = resolve_dp(Strategy.model_validate(strategy), self.gpus) * knobs["micro_batch"]
             rows.append((knobs, self.model_copy(update={"strategy": strategy, "workload": workload, "search": {}})))
         return rows
 
