@@ -106,7 +106,7 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
 
 
 def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
-                           moe_layer: bool = False, act_bytes: float = 2.0) -> np.ndarray:
+                           moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False) -> np.ndarray:
     """Bytes one layer keeps for backward per micro-batch (``s``: local sequence length).
 
     ``recompute``: 0 none, 1 selective (attention core recomputed: no s^2 terms), 2 full (only
@@ -117,6 +117,9 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     (GeLU: input and output, 2 x e*s*b*f; gated: gate, up and their product, 3 x e*s*b*f); MLP
     dropout mask sbh. Tensors before the column-parallel split are divided by t only with sequence
     parallelism. Flash attention keeps an fp32 log-sum-exp per row instead of the scores.
+    ``partitioned``: DeepSpeed's partitioned activation checkpoints (``partition_activations``):
+    each tensor-parallel rank keeps 1/t of the kept layer input, as sequence parallelism does, and
+    gathers the rest before recomputing the layer.
     """
     e = act_bytes
     h, a, g = model.hidden_size, model.num_heads, model.num_kv_heads
@@ -160,17 +163,17 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
 
     full_layer = replicated / seq_split + qkv + attn_out + scores + inter
     selective = full_layer - np.where(flash, 0.0, scores)
-    only_input = e * sbh / seq_split
+    only_input = e * sbh / np.where(np.asarray(sp, bool) | np.asarray(partitioned, bool), t, 1.0)
     recompute = np.asarray(recompute)
     return np.where(recompute == 2, only_input, np.where(recompute == 1, selective, full_layer))
 
 
 def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,
-                                moe_layer: bool = False, act_bytes: float = 2.0) -> np.ndarray:
+                                moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False) -> np.ndarray:
     """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
-    layer's complete activations exist again for the duration of its backward (less its input,
-    which was kept and is counted already); with selective, its attention core's."""
-    kw = dict(flash=flash, dropout=dropout, moe_layer=moe_layer, act_bytes=act_bytes)
+    layer's complete activations exist again for the duration of its backward (less the part of
+    its input that was kept and is counted already); with selective, its attention core's."""
+    kw = dict(flash=flash, dropout=dropout, moe_layer=moe_layer, act_bytes=act_bytes, partitioned=partitioned)
     full = layer_activation_bytes(model, b, s, t, sp, 0, **kw)
     sel = layer_activation_bytes(model, b, s, t, sp, 1, **kw)
     kept_input = layer_activation_bytes(model, b, s, t, sp, 2, **kw)

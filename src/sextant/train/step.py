@@ -276,7 +276,7 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     else:
         ep_comm = np.zeros_like(tp)
 
-    kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e)
+    kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned)
     act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, **kw)
     act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, **kw)
     if model.is_moe:
@@ -284,11 +284,6 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         act_layer = (1 - moe_share) * act_layer + moe_share * moe_act
         act_extra = np.maximum(act_extra, layer_activation_peak_extra(
             model, b, s_local, tp, sp, rc, moe_layer=True, **kw))
-    # Partitioned checkpoints: 1/tp of the input is kept; the whole input exists again (gathered)
-    # while the layer is recomputed.
-    kept_share = np.where(partitioned, 1.0 / tp, 1.0)
-    act_extra = act_extra + act_layer * (1.0 - kept_share)
-    act_layer = act_layer * kept_share
 
     parts = {
         "fwd_gemm": layer.fwd.gemm, "fwd_attention": layer.fwd.attention, "fwd_elementwise": layer.fwd.elementwise,
