@@ -10,8 +10,10 @@ vector peak is the peak), memory-bound work reaches the STREAM fraction of the D
 with nothing to hide it behind (the CPU issues and runs each operator in turn). A verification
 step of a few draft tokens is then bound by reading the weights from DRAM, as CPU decoding is.
 
-These are stated priors, not fits. ``sextant calibrate --device cpu`` measures a host's GEMM
-efficiency, DRAM bandwidth and operator overhead, and its profile can replace them.
+These are stated priors, not fits, and the CPU target and CPU-side decode attention of offloaded
+serving always use them. ``sextant calibrate --device cpu`` measures a host's GEMM efficiency,
+DRAM bandwidth and operator overhead into a profile of its own (for a model run on the CPU as
+the device); reading such a profile in place of these priors is not built.
 """
 
 from __future__ import annotations
