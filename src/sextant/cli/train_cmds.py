@@ -212,3 +212,36 @@ def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks
     else:
         raise SpecError(f"unknown catalog '{kind}'; use gpus, nodes, networks or models", field="kind")
     console.print(table)
+
+
+def validate_sweep_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the tables."),
+    ledger: Optional[Path] = Opt(None, help="Sweep ledger YAML (default: the built-in one)."),
+) -> None:
+    """Sweeps: several configurations of one model measured on one cluster by one team. Per sweep,
+    each point's error, and whether the predictions order the points as they ran (Spearman), pick
+    the fastest (regret) and know which ran out of memory."""
+    from sextant.cli.render import listing
+    from sextant.validate.sweep import validate_sweeps
+
+    report = validate_sweeps(ledger)
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    console = report_console()
+    for s in report.sweeps:
+        table = listing(f"{s.id}: {s.source}", ("configuration", "batch", "measured s", "predicted s", "error",
+                                                "measured GiB", "predicted GiB"), {"configuration"})
+        for p in s.points:
+            measured = "OOM" if p.measured_oom else f"{p.measured_step_time_s:.2f}"
+            predicted_mem = f"{p.predicted_memory_gib:.1f}" + ("" if p.predicted_fits else " (no fit)")
+            table.add_row(p.config, str(p.global_batch), measured, f"{p.predicted_step_time_s:.2f}",
+                          "-" if p.error is None else f"{p.error:+.1%}",
+                          "-" if p.measured_memory_gib is None else f"{p.measured_memory_gib:g}", predicted_mem)
+        console.print(table)
+        console.print(f"rank correlation (Spearman) {s.spearman:+.2f}; median error {s.median_ape:.1%}; predicted "
+                      f"fastest {s.predicted_best}, measured fastest {s.measured_best} (regret {s.regret:.1%}); "
+                      f"out of memory: {s.oom_predicted} of {s.oom_points} predicted, "
+                      f"{s.ran_predicted_not_to_fit} that ran predicted not to fit\n")
+    console.print(f"{len(report.sweeps)} sweeps, {report.points} points: median error {report.median_ape:.1%}, "
+                  f"median rank correlation {report.median_spearman:+.2f}")

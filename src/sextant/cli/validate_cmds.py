@@ -15,11 +15,12 @@ def validate_all_cmd(
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the summary."),
 ) -> None:
     """Run every built-in ledger (training, training offload, serving, serving offload, planner
-    rediscovery) and print one line per ledger: rows, median and worst error. Each ledger's own
+    rediscovery, measured sweeps) and print one line per ledger: rows, median and worst error. Each ledger's own
     command (`sextant validate train`, ...) prints its rows."""
     from sextant.validate.offload import validate_offload
     from sextant.validate.rediscover import rediscover
     from sextant.validate.serve import validate_serving
+    from sextant.validate.sweep import validate_sweeps
     from sextant.validate.train import validate_training
 
     reports = {
@@ -29,8 +30,10 @@ def validate_all_cmd(
         "offload (serving)": validate_serving(None, builtin="serving-offload.yaml"),
     }
     plan = rediscover(None)
+    sweeps = validate_sweeps(None)
     if as_json:
-        typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump()}, indent=2))
+        typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump(),
+                               "sweep": sweeps.model_dump()}, indent=2))
         return
     table = listing("every ledger: predicted vs published", ("ledger", "rows", "median error", "worst row", "command"),
                     text={"ledger", "worst row", "command"})
@@ -40,4 +43,7 @@ def validate_all_cmd(
     n = len(plan.rows)
     table.add_row("plan (rediscovery)", str(n), "-", f"{plan.in_top_10_percent}/{n} in the top 10%; best found as fast "
                   f"as published on {plan.best_at_least_as_fast}/{n}", "sextant validate plan")
+    table.add_row("sweep (ordering)", str(sweeps.points), f"{sweeps.median_ape:.1%}",
+                  "rank correlation " + ", ".join(f"{s.id} {s.spearman:+.2f}" for s in sweeps.sweeps),
+                  "sextant validate sweep")
     report_console().print(table)

@@ -1,0 +1,84 @@
+"""The sweep ledger: measured alternatives, and the statistics that say whether the cost model
+orders them as they ran."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sextant.errors import ScenarioError
+from sextant.validate.sweep import (
+    Sweep,
+    SweepPoint,
+    _predict,
+    load_sweeps,
+    ranks,
+    spearman,
+    validate_sweep,
+    validate_sweeps,
+)
+
+
+def test_ranks_share_ties_and_spearman_reads_order_only() -> None:
+    assert ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(a, a ** 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # One adjacent swap among five: 1 - 6 * 2 / (5 * 24) = 0.9.
+    assert spearman(a, np.array([1.0, 3.0, 2.0, 4.0, 5.0])) == pytest.approx(0.9)
+
+
+def test_builtin_sweeps_load_and_every_point_is_predicted() -> None:
+    sweeps = load_sweeps()
+    assert len(sweeps) >= 3
+    report = validate_sweeps()
+    assert report.points == sum(len(s.points) for s in sweeps) >= 40
+    for s in report.sweeps:
+        assert -1.0 <= s.spearman <= 1.0 and s.regret >= 0.0
+        assert all(p.predicted_step_time_s > 0 for p in s.points)
+
+
+def _self_measured(sweep: Sweep) -> Sweep:
+    """The sweep with each point's measurement replaced by Sextant's own prediction (and OOM where
+    it predicts no fit): a cost model that is exactly right."""
+    points = []
+    for p in sweep.points:
+        step, _, fits, _ = _predict(sweep, p)
+        points.append(p.model_copy(update={"step_time_s": step if fits else None, "oom": not fits}))
+    return sweep.model_copy(update={"points": points})
+
+
+def test_a_model_that_is_exactly_right_scores_perfectly() -> None:
+    sweep = _self_measured(load_sweeps()[1])
+    result = validate_sweep(sweep)
+    assert result.spearman == pytest.approx(1.0)
+    assert result.regret == pytest.approx(0.0) and result.median_ape == pytest.approx(0.0)
+    assert result.predicted_best == result.measured_best
+    assert result.oom_predicted == result.oom_points >= 1 and result.ran_predicted_not_to_fit == 0
+
+
+def test_reversed_measurements_score_minus_one() -> None:
+    sweep = _self_measured(load_sweeps()[0])
+    times = [p.step_time_s for p in sweep.points]
+    order = np.argsort(times)
+    flipped = list(sweep.points)
+    for i, j in zip(order, order[::-1]):
+        flipped[i] = sweep.points[i].model_copy(update={"step_time_s": times[j]})
+    result = validate_sweep(sweep.model_copy(update={"points": flipped}))
+    assert result.spearman == pytest.approx(-1.0)
+    assert result.regret > 0.0
+
+
+def test_a_point_states_a_time_or_oom_not_both() -> None:
+    with pytest.raises(ValueError, match="either step_time_s or oom"):
+        SweepPoint(dp=1, micro_batch=1, step_time_s=1.0, oom=True)
+    with pytest.raises(ValueError, match="either step_time_s or oom"):
+        SweepPoint(dp=1, micro_batch=1)
+
+
+def test_a_bad_sweep_file_names_the_sweep(tmp_path) -> None:
+    path = tmp_path / "sweeps.yaml"
+    path.write_text("- id: X\n  source: s\n  model: bloom-176b\n  gpu: a100-80gb\n  framework: deepspeed-megatron-2022\n"
+                    "  strategy: {}\n  workload: {}\n  points: [{dp: 1, micro_batch: 1, step_time_s: 1.0}]\n")
+    with pytest.raises(ScenarioError, match="row X"):
+        load_sweeps(path)
