@@ -88,7 +88,8 @@ def test_validate_all_runs_every_ledger(capsys):
 
     assert main(["validate", "all", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"train", "offload (training)", "serve", "offload (serving)", "plan"}
+    assert set(out) == {"train", "offload (training)", "serve", "offload (serving)", "plan", "sweep"}
+    assert out["sweep"]["points"] >= 40
     assert len(out["train"]["rows"]) >= 58 and len(out["plan"]["rows"]) == len(out["train"]["rows"])
     assert {r["id"] for r in out["offload (serving)"]["rows"]} >= {"ZI1", "DI1"}
     assert all(0 <= out[k]["median_ape"] <= out[k]["max_ape"] for k in ("train", "serve", "offload (training)"))
