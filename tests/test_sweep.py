@@ -82,3 +82,36 @@ def test_a_bad_sweep_file_names_the_sweep(tmp_path) -> None:
                     "  strategy: {}\n  workload: {}\n  points: [{dp: 1, micro_batch: 1, step_time_s: 1.0}]\n")
     with pytest.raises(ScenarioError, match="row X"):
         load_sweeps(path)
+
+
+def _predicted(sweep: Sweep, label: str) -> float:
+    point = next(p for p in sweep.points if p.label() == label)
+    return _predict(sweep, point)[0]
+
+
+def test_deepspeed_megatron_pays_per_layer_pass_so_larger_micro_batches_win_at_tp8() -> None:
+    """BS0221 measured micro-batch 4 at 121.5 s and micro-batch 1 at 139.8 s (dp8 tp8 pp6): the
+    per-layer-pass overhead is what makes the prediction agree on the order."""
+    sweep = load_sweeps()[0]
+    assert _predicted(sweep, "dp8 tp8 pp6 mb4") < 0.95 * _predicted(sweep, "dp8 tp8 pp6 mb1")
+
+
+def test_framework_overhead_is_a_part_of_the_breakdown() -> None:
+    from sextant.train.predict import predict_train
+
+    sweep = load_sweeps()[0]
+    point = next(p for p in sweep.points if p.label() == "dp8 tp8 pp6 mb4")
+    result = predict_train(sweep.scenario(point))
+    micro_batches = 2048 / (8 * 4)
+    layers_per_stage = 72 / 6
+    assert result.time_breakdown_s["framework_overhead"] == pytest.approx(micro_batches * layers_per_stage * 0.0127)
+    assert sum(result.time_breakdown_s.values()) == pytest.approx(result.step_time_s)
+    no_preset = predict_train(sweep.scenario(point).model_copy(update={"framework": None}))
+    assert no_preset.time_breakdown_s["framework_overhead"] == 0.0
+
+
+def test_deepspeed_pipeline_engine_is_searched_without_interleaving() -> None:
+    from sextant.plan.space import SearchSpace, restrict_to_framework
+
+    assert restrict_to_framework(SearchSpace(), "deepspeed-megatron-2022").max_vpp == 1
+    assert restrict_to_framework(SearchSpace(), "megatron-lm-2021").max_vpp == SearchSpace().max_vpp

@@ -55,6 +55,8 @@ def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSp
             update[key] = [v for v in getattr(space, key) if v in limits[key]]
     if limits.get("cp") is False:
         update["cp"] = False
+    if "max_vpp" in limits:
+        update["max_vpp"] = min(space.max_vpp, int(limits["max_vpp"]))
     return space.model_copy(update=update)
 
 

@@ -387,7 +387,7 @@ def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer:
     state = mc.optimizer_bytes / mc.trainable_fraction
     fwd = b(per_layer["fwd"])
     inputs = OffloadInputs(
-        layers=L, fwd=fwd, bwd=b(per_layer["time"]) - fwd, pre=b(emb_both), mid=b(log_both),
+        layers=L, fwd=fwd, bwd=b(per_layer["time"] + ctx.layer_pass_overhead_s) - fwd, pre=b(emb_both), mid=b(log_both),
         weight_bytes=layer_params * mc.weight_bytes / shard,
         act_bytes=b(per_layer["act_layer"]),
         grad_bytes=layer_params * weight_16 * mc.trainable_fraction / np.where(zero >= 2, dp_group, 1.0),

@@ -99,8 +99,9 @@ def resolve_context(scenario: TrainScenario) -> TrainContext:
     profile = profile.scaled(kernel_efficiency, f"{scenario.framework} kernels")
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100
+    overhead = float(get_framework(scenario.framework).get("layer_pass_overhead_s", 0.0)) if scenario.framework else 0.0
     return TrainContext(
-        model=model, cluster=cluster, profile=profile, workload=workload,
+        model=model, cluster=cluster, profile=profile, workload=workload, layer_pass_overhead_s=overhead,
         precision=strategy.precision, attention_kernel=strategy.attention_kernel,
         dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
         zero3_gather_unit=strategy.zero3_gather_unit, fp32_grad_copy=strategy.fp32_grad_copy,

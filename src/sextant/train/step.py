@@ -77,7 +77,7 @@ ALLOCATOR_OVERHEAD = 0.05
 
 TIME_PARTS = (
     "gemm", "attention", "elementwise", "recompute", "embedding_logits", "tp_comm", "cp_comm",
-    "ep_comm", "pp_p2p", "pipeline_bubble", "dp_comm", "optimizer", "offload_wait",
+    "ep_comm", "pp_p2p", "framework_overhead", "pipeline_bubble", "dp_comm", "optimizer", "offload_wait",
 )
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "comm_buffers", "overhead")
 
@@ -98,6 +98,9 @@ class TrainContext:
     zero3_gather_unit: str = "layer"
     fp32_grad_copy: bool = True
     partition_activations: bool = False
+    #: Seconds the framework adds to every layer's forward, recomputation and backward of one
+    #: micro-batch, whatever its size (a framework preset's ``layer_pass_overhead_s``).
+    layer_pass_overhead_s: float = 0.0
 
     @property
     def method(self) -> MethodCosts:
@@ -345,7 +348,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     # ---- per layer: computed once per distinct (tp, cp, ep, micro_batch, sp, recompute) --------
     first, inverse = _unique_rows(c, LAYER_KEY)
     per_layer = {k: np.broadcast_to(v, first.shape)[inverse] for k, v in _per_layer(ctx, c.take(first)).items()}
-    layer_time = per_layer["time"]
+    layer_time = per_layer["time"] + ctx.layer_pass_overhead_s
     emb_both, log_both = per_layer["emb"], per_layer["logits"]
     act_bytes = ctx.device.act_bytes * b * s_local * h
 
@@ -460,6 +463,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
             "cp_comm": m * n_slow * per_layer["cp_exposed"],
             "ep_comm": m * n_slow * per_layer["ep_comm"],
             "pp_p2p": m * p2p_exposed_mb,
+            "framework_overhead": m * n_slow * ctx.layer_pass_overhead_s,
         }
         parts["pipeline_bubble"] = pipe - sum(parts.values())
         tail_stage = np.argmax(tail, axis=0)
