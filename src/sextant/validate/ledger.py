@@ -85,17 +85,23 @@ class LedgerRow(PublishedRow):
 
     def scenario(self) -> TrainScenario:
         """The row as a scenario; its framework preset fills what the row leaves unset."""
-        get_framework(self.framework)  # unknown names fail here, naming the row
-        hardware = {"gpu": self.gpu, "gpus": self.gpus}
-        for key in ("gpus_per_node", "node", "network", "nics_per_node", "gpu_memory_gib"):
-            if getattr(self, key) is not None:
-                hardware[key] = getattr(self, key)
-        try:
-            return TrainScenario.model_validate(
-                {"model": self.model, "framework": self.framework, "hardware": hardware,
-                 "strategy": self.strategy, "workload": self.workload})
-        except ValidationError as err:
-            raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
+        return scenario_of(self, self.model, self.gpus, self.strategy, self.workload, f"ledger row {self.id}")
+
+
+def scenario_of(row: PublishedRow, model: Any, gpus: int, strategy: dict[str, Any], workload: dict[str, Any],
+                where: str) -> TrainScenario:
+    """A scenario on ``row``'s hardware and framework (a ledger row's, or a sweep's) with the given
+    model, GPU count, strategy and workload; a validation error names ``where``."""
+    get_framework(row.framework)  # unknown names fail here, naming the row
+    hardware = {"gpu": row.gpu, "gpus": gpus}
+    for key in ("gpus_per_node", "node", "network", "nics_per_node", "gpu_memory_gib"):
+        if getattr(row, key, None) is not None:
+            hardware[key] = getattr(row, key)
+    try:
+        return TrainScenario.model_validate({"model": model, "framework": row.framework, "hardware": hardware,
+                                             "strategy": strategy, "workload": workload})
+    except ValidationError as err:
+        raise ScenarioError(format_validation_error(err), field=where) from None
 
 
 def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[R]:

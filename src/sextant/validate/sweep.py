@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from sextant.catalog.models import get_model
-from sextant.errors import ScenarioError
 from sextant.spec.base import Spec
-from sextant.spec.scenario import TrainScenario, format_validation_error
+from sextant.spec.scenario import TrainScenario
 from sextant.train.predict import build_context
 from sextant.train.step import evaluate
-from sextant.validate.ledger import PublishedRow, load_rows
+from sextant.validate.ledger import PublishedRow, load_rows, scenario_of
 
 
 class SweepPoint(Spec):
@@ -74,17 +73,10 @@ class Sweep(PublishedRow):
         if overrides:
             base = get_model(self.model)
             model = base.model_copy(update={**overrides, "name": f"{base.name} variant"}).model_dump()
-        hardware = {"gpu": self.gpu, "gpus": point.dp * point.tp * point.pp}
-        for key in ("node", "network", "nics_per_node"):
-            if getattr(self, key) is not None:
-                hardware[key] = getattr(self, key)
         strategy = {**self.strategy, "dp": point.dp, "tp": point.tp, "pp": point.pp, "micro_batch": point.micro_batch}
         workload = {**self.workload, **({"global_batch": point.global_batch} if point.global_batch else {})}
-        try:
-            return TrainScenario.model_validate({"model": model, "framework": self.framework, "hardware": hardware,
-                                                 "strategy": strategy, "workload": workload})
-        except ValidationError as err:
-            raise ScenarioError(format_validation_error(err), field=f"sweep {self.id} point {point.label()}") from None
+        return scenario_of(self, model, point.dp * point.tp * point.pp, strategy, workload,
+                           f"sweep {self.id} point {point.label()}")
 
 
 class SweepPointResult(BaseModel):
