@@ -202,11 +202,22 @@ def validate_plan_cmd(
                     ("id", "gpus", "published", "rank", "top", "same recompute", "best found", "speed-up"),
                     TEXT_COLUMNS)
     for r in report.rows:
-        table.add_row(r.id, str(r.gpus), r.published_config, f"{r.rank}/{r.feasible}", f"{r.percentile:.0%}",
+        label = r.id + (" (baseline)" if r.role == "baseline" else "")
+        table.add_row(label, str(r.gpus), r.published_config, f"{r.rank}/{r.feasible}", f"{r.percentile:.0%}",
                       f"{r.rank_same_recompute}/{r.feasible_same_recompute}", r.best_config,
                       f"{r.published_step_time_s / r.best_step_time_s:.2f}x")
     console.print(table)
+    pairs = listing("configurations measured on the same model, GPUs and batch: which ran faster",
+                    ("faster", "slower", "measured speed-up", "predicted speed-up", "same order"), ("faster", "slower"))
+    for p in report.pairs:
+        pairs.add_row(p.faster, p.slower, f"{p.measured_speedup:.2f}x", f"{p.predicted_speedup:.2f}x",
+                      "yes" if p.agrees else "NO")
+    console.print(pairs)
     n = len(report.rows)
     console.print(f"{report.in_top_10_percent}/{n} published configurations in the top 10% "
                   f"({report.in_top_10_percent_same_recompute}/{n} among configurations with the same "
                   f"recomputation); best found at least as fast as published on {report.best_at_least_as_fast}/{n}")
+    console.print(f"configurations their authors chose: {report.chosen_in_top_10_percent}/{report.chosen_rows} in "
+                  f"the top 10% ({report.chosen_in_top_10_percent_same_recompute}/{report.chosen_rows} with the same "
+                  f"recomputation); {n - report.chosen_rows} baselines published to be beaten; measured pairs in "
+                  f"the predicted order: {report.pairs_agreeing}/{len(report.pairs)}")

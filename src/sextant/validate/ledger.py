@@ -52,6 +52,11 @@ class LedgerRow(PublishedRow):
     strategy: dict[str, Any]
     workload: dict[str, Any]
     metric: Metric
+    #: ``chosen``: the configuration its authors ran as their own; ``baseline``: one their source
+    #: published in order to beat it (the weaker side of the paper's comparison, such as ZeRO-3
+    #: against PTD-P in SC21 Table 2). Rediscovery counts the two apart: a good planner ranks a
+    #: chosen configuration high and a baseline below what beat it.
+    role: Literal["chosen", "baseline"] = "chosen"
     #: ``min_gpus_without_offload`` rows: the GPU counts the planner tries, smallest first.
     gpu_counts: list[int] = []
     #: Strategy knobs the source leaves open, searched: the prediction is the configuration that
