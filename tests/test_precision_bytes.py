@@ -54,3 +54,14 @@ def test_fp32_training_predicts_slower_and_larger_than_bf16_on_an_a100():
     assert bf16.step_time_s < tf32.step_time_s < fp32.step_time_s
     assert fp32.memory_gb_per_gpu["weights"] == pytest.approx(2 * bf16.memory_gb_per_gpu["weights"])
     assert precision_bytes("tf32") == precision_bytes("fp32")
+
+
+def test_deepspeed_bf16_optimizer_keeps_the_bf16_gradients_beside_the_fp32_ones():
+    """DeepSpeed's BF16_Optimizer: 2 (bf16 weights) + 2 (autograd's bf16 grads) + 4 (fp32 grad
+    buffer) + 12/d; only on its ZeRO 0-1 path, and only in bf16."""
+    zero = np.array([0, 1, 2])
+    w, g, o = model_state_bytes(1000.0, 4, zero, "bf16", "adam", bf16_grad_copy=True)
+    assert g.tolist() == [6000.0, 6000.0, 1000.0]  # ZeRO-2 shards the fp32 buffer and keeps no copy
+    assert w.tolist() == [2000.0] * 3 and o.tolist() == [12000.0, 3000.0, 3000.0]
+    assert model_state_bytes(1000.0, 4, 1, "fp16", "adam", bf16_grad_copy=True)[1] == 2000.0
+    assert model_state_bytes(1000.0, 4, 1, "bf16", "adam")[1] == 4000.0

@@ -115,3 +115,35 @@ def test_deepspeed_pipeline_engine_is_searched_without_interleaving() -> None:
 
     assert restrict_to_framework(SearchSpace(), "deepspeed-megatron-2022").max_vpp == 1
     assert restrict_to_framework(SearchSpace(), "megatron-lm-2021").max_vpp == SearchSpace().max_vpp
+
+
+def test_a_presets_memory_overhead_replaces_the_defaults_and_sums_into_the_total(monkeypatch) -> None:
+    """A framework preset may state what a GPU holds beyond the modelled tensors
+    (``allocator_overhead`` x tensors + ``runtime_reserved_gib``); without one the defaults apply."""
+    import sextant.train.predict as predict
+    from sextant.train.step import ALLOCATOR_OVERHEAD, RUNTIME_RESERVED_BYTES
+    from sextant.units import GiB
+
+    sweep = load_sweeps()[0]
+    scenario = sweep.scenario(sweep.points[0])
+    preset = predict.get_framework("deepspeed-megatron-2022")
+    monkeypatch.setattr(predict, "get_framework",
+                        lambda name: {**preset, "allocator_overhead": 0.2, "runtime_reserved_gib": 6.0})
+    for result, fraction, fixed in (
+            (predict.predict_train(scenario), 0.2, 6.0),
+            (predict.predict_train(scenario.model_copy(update={"framework": None})), ALLOCATOR_OVERHEAD,
+             RUNTIME_RESERVED_BYTES / GiB)):
+        parts = result.memory_gb_per_gpu
+        tensors = sum(v for k, v in parts.items() if k not in ("overhead", "total"))
+        assert parts["overhead"] == pytest.approx(fraction * tensors + fixed)
+        assert parts["total"] == pytest.approx(tensors + parts["overhead"])
+
+
+def test_sweeps_report_memory_error_and_out_of_memory_runs() -> None:
+    report = validate_sweeps()
+    assert report.oom_points == sum(s.oom_points for s in report.sweeps) >= 6
+    assert 0 <= report.oom_predicted <= report.oom_points
+    measured = [p for s in report.sweeps for p in s.points if p.measured_memory_gib is not None]
+    assert len(measured) >= 40 and report.median_memory_ape is not None
+    # nvidia-smi counts the allocator's cache and the runtime: Sextant's prediction is below it.
+    assert sum(p.predicted_memory_gib < p.measured_memory_gib for p in measured) > 0.9 * len(measured)

@@ -239,9 +239,12 @@ def validate_sweep_cmd(
                           "-" if p.error is None else f"{p.error:+.1%}",
                           "-" if p.measured_memory_gib is None else f"{p.measured_memory_gib:g}", predicted_mem)
         console.print(table)
+        memory = "" if s.median_memory_ape is None else f"; memory median error {s.median_memory_ape:.1%}"
         console.print(f"rank correlation (Spearman) {s.spearman:+.2f}; median error {s.median_ape:.1%}; predicted "
                       f"fastest {s.predicted_best}, measured fastest {s.measured_best} (regret {s.regret:.1%}); "
                       f"out of memory: {s.oom_predicted} of {s.oom_points} predicted, "
-                      f"{s.ran_predicted_not_to_fit} that ran predicted not to fit\n")
+                      f"{s.ran_predicted_not_to_fit} that ran predicted not to fit{memory}\n")
+    memory = "" if report.median_memory_ape is None else f", memory median error {report.median_memory_ape:.1%}"
     console.print(f"{len(report.sweeps)} sweeps, {report.points} points: median error {report.median_ape:.1%}, "
-                  f"median rank correlation {report.median_spearman:+.2f}")
+                  f"median rank correlation {report.median_spearman:+.2f}{memory}; out of memory: "
+                  f"{report.oom_predicted} of {report.oom_points} predicted")

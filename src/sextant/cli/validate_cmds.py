@@ -46,6 +46,8 @@ def validate_all_cmd(
                   f"best found as fast as published on {plan.best_at_least_as_fast}/{n}; measured pairs in the "
                   f"predicted order {plan.pairs_agreeing}/{len(plan.pairs)}", "sextant validate plan")
     table.add_row("sweep (ordering)", str(sweeps.points), f"{sweeps.median_ape:.1%}",
-                  "rank correlation " + ", ".join(f"{s.id} {s.spearman:+.2f}" for s in sweeps.sweeps),
+                  "rank correlation " + ", ".join(f"{s.id} {s.spearman:+.2f}" for s in sweeps.sweeps)
+                  + f"; memory median error {sweeps.median_memory_ape:.0%}; out of memory {sweeps.oom_predicted} of "
+                  f"{sweeps.oom_points} predicted",
                   "sextant validate sweep")
     report_console().print(table)

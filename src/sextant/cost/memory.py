@@ -85,7 +85,8 @@ def grad_bytes(precision: str) -> float:
     return PRECISION_BYTES[precision].grad
 
 
-def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False):
+def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False,
+                      bf16_grad_copy: bool = False):
     """(weights, gradients, optimizer) bytes per GPU for ``params_local`` parameters held by the
     GPU's model-parallel shard before ZeRO sharding over ``dp`` ranks.
 
@@ -93,13 +94,17 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
     gradients (Megatron-LM's fp16 optimizer: 2 + 2 + 16 = 20 bytes per parameter, 4 + 16/d with
     its distributed optimizer; Megatron-LM docs, "Distributed Optimizer"), where DeepSpeed
     converts them per partition during the step (ZeRO's 2 + 2 + 12). With bf16 the 4-byte
-    gradient buffer is that copy already."""
+    gradient buffer is that copy already.
+
+    ``bf16_grad_copy``: with bf16 parameters and ZeRO 0-1, the 2-byte gradients autograd produces
+    stay allocated beside that fp32 buffer (DeepSpeed's BF16_Optimizer: 2 + 2 + 4 + 12/d)."""
     params_local = np.asarray(params_local, float)
     dp = np.asarray(dp, float)
     zero = np.asarray(zero)
     pb = PRECISION_BYTES[precision]
     weights = params_local * pb.weight / np.where(zero >= 3, dp, 1.0)
-    grads = params_local * pb.grad / np.where(zero >= 2, dp, 1.0)
+    lp_grads = np.where(zero <= 1, 2.0, 0.0) if bf16_grad_copy and precision == "bf16" else 0.0
+    grads = params_local * (pb.grad + lp_grads) / np.where(zero >= 2, dp, 1.0)
     state = optimizer_state_bytes(optimizer, precision, fp32_grad_copy=fp32_grad_copy)
     optim = params_local * state / np.where(zero >= 1, dp, 1.0)
     return weights, grads, optim

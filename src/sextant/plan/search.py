@@ -203,6 +203,7 @@ def fixed_strategy(scenario: TrainScenario) -> dict:
     s = scenario.strategy
     return {"precision": s.precision, "attention_kernel": s.attention_kernel, "dp_collective": s.dp_collective,
             "zero3_gather_unit": s.zero3_gather_unit, "fp32_grad_copy": s.fp32_grad_copy,
+            "bf16_grad_copy": s.bf16_grad_copy,
             "partition_activations": s.partition_activations,
             "overlap": s.overlap.model_dump()}
 

@@ -91,6 +91,12 @@ class Strategy(Spec):
     #: With fp16 parameters, the optimizer keeps an fp32 copy of the gradients (Megatron-LM: true;
     #: DeepSpeed converts per partition during the step: false).
     fp32_grad_copy: bool = True
+    #: With bf16 parameters and ZeRO 0-1, autograd's bf16 gradients stay allocated beside the fp32
+    #: gradient buffer they are accumulated into: DeepSpeed's BF16_Optimizer
+    #: (deepspeed/runtime/bf16_optimizer.py) keeps ``fp32_groups_gradients_flat`` for every local
+    #: parameter and frees ``param.grad`` only when the next backward starts, 2 more bytes per
+    #: parameter. Megatron-LM accumulates into its fp32 ``main_grad`` directly (false).
+    bf16_grad_copy: bool = False
     #: DeepSpeed's ``partition_activations`` (activation checkpointing with model parallelism):
     #: with full recomputation, each tensor-parallel rank keeps 1/tp of the checkpointed layer
     #: input and all-gathers it before the layer is recomputed.

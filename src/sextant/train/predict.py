@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,30 +82,53 @@ def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]
     return cluster, loaded.profile
 
 
-def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, float]:
+@dataclass(frozen=True)
+class FrameworkCosts:
+    """What a framework preset adds to the cost model beyond strategy and workload defaults
+    (frameworks.yaml documents each fitted value and the runs it was fitted on)."""
+
+    #: Factor on the hardware profile's kernel efficiencies.
+    kernel_efficiency: float = 1.0
+    #: Seconds added to each layer's forward, recomputation and backward of one micro-batch.
+    layer_pass_overhead_s: float = 0.0
+    #: Device memory outside the tensors the model accounts for, and the caching allocator's
+    #: reserve as a fraction of those tensors (what nvidia-smi shows beyond them).
+    runtime_reserved_bytes: float = RUNTIME_RESERVED_BYTES
+    allocator_overhead: float = ALLOCATOR_OVERHEAD
+
+
+def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, FrameworkCosts]:
     """Fill the strategy and workload fields the scenario left unset from its framework preset;
-    return the scenario and the preset's kernel efficiency (1.0 without a preset)."""
+    return the scenario and the preset's costs (the defaults without a preset)."""
     if scenario.framework is None:
-        return scenario, 1.0
+        return scenario, FrameworkCosts()
     preset = get_framework(scenario.framework)
-    return fill_unset(scenario, preset, ("strategy", "workload")), float(preset.get("kernel_efficiency", 1.0))
+    costs = FrameworkCosts(
+        kernel_efficiency=float(preset.get("kernel_efficiency", 1.0)),
+        layer_pass_overhead_s=float(preset.get("layer_pass_overhead_s", 0.0)),
+        runtime_reserved_bytes=float(preset.get("runtime_reserved_gib", RUNTIME_RESERVED_BYTES / GiB)) * GiB,
+        allocator_overhead=float(preset.get("allocator_overhead", ALLOCATOR_OVERHEAD)),
+    )
+    return fill_unset(scenario, preset, ("strategy", "workload")), costs
 
 
 def resolve_context(scenario: TrainScenario) -> TrainContext:
     """The scenario's model, cluster, profile and fixed options, with its framework preset
     applied; the parallel strategy is not checked (the planner varies it)."""
-    scenario, kernel_efficiency = apply_framework(scenario)
+    scenario, costs = apply_framework(scenario)
     model = scenario.model if isinstance(scenario.model, ModelSpec) else get_model(scenario.model)
     cluster, profile = cluster_and_profile(scenario.hardware)
-    profile = profile.scaled(kernel_efficiency, f"{scenario.framework} kernels")
+    profile = profile.scaled(costs.kernel_efficiency, f"{scenario.framework} kernels")
     strategy, workload = scenario.strategy, scenario.workload
     cluster.gpu.peak(strategy.precision)  # raises a clear error for e.g. fp8 on an A100
-    overhead = float(get_framework(scenario.framework).get("layer_pass_overhead_s", 0.0)) if scenario.framework else 0.0
     return TrainContext(
-        model=model, cluster=cluster, profile=profile, workload=workload, layer_pass_overhead_s=overhead,
+        model=model, cluster=cluster, profile=profile, workload=workload,
+        layer_pass_overhead_s=costs.layer_pass_overhead_s, runtime_reserved_bytes=costs.runtime_reserved_bytes,
+        allocator_overhead=costs.allocator_overhead,
         precision=strategy.precision, attention_kernel=strategy.attention_kernel,
         dropout=workload.dropout, overlap=strategy.overlap, dp_collective=strategy.dp_collective,
         zero3_gather_unit=strategy.zero3_gather_unit, fp32_grad_copy=strategy.fp32_grad_copy,
+        bf16_grad_copy=strategy.bf16_grad_copy,
         partition_activations=strategy.partition_activations,
     )
 
@@ -152,8 +176,8 @@ def predict_train(scenario: TrainScenario, *, trace_out: str | None = None) -> T
     memory["total"] = float(ev.memory_bytes[0]) / GiB
     capacity = ev.capacity_bytes / GiB
     assumptions = [
-        f"framework overhead: {ALLOCATOR_OVERHEAD:.0%} allocator fragmentation + "
-        f"{RUNTIME_RESERVED_BYTES / GiB:.1f} GiB runtime (CUDA context, workspaces, NCCL)",
+        f"framework overhead: {ctx.allocator_overhead:.0%} allocator fragmentation + "
+        f"{ctx.runtime_reserved_bytes / GiB:.1f} GiB runtime (CUDA context, workspaces, NCCL)",
         f"attention kernel: {ctx.attention_kernel}; dropout: {'on' if ctx.dropout else 'off'}",
         "overlap: " + (", ".join(k for k, v in ctx.overlap.model_dump().items() if v is True) or "none")
         + (f" (hiding {ctx.overlap.efficiency:.0%} of the overlappable time)" if ctx.overlap.efficiency < 1 else ""),

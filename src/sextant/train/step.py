@@ -97,10 +97,15 @@ class TrainContext:
     dp_collective: str = "hierarchical"
     zero3_gather_unit: str = "layer"
     fp32_grad_copy: bool = True
+    bf16_grad_copy: bool = False
     partition_activations: bool = False
     #: Seconds the framework adds to every layer's forward, recomputation and backward of one
     #: micro-batch, whatever its size (a framework preset's ``layer_pass_overhead_s``).
     layer_pass_overhead_s: float = 0.0
+    #: Memory beyond the modelled tensors (a framework preset's ``runtime_reserved_gib`` and
+    #: ``allocator_overhead``; defaults below).
+    runtime_reserved_bytes: float = RUNTIME_RESERVED_BYTES
+    allocator_overhead: float = ALLOCATOR_OVERHEAD
 
     @property
     def method(self) -> MethodCosts:
@@ -495,9 +500,9 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     tiers = {"host": np.zeros(len(c)), "nvme": np.zeros(len(c))}
 
     def stage_memory(ne, ex, n_layers, stage_index, with_logits, holds_tiers=False):
-        copy = ctx.fp32_grad_copy
-        w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
-        w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer, fp32_grad_copy=copy)
+        copy = {"fp32_grad_copy": ctx.fp32_grad_copy, "bf16_grad_copy": ctx.bf16_grad_copy}
+        w_ne, g_ne, o_ne = model_state_bytes(ne, dp_group, zero, ctx.precision, wl.optimizer, **copy)
+        w_ex, g_ex, o_ex = (model_state_bytes(ex, edp_group, zero, ctx.precision, wl.optimizer, **copy)
                             if model.is_moe else (0.0, 0.0, 0.0))
         in_flight = pipeline_in_flight(pp, vpp, m, c.schedule, stage_index)
         kept = n_layers * in_flight * act_layer
@@ -525,7 +530,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
             weights = np.where(par_off > 0, 0.0, weights)
             acts = np.where(act_off > 0, 2 * BUFFERS * act_layer + act_extra + np.where(with_logits, logits_act, 0.0), acts)
         tensors = weights + grads + optim + acts + z3_buffers
-        overhead = ALLOCATOR_OVERHEAD * tensors + RUNTIME_RESERVED_BYTES
+        overhead = ctx.allocator_overhead * tensors + ctx.runtime_reserved_bytes
         return {"weights": weights, "gradients": grads, "optimizer": optim,
                 "activations": acts, "comm_buffers": z3_buffers, "overhead": overhead}
 

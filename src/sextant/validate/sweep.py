@@ -99,6 +99,9 @@ class SweepResult(BaseModel):
     #: that ran (1: the same order; 0: no relation).
     spearman: float
     median_ape: float
+    #: Median absolute error of the predicted memory over the points with a measured figure
+    #: (None when the sweep has none).
+    median_memory_ape: float | None
     #: The point predicted fastest (among those predicted to fit), and how much slower it ran, as
     #: measured, than the fastest point measured (0 when the prediction picks the best).
     predicted_best: str
@@ -116,6 +119,10 @@ class SweepReport(BaseModel):
     points: int
     median_ape: float
     median_spearman: float
+    median_memory_ape: float | None
+    #: Points that ran out of memory, and how many of them are predicted not to fit.
+    oom_points: int
+    oom_predicted: int
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -160,9 +167,12 @@ def validate_sweep(sweep: Sweep) -> SweepResult:
     pick = max(candidates, key=lambda i: predicted_rate[i])
     best = int(np.argmax(measured_rate))
     oom = [r for r in results if r.measured_oom]
+    memory_errors = [abs(r.predicted_memory_gib / r.measured_memory_gib - 1.0) for r in ran
+                     if r.measured_memory_gib is not None]
     return SweepResult(
         id=sweep.id, source=sweep.source, points=results, spearman=spearman(measured_rate, predicted_rate),
-        median_ape=statistics.median(abs(r.error) for r in ran), predicted_best=ran[pick].config,
+        median_ape=statistics.median(abs(r.error) for r in ran),
+        median_memory_ape=statistics.median(memory_errors) if memory_errors else None, predicted_best=ran[pick].config,
         measured_best=ran[best].config, regret=float(measured_rate[best] / measured_rate[pick] - 1.0),
         oom_points=len(oom), oom_predicted=sum(not r.predicted_fits for r in oom),
         ran_predicted_not_to_fit=sum(not r.predicted_fits for r in ran))
@@ -175,5 +185,9 @@ def load_sweeps(path: str | Path | None = None) -> list[Sweep]:
 def validate_sweeps(path: str | Path | None = None) -> SweepReport:
     sweeps = [validate_sweep(s) for s in load_sweeps(path)]
     errors = [abs(p.error) for s in sweeps for p in s.points if p.error is not None]
+    memory_errors = [abs(p.predicted_memory_gib / p.measured_memory_gib - 1.0) for s in sweeps for p in s.points
+                     if p.measured_memory_gib is not None and not p.measured_oom]
     return SweepReport(sweeps=sweeps, points=sum(len(s.points) for s in sweeps), median_ape=statistics.median(errors),
-                       median_spearman=statistics.median(s.spearman for s in sweeps))
+                       median_spearman=statistics.median(s.spearman for s in sweeps),
+                       median_memory_ape=statistics.median(memory_errors) if memory_errors else None,
+                       oom_points=sum(s.oom_points for s in sweeps), oom_predicted=sum(s.oom_predicted for s in sweeps))
