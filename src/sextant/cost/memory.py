@@ -201,9 +201,7 @@ def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) ->
     of its layers (Korthikanti et al. 2022, section 4.2.3); later stages proportionally fewer.
     """
     pp = np.asarray(pp, float)
-    vpp = np.asarray(vpp, float)
     m = np.asarray(num_microbatches, float)
-    base = np.maximum(pp - stage_index, 1.0)
-    interleaved = base * (1 + (pp - 1) / (pp * vpp))
-    in_flight = np.where(schedule_code == 0, m, np.where(schedule_code == 2, interleaved, base))
-    return np.minimum(in_flight, np.maximum(m, 1.0) * np.where(schedule_code == 2, 1 + (pp - 1) / (pp * vpp), 1.0))
+    interleave = np.where(schedule_code == 2, 1 + (pp - 1) / (pp * np.asarray(vpp, float)), 1.0)
+    in_flight = np.where(schedule_code == 0, m, np.maximum(pp - stage_index, 1.0) * interleave)
+    return np.minimum(in_flight, np.maximum(m, 1.0) * interleave)

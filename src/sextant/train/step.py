@@ -363,8 +363,8 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     t_first = n_first * layer_time + emb_both + np.where(single, log_both, 0.0)
     t_mid = n_mid * layer_time
     t_last = n_last * layer_time + log_both + np.where(single, emb_both, 0.0)
-    stage_t = np.stack([t_first, t_mid, t_last])
-    t_max = stage_t.max(axis=0)
+    stage_t = (t_first, t_mid, t_last)
+    t_max = np.maximum(np.maximum(t_first, t_mid), t_last)
     t_sum = model.num_layers * layer_time + emb_both + log_both
 
     crosses = (tp * cp * dp) >= gpn
@@ -433,12 +433,12 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
                                  profile=prof, kernels=8)
 
     opt_first, opt_mid, opt_last = optimizer_time(ne_first, ex_first), optimizer_time(ne_mid, ex_mid), optimizer_time(ne_last, ex_last)
-    tail = np.stack([dp_first + opt_first, dp_mid + opt_mid, dp_last + opt_last])
+    tail = (dp_first + opt_first, dp_mid + opt_mid, dp_last + opt_last)
     # Tied embeddings with pp > 1: the first and last stage all-reduce the embedding gradient.
     emb_sync = np.where(single | (counts.output != 0), 0.0,
                         comm.p2p(model.vocab_size * h / tp * gb, crosses, fab) * 2.0)
 
-    step = pipe + tail.max(axis=0) + emb_sync
+    step = pipe + np.maximum(np.maximum(tail[0], tail[1]), tail[2]) + emb_sync
 
     # ---- offloading: rows whose step runs on the event timeline of train/offload.py ----------
     offloaded = np.flatnonzero(c.offloads)
@@ -454,7 +454,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     parts: dict[str, np.ndarray] = {}
     if detail:
         # ---- time breakdown (sums to the step time) ---------------------------------------------
-        slowest = np.argmax(stage_t, axis=0)
+        slowest = np.argmax(np.stack(np.broadcast_arrays(*stage_t)), axis=0)
         n_slow = _pick(slowest, n_first, n_mid, n_last)
         has_emb = (slowest == 0) | single
         has_log = (slowest == 2) | single
@@ -471,7 +471,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
             "framework_overhead": m * n_slow * ctx.layer_pass_overhead_s,
         }
         parts["pipeline_bubble"] = pipe - sum(parts.values())
-        tail_stage = np.argmax(tail, axis=0)
+        tail_stage = np.argmax(np.stack(np.broadcast_arrays(*tail)), axis=0)
         parts["dp_comm"] = _pick(tail_stage, dp_first, dp_mid, dp_last) + emb_sync
         parts["optimizer"] = _pick(tail_stage, opt_first, opt_mid, opt_last)
         parts["offload_wait"] = np.zeros_like(step)
@@ -539,10 +539,13 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         stage_memory(ne_mid, ex_mid, n_mid, 1.0, np.zeros_like(single)),
         stage_memory(ne_last, ex_last, n_last, pp - 1, np.ones_like(single)),
     ]
-    totals = np.stack([sum(mm.values()) for mm in mems])
+    totals = [sum(mm.values()) for mm in mems]
     totals[1] = np.where(pp > 2, totals[1], 0.0)
-    peak_stage = np.argmax(totals, axis=0)
-    memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS} if detail else {}
+    memory_bytes = np.maximum(np.maximum(totals[0], totals[1]), totals[2])
+    memory_parts: dict[str, np.ndarray] = {}
+    if detail:
+        peak_stage = np.argmax(np.stack(np.broadcast_arrays(*totals)), axis=0)
+        memory_parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS}
 
     rates = ctx.tiers if offloaded.size else None
     tier_capacity = (rates.host_capacity, rates.nvme_capacity) if rates else (float("inf"), float("inf"))
@@ -566,7 +569,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         step_time_s=step,
         time_parts_s=parts,
         memory_parts_bytes=memory_parts,
-        memory_bytes=totals.max(axis=0),
+        memory_bytes=memory_bytes,
         capacity_bytes=cluster.gpu.memory.capacity_bytes,
         num_microbatches=m,
         model_flops_per_step=model_flops,
