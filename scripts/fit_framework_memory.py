@@ -22,7 +22,7 @@ import statistics
 import numpy as np
 
 from sextant.catalog.frameworks import get_framework
-from sextant.train.predict import build_context
+from sextant.train.predict import build_context, framework_costs
 from sextant.train.step import evaluate
 from sextant.units import GiB
 from sextant.validate.sweep import load_sweeps
@@ -73,10 +73,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("framework")
     args = parser.parse_args()
-    preset = get_framework(args.framework)
+    costs = framework_costs(get_framework(args.framework))
     points = points_of(args.framework)
     print(f"{args.framework}: {len(points)} sweep points, {sum(p[2] is not None for p in points)} with memory")
-    current = (float(preset.get("allocator_overhead", 0.05)), float(preset.get("runtime_reserved_gib", 1.0)))
+    current = (costs.allocator_overhead, costs.runtime_reserved_bytes / GiB)
     print(f"current preset: allocator_overhead {current[0]:.3f}, runtime_reserved_gib {current[1]:.2f}")
     print(summary(points, *current))
     fraction, fixed = fit(points)

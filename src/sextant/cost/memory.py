@@ -103,7 +103,7 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
     zero = np.asarray(zero)
     pb = PRECISION_BYTES[precision]
     weights = params_local * pb.weight / np.where(zero >= 3, dp, 1.0)
-    lp_grads = np.where(zero <= 1, 2.0, 0.0) if bf16_grad_copy and precision == "bf16" else 0.0
+    lp_grads = np.where(zero <= 1, pb.weight, 0.0) if bf16_grad_copy and precision == "bf16" else 0.0
     grads = params_local * (pb.grad + lp_grads) / np.where(zero >= 2, dp, 1.0)
     state = optimizer_state_bytes(optimizer, precision, fp32_grad_copy=fp32_grad_copy)
     optim = params_local * state / np.where(zero >= 1, dp, 1.0)

@@ -103,13 +103,17 @@ def apply_framework(scenario: TrainScenario) -> tuple[TrainScenario, FrameworkCo
     if scenario.framework is None:
         return scenario, FrameworkCosts()
     preset = get_framework(scenario.framework)
-    costs = FrameworkCosts(
+    return fill_unset(scenario, preset, ("strategy", "workload")), framework_costs(preset)
+
+
+def framework_costs(preset: dict) -> FrameworkCosts:
+    """A framework preset's costs (frameworks.yaml), the defaults where it states none."""
+    return FrameworkCosts(
         kernel_efficiency=float(preset.get("kernel_efficiency", 1.0)),
         layer_pass_overhead_s=float(preset.get("layer_pass_overhead_s", 0.0)),
         runtime_reserved_bytes=float(preset.get("runtime_reserved_gib", RUNTIME_RESERVED_BYTES / GiB)) * GiB,
         allocator_overhead=float(preset.get("allocator_overhead", ALLOCATOR_OVERHEAD)),
     )
-    return fill_unset(scenario, preset, ("strategy", "workload")), costs
 
 
 def resolve_context(scenario: TrainScenario) -> TrainContext:

@@ -25,9 +25,9 @@ from sextant.plan.search import evaluate_table, fixed_strategy, rank_rows, scena
 from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
 from sextant.spec.strategy import RECOMPUTE_CODES, layout_label
 from sextant.train.predict import apply_framework, build_context, resolve_context
-from sextant.train.step import evaluate
+from sextant.train.step import StepEvaluation, evaluate
 from sextant.validate.ledger import THROUGHPUT_METRICS, LedgerRow, load_ledger
-from sextant.validate.train import metric_of
+from sextant.validate.train import metric_value
 
 KEYS = ("dp", "tp", "pp", "cp", "ep", "vpp", "zero", "micro_batch", "recompute", "sequence_parallel")
 
@@ -90,7 +90,7 @@ def _describe(row: dict) -> str:
     return f"{layout} zero{row['zero']} mb{row['micro_batch']} {names[row['recompute']]}"
 
 
-def _measured_step(row: LedgerRow, ctx, cand) -> float | None:
+def _measured_step(row: LedgerRow, ctx, published: StepEvaluation) -> float | None:
     """Measured step time of a row: its published step time, or, for a rate (FLOP/s, MFU, tokens
     per second), the predicted step time scaled by predicted rate over published rate."""
     if row.search:
@@ -99,7 +99,7 @@ def _measured_step(row: LedgerRow, ctx, cand) -> float | None:
         return row.published
     if row.metric not in THROUGHPUT_METRICS:
         return None
-    value, step, _ = metric_of(row.metric, ctx, cand)
+    value, step, _ = metric_value(row.metric, ctx, published)
     return step * value / row.published
 
 
@@ -132,7 +132,7 @@ def rediscover_row(row: LedgerRow, space: SearchSpace) -> RediscoveryRow:
         best_at_least_as_fast=best_step <= pub_step * (1 + 1e-9),
         rank_same_recompute=rank_same, feasible_same_recompute=feasible_same,
         in_top_10_percent_same_recompute=rank_same <= max(1, int(np.ceil(0.10 * feasible_same))),
-        measured_step_time_s=_measured_step(row, ctx_pub, cand_pub),
+        measured_step_time_s=_measured_step(row, ctx_pub, published),
     )
 
 

@@ -90,6 +90,11 @@ class SweepPointResult(BaseModel):
     measured_oom: bool
     predicted_fits: bool
 
+    @property
+    def memory_error(self) -> float | None:
+        """Predicted over measured memory, less one (None without a measured figure)."""
+        return None if self.measured_memory_gib is None else self.predicted_memory_gib / self.measured_memory_gib - 1.0
+
 
 class SweepResult(BaseModel):
     id: str
@@ -167,8 +172,7 @@ def validate_sweep(sweep: Sweep) -> SweepResult:
     pick = max(candidates, key=lambda i: predicted_rate[i])
     best = int(np.argmax(measured_rate))
     oom = [r for r in results if r.measured_oom]
-    memory_errors = [abs(r.predicted_memory_gib / r.measured_memory_gib - 1.0) for r in ran
-                     if r.measured_memory_gib is not None]
+    memory_errors = [abs(r.memory_error) for r in ran if r.memory_error is not None]
     return SweepResult(
         id=sweep.id, source=sweep.source, points=results, spearman=spearman(measured_rate, predicted_rate),
         median_ape=statistics.median(abs(r.error) for r in ran),
@@ -185,8 +189,7 @@ def load_sweeps(path: str | Path | None = None) -> list[Sweep]:
 def validate_sweeps(path: str | Path | None = None) -> SweepReport:
     sweeps = [validate_sweep(s) for s in load_sweeps(path)]
     errors = [abs(p.error) for s in sweeps for p in s.points if p.error is not None]
-    memory_errors = [abs(p.predicted_memory_gib / p.measured_memory_gib - 1.0) for s in sweeps for p in s.points
-                     if p.measured_memory_gib is not None and not p.measured_oom]
+    memory_errors = [abs(p.memory_error) for s in sweeps for p in s.points if p.memory_error is not None]
     return SweepReport(sweeps=sweeps, points=sum(len(s.points) for s in sweeps), median_ape=statistics.median(errors),
                        median_spearman=statistics.median(s.spearman for s in sweeps),
                        median_memory_ape=statistics.median(memory_errors) if memory_errors else None,

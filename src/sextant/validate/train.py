@@ -11,7 +11,7 @@ from sextant.cost.params import count_params
 from sextant.errors import SpecError
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
-from sextant.train.step import evaluate
+from sextant.train.step import StepEvaluation, evaluate
 from sextant.validate.ledger import LedgerRow, load_ledger
 
 
@@ -60,7 +60,12 @@ def best_prediction(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float,
 
 
 def metric_of(metric: str, ctx, cand: Candidates) -> tuple[float, float, bool]:
-    ev = evaluate(ctx, cand)
+    """(value of ``metric``, step time, fits) of the single configuration ``cand``."""
+    return metric_value(metric, ctx, evaluate(ctx, cand))
+
+
+def metric_value(metric: str, ctx, ev: StepEvaluation) -> tuple[float, float, bool]:
+    """(value of ``metric``, step time, fits) of an evaluation of one configuration."""
     step = float(ev.step_time_s[0])
     n = ev.num_gpus
     value = {
