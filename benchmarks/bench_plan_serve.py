@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from sextant.plan.serve_offload import plan_serve
+from sextant.plan.serve_search import plan_serve
 from sextant.spec.serving import parse_serve_scenario
 
 CASES = {

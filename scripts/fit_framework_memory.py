@@ -22,7 +22,8 @@ import statistics
 import numpy as np
 
 from sextant.catalog.frameworks import get_framework
-from sextant.train.predict import build_context, framework_costs
+from sextant.resolve.framework import framework_costs
+from sextant.train.predict import build_context
 from sextant.train.step import evaluate
 from sextant.units import GiB
 from sextant.validate.sweep import load_sweeps

@@ -53,7 +53,7 @@ def predict(item, preset_factor: float, factor: float, overhead: float) -> float
     _, ctx, cand, _, metric, _ = item
     base = ctx.profile
     profile = base.model_copy(update={k: getattr(base, k) / preset_factor * factor for k in KERNEL_EFFICIENCY_FIELDS})
-    ctx = dataclasses.replace(ctx, profile=profile, layer_pass_overhead_s=overhead)
+    ctx = dataclasses.replace(ctx, profile=profile, costs=dataclasses.replace(ctx.costs, layer_pass_overhead_s=overhead))
     if metric == "step_time_s":
         return float(evaluate(ctx, cand).step_time_s[0])
     return metric_of(metric, ctx, cand)[0]

@@ -14,9 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sextant.cli.app import main  # noqa: E402
+from sextant.resolve.hardware import load_profile_file  # noqa: E402
 from sextant.spec.profile import ProfileFile  # noqa: E402
 from sextant.spec.scenario import TrainScenario  # noqa: E402
-from sextant.train.predict import load_profile_file, predict_train  # noqa: E402
+from sextant.train.predict import predict_train  # noqa: E402
 
 TIME_TOLERANCE = 0.30
 ATTEMPTS = 3

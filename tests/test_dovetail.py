@@ -1,5 +1,5 @@
 """Speculative decoding with the target on the CPU and the draft on the GPU (Dovetail;
-sextant.cost.host_compute, serve.offload.plan_cpu_target)."""
+sextant.cost.host_compute, serve.offload_plan.plan_cpu_target)."""
 
 from __future__ import annotations
 

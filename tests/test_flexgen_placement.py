@@ -13,7 +13,7 @@ from sextant.catalog import build_cluster, get_model, get_profile
 from sextant.cost.inference import kv_cache_bytes_per_token, weight_bytes_per_gpu
 from sextant.cost.tiers import tier_rates
 from sextant.errors import SpecError
-from sextant.serve.deploy import resolve
+from sextant.serve.deploy import deploy_scenario
 from sextant.serve.predict import predict_serve
 from sextant.spec.serving import ServeOffload, ServeScenario
 
@@ -36,8 +36,8 @@ def rates():
 
 
 def test_nvme_fraction_splits_the_weights_between_dram_and_the_drives():
-    off = resolve(scenario(nvme_fraction=0.3, resident_fraction=0.1), 265, 256).instance.offload
-    weights = weight_bytes_per_gpu(get_model("opt-30b"), resolve(scenario(), 265, 256).instance.layout)
+    off = deploy_scenario(scenario(nvme_fraction=0.3, resident_fraction=0.1), 265, 256).instance.offload
+    weights = weight_bytes_per_gpu(get_model("opt-30b"), deploy_scenario(scenario(), 265, 256).instance.layout)
     assert off.nvme_weight_bytes == pytest.approx(0.3 * weights)
     assert off.host_weight_bytes == pytest.approx(0.6 * weights)
 
@@ -52,7 +52,7 @@ def test_every_weight_on_nvme_is_the_same_whether_said_as_a_fraction_or_a_home()
 def test_drive_time_per_iteration_is_the_nvme_share_at_the_read_rate():
     half = predict_serve(scenario(nvme_fraction=0.5, kv_cache="gpu", micro_batches=1))
     iterations = 1 + 8  # the prefill and the decode steps after the first token
-    weights = weight_bytes_per_gpu(get_model("opt-30b"), resolve(scenario(), 265, 256).instance.layout)
+    weights = weight_bytes_per_gpu(get_model("opt-30b"), deploy_scenario(scenario(), 265, 256).instance.layout)
     assert half.resource_busy_s["nvme"] == pytest.approx(iterations * 0.5 * weights / rates().nvme_read, rel=1e-9)
     # More on the slower tier, never faster.
     more = predict_serve(scenario(nvme_fraction=0.9, kv_cache="gpu", micro_batches=1))
@@ -83,8 +83,8 @@ def test_gpu_attention_over_an_offloaded_cache_moves_the_cache_not_the_work():
 
 
 def test_the_gpu_holds_one_micro_batch_of_activations():
-    one = resolve(scenario(micro_batches=1), 265, 256).instance.activation_bytes_per_gpu
-    four = resolve(scenario(micro_batches=4), 265, 256).instance.activation_bytes_per_gpu
+    one = deploy_scenario(scenario(micro_batches=1), 265, 256).instance.activation_bytes_per_gpu
+    four = deploy_scenario(scenario(micro_batches=4), 265, 256).instance.activation_bytes_per_gpu
     assert four < one / 2
 
 

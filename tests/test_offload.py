@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,11 +14,12 @@ from sextant.cost.tiers import tier_rates
 from sextant.errors import SpecError
 from sextant.plan.search import evaluate_table
 from sextant.plan.space import SearchSpace, enumerate_space
+from sextant.resolve.train import resolve_train
 from sextant.spec.scenario import TrainScenario
-from sextant.train.offload import RESOURCES, OffloadInputs, offload_timeline
-from sextant.train.predict import build_context, predict_train, resolve_context
+from sextant.train.offload_timeline import RESOURCES, OffloadInputs, offload_timeline
+from sextant.train.predict import build_context, predict_train
 from sextant.train.step import evaluate
-from sextant.validate.offload import validate_offload
+from sextant.validate.offload_ledger import validate_offload
 
 ZERO_OFFLOAD = {"model": "gpt-zero-offload-10b", "framework": "deepspeed-offload-2021",
                 "hardware": {"gpu": "v100-32gb", "gpus": 1, "node": "dgx-2"},
@@ -73,7 +75,7 @@ def test_a_slower_host_link_never_speeds_the_step_up():
     ctx, cand = build_context(scenario(strategy={"zero": 3, "offload_params": "cpu", "offload_activations": "nvme"},
                                        **slow_node))
     slower = ctx.profile.model_copy(update={"pcie_bw_efficiency": 0.2})
-    ev = evaluate(ctx.__class__(**{**ctx.__dict__, "profile": slower}), cand)
+    ev = evaluate(dataclasses.replace(ctx, profile=slower), cand)
     assert ev.step_time_s[0] >= fast.step_time_s - 1e-9
 
 
@@ -97,7 +99,7 @@ def test_interleaved_optimizer_is_never_slower_than_cpu_only(cpu_adam):
     def optimizer_phase(mode):
         ctx, cand = build_context(scenario(strategy={"offload_optimizer": mode}))
         if cpu_adam:
-            ctx = ctx.__class__(**{**ctx.__dict__, "profile": ctx.profile.model_copy(
+            ctx = dataclasses.replace(ctx, **{"profile": ctx.profile.model_copy(
                 update={"host_adam_params_per_s": cpu_adam})})
         ev = evaluate(ctx, cand)
         return ev.time_parts_s["optimizer"][0], ev.offload.busy_optimizer_s["cpu"][0]
@@ -113,7 +115,7 @@ def test_plan_and_predict_agree_on_offloaded_rows(overlap):
     sc = TrainScenario.model_validate({"model": "llama-3.1-8b", "hardware": {"gpu": "rtx-4090", "gpus": 1},
                                        "strategy": {"overlap": overlap},
                                        "workload": {"global_batch": 8, "seq_len": 2048}})
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     space = enumerate_space(ctx.model, 1, 1, ctx.workload, SearchSpace(), has_nvme=True)
     c = space.candidates
     assert c.offloads.sum() > 20

@@ -12,12 +12,13 @@ from sextant.cli.plan_cmds import parse_gpu_counts
 from sextant.errors import InfeasibleError, SpecError
 from sextant.plan.search import plan_train
 from sextant.plan.space import SearchSpace, enumerate_space
+from sextant.resolve.layout import check_training, training_masks
+from sextant.resolve.train import resolve_train
 from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import RECOMPUTE_CODES
 from sextant.train.candidates import Candidates
-from sextant.train.predict import build_context, predict_train, resolve_context
+from sextant.train.predict import build_context, predict_train
 from sextant.train.step import evaluate
-from sextant.train.validate_strategy import check_strategy, rule_masks
 
 RECOMPUTE_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
 
@@ -40,7 +41,7 @@ def strategy_of(row: dict) -> dict:
 def test_planner_table_equals_predict_row_by_row(model, gpu, gpus, batch):
     """The issue's check: the vectorised search and ``predict train`` agree to 1e-9 relative."""
     sc = scenario(model, gpu, gpus, batch)
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     table = enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, SearchSpace()).candidates
     ev = evaluate(ctx, table, detail=False)
     rng = np.random.default_rng(0)
@@ -52,10 +53,10 @@ def test_planner_table_equals_predict_row_by_row(model, gpu, gpus, batch):
         assert result.memory_gb_per_gpu["total"] * 2**30 == pytest.approx(float(ev.memory_bytes[i]), rel=1e-9)
 
 
-def test_rule_masks_agree_with_check_strategy():
-    """Random strategies, valid or not: check_strategy raises exactly when a mask rejects."""
+def test_rule_masks_agree_with_check_training():
+    """Random strategies, valid or not: check_training raises exactly when a mask rejects."""
     sc = scenario("mixtral-8x7b", "h100-sxm", 32, 96, 4096)
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     rng = np.random.default_rng(1)
     n = 400
     choice = lambda values: rng.choice(values, n)  # noqa: E731
@@ -66,14 +67,14 @@ def test_rule_masks_agree_with_check_strategy():
                        schedule=np.ones(n, int))
     table = Candidates(**{**{k: getattr(table, k) for k in Candidates.__dataclass_fields__},
                           "schedule": np.where(table.vpp > 1, 2, 1)})
-    masks = rule_masks(ctx.model, 32, ctx.workload, table)
+    masks = training_masks(ctx.model, 32, ctx.workload, table)
     passes = np.logical_and.reduce(list(masks.values()))
     from sextant.spec.strategy import Strategy
 
     for i in range(n):
         strat = Strategy.model_validate(strategy_of(table.row(i)))
         try:
-            check_strategy(ctx.model, ctx.cluster, strat, ctx.workload)
+            check_training(ctx.model, ctx.cluster, strat, ctx.workload)
             ok = True
         except SpecError:
             ok = False
@@ -82,7 +83,7 @@ def test_rule_masks_agree_with_check_strategy():
 
 def test_space_bookkeeping_adds_up():
     sc = scenario()
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     space = enumerate_space(ctx.model, 64, 8, ctx.workload, SearchSpace())
     assert space.total == len(space.candidates) + sum(space.rejected.values())
     assert (space.candidates.tp <= 8).all()
@@ -97,7 +98,7 @@ def test_space_bookkeeping_adds_up():
 def test_best_is_the_fastest_feasible_and_reports_like_predict():
     sc = scenario()
     result = plan_train(sc, [64], top_k=3)
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     table = enumerate_space(ctx.model, 64, 8, ctx.workload, SearchSpace()).candidates
     ev = evaluate(ctx, table, detail=False)
     fastest = ev.tokens_per_s[ev.fits].max()

@@ -1,4 +1,4 @@
-"""``plan serve``: the placement and batch search for one GPU (sextant.plan.serve_offload)."""
+"""``plan serve``: the placement and batch search for one GPU (sextant.plan.serve_search)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from sextant.cli.app import main
 from sextant.errors import InfeasibleError, SpecError
-from sextant.plan.serve_offload import ServePolicy, _scenario, plan_serve
+from sextant.plan.serve_search import ServePolicy, _scenario, plan_serve
 from sextant.serve.predict import predict_serve
 from sextant.spec.serving import parse_serve_scenario
 
@@ -169,7 +169,7 @@ def test_the_printed_flags_of_an_expert_plan_predict_its_best(moe_plan, capsys):
 
 
 def test_the_best_placement_is_refined_between_its_grid_points():
-    from sextant.plan.serve_offload import _finer
+    from sextant.plan.serve_search import _finer
 
     layers = ServePolicy(weights="cpu", resident_fraction=0.25, nvme_fraction=0.0, kv_cache="cpu",
                          kv_attention="cpu", max_batch=1, micro_batches=1)
@@ -318,9 +318,9 @@ def test_given_pipeline_stages_are_kept_or_refused():
     assert all(e.policy.gpus == 8 for e in kept.strategies)
     with pytest.raises(SpecError, match="does not divide"):
         plan_serve(several(8, pp=3))
-    with pytest.raises(SpecError, match="pp=3 does not divide 40 layers"):
+    with pytest.raises(SpecError, match="pp=3 does not divide the 40 layers"):
         plan_serve(several(6, tp=2, pp=3))  # 40 layers in 3 stages
-    with pytest.raises(SpecError, match="pp=3 does not divide 40 layers"):
+    with pytest.raises(SpecError, match="pp=3 does not divide the 40 layers"):
         plan_serve(several(6, pp=3))  # tp searched: still the layers, not the degrees
     # Stages given alone leave tp to the search: two engines of tp 4 x pp 2 serve 4 requests.
     few = parse_serve_scenario({**several(8, pp=2).model_dump(exclude_unset=True),

@@ -8,8 +8,8 @@ from sextant.cost.memory import (
     layer_activation_bytes,
     model_state_bytes,
     optimizer_step_bytes,
-    precision_bytes,
 )
+from sextant.cost.precision import precision_bytes
 from sextant.spec.scenario import TrainScenario
 from sextant.train.predict import predict_train
 

@@ -1,7 +1,7 @@
 """Property tests of the vectorised training-step model (``evaluate`` over ``Candidates``).
 
 Contexts are built once per model through ``build_context``; candidates are drawn valid by
-construction and filtered through ``check_strategy`` (the rules ``predict`` applies). Nothing
+construction and filtered through ``check_training`` (the rules ``predict`` applies). Nothing
 here depends on the cost model's calibration: only monotonicity, positivity, sums and the
 equality of batch and row-by-row evaluation."""
 
@@ -16,12 +16,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sextant.errors import SpecError
+from sextant.resolve.layout import check_training
+from sextant.resolve.train import TrainContext
 from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import Strategy
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
-from sextant.train.step import TrainContext, evaluate
-from sextant.train.validate_strategy import check_strategy
+from sextant.train.step import evaluate
 
 GPUS = 96  # 12 DGX H100 nodes: divisible by 3 so that pp = 3 and 6 occur
 GLOBAL_BATCH = 768
@@ -77,7 +78,7 @@ def is_valid(name: str, row: dict) -> bool:
                  recompute=("none", "selective", "full")[row["recompute"]],
                  schedule=("gpipe", "1f1b", "interleaved")[row["schedule"]])
     try:
-        check_strategy(ctx.model, ctx.cluster, s, ctx.workload)
+        check_training(ctx.model, ctx.cluster, s, ctx.workload)
     except SpecError:
         return False
     return True

@@ -75,7 +75,7 @@ def test_narrow_terminals_wrap_cells_rather_than_cut_them(width):
     from sextant.cli.plan_cmds import render_plan
     from sextant.cli.plan_serve_cmds import render_plan_serve
     from sextant.plan.search import plan_train
-    from sextant.plan.serve_offload import plan_serve
+    from sextant.plan.serve_search import plan_serve
     from sextant.spec.scenario import parse_scenario
     from sextant.spec.serving import parse_serve_scenario
 

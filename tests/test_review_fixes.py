@@ -8,8 +8,9 @@ import pytest
 
 from sextant.cli.app import main
 from sextant.plan.space import SearchSpace, enumerate_space
+from sextant.resolve.train import resolve_train
 from sextant.spec.scenario import TrainScenario
-from sextant.train.predict import predict_train, resolve_context
+from sextant.train.predict import predict_train
 from sextant.train.step import evaluate
 
 
@@ -43,7 +44,7 @@ def test_hardware_utilization_never_exceeds_one_even_with_perfect_kernels():
     FLOPs over peak may not, whatever the profile."""
     sc = TrainScenario.model_validate({"model": "llama-3.1-8b", "hardware": {"gpu": "a100-80gb", "gpus": 16},
                                        "workload": {"global_batch": 16, "seq_len": 131072}})
-    ctx = resolve_context(sc)
+    ctx = resolve_train(sc)[1]
     perfect = ctx.profile.model_copy(update={
         "gemm_max_efficiency": 1.0, "gemm_half_dim": 0.0, "flash_attention_efficiency": 1.0,
         "unfused_attention_gemm_efficiency": 1.0, "memory_bw_efficiency": 1.0, "kernel_overhead_s": 0.0})

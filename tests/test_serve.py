@@ -13,7 +13,7 @@ from serve_strategies import tight_schedulers
 from sextant.cli.app import main
 from sextant.cost.inference import decode_time, prefill_time
 from sextant.errors import SpecError
-from sextant.serve.deploy import resolve
+from sextant.serve.deploy import deploy_scenario
 from sextant.serve.engine import DONE
 from sextant.serve.predict import engine_config, predict_serve, run
 from sextant.serve.requests import Requests, load_trace
@@ -38,7 +38,7 @@ def scenario(**kw) -> ServeScenario:
                                                  ("mixtral-8x7b", 2, "w4a16"), ("gpt-j-6b", 1, "fp16")])
 def test_simulator_iterations_are_the_inference_cost_functions(model, tp, precision):
     sc = scenario(model=model, hardware={"gpus": tp}, deployment={"tp": tp, "precision": precision})
-    res = resolve(sc, 512, 256)
+    res = deploy_scenario(sc, 512, 256)
     cfg, cost = engine_config(res, "both")
     lay = res.instance.layout
     for batch, ctx in ((1, 100), (37, 1000), (256, 4000)):
@@ -223,9 +223,9 @@ def test_serving_ledger_meets_the_accuracy_targets():
 
 
 def test_expert_parallelism_moves_experts_not_bytes():
-    a = resolve(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
+    a = deploy_scenario(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
                          deployment={"tp": 8, "ep": 1, "precision": "fp8"}), 512, 256)
-    b = resolve(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
+    b = deploy_scenario(scenario(model="deepseek-v3", hardware={"gpu": "h200", "gpus": 8},
                          deployment={"tp": 8, "ep": 8, "precision": "fp8"}), 512, 256)
     assert a.instance.weights_bytes_per_gpu == pytest.approx(b.instance.weights_bytes_per_gpu)
     assert 80e9 < a.instance.weights_bytes_per_gpu < 90e9  # 671B parameters at 1 byte over 8 GPUs

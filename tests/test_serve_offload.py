@@ -1,5 +1,5 @@
 """Serving with weights, experts or the KV cache below the GPU (sextant.cost.streaming,
-sextant.serve.offload) and the serving-offload ledger."""
+sextant.serve.offload_plan) and the serving-offload ledger."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from sextant.catalog import build_cluster, get_model, get_profile
 from sextant.cli.app import main
 from sextant.cost.inference import weight_bytes_per_gpu
 from sextant.cost.params import count_params
+from sextant.cost.precision import weight_bytes
 from sextant.cost.streaming import Streaming, expected_misses, expert_popularity, hit_rate, trace_popularity
 from sextant.cost.tiers import tier_rates
 from sextant.errors import InfeasibleError, SpecError
-from sextant.serve.deploy import resolve, weight_bytes
+from sextant.serve.deploy import deploy_scenario
 from sextant.serve.predict import predict_serve
 from sextant.spec.serving import ServeScenario
 from sextant.validate.serve import validate_serving
@@ -43,7 +44,7 @@ def link_rate(pinned: bool = True) -> float:
 
 def test_a_streamed_decode_step_takes_the_weights_over_the_link():
     r = predict_serve(scenario())
-    weights = weight_bytes_per_gpu(get_model("opt-30b"), resolve(scenario(), 145, 128).instance.layout)
+    weights = weight_bytes_per_gpu(get_model("opt-30b"), deploy_scenario(scenario(), 145, 128).instance.layout)
     layers = get_model("opt-30b").num_layers
     # Eight sequences leave the GPU idle most of a step: the link binds, plus one layer's fetch.
     assert r.binding_resource == "host_to_gpu"
@@ -79,8 +80,8 @@ def test_nvme_binds_when_the_drive_is_slower_than_the_link():
 
 
 def test_resident_layers_shorten_the_stream_but_leave_less_room_for_the_cache():
-    full = resolve(scenario(), 145, 128)
-    partial = resolve(scenario(offload={"weights": "cpu", "resident_fraction": 0.3}), 145, 128)
+    full = deploy_scenario(scenario(), 145, 128)
+    partial = deploy_scenario(scenario(offload={"weights": "cpu", "resident_fraction": 0.3}), 145, 128)
     assert partial.instance.kv_capacity_tokens < full.instance.kv_capacity_tokens
     assert partial.instance.offload.host_weight_bytes == pytest.approx(0.7 * full.instance.offload.host_weight_bytes)
     assert predict_serve(scenario(offload={"weights": "cpu", "resident_fraction": 0.3})).tpot_ms.mean < \
@@ -91,8 +92,8 @@ def test_w4a16_groups_and_zero_points_set_the_bytes_per_weight():
     assert weight_bytes("w4a16") == pytest.approx(0.5 + 2 / 128)
     assert weight_bytes("w4a16", 64, True) == pytest.approx(0.5625)
     assert weight_bytes("fp8", 64, True) == 1.0
-    fp16 = resolve(scenario(), 145, 128).instance.offload.host_weight_bytes
-    w4 = resolve(scenario(deployment={"precision": "w4a16", "weight_group_size": 64, "weight_zero_point": True}),
+    fp16 = deploy_scenario(scenario(), 145, 128).instance.offload.host_weight_bytes
+    w4 = deploy_scenario(scenario(deployment={"precision": "w4a16", "weight_group_size": 64, "weight_zero_point": True}),
                  145, 128).instance.offload.host_weight_bytes
     c = count_params(get_model("opt-30b"))
     linear = c.layers_total - c.num_dense_layers * c.norms_layer  # embeddings and norms stay 16-bit
@@ -139,15 +140,15 @@ def test_streaming_experts_fetches_fewer_bytes_with_a_cache_and_more_with_a_batc
 
     assert step(1, 0.25) < step(1, 0.0)
     assert step(1, 0.25) < step(8, 0.25)  # more tokens route to more experts
-    assert resolve(scenario(**moe), 73, 64).instance.offload.stream.expert_hit_rate == 0.0
+    assert deploy_scenario(scenario(**moe), 73, 64).instance.offload.stream.expert_hit_rate == 0.0
     cached = scenario(**{**moe, "offload": {**moe["offload"], "resident_fraction": 0.25}})
-    assert resolve(cached, 73, 64).instance.offload.stream.expert_hit_rate == pytest.approx(
+    assert deploy_scenario(cached, 73, 64).instance.offload.stream.expert_hit_rate == pytest.approx(
         hit_rate(expert_popularity("zipf", 8), 2))
 
 
 def test_kv_cache_in_host_memory_raises_capacity_and_runs_attention_on_the_cpu():
-    gpu_kv = resolve(scenario(), 145, 128).instance
-    host_kv = resolve(scenario(offload={"weights": "cpu", "kv_cache": "cpu"}), 145, 128).instance
+    gpu_kv = deploy_scenario(scenario(), 145, 128).instance
+    host_kv = deploy_scenario(scenario(offload={"weights": "cpu", "kv_cache": "cpu"}), 145, 128).instance
     assert host_kv.kv_capacity_tokens > 2 * gpu_kv.kv_capacity_tokens
     long = {"workload": {"input_len": 1536, "output_len": 17, "num_requests": 32}, "scheduler": {"max_batch": 32}}
     one = predict_serve(scenario(**long, offload={"weights": "cpu", "kv_cache": "cpu"}))

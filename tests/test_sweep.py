@@ -120,18 +120,19 @@ def test_deepspeed_pipeline_engine_is_searched_without_interleaving() -> None:
 def test_a_presets_memory_overhead_replaces_the_defaults_and_sums_into_the_total(monkeypatch) -> None:
     """A framework preset may state what a GPU holds beyond the modelled tensors
     (``allocator_overhead`` x tensors + ``runtime_reserved_gib``); without one the defaults apply."""
-    import sextant.train.predict as predict
-    from sextant.train.step import ALLOCATOR_OVERHEAD, RUNTIME_RESERVED_BYTES
+    import sextant.resolve.framework as framework
+    from sextant.cost.memory import ALLOCATOR_OVERHEAD, RUNTIME_RESERVED_BYTES
+    from sextant.train.predict import predict_train
     from sextant.units import GiB
 
     sweep = load_sweeps()[0]
     scenario = sweep.scenario(sweep.points[0])
-    preset = predict.get_framework("deepspeed-megatron-2022")
-    monkeypatch.setattr(predict, "get_framework",
+    preset = framework.get_framework("deepspeed-megatron-2022")
+    monkeypatch.setattr(framework, "get_framework",
                         lambda name: {**preset, "allocator_overhead": 0.2, "runtime_reserved_gib": 6.0})
     for result, fraction, fixed in (
-            (predict.predict_train(scenario), 0.2, 6.0),
-            (predict.predict_train(scenario.model_copy(update={"framework": None})), ALLOCATOR_OVERHEAD,
+            (predict_train(scenario), 0.2, 6.0),
+            (predict_train(scenario.model_copy(update={"framework": None})), ALLOCATOR_OVERHEAD,
              RUNTIME_RESERVED_BYTES / GiB)):
         parts = result.memory_gb_per_gpu
         tensors = sum(v for k, v in parts.items() if k not in ("overhead", "total"))

@@ -100,10 +100,10 @@ def op_overhead(device: str, budget_s: float) -> dict[str, float]:
 
 
 def layer_elementwise(device: str, dtype: str, tokens: int, budget_s: float) -> dict:
-    """The element-wise work of one reference decoder layer (``sextant.measure.model``), forward
+    """The element-wise work of one reference decoder layer (``sextant.reference.model``), forward
     and backward: two RMSNorms, two residual adds, rotary embedding of queries and keys, the
     SwiGLU product. The GEMMs and attention are left out (they are measured on their own)."""
-    from sextant.measure.model import RMSNorm, _SwiGLUFn, apply_rotary, rotary_tables
+    from sextant.reference.model import RMSNorm, SwiGLUFunction, apply_rotary, rotary_tables
 
     h, heads, kv_heads, d, f = 1024, 16, 8, 64, 2816
     dt = DTYPES[dtype]
@@ -118,7 +118,7 @@ def layer_elementwise(device: str, dtype: str, tokens: int, budget_s: float) -> 
         y = x + norms[0](x)
         y = y + norms[1](y)
         out = (y.sum() + apply_rotary(q, rotations).sum() + apply_rotary(k, rotations).sum()
-               + _SwiGLUFn.apply(gate, up).sum())
+               + SwiGLUFunction.apply(gate, up).sum())
         out.backward()
         for t in (x, q, k, gate, up):
             t.grad = None
@@ -141,10 +141,10 @@ def cross_entropy(device: str, tokens: int, vocab: int, budget_s: float) -> dict
 
 
 def layer_overhead(device: str, budget_s: float) -> float:
-    """Seconds to run one reference decoder layer (``sextant.measure.model.Block``) forward on a
+    """Seconds to run one reference decoder layer (``sextant.reference.model.Block``) forward on a
     one-token input with a KV cache, where the kernels do almost nothing: the host's cost of
     issuing a layer in eager PyTorch."""
-    from sextant.measure.model import Block, rotary_tables
+    from sextant.reference.model import Block, rotary_tables
     from sextant.spec.model import ModelSpec
 
     spec = ModelSpec(name="overhead-probe", source="calibration probe", hidden_size=64, num_layers=1, num_heads=4,

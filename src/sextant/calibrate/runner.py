@@ -28,17 +28,12 @@ from sextant.calibrate.fit import attention_table, fit_affine, fit_gemm_curve, g
 from sextant.catalog import get_gpu, get_profile
 from sextant.cost.layer import CAUSAL_FRACTION, FLASH_BWD_FLOP_RATIO, LOSS_BYTES_PER_LOGIT, elementwise_bytes
 from sextant.errors import SpecError
+from sextant.resolve.hardware import catalog_gpu_for
 from sextant.spec.hardware import GPUSpec, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import EfficiencyTable, HardwareProfile, ProfileFile
 
 Progress = Callable[[int, int, str], None]
-
-#: Substrings of ``torch.cuda.get_device_name`` -> catalog GPU (first match wins).
-CUDA_NAMES = (("H100 PCIe", "h100-pcie"), ("H100", "h100-sxm"), ("H200", "h200"), ("A100-SXM4-40GB", "a100-40gb"),
-              ("A100", "a100-80gb"), ("B200", "b200"), ("L40S", "l40s"), ("L4", "l4"), ("4090", "rtx-4090"),
-              ("V100", "v100-32gb"), ("A10G", "a10g"))
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -117,13 +112,6 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def catalog_gpu_for(device_name: str) -> str | None:
-    for fragment, name in CUDA_NAMES:
-        if fragment.lower() in device_name.lower():
-            return name
-    return None
 
 
 def provenance(device: str, grid: Grid, quick: bool) -> dict:

@@ -23,17 +23,9 @@ def fill_unset(scenario: M, preset: dict[str, Any], sections: tuple[str, ...]) -
     return scenario.model_copy(update=updates) if updates else scenario
 
 
-def framework_names() -> list[str]:
-    return sorted(load_yaml("frameworks.yaml"))
-
-
 def get_framework(name: str) -> dict[str, Any]:
     """``{"strategy": {...}, "workload": {...}, "source": ...}`` for a framework preset."""
     return lookup(load_yaml("frameworks.yaml"), name, kind="framework", field="framework")
-
-
-def serving_framework_names() -> list[str]:
-    return sorted(load_yaml("serving_frameworks.yaml"))
 
 
 def get_serving_framework(name: str) -> dict[str, Any]:

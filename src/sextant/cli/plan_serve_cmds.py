@@ -71,7 +71,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     mixture-of-experts model also only its routed experts, with a GPU cache of the popular ones)
     and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), its batch, and on several GPUs
     the tensor-parallel and pipeline degrees of the replicas, for offline throughput."""
-    from sextant.plan.serve_offload import plan_serve
+    from sextant.plan.serve_search import plan_serve
 
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):

@@ -138,7 +138,7 @@ def validate_offload_cmd(
     throughputs, "fits on this GPU" claims (fits: 1) and GPU counts needed without offloading.
     Serving (ZeRO-Inference, DeepSpeed-Inference): weights streamed from host memory or NVMe."""
     from sextant.cli.serve_cmds import print_serve_report
-    from sextant.validate.offload import validate_offload
+    from sextant.validate.offload_ledger import validate_offload
     from sextant.validate.serve import validate_serving
 
     training = validate_offload(ledger)

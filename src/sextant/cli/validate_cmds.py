@@ -17,7 +17,7 @@ def validate_all_cmd(
     """Run every built-in ledger (training, training offload, serving, serving offload, planner
     rediscovery, measured sweeps) and print one line per ledger: rows, median and worst error. Each ledger's own
     command (`sextant validate train`, ...) prints its rows."""
-    from sextant.validate.offload import validate_offload
+    from sextant.validate.offload_ledger import validate_offload
     from sextant.validate.rediscover import rediscover
     from sextant.validate.serve import validate_serving
     from sextant.validate.sweep import validate_sweeps

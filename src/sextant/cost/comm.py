@@ -173,3 +173,16 @@ def p2p(bytes_, crosses_node, fab: Fabric) -> np.ndarray:
     bw = np.where(crosses_node, fab.inter_bw, fab.intra_bw)
     lat = np.where(crosses_node, fab.inter_latency, fab.intra_latency)
     return bytes_ / bw + lat
+
+
+def exposed(comm_s, window_s, efficiency: float) -> np.ndarray:
+    """Communication time left visible when it overlaps ``window_s`` of compute: a fraction
+    ``efficiency`` of the overlappable part (the shorter of the two) is hidden; 1 is perfect
+    overlap, less models streams contending for SMs and memory, and prefetches that start late."""
+    return comm_s - efficiency * np.minimum(comm_s, window_s)
+
+
+def group_per_node(size, stride, gpus_per_node) -> np.ndarray:
+    """Members of a process group in one node, for groups whose ranks are ``stride`` apart
+    (Megatron-LM's rank order tp, cp, ep/dp, pp: tp varies fastest)."""
+    return np.maximum(1.0, np.minimum(np.asarray(size, float), gpus_per_node / np.asarray(stride, float)))

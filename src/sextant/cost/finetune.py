@@ -57,7 +57,6 @@ class MethodCosts:
     backward_gemm_factor: float  # backward GEMM time relative to full training
     forward_passes: int  # forward passes per micro-batch
     backward: bool
-    stores_activations: bool
     dequant_bytes_per_weight: float  # element-wise bytes per weight per pass (QLoRA)
 
 
@@ -69,18 +68,18 @@ def method_costs(model: ModelSpec, method: str, rank: int, precision_weight: flo
     adapters = sum(rank * (i + o) for i, o in shapes)
     frac = adapters / block
     if method == "full":
-        return MethodCosts(precision_weight, precision_grad, optimizer_state, 1.0, 1.0, 1, True, True, 0.0)
+        return MethodCosts(precision_weight, precision_grad, optimizer_state, 1.0, 1.0, 1, True, 0.0)
     if method in ("lora", "qlora"):
         base = QLORA_BITS_PER_WEIGHT / 8.0 if method == "qlora" else precision_weight
         weight, grad, moments = ADAPTER_BYTES[method]
         return MethodCosts(
             weight_bytes=base + frac * weight, grad_bytes=frac * grad,
             optimizer_bytes=frac * moments, trainable_fraction=frac, backward_gemm_factor=0.5,
-            forward_passes=1, backward=True, stores_activations=True,
+            forward_passes=1, backward=True,
             dequant_bytes_per_weight=(QLORA_BITS_PER_WEIGHT / 8.0 + 2.0) if method == "qlora" else 0.0)
     if method == "galore":
         states = sum(2.0 * (min(i, o) * rank + 2 * max(i, o) * rank) for i, o in shapes)  # bf16
-        return MethodCosts(precision_weight, 0.0, states / block, 1.0, 1.0, 1, True, True, 0.0)
+        return MethodCosts(precision_weight, 0.0, states / block, 1.0, 1.0, 1, True, 0.0)
     if method == "zo":
-        return MethodCosts(precision_weight, 0.0, 0.0, 1.0, 0.0, 2, False, False, 0.0)
+        return MethodCosts(precision_weight, 0.0, 0.0, 1.0, 0.0, 2, False, 0.0)
     raise ValueError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")

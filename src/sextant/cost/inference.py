@@ -92,6 +92,14 @@ class Layout:
         return self.dev.gemm_bytes if self.dev.weight_bytes is None else self.dev.weight_bytes
 
 
+def speculative_tokens_per_step(acceptance_rate: float, proposed: int) -> float:
+    """Expected tokens a speculative decoding step yields per sequence when a draft proposes
+    ``proposed`` tokens, each accepted with probability ``acceptance_rate``, and the verifying
+    pass adds one of its own: (1 - a^(k+1)) / (1 - a) (Leviathan et al., ICML 2023, eq. 1)."""
+    a, k = acceptance_rate, proposed
+    return (1 - a ** (k + 1)) / (1 - a)
+
+
 def single_device(dev: Device) -> Layout:
     """A one-GPU layout whose weights, activations and KV cache use the device's own widths."""
     return Layout(dev=dev, kv_bytes=dev.act_bytes)

@@ -20,6 +20,7 @@ import numpy as np
 
 from sextant.cost.compute import gemm_efficiency, gemm_time, memory_bound_time
 from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.spec.hardware import GPUSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import EfficiencyTable, HardwareProfile
 
@@ -54,6 +55,29 @@ class Device:
     #: Weight-only quantization: FLOP/s of the vector units that dequantize each weight once per
     #: tile of activation rows (0: no dequantization).
     dequant_flops: float = 0.0
+
+
+def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attention_dtype: str, *,  # noqa: PLR0913
+               gemm_bytes: float, act_bytes: float, weight_bytes: float | None = None,
+               dequant_flops: float = 0.0) -> Device:
+    """The device a workload's kernels see on ``gpu``: GEMMs at the peak of ``gemm_dtype``,
+    attention at that of ``attention_dtype``, each with the profile's measured table for its
+    dtype where calibrated (else the profile's curve, scaled by its ``gemm_dtype_efficiency``)."""
+    table = profile.gemm_tables.get(gemm_dtype)
+    return Device(
+        gemm_peak=gpu.peak(gemm_dtype),
+        attention_peak=gpu.peak(attention_dtype),
+        mem_bw=gpu.memory.read_bytes_per_s,
+        gemm_bytes=gemm_bytes,
+        profile=profile,
+        act_bytes=act_bytes,
+        gemm_table=table,
+        attention_table=profile.attention_tables.get(attention_dtype),
+        host_synchronous=gpu.architecture.startswith("cpu"),
+        gemm_scale=1.0 if table is not None else profile.gemm_dtype_efficiency.get(gemm_dtype, 1.0),
+        weight_bytes=weight_bytes,
+        dequant_flops=dequant_flops,
+    )
 
 
 @dataclass
@@ -266,3 +290,25 @@ def embedding_cost(model: ModelSpec, b, s_q, dev: Device) -> tuple[np.ndarray, n
     tokens = np.asarray(b, float) * s_q
     fwd = memory_bound_time(2 * dev.act_bytes * tokens * model.hidden_size, mem_bw=dev.mem_bw, profile=dev.profile)
     return fwd, 2.0 * fwd
+
+
+def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool,  # noqa: PLR0913
+                       dropout: bool, imbalance: float) -> tuple[LayerCost, float]:
+    """The cost of a model's average layer, its dense and mixture-of-experts layers mixed in
+    proportion, and the share of MoE layers (0 for a dense model)."""
+    dense = dense_layer_cost(model, b, s_q, s_kv, t, sp, dev, flash=flash, dropout=dropout)
+    if not model.is_moe:
+        return dense, 0.0
+    moe = moe_layer_cost(model, b, s_q, s_kv, t, sp, ep, dev, flash=flash, dropout=dropout, imbalance=imbalance)
+    f = model.num_moe_layers / model.num_layers
+
+    def mix(x, y):
+        return (1 - f) * x + f * y
+
+    kinds = ("gemm", "attention", "elementwise")
+    return LayerCost(
+        fwd=PassTimes(*(mix(getattr(dense.fwd, k), getattr(moe.fwd, k)) for k in kinds)),
+        bwd=PassTimes(*(mix(getattr(dense.bwd, k), getattr(moe.bwd, k)) for k in kinds)),
+        attention_core_fwd=mix(dense.attention_core_fwd, moe.attention_core_fwd),
+        flops_fwd=mix(dense.flops_fwd, moe.flops_fwd),
+    ), f

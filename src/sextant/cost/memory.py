@@ -16,47 +16,24 @@ same derivation. Every function broadcasts over NumPy arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.cost.precision import PRECISION_BYTES
 from sextant.spec.model import ModelSpec
+from sextant.units import GiB
 
 #: Bytes per parameter of optimizer state (fp32 master weights included), per optimizer.
 OPTIMIZER_STATE_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adam8bit": 6.0}
+#: Device memory outside the framework's tensors: CUDA context, cuBLAS/cuDNN workspaces, NCCL
+#: buffers (a framework preset may restate it: ``runtime_reserved_gib``).
+RUNTIME_RESERVED_BYTES = 1.0 * GiB
+#: Caching-allocator fragmentation, as a fraction of the memory in tensors (a framework preset
+#: may restate it: ``allocator_overhead``).
+ALLOCATOR_OVERHEAD = 0.05
 #: The fp32 master copy of the weights inside OPTIMIZER_STATE_BYTES; fp32 training has none (the
 #: weights are the master copy).
 MASTER_WEIGHT_BYTES = 4.0
-
-
-@dataclass(frozen=True)
-class PrecisionBytes:
-    """Bytes per element of each kind of tensor under one training precision."""
-
-    weight: float  # parameters as the forward pass reads them
-    grad: float  # gradient buffer
-    activation: float  # activations kept for backward and sent between GPUs
-    gemm_operand: float  # GEMM inputs as the kernels read them
-    master_copy: bool  # optimizer keeps fp32 master weights beside the weights
-
-
-#: Mixed precision (Micikevicius et al. 2018): 16-bit weights and activations, fp32 master
-#: weights; bf16 and fp8 keep an fp32 ``main_grad`` (Megatron-LM requires fp32 accumulation for
-#: bf16), fp16 keeps fp16 gradients. FP8 (Transformer Engine) casts GEMM operands to 1 byte and
-#: keeps bf16 activations between layers. fp32/tf32: everything in 4 bytes (tf32 only changes the
-#: tensor-core math of the GEMMs).
-PRECISION_BYTES = {
-    "bf16": PrecisionBytes(weight=2.0, grad=4.0, activation=2.0, gemm_operand=2.0, master_copy=True),
-    "fp16": PrecisionBytes(weight=2.0, grad=2.0, activation=2.0, gemm_operand=2.0, master_copy=True),
-    "fp8": PrecisionBytes(weight=2.0, grad=4.0, activation=2.0, gemm_operand=1.0, master_copy=True),
-    "tf32": PrecisionBytes(weight=4.0, grad=4.0, activation=4.0, gemm_operand=4.0, master_copy=False),
-    "fp32": PrecisionBytes(weight=4.0, grad=4.0, activation=4.0, gemm_operand=4.0, master_copy=False),
-}
-
-
-def precision_bytes(precision: str) -> PrecisionBytes:
-    return PRECISION_BYTES[precision]
 
 
 def optimizer_state_bytes(optimizer: str, precision: str, *, fp32_grad_copy: bool = False) -> float:
@@ -78,11 +55,6 @@ def optimizer_step_bytes(optimizer: str, precision: str) -> float:
     state = optimizer_state_bytes(optimizer, precision)
     in_place_weights = 0.0 if pb.master_copy else pb.weight
     return 2.0 * (state + in_place_weights) + pb.grad + (pb.weight if pb.master_copy else 0.0)
-
-
-def grad_bytes(precision: str) -> float:
-    """Bytes per gradient element (see :data:`PRECISION_BYTES`)."""
-    return PRECISION_BYTES[precision].grad
 
 
 def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False,
@@ -205,3 +177,60 @@ def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) ->
     interleave = np.where(schedule_code == 2, 1 + (pp - 1) / (pp * np.asarray(vpp, float)), 1.0)
     in_flight = np.where(schedule_code == 0, m, np.maximum(pp - stage_index, 1.0) * interleave)
     return np.minimum(in_flight, np.maximum(m, 1.0) * interleave)
+
+
+#: Layers whose buffers are live at once per offload stream: the one in use and the one
+#: prefetched (ZeRO-Infinity's and SSDTrain's double buffering).
+OFFLOAD_BUFFERS = 2
+#: Offload target codes of the planner's columns (sextant.spec.strategy.OFFLOAD_CODES).
+OFFLOAD_HOST, OFFLOAD_NVME, OFFLOAD_INTERLEAVED = 1, 2, 3
+
+
+def stage_activations(n_layers, in_flight, act_layer, act_extra, logits_act, with_logits) -> tuple:
+    """(kept, total) activation bytes of a stage at its peak: ``n_layers`` layers' saved
+    activations for each micro-batch in flight, the recomputed layer's extra while its backward
+    runs, and on the last stage the output layer's."""
+    kept = n_layers * in_flight * act_layer
+    return kept, kept + act_extra + np.where(with_logits, logits_act, 0.0)
+
+
+def method_state_bytes(params, n_layers, dp_group, zero, method, *, galore: bool, weight_bytes: float) -> tuple:
+    """(weights, gradients, optimizer) bytes per GPU of ``params`` block parameters under a
+    training method other than full training (:class:`sextant.cost.finetune.MethodCosts`):
+    its stored base weights and adapter states, sharded by ZeRO as full training's; GaLore
+    updates layer by layer in the backward, so one layer's gradients exist at a time."""
+    weights = params * method.weight_bytes / np.where(zero >= 3, dp_group, 1.0)
+    grads = (params / np.maximum(n_layers, 1) * weight_bytes if galore
+             else params * method.grad_bytes / np.where(zero >= 2, dp_group, 1.0))
+    optim = params * method.optimizer_bytes / np.where(zero >= 1, dp_group, 1.0)
+    return weights, grads, optim
+
+
+def offload_tier_bytes(weights, grads, optim, kept_activations, codes: tuple) -> tuple:
+    """(host, NVMe) bytes per GPU of what leaves the GPU: the optimizer state (and, with it, the
+    gradients, which accumulate in host memory: ZeRO-Offload), the parameters, and the saved
+    activations, each to the tier its code names. ``codes``: (optimizer, parameters,
+    activations) offload codes."""
+    opt, par, act = codes
+    host = np.zeros(np.shape(opt))
+    nvme = np.zeros(np.shape(opt))
+    for code, tier_bytes in ((opt, optim), (par, weights), (act, kept_activations)):
+        host += np.where((code == OFFLOAD_HOST) | (code == OFFLOAD_INTERLEAVED), tier_bytes, 0.0)
+        nvme += np.where(code == OFFLOAD_NVME, tier_bytes, 0.0)
+    host += np.where(opt > 0, grads, 0.0)
+    return host, nvme
+
+
+def offloaded_gpu_states(weights, grads, optim, activations, codes: tuple, staged_grads, staged_activations) -> tuple:
+    """(weights, gradients, optimizer, activations) bytes a GPU keeps when ``codes`` offload
+    them: staging buffers instead, two gather units of 16-bit gradients (a layer, or one weight
+    matrix as DeepSpeed reduces them) and two layers of activations each way."""
+    opt, par, act = codes
+    return (np.where(par > 0, 0.0, weights), np.where(opt > 0, staged_grads, grads), np.where(opt > 0, 0.0, optim),
+            np.where(act > 0, staged_activations, activations))
+
+
+def runtime_overhead(tensor_bytes, allocator_overhead: float, runtime_reserved_bytes: float) -> np.ndarray:
+    """Device memory beyond the tensors: the caching allocator's fragmentation, a fraction of
+    them, and what the runtime keeps (CUDA context, library workspaces, NCCL buffers)."""
+    return allocator_overhead * tensor_bytes + runtime_reserved_bytes

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from sextant.spec.model import ModelSpec
 
 
@@ -181,3 +183,36 @@ def largest_matrix_params(model: ModelSpec) -> int:
     if model.moe is not None:
         candidates.append(h * gate * model.moe.expert_ffn_hidden_size)
     return max(candidates)
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters one GPU of each pipeline stage holds (first, fullest middle, last stage), split
+    by tensor parallelism and, for routed experts, expert parallelism; before ZeRO sharding.
+    ``nonexpert_layer``/``expert_layer``: one average layer's, unsplit."""
+
+    nonexpert: tuple[np.ndarray, np.ndarray, np.ndarray]
+    expert: tuple[np.ndarray, np.ndarray, np.ndarray]
+    nonexpert_layer: float
+    expert_layer: float
+
+
+def stage_params(model: ModelSpec, layers: tuple, tp, ep, single_stage) -> StageParams:
+    """Parameters per GPU of the stages holding ``layers`` = (first, middle, last) layer counts:
+    the first stage also holds the embedding, the last the final norm and the output projection
+    (a tied embedding's copy when pp > 1, whose gradient the two stages all-reduce); one stage
+    holds both."""
+    counts = count_params(model)
+    moe_layers = counts.num_moe_layers
+    experts_per_layer = counts.num_experts * counts.moe_expert
+    nonexpert_layer = ((model.num_layers - moe_layers) * counts.dense_layer
+                       + moe_layers * (counts.moe_layer_total - experts_per_layer)) / model.num_layers
+    expert_layer = moe_layers * experts_per_layer / model.num_layers
+    emb = (counts.embedding + counts.position_embedding) / tp
+    out = np.where(single_stage & (counts.output == 0), 0.0, model.vocab_size * model.hidden_size / tp) + counts.final_norm
+    n_first, n_mid, n_last = layers
+    nonexpert = (n_first * nonexpert_layer / tp + emb + np.where(single_stage, out, 0.0),
+                 n_mid * nonexpert_layer / tp,
+                 n_last * nonexpert_layer / tp + out + np.where(single_stage, emb, 0.0))
+    expert = tuple(n * expert_layer / (tp * ep) for n in layers)
+    return StageParams(nonexpert, expert, nonexpert_layer, expert_layer)  # type: ignore[arg-type]

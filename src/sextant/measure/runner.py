@@ -25,15 +25,17 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from sextant.cost.inference import decode_time, kv_cache_bytes_per_token, prefill_time
-from sextant.cost.memory import precision_bytes
 from sextant.cost.params import count_params
+from sextant.cost.precision import precision_bytes
 from sextant.errors import SpecError
-from sextant.measure.model import Llama
+from sextant.reference.model import Llama
+from sextant.resolve.hardware import catalog_gpu_for, load_profile_file
+from sextant.resolve.train import resolve_train
 from sextant.spec.model import ModelSpec
 from sextant.spec.scenario import HardwareRef, TrainScenario
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
-from sextant.train.predict import predict_train, resolve_context
+from sextant.train.predict import predict_train
 from sextant.units import GB, GiB
 
 #: Sizes that suit each device: a few seconds per iteration at most on a 2-core CPU; about 1B
@@ -118,8 +120,6 @@ def _device_name(dev: str) -> str:
 
 def _scenario(spec: ModelSpec, profile: str | None, gpu: str | None, batch: int, seq: int, precision: str) -> TrainScenario:
     if gpu is None and profile is None and torch.cuda.is_available():
-        from sextant.calibrate.runner import catalog_gpu_for
-
         gpu = catalog_gpu_for(torch.cuda.get_device_name(0))
         if gpu is None:
             raise SpecError(f"{torch.cuda.get_device_name(0)!r} matches no catalog GPU; pass --gpu or --profile",
@@ -145,8 +145,6 @@ def _notes(profile_threads: int | None) -> list[str]:
 def _profile_threads(profile: str | None) -> int | None:
     if not profile:
         return None
-    from sextant.train.predict import load_profile_file
-
     return load_profile_file(profile).provenance.get("cpu_threads")
 
 
@@ -232,7 +230,7 @@ def measure_serve(device: str = "cpu", *, profile: str | None = None, gpu: str |
     if total > spec.max_seq_len:
         raise SpecError(f"prompt + output = {total} exceeds the model's {spec.max_seq_len} positions", field="seq_len")
     precision = "fp32"
-    ctx = resolve_context(_scenario(spec, profile, gpu, batch, prompt_len, precision))
+    _, ctx = resolve_train(_scenario(spec, profile, gpu, batch, prompt_len, precision))
     dv = ctx.device
     prefill_parts = {k: float(v) for k, v in prefill_time(spec, dv, batch, prompt_len).items()}
     decode_parts = [decode_time(spec, dv, batch, prompt_len + i + 1) for i in range(output_len)]

@@ -1,9 +1,9 @@
 """``plan train``: evaluate a whole space, keep what fits, rank by the objective, explain.
 
-The evaluation is :func:`sextant.train.step.evaluate` on the table, in chunks (for the progress
-report and bounded memory); the top configurations are then re-predicted one by one through
-``predict_train`` (the scalar path), which both builds their full reports and cross-checks the
-vectorised numbers.
+The scenario is resolved once per GPU count (``sextant.resolve``); the evaluation is
+:func:`sextant.train.step.evaluate` on the table, in chunks (for the progress report and bounded
+memory); the top configurations are then explained one by one (``sextant.train.predict.explain``:
+the same evaluation with its full breakdown) from the same context and their own row.
 """
 
 from __future__ import annotations
@@ -12,24 +12,24 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from sextant.errors import InfeasibleError
-from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
+from sextant.plan.space import SearchSpace, Space, enumerate_space, restrict_to_framework
+from sextant.resolve.train import TrainContext, resolve_train
 from sextant.spec.scenario import TrainScenario
-from sextant.spec.strategy import RECOMPUTE_CODES
+from sextant.spec.strategy import RECOMPUTE_NAMES
 from sextant.train.candidates import Candidates
-from sextant.train.offload import OFFLOAD_NAMES
-from sextant.train.predict import apply_framework, predict_train, resolve_context
+from sextant.train.predict import explain
 from sextant.train.result import TIME_PART_LABELS, TrainResult
 from sextant.train.step import StepEvaluation, evaluate
 from sextant.units import GiB
 
 Objective = Literal["throughput", "time-to-train", "cost", "energy"]
-RECOMPUTE_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
 CHUNK = 250_000
 
 Progress = Callable[[int, int], None]
@@ -101,31 +101,26 @@ def _score(objective: Objective, tokens_per_s: np.ndarray, gpus: int, tdp_w: flo
     return tokens_per_s / (gpus * tdp_w)
 
 
-def _strategy_of(c: Candidates, i: int, base: dict) -> dict:
-    row = c.row(i)
-    return {**base, "offload_optimizer": OFFLOAD_NAMES[row["offload_optimizer"]],
-            "offload_params": OFFLOAD_NAMES[row["offload_params"]],
-            "offload_activations": OFFLOAD_NAMES[row["offload_activations"]], "dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"],
-            "vpp": row["vpp"], "zero": row["zero"], "micro_batch": row["micro_batch"],
-            "recompute": RECOMPUTE_NAMES[row["recompute"]], "sequence_parallel": bool(row["sequence_parallel"]),
-            "schedule": "interleaved" if row["vpp"] > 1 else "1f1b"}
+def tie_breaks(c: Candidates) -> tuple[np.ndarray, ...]:
+    """Among configurations that score alike, the simpler first: fewer offloaded states, fewer
+    model-parallel ranks, fewer virtual stages, a lower ZeRO stage, less recomputation (after
+    less memory and fewer GPUs, see :func:`rank_rows` and :func:`plan_train`)."""
+    return (c.offload_optimizer + c.offload_params + c.offload_activations, c.tp * c.pp * c.cp * c.ep, c.vpp,
+            c.zero, c.recompute)
 
 
-def _model_parallel(row: dict) -> tuple:
-    return (row["tp"] * row["pp"] * row["cp"] * row["ep"], row["vpp"], row["zero"], row["recompute"])
+def _tied(score, best) -> np.ndarray:
+    """Scores relative to the best, equal to 1e-9 counting as a tie."""
+    return np.round(score / best, 9)
 
 
 def rank_rows(score: np.ndarray, memory: np.ndarray, c: Candidates) -> np.ndarray:
-    """Row indices, best first: by score (equal to 1e-9 relative counts as a tie), then less
-    memory, then fewer model-parallel ranks, fewer virtual stages, lower ZeRO stage and less
-    recomputation: among equals, the simpler configuration with more headroom."""
+    """Row indices of the feasible rows (finite score), best first: by score, then less memory,
+    then :func:`tie_breaks`."""
     feasible = np.flatnonzero(np.isfinite(score))
     s = score[feasible]
-    tied = np.round(s / s.max(), 9)
-    model_parallel = (c.tp * c.pp * c.cp * c.ep)[feasible]
-    offloads = (c.offload_optimizer + c.offload_params + c.offload_activations)[feasible]
-    keys = (c.recompute[feasible], c.zero[feasible], c.vpp[feasible], model_parallel, offloads, memory[feasible], -tied)
-    return feasible[np.lexsort(keys)]
+    keys = (-_tied(s, s.max()), memory[feasible], *(k[feasible] for k in tie_breaks(c)))
+    return feasible[np.lexsort(keys[::-1])]
 
 
 def explain_difference(best: TrainResult, runner_up: TrainResult) -> list[str]:
@@ -198,23 +193,9 @@ def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: floa
     return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
 
 
-def fixed_strategy(scenario: TrainScenario) -> dict:
-    """The strategy fields the search does not vary (precision, kernels, overlap, collectives)."""
-    s = scenario.strategy
-    return {"precision": s.precision, "attention_kernel": s.attention_kernel, "dp_collective": s.dp_collective,
-            "zero3_gather_unit": s.zero3_gather_unit, "fp32_grad_copy": s.fp32_grad_copy,
-            "bf16_grad_copy": s.bf16_grad_copy,
-            "partition_activations": s.partition_activations,
-            "overlap": s.overlap.model_dump()}
-
-
-def scenario_for(scenario: TrainScenario, gpus: int, strategy: dict) -> TrainScenario:
-    data = scenario.model_dump(exclude_unset=True)
-    data["hardware"] = {**data.get("hardware", {}), "gpus": gpus}
-    data["strategy"] = strategy
-    if not isinstance(scenario.model, str):
-        data["model"] = scenario.model
-    return TrainScenario.model_validate(data)
+def with_gpus(scenario: TrainScenario, gpus: int) -> TrainScenario:
+    """The scenario on ``gpus`` GPUs of the same kind."""
+    return scenario.model_copy(update={"hardware": scenario.hardware.model_copy(update={"gpus": gpus})})
 
 
 def _infeasible_message(scenario: TrainScenario, counts: list[int], closest: tuple | None) -> str:
@@ -232,101 +213,103 @@ def _infeasible_message(scenario: TrainScenario, counts: list[int], closest: tup
             "--offload-optimizer/--offload-params/--offload-activations)")
 
 
-def plan_train(  # noqa: C901, PLR0913 - one search, kept together
-    scenario: TrainScenario,
-    gpu_counts: list[int],
-    *,
-    objective: Objective = "throughput",
-    space: SearchSpace | None = None,
-    top_k: int = 5,
-    tokens: float | None = None,
-    price_per_gpu_hour: float | None = None,
-    progress: Progress | None = None,
-) -> PlanResult:
-    scenario, _ = apply_framework(scenario)
-    space = restrict_to_framework(space or SearchSpace(), scenario.framework)
-    fixed = fixed_strategy(scenario)
-    start = time.perf_counter()
-    spaces = []
-    for gpus in gpu_counts:
-        ctx = resolve_context(scenario_for(scenario, gpus, fixed))
-        spaces.append((gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space,
-                                                  has_nvme=ctx.cluster.node.nvme is not None)))
-    total_rows = sum(len(sp.candidates) for _, _, sp in spaces)
-    tdp_w = spaces[0][1].cluster.gpu.tdp_w
-    done = 0
-    rejected: dict[str, int] = {}
-    ranked: list[tuple[float, int, int, dict]] = []  # (score, gpus, index, row)
-    by_offload: dict[tuple[int, int, int], tuple[float, int, dict]] = {}  # choice -> (score, gpus, row)
-    summaries: list[GpuCountSummary] = []
-    closest = None
-    eval_seconds = 0.0
-    for gpus, ctx, sp in spaces:
+@dataclass(frozen=True)
+class _Choice:
+    """One configuration kept for the report: its GPU count's context and its one-row table."""
+
+    score: float
+    memory: float
+    gpus: int
+    breaks: tuple
+    ctx: TrainContext
+    row: Candidates
+
+
+@dataclass
+class _Search:
+    """What the evaluation of every GPU count's space gathers for the report."""
+
+    objective: Objective
+    space: SearchSpace
+    top_k: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    ranked: list[_Choice] = field(default_factory=list)
+    #: The best configuration of each offload choice (optimizer, parameters, activations codes).
+    by_offload: dict[tuple[int, int, int], _Choice] = field(default_factory=dict)
+    summaries: list[GpuCountSummary] = field(default_factory=list)
+    closest: tuple | None = None  # (GiB short, GPUs, row) of the configuration nearest to fitting
+    eval_seconds: float = 0.0
+
+    def add(self, gpus: int, ctx: TrainContext, sp: Space, progress: Progress | None) -> None:
+        """Evaluate one GPU count's space and keep its top rows, its best per offload choice, and
+        the configuration closest to fitting."""
         for reason, count in sp.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
         t0 = time.perf_counter()
-        ev = evaluate_table(ctx, sp.candidates, None if progress is None else
-                              (lambda d, n, base=done: progress(base + d, total_rows)))
-        eval_seconds += time.perf_counter() - t0
-        done += len(sp.candidates)
+        ev = evaluate_table(ctx, sp.candidates, progress)
+        self.eval_seconds += time.perf_counter() - t0
         if ev is None:
-            summaries.append(GpuCountSummary(gpus=gpus, configs_evaluated=0, configs_feasible=0,
-                                             best_tokens_per_s=None, best_mfu=None))
-            continue
-        limit = ev.capacity_bytes * (1.0 - space.headroom)
-        fits, score = score_space(ev, objective, gpus, ctx.cluster.gpu.tdp_w, space.headroom)
-        if (~fits).any():
-            rejected["does not fit in memory"] = rejected.get("does not fit in memory", 0) + int((~fits).sum())
-            i = int(np.argmin(np.where(fits, np.inf, ev.memory_bytes)))
-            short = float(ev.memory_bytes[i] - limit)
-            if closest is None or short < closest[0]:
-                closest = (short, gpus, sp.candidates.row(i))
-        tps = ev.tokens_per_s
+            self.summaries.append(GpuCountSummary(gpus=gpus, configs_evaluated=0, configs_feasible=0,
+                                                  best_tokens_per_s=None, best_mfu=None))
+            return
+        c = sp.candidates
+        fits, score = score_space(ev, self.objective, gpus, ctx.cluster.gpu.tdp_w, self.space.headroom)
+        self._note_misfits(fits, ev, gpus, c)
         n_fit = int(fits.sum())
         best_i = int(np.argmax(score)) if n_fit else None
-        summaries.append(GpuCountSummary(
-            gpus=gpus, configs_evaluated=len(sp.candidates), configs_feasible=n_fit,
-            best_tokens_per_s=float(tps[best_i]) if n_fit else None,
+        self.summaries.append(GpuCountSummary(
+            gpus=gpus, configs_evaluated=len(c), configs_feasible=n_fit,
+            best_tokens_per_s=float(ev.tokens_per_s[best_i]) if n_fit else None,
             best_mfu=float(ev.mfu[best_i]) if n_fit else None))
-        if n_fit and sp.candidates.offloads.any():
-            c = sp.candidates
-            choice = c.offload_optimizer * 16 + c.offload_params * 4 + c.offload_activations
-            for code in np.unique(choice[fits]):
-                rows = np.flatnonzero(fits & (choice == code))
+        if not n_fit:
+            return
+        breaks = np.stack(tie_breaks(c), axis=1)
+
+        def choice(i: int) -> _Choice:
+            return _Choice(float(score[i]), float(ev.memory_bytes[i]), gpus, tuple(breaks[i].tolist()), ctx,
+                           c.take(np.array([i])))
+
+        if c.offloads.any():
+            codes = c.offload_optimizer * 16 + c.offload_params * 4 + c.offload_activations
+            for code in np.unique(codes[fits]):
+                rows = np.flatnonzero(fits & (codes == code))
                 i = int(rows[np.argmax(score[rows])])
                 key = (int(code) // 16, int(code) // 4 % 4, int(code) % 4)
-                if key not in by_offload or score[i] > by_offload[key][0]:
-                    by_offload[key] = (float(score[i]), gpus, c.row(i))
-        if n_fit:
-            order = rank_rows(score, ev.memory_bytes, sp.candidates)
-            ranked.extend((float(score[i]), float(ev.memory_bytes[i]), gpus, sp.candidates.row(int(i)))
-                          for i in order[:top_k])
-    search_seconds = time.perf_counter() - start
-    configs_evaluated = sum(s.configs_evaluated for s in summaries)
-    if not ranked:
-        raise InfeasibleError(_infeasible_message(scenario, gpu_counts, closest), field="plan")
+                if key not in self.by_offload or score[i] > self.by_offload[key].score:
+                    self.by_offload[key] = choice(i)
+        self.ranked.extend(choice(int(i)) for i in rank_rows(score, ev.memory_bytes, c)[:self.top_k])
 
-    best_score = max(r[0] for r in ranked)
-    ranked.sort(key=lambda r: (-round(r[0] / best_score, 9), r[1], r[2], _model_parallel(r[3])))
-    top = []
-    for _, _, gpus, row in ranked[:top_k]:
-        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed)
-        top.append(predict_train(scenario_for(scenario, gpus, strategy)))
-    best = top[0]
-    why = explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"]
-    options = []
-    for _, gpus, row in sorted(by_offload.values(), key=lambda v: -v[0]):
-        strategy = _strategy_of(Candidates(**{k: np.array([v]) for k, v in row.items()}), 0, fixed)
-        r = predict_train(scenario_for(scenario, gpus, strategy))
-        options.append(OffloadOption(
-            offload_optimizer=r.offload_optimizer, offload_params=r.offload_params,
-            offload_activations=r.offload_activations, gpus=gpus, tokens_per_s=r.tokens_per_s,
-            step_time_s=r.step_time_s, mfu=r.mfu, binding_resource=r.binding_resource,
-            memory_gb_per_tier=r.memory_gb_per_tier,
-            config=f"{r.layout} zero{r.zero} mb{r.micro_batch} {r.recompute}"))
+    def _note_misfits(self, fits: np.ndarray, ev: StepEvaluation, gpus: int, c: Candidates) -> None:
+        if fits.all():
+            return
+        self.rejected["does not fit in memory"] = self.rejected.get("does not fit in memory", 0) + int((~fits).sum())
+        limit = ev.capacity_bytes * (1.0 - self.space.headroom)
+        i = int(np.argmin(np.where(fits, np.inf, ev.memory_bytes)))
+        short = float(ev.memory_bytes[i] - limit)
+        if self.closest is None or short < self.closest[0]:
+            self.closest = (short, gpus, c.row(i))
 
-    # Pareto front of throughput against GPU count: a count is on it when no smaller count is at
-    # least as fast.
+    def top(self) -> list[_Choice]:
+        """The kept rows of every GPU count in one order: by score (ties within 1e-9 of the best),
+        less memory, fewer GPUs, then :func:`tie_breaks`, as :func:`rank_rows` orders each count."""
+        best = max(r.score for r in self.ranked)
+        return sorted(self.ranked, key=lambda r: (-_tied(r.score, best), r.memory, r.gpus, r.breaks))[:self.top_k]
+
+
+def _offload_option(choice: _Choice) -> OffloadOption:
+    r = explain(choice.ctx, choice.row)
+    return OffloadOption(
+        offload_optimizer=r.offload_optimizer, offload_params=r.offload_params,
+        offload_activations=r.offload_activations, gpus=choice.gpus, tokens_per_s=r.tokens_per_s,
+        step_time_s=r.step_time_s, mfu=r.mfu, binding_resource=r.binding_resource,
+        memory_gb_per_tier=r.memory_gb_per_tier, config=f"{r.layout} zero{r.zero} mb{r.micro_batch} {r.recompute}")
+
+
+def _costs(summaries: list[GpuCountSummary], tokens: float | None, price_per_gpu_hour: float | None,
+           tdp_w: float) -> None:
+    """Mark the Pareto front of throughput against GPU count (a count is on it when no smaller
+    count is at least as fast) and, given the tokens to train, each count's days, dollars and
+    energy."""
     fastest_so_far = -np.inf
     for summary in sorted(summaries, key=lambda s: s.gpus):
         if summary.best_tokens_per_s is not None and summary.best_tokens_per_s > fastest_so_far:
@@ -338,20 +321,57 @@ def plan_train(  # noqa: C901, PLR0913 - one search, kept together
             summary.energy_mwh = seconds * summary.gpus * tdp_w / 3.6e9
             if price_per_gpu_hour is not None:
                 summary.dollars = seconds / 3600 * summary.gpus * price_per_gpu_hour
+
+
+def plan_train(  # noqa: PLR0913 - the search's options
+    scenario: TrainScenario,
+    gpu_counts: list[int],
+    *,
+    objective: Objective = "throughput",
+    space: SearchSpace | None = None,
+    top_k: int = 5,
+    tokens: float | None = None,
+    price_per_gpu_hour: float | None = None,
+    progress: Progress | None = None,
+) -> PlanResult:
+    """Search every configuration of ``scenario``'s model on each of ``gpu_counts`` GPUs (see the
+    module docstring) and report the best, the top ``top_k`` and the best per offload choice."""
+    start = time.perf_counter()
+    resolved = [resolve_train(with_gpus(scenario, gpus)) for gpus in gpu_counts]
+    scenario = resolved[0][0]
+    space = restrict_to_framework(space or SearchSpace(), scenario.framework)
+    spaces = [(gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space,
+                                          has_nvme=ctx.cluster.node.nvme is not None))
+              for gpus, (_, ctx) in zip(gpu_counts, resolved)]
+    total_rows = sum(len(sp.candidates) for _, _, sp in spaces)
+    search = _Search(objective, space, top_k)
+    done = 0
+    for gpus, ctx, sp in spaces:
+        search.add(gpus, ctx, sp, None if progress is None else (lambda d, n, base=done: progress(base + d, total_rows)))
+        done += len(sp.candidates)
+    search_seconds = time.perf_counter() - start
+    if not search.ranked:
+        raise InfeasibleError(_infeasible_message(scenario, gpu_counts, search.closest), field="plan")
+    top = [explain(choice.ctx, choice.row) for choice in search.top()]
+    best = top[0]
+    options = [_offload_option(choice) for choice in sorted(search.by_offload.values(), key=lambda v: -v.score)]
+    tdp_w = spaces[0][1].cluster.gpu.tdp_w
+    summaries = search.summaries
+    _costs(summaries, tokens, price_per_gpu_hour, tdp_w)
     days = tokens / best.tokens_per_s / 86400 if tokens else None
     dollars = days * 24 * best.gpus * price_per_gpu_hour if (days is not None and price_per_gpu_hour is not None) else None
+    configs_evaluated = sum(s.configs_evaluated for s in summaries)
     return PlanResult(
         model=best.model, gpu=best.gpu, objective=objective, gpus=list(gpu_counts),
         global_batch=scenario.workload.global_batch, seq_len=scenario.workload.seq_len,
         configs_total=sum(sp.total for _, _, sp in spaces), configs_evaluated=configs_evaluated,
-        configs_feasible=sum(s.configs_feasible for s in summaries), rejected=rejected,
-        search_seconds=search_seconds, evaluations_per_second=configs_evaluated / max(eval_seconds, 1e-9),
-        best=best, top=top, why_best=why, by_gpu_count=summaries, tokens=tokens,
-        price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
+        configs_feasible=sum(s.configs_feasible for s in summaries), rejected=search.rejected,
+        search_seconds=search_seconds, evaluations_per_second=configs_evaluated / max(search.eval_seconds, 1e-9),
+        best=best, top=top, why_best=explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"],
+        by_gpu_count=summaries, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
         assumptions=[f"memory headroom {space.headroom:.0%}", "energy at TDP for the whole run (an upper bound)",
                      "GPipe not searched: same step time as 1F1B, more memory"]
         + (["offloading searched (pp = 1 rows): optimizer none/cpu/nvme/interleaved, parameters and activations "
-            "none/cpu/nvme"] if by_offload else []),
+            "none/cpu/nvme"] if search.by_offload else []),
         offload_options=options,
     )
-

@@ -10,17 +10,19 @@ the better choice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
 
+from sextant.resolve.framework import search_limits
+from sextant.resolve.layout import TRAINING_RULES, LayoutCase, Rule, first_failures
 from sextant.spec.base import Spec
 from sextant.spec.model import ModelSpec
-from sextant.spec.strategy import RECOMPUTE_CODES, Recompute
+from sextant.spec.strategy import RECOMPUTE_CODES, SCHEDULE_CODES, Recompute
 from sextant.spec.workload import TrainWorkload
 from sextant.train.candidates import Candidates
-from sextant.train.validate_strategy import rule_masks
 
 
 class SearchSpace(Spec):
@@ -44,11 +46,7 @@ class SearchSpace(Spec):
 
 def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSpace:
     """The part of ``space`` the framework can run (its preset's ``search`` limits)."""
-    if framework is None:
-        return space
-    from sextant.catalog.frameworks import get_framework
-
-    limits = get_framework(framework).get("search", {})
+    limits = search_limits(framework)
     update: dict = {}
     for key in ("zero", "recompute", "sequence_parallel"):
         if key in limits:
@@ -61,7 +59,9 @@ def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSp
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n``, ascending (pairs d, n/d up to sqrt(n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 @dataclass
@@ -124,23 +124,17 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
         offload = tuple(np.concatenate([none, codes[:, k]]) for k in range(3))
     lay = layouts[li]
     table = Candidates(dp=lay[:, 0], tp=lay[:, 1], pp=lay[:, 2], cp=lay[:, 3], ep=lay[:, 4], vpp=vpp, zero=zero,
-                       micro_batch=mb, recompute=rc, sequence_parallel=sp, schedule=np.where(vpp > 1, 2, 1),
+                       micro_batch=mb, recompute=rc, sequence_parallel=sp,
+                       schedule=np.where(vpp > 1, SCHEDULE_CODES["interleaved"], SCHEDULE_CODES["1f1b"]),
                        offload_optimizer=offload[0], offload_params=offload[1], offload_activations=offload[2])
     layers = model.num_layers
-    checks = rule_masks(model, num_gpus, workload, table)
     # Search constraints beyond what can run at all: a planner proposes balanced, conventional
     # layouts (the layer count, or it plus the embedding and loss, splits evenly over the virtual
     # stages) and keeps tensor parallelism on the intra-node link unless told otherwise.
-    split = table.pp * table.vpp
-    checks["layers do not split evenly over pp*vpp stages"] = (layers % split == 0) | ((layers + 2) % split == 0)
+    conventional = [Rule("layers do not split evenly over pp*vpp stages", "vpp",
+                         lambda x: (layers % (x.pp * x.vpp) == 0) | ((layers + 2) % (x.pp * x.vpp) == 0), str)]
     if space.tp_within_node:
-        checks["tp spans nodes"] = table.tp <= gpus_per_node
-    ok = np.ones(len(table), bool)
-    rejected: dict[str, int] = {}
-    for reason, passes in checks.items():
-        newly = ok & ~passes
-        if newly.any():
-            rejected[reason] = int(newly.sum())
-        ok &= passes
-    kept = Candidates(**{name: getattr(table, name)[ok] for name in Candidates.__dataclass_fields__})
+        conventional.append(Rule("tp spans nodes", "tp", lambda x: x.tp <= gpus_per_node, str))
+    kept, rejected = first_failures((*TRAINING_RULES, *conventional), table,
+                                    lambda t: LayoutCase(model, t, workload, num_gpus))
     return Space(candidates=kept, total=len(table), rejected=rejected)

@@ -89,8 +89,6 @@ class EngineConfig:
     swap_s_per_token: float  # seconds to move one token's KV over PCIe
     role: str = "both"  # both | prefill | decode
     tokens_per_step: float = 1.0  # > 1 with speculative decoding (expected accepted + bonus)
-    draft: IterationCost | None = None
-    draft_tokens: int = 0
 
 
 @dataclass
@@ -305,7 +303,7 @@ class Engine:
         if not chunks and not decode:
             self._plan = None
             return None if swap_s == 0.0 else self._idle_swap(now, swap_s)
-        if (decode and not chunks and swap_s == 0.0 and r.preemptions == preemptions and cfg.draft is None
+        if (decode and not chunks and swap_s == 0.0 and r.preemptions == preemptions and cost.speculation is None
                 and not cost.on_host):
             return self._decode_run(now, horizon)
         n_dec = self.n_dec if decode else 0
@@ -313,28 +311,11 @@ class Engine:
         step = self.D + 1
         prefill_tokens = sum(c for _, c in chunks)
         completing = sum(1 for rid, c in chunks if r.done[rid] + c >= r.target[rid])
-        attention = 0.0
-        gemm = ew = comm = draft_s = 0.0
+        attention = gemm = ew = comm = draft_s = 0.0
+        dec_tokens = 0
         if n_dec:
-            ctx = self.s0 + g * n_dec * step
-            k = cfg.draft_tokens
-            if cfg.draft is not None:
-                # Draft proposes k tokens one at a time, the target verifies k + 1 per sequence.
-                d = cfg.draft
-                dg, dew, dcomm = d.token_parts(n_dec)
-                per_draft = dg + dew + dcomm + d.head(n_dec) + d.decode_per_ctx * ctx + d.write_s * n_dec + d.launch_s
-                draft_s = k * per_draft
-                gemm += draft_s
-                rt = cost.rates
-                attention += max((k + 1) * rt.pair_s, rt.kv_read_s) * ctx + rt.write_s * n_dec * (k + 1) + cost.launch_s
-                head_rows = n_dec * (k + 1)
-                dec_tokens = n_dec * (k + 1)
-            else:
-                attention += cost.decode_attention(ctx, n_dec)
-                head_rows = n_dec
-                dec_tokens = n_dec
-        else:
-            head_rows = dec_tokens = 0
+            draft_s, attention, dec_tokens = cost.decode_work(n_dec, self.s0 + g * n_dec * step)
+            gemm = draft_s
         if chunks:
             for rid, c in chunks:
                 done = r.done[rid]
@@ -342,7 +323,7 @@ class Engine:
                 attention += cost.prefill_attention(c, done, ratio)
             attention += cost.launch_s
         tg, tew, tcomm = cost.token_parts(dec_tokens + prefill_tokens)
-        gemm += tg + cost.head(head_rows + completing)
+        gemm += tg + cost.head(dec_tokens + completing)
         ew += tew
         comm += tcomm + swap_s
         device = gemm + ew + comm + attention

@@ -12,6 +12,7 @@ from sextant.cost.inference import (
     attention_efficiency_ratio,
     attention_rates,
     output_head_time,
+    speculative_tokens_per_step,
     token_time,
 )
 from sextant.cost.streaming import Streaming
@@ -46,9 +47,12 @@ class IterationCost:
     #: Resources an offloaded iteration keeps busy (see :mod:`sextant.cost.streaming`).
     RESOURCES = ("gpu", "host_to_gpu", "nvme", "gpu_to_host", "cpu")
 
-    def __init__(self, model: ModelSpec, lay: Layout, max_seqs: int,
-                 stream: Streaming | None = None, on_host: bool = False) -> None:
+    def __init__(self, model: ModelSpec, lay: Layout, max_seqs: int,  # noqa: PLR0913
+                 stream: Streaming | None = None, on_host: bool = False,
+                 speculation: Speculation | None = None) -> None:
         self.model, self.lay, self.stream = model, lay, stream
+        #: Speculative decoding: a draft proposes tokens for this model to verify.
+        self.speculation = speculation
         #: (GEMM, element-wise, communication) seconds per token count, by block of TABLE_BLOCK.
         self._blocks = _token_table(model, lay)
         self._head = [0.0, *output_head_time(model, lay, np.arange(1, max(max_seqs, 1) + 1, dtype=float)).tolist()]
@@ -102,6 +106,23 @@ class IterationCost:
         (each writing one token's keys and values), with its kernel launch."""
         return self.decode_per_ctx * context + self.write_s * seqs + self.launch_s
 
+    def decode_work(self, seqs: int, context) -> tuple[float, float, int]:
+        """(draft seconds, attention seconds, tokens this model processes) of the decode part of an
+        iteration over ``seqs`` sequences with ``context`` cached tokens in all. With speculation
+        the draft proposes k tokens per sequence one at a time (its GEMMs, head and attention over
+        the same context, each step), and this model verifies the k + 1 of each sequence in one
+        pass: k + 1 query rows per cached token, reading the cache once (Leviathan et al. 2023;
+        vLLM's speculative decoding scores the proposals in a single target forward)."""
+        spec = self.speculation
+        if spec is None:
+            return 0.0, self.decode_attention(context, seqs), seqs
+        d, k = spec.draft, spec.tokens
+        dg, dew, dcomm = d.token_parts(seqs)
+        per_draft = dg + dew + dcomm + d.head(seqs) + d.decode_per_ctx * context + d.write_s * seqs + d.launch_s
+        rt = self.rates
+        attention = max((k + 1) * rt.pair_s, rt.kv_read_s) * context + rt.write_s * seqs * (k + 1) + self.launch_s
+        return k * per_draft, attention, seqs * (k + 1)
+
     def offloaded(self, gpu_s, tokens: int, decode_context, decode_seqs: int, new_tokens: int,
                   cached_prefill_tokens: float, top=max, bottom=min) -> tuple:
         """(CPU attention seconds the GPU no longer does, iteration device seconds, busy seconds per
@@ -148,6 +169,21 @@ class IterationCost:
         host = self.host(device, top)
         return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
                            attention=attention, host=host, wait=wait, busy=busy)
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding (Leviathan et al., ICML 2023): ``draft`` proposes ``tokens`` tokens per
+    step, each accepted with probability ``acceptance_rate``."""
+
+    draft: IterationCost
+    tokens: int
+    acceptance_rate: float
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Expected tokens per sequence and verification step."""
+        return speculative_tokens_per_step(self.acceptance_rate, self.tokens)
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel
 
+from sextant.cost.inference import speculative_tokens_per_step
 from sextant.cost.params import count_params
 from sextant.errors import SpecError
-from sextant.serve.deploy import Resolved, kv_transfer_seconds, resolve
+from sextant.serve.deploy import Deployment, deploy_scenario, kv_transfer_seconds
 from sextant.serve.engine import EngineConfig
-from sextant.serve.iteration import IterationCost
+from sextant.serve.iteration import IterationCost, Speculation
 from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
 from sextant.spec.serving import ServeScenario
@@ -116,39 +118,35 @@ def _gpu_seconds_label(parts: dict[str, float]) -> str:
     return text
 
 
-def engine_config(res: Resolved, role: str) -> tuple[EngineConfig, IterationCost]:
-    sc = res.scenario
-    sched = sc.scheduler
+def engine_config(res: Deployment, role: str) -> tuple[EngineConfig, IterationCost]:
+    ctx = res.ctx
+    sched = ctx.scenario.scheduler
     inst = res.instance
-    spec = sc.speculative
-    reserve = engine_reserve(sc)
-    pcie = res.cluster.gpu.pcie
-    swap_s_per_token = inst.kv_bytes_per_token / (pcie.bandwidth_bytes_per_s * res.profile.pcie_bw_efficiency)
+    spec = ctx.scenario.speculative
+    pcie = ctx.cluster.gpu.pcie
+    swap_s_per_token = inst.kv_bytes_per_token / (pcie.bandwidth_bytes_per_s * ctx.profile.pcie_bw_efficiency)
     swap_blocks = int(sched.swap_space_gb * 1e9 // (inst.kv_bytes_per_token * sched.block_size)) \
         if sched.preemption == "swap" else 0
-    cost = IterationCost(res.model, inst.layout, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
-                         stream=inst.offload.stream, on_host=inst.offload.target_on_cpu)
-    draft = None
-    tokens_per_step = 1.0
+    speculation = None
     if spec is not None:
-        draft = IterationCost(res.draft_model, res.draft, sched.max_batch)
-        a, k = spec.acceptance_rate, spec.num_tokens
-        # Expected tokens per verification step: (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, eq. 1).
-        tokens_per_step = (1 - a ** (k + 1)) / (1 - a)
+        speculation = Speculation(IterationCost(ctx.draft_model, ctx.draft_layout, sched.max_batch), spec.num_tokens,
+                                  spec.acceptance_rate)
+    cost = IterationCost(ctx.model, inst.layout, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
+                         stream=inst.offload.stream, on_host=inst.offload.target_on_cpu, speculation=speculation)
     cfg = EngineConfig(
         batching=sched.batching, max_batch=sched.max_batch, token_budget=res.token_budget,
-        block_size=sched.block_size, capacity_blocks=inst.kv_capacity_blocks, reserve=reserve,
+        block_size=sched.block_size, capacity_blocks=inst.kv_capacity_blocks, reserve=engine_reserve(ctx.scenario),
         preemption=sched.preemption, swap_blocks=swap_blocks, swap_s_per_token=swap_s_per_token, role=role,
-        tokens_per_step=tokens_per_step, draft=draft, draft_tokens=spec.num_tokens if spec else 0,
+        tokens_per_step=speculation.tokens_per_step if speculation else 1.0,
     )
     return cfg, cost
 
 
 def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: bool = False,
-        progress: Callable[[int, int], None] | None = None) -> tuple[Resolved, Requests, SimulationOutput]:
+        progress: Callable[[int, int], None] | None = None) -> tuple[Deployment, Requests, SimulationOutput]:
     requests = requests if requests is not None else requests_for(scenario.workload)
     longest = int((requests.input_tokens + requests.output_tokens).max())
-    res = resolve(scenario, longest, int(requests.input_tokens.max()))
+    res = deploy_scenario(scenario, longest, int(requests.input_tokens.max()))
     sched = res.scenario.scheduler
     if sched.batching == "continuous" and int(requests.input_tokens.max()) > res.token_budget:
         raise SpecError(f"a {int(requests.input_tokens.max())}-token prompt exceeds the token budget "
@@ -165,8 +163,8 @@ def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: boo
     engines_per = res.instance.engines_per_replica
     cfg, cost = engine_config(res, "decode" if disagg else "both")
     pre_cfg = engine_config(res, "prefill")[0] if disagg else None
-    out = simulate(requests, cost=cost, config=cfg, engines=res.decode_replicas * engines_per, router=sched.router,
-                   prefill_config=pre_cfg, prefill_engines=res.prefill_replicas * engines_per,
+    out = simulate(requests, cost=cost, config=cfg, engines=res.ctx.decode_replicas * engines_per,
+                   router=sched.router, prefill_config=pre_cfg, prefill_engines=res.ctx.prefill_replicas * engines_per,
                    kv_transfer_s=(lambda tokens: kv_transfer_seconds(res, tokens)) if disagg else None,
                    trace=trace, progress=progress)
     finish = np.asarray(out.table.finish)
@@ -175,20 +173,25 @@ def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: boo
     return res, requests, out
 
 
-def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> ServeResult:
-    sc = res.scenario
-    dep, sched = sc.deployment, sc.scheduler
-    t = out.table
+@dataclass(frozen=True)
+class _Latencies:
+    """Per request, milliseconds: time to first token, per output token (requests of more than
+    one token) and end to end; which met every objective; the span of the run, seconds."""
+
+    ttft: np.ndarray
+    tpot: np.ndarray
+    e2e: np.ndarray
+    ok: np.ndarray
+    span: float
+
+
+def _latencies(sc: ServeScenario, requests: Requests, out: SimulationOutput) -> _Latencies:
     arrival = requests.arrival_s
-    first = np.asarray(t.first)
-    finish = np.asarray(t.finish)
+    first, finish = np.asarray(out.table.first), np.asarray(out.table.finish)
     outputs = requests.output_tokens.astype(float)
     ttft = (first - arrival) * 1e3
-    e2e = (finish - arrival) * 1e3
     multi = outputs > 1
     tpot = (finish[multi] - first[multi]) / (outputs[multi] - 1) * 1e3
-    span = max(float(finish.max()) - float(arrival.min()), 1e-12)
-    gpus = (res.decode_replicas + res.prefill_replicas) * dep.gpus_per_replica
     ok = np.ones(len(requests), bool)
     if sc.slo.ttft_ms is not None:
         ok &= ttft <= sc.slo.ttft_ms
@@ -196,15 +199,16 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
         tpot_all = np.zeros(len(requests))
         tpot_all[multi] = tpot
         ok &= tpot_all <= sc.slo.tpot_ms
-    engines = out.engines + out.prefill_engines
-    parts: dict[str, float] = {}
-    for e in engines:
-        for k, v in e.parts.items():
-            parts[k] = parts.get(k, 0.0) + v
+    span = max(float(finish.max()) - float(arrival.min()), 1e-12)
+    return _Latencies(ttft, tpot, (finish - arrival) * 1e3, ok, span)
+
+
+def _memory(res: Deployment) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """GB per GPU by part, per memory tier, and each tier's capacity share."""
     inst = res.instance
     off = inst.offload
-    kv_used = max(e.kv_peak_fraction() for e in engines)
-    kv_gb = inst.kv_capacity_blocks * sched.block_size * inst.kv_bytes_per_token * inst.engines_per_replica / GB
+    kv_gb = (inst.kv_capacity_blocks * res.scenario.scheduler.block_size * inst.kv_bytes_per_token
+             * inst.engines_per_replica / GB)
     off_gpu_kv_gb = kv_gb * off.kv_host_share if off.kv_off_gpu else 0.0
     memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
               "kv_cache": kv_gb - off_gpu_kv_gb, "budget": inst.memory_budget_bytes / GB}
@@ -213,16 +217,17 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
              "nvme": off.nvme_weight_bytes / GB + (off_gpu_kv_gb if off.kv_tier == "nvme" else 0.0)}
     capacity = {"gpu": inst.memory_budget_bytes / GB, "host": off.tiers.host_capacity / GB,
                 "nvme": off.tiers.nvme_capacity / GB}
-    busy: dict[str, float] = {}
-    for e in engines:
-        for k, v in e.resource_busy.items():
-            busy[k] = busy.get(k, 0.0) + v
-    binding = max(busy, key=busy.get) if off.offloaded else "gpu"
+    return memory, tiers, capacity
+
+
+def _assumptions(res: Deployment) -> list[str]:
+    sc, off = res.scenario, res.instance.offload
+    dep, sched = sc.deployment, sc.scheduler
     assumptions = [
         f"batching {sched.batching}; KV allocation {'reserved' if engine_reserve(sc) else 'on demand'} in "
         f"{sched.block_size}-token blocks; preemption {sched.preemption}",
         f"{sched.gpu_memory_utilization:.0%} of GPU memory for weights, activations and KV cache",
-        f"engine overhead per iteration {res.iteration_overhead_s * 1e3:g} ms; host launch overhead per layer "
+        f"engine overhead per iteration {res.ctx.iteration_overhead_s * 1e3:g} ms; host launch overhead per layer "
         f"{res.profile.layer_overhead_s * 1e6:g} us (0 where kernels are issued ahead or replayed as CUDA graphs)",
         "embedding and output projection in 16 bits; decode attention at the profile's memory-bandwidth efficiency",
     ]
@@ -232,22 +237,44 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
     if sc.speculative is not None:
         s = sc.speculative
         assumptions.append(f"speculative decoding: draft {s.draft_model}, {s.num_tokens} tokens per step, acceptance "
-                           f"{s.acceptance_rate}: {(1 - s.acceptance_rate ** (s.num_tokens + 1)) / (1 - s.acceptance_rate):.2f}"
+                           f"{s.acceptance_rate}: {speculative_tokens_per_step(s.acceptance_rate, s.num_tokens):.2f}"
                            " tokens per step in expectation, for every sequence alike")
     assumptions.extend(off.description)
     if off.target_on_cpu:
         assumptions.append("target on the CPU: each step the GPU drafts, then the CPU verifies, in turn; the CPU "
-                           f"uses stated priors ({inst.layout.dev.profile.provenance}); the draft's prompt prefill "
-                           "is not charged")
+                           f"uses stated priors ({res.instance.layout.dev.profile.provenance}); the draft's prompt "
+                           "prefill is not charged")
     elif off.offloaded:
         assumptions.append("offloaded iterations: the next layer's weights are fetched while this layer computes; "
                            "the GPU and CPU overlap only across micro-batches (sextant.cost.streaming)")
     if sc.disaggregation is not None:
         assumptions.append(f"disaggregated: KV moves over the {sc.disaggregation.link.replace('_', '-')} link after "
                            "prefill; TTFT ends at the prefill instance")
+    return assumptions
+
+
+def _summed(engines: list, attribute: str) -> dict[str, float]:
+    """Per key, the engines' ``attribute`` dicts added up (in engine order)."""
+    total: dict[str, float] = {}
+    for e in engines:
+        for k, v in getattr(e, attribute).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> ServeResult:
+    sc, ctx, inst = res.scenario, res.ctx, res.instance
+    dep, sched = sc.deployment, sc.scheduler
+    lat = _latencies(sc, requests, out)
+    span = lat.span
+    outputs = requests.output_tokens.astype(float)
+    gpus = ctx.replicas * dep.gpus_per_replica
+    engines = out.engines + out.prefill_engines
+    parts, busy = _summed(engines, "parts"), _summed(engines, "resource_busy")
+    memory, tiers, capacity = _memory(res)
     return ServeResult(
         model=res.model.name, gpu=res.cluster.gpu.name, gpus=gpus, tp=dep.tp, pp=dep.pp, ep=dep.ep,
-        replicas=res.decode_replicas + res.prefill_replicas, prefill_replicas=res.prefill_replicas,
+        replicas=ctx.replicas, prefill_replicas=ctx.prefill_replicas,
         precision=dep.precision, kv_precision=dep.resolved_kv_precision, batching=sched.batching,
         max_batch=sched.max_batch, token_budget=res.token_budget, framework=sc.framework,
         num_requests=len(requests), offline=requests.offline, makespan_s=span,
@@ -257,13 +284,15 @@ def summarise(res: Resolved, requests: Requests, out: SimulationOutput) -> Serve
         requests_per_s=len(requests) / span,
         model_tflops_per_gpu=2.0 * count_params(res.model).active * float(
             requests.input_tokens.sum() + outputs.sum()) / span / gpus / 1e12,
-        ttft_ms=Percentiles.of(ttft), tpot_ms=Percentiles.of(tpot), e2e_ms=Percentiles.of(e2e),
-        slo_attainment=float(ok.mean()), goodput_requests_per_s=float(ok.sum()) / span,
-        kv_cache_peak_fraction=kv_used, kv_cache_capacity_tokens=inst.kv_capacity_tokens,
-        preemptions=t.preemptions, memory_gb_per_gpu=memory, memory_gb_per_tier=tiers, tier_capacity_gb=capacity,
-        time_breakdown_s=parts, bottleneck=_gpu_seconds_label(parts), binding_resource=binding,
+        ttft_ms=Percentiles.of(lat.ttft), tpot_ms=Percentiles.of(lat.tpot), e2e_ms=Percentiles.of(lat.e2e),
+        slo_attainment=float(lat.ok.mean()), goodput_requests_per_s=float(lat.ok.sum()) / span,
+        kv_cache_peak_fraction=max(e.kv_peak_fraction() for e in engines),
+        kv_cache_capacity_tokens=inst.kv_capacity_tokens,
+        preemptions=out.table.preemptions, memory_gb_per_gpu=memory, memory_gb_per_tier=tiers,
+        tier_capacity_gb=capacity, time_breakdown_s=parts, bottleneck=_gpu_seconds_label(parts),
+        binding_resource=max(busy, key=busy.get) if inst.offload.offloaded else "gpu",
         resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
-        profile=res.profile.name, assumptions=assumptions,
+        profile=res.profile.name, assumptions=_assumptions(res),
     )
 
 

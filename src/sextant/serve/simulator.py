@@ -100,11 +100,23 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
 
     decoders = [make(f"replica{i}" if prefill_engines == 0 else f"decode{i}", config) for i in range(engines)]
     prefillers = [make(f"prefill{i}", prefill_config) for i in range(prefill_engines)] if prefill_config else []
+    end, transfers = _run(table, decoders, prefillers, router, kv_transfer_s, progress)
+    return SimulationOutput(table=table, engines=decoders, prefill_engines=prefillers, makespan_s=end,
+                            traces=traces, kv_transfers=transfers)
+
+
+def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], router: str,  # noqa: C901
+         kv_transfer_s: Callable[[int], float] | None,
+         progress: Callable[[int, int], None] | None) -> tuple[float, list[tuple[int, float, float]]]:
+    """The event loop: arrivals routed to the front engines (prefill-only ones when
+    disaggregated), engines planning and completing iterations, KV transfers to the back ones.
+    Returns the time of the last event and the KV transfers (request, start, end). Closures over
+    locals, not methods: this loop runs once per iteration of every engine."""
     front = Router(prefillers or decoders, router)
     back = Router(decoders, router)
     events: list[tuple[float, int, int, object]] = []
     seq = 0
-    n = len(requests)
+    n = len(table.arrival)
     arrivals = table.arrival
     transfers: list[tuple[int, float, float]] = []
     now = 0.0
@@ -158,5 +170,4 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
             e = back.pick()
             e.enqueue(payload)
             kick(e, now)
-    return SimulationOutput(table=table, engines=decoders, prefill_engines=prefillers, makespan_s=now,
-                            traces=traces, kv_transfers=transfers)
+    return now, transfers

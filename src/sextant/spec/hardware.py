@@ -123,7 +123,7 @@ class NodeSpec(Spec):
 
 
 class ClusterSpec(Spec):
-    """``num_nodes`` identical nodes on one network (rail-optimized fat tree assumed)."""
+    """``num_gpus`` GPUs in identical nodes on one network (rail-optimized fat tree assumed)."""
 
     node: NodeSpec
     gpu: GPUSpec
@@ -138,7 +138,3 @@ class ClusterSpec(Spec):
     @property
     def gpus_per_node(self) -> int:
         return min(self.node.gpus_per_node, self.num_gpus)
-
-    @property
-    def num_nodes(self) -> int:
-        return -(-self.num_gpus // self.node.gpus_per_node)

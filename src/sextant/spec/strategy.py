@@ -19,8 +19,14 @@ OffloadTarget = Literal["none", "cpu", "nvme"]
 #: and partly by the GPU, layer by layer, whichever finishes first (Deep Optimizer States).
 OptimizerOffload = Literal["none", "cpu", "nvme", "interleaved"]
 
+#: How the planner's candidate columns code the strategy's choices, and back.
 RECOMPUTE_CODES: dict[str, int] = {"none": 0, "selective": 1, "full": 2}
 SCHEDULE_CODES: dict[str, int] = {"gpipe": 0, "1f1b": 1, "interleaved": 2}
+#: Offload targets: none, host memory, NVMe, and (optimizer only) interleaved CPU/GPU updates.
+OFFLOAD_CODES: dict[str, int] = {"none": 0, "cpu": 1, "nvme": 2, "interleaved": 3}
+RECOMPUTE_NAMES: dict[int, str] = {v: k for k, v in RECOMPUTE_CODES.items()}
+SCHEDULE_NAMES: dict[int, str] = {v: k for k, v in SCHEDULE_CODES.items()}
+OFFLOAD_NAMES: dict[int, str] = {v: k for k, v in OFFLOAD_CODES.items()}
 
 
 def layout_label(dp: int, tp: int, pp: int, cp: int = 1, ep: int = 1, vpp: int = 1, *,
@@ -102,7 +108,7 @@ class Strategy(Spec):
     #: input and all-gathers it before the layer is recomputed.
     partition_activations: bool = False
     overlap: Overlap = Overlap()
-    #: Offloading (train/offload.py): optimizer state and update, the 16-bit parameters (needs
+    #: Offloading (train/offload_timeline.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).
     offload_optimizer: OptimizerOffload = "none"
     offload_params: OffloadTarget = "none"

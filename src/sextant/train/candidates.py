@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sextant.spec.strategy import RECOMPUTE_CODES, SCHEDULE_CODES, Strategy
-from sextant.train.offload import OFFLOAD_CODES
+from sextant.spec.strategy import OFFLOAD_CODES, RECOMPUTE_CODES, SCHEDULE_CODES, Strategy
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,13 @@ to the per-layer table of :func:`sextant.train.step.evaluate`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from sextant.cost.compute import memory_bound_time
 from sextant.cost.finetune import linear_shapes
 from sextant.cost.memory import layer_activation_bytes
 from sextant.cost.params import count_params
-
-if TYPE_CHECKING:
-    from sextant.train.step import TrainContext
+from sextant.resolve.train import TrainContext
 
 
 def apply_method(ctx: TrainContext, p: dict, tp, log_fwd, emb_fwd, kw: dict, b, s_local, sp, rc) -> None:  # noqa: PLR0913

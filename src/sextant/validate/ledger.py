@@ -12,10 +12,10 @@ from pydantic import Field, ValidationError, model_validator
 
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
+from sextant.resolve.layout import resolve_dp
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario, format_validation_error
 from sextant.spec.strategy import Strategy
-from sextant.train.validate_strategy import resolve_dp
 
 R = TypeVar("R", bound=Spec)
 

@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from sextant.plan.search import evaluate_table, fixed_strategy, rank_rows, scenario_for, score_space
+from sextant.plan.search import evaluate_table, rank_rows, score_space
 from sextant.plan.space import SearchSpace, enumerate_space, restrict_to_framework
-from sextant.spec.strategy import RECOMPUTE_CODES, layout_label
-from sextant.train.predict import apply_framework, build_context, resolve_context
+from sextant.spec.strategy import RECOMPUTE_NAMES, layout_label
+from sextant.train.predict import build_context
 from sextant.train.step import StepEvaluation, evaluate
 from sextant.validate.ledger import THROUGHPUT_METRICS, LedgerRow, load_ledger
 from sextant.validate.train import metric_value
-
-KEYS = ("dp", "tp", "pp", "cp", "ep", "vpp", "zero", "micro_batch", "recompute", "sequence_parallel")
 
 
 class RediscoveryRow(BaseModel):
@@ -84,10 +82,9 @@ class RediscoveryReport(BaseModel):
 
 
 def _describe(row: dict) -> str:
-    names = {v: k for k, v in RECOMPUTE_CODES.items()}
     layout = layout_label(row["dp"], row["tp"], row["pp"], row["cp"], row["ep"], row["vpp"],
                           sequence_parallel=bool(row["sequence_parallel"]))
-    return f"{layout} zero{row['zero']} mb{row['micro_batch']} {names[row['recompute']]}"
+    return f"{layout} zero{row['zero']} mb{row['micro_batch']} {RECOMPUTE_NAMES[row['recompute']]}"
 
 
 def _measured_step(row: LedgerRow, ctx, published: StepEvaluation) -> float | None:
@@ -104,11 +101,9 @@ def _measured_step(row: LedgerRow, ctx, published: StepEvaluation) -> float | No
 
 
 def rediscover_row(row: LedgerRow, space: SearchSpace) -> RediscoveryRow:
-    scenario, _ = apply_framework(row.scenario())
-    space = restrict_to_framework(space, scenario.framework)
-    ctx_pub, cand_pub = build_context(scenario)
-    published = evaluate(ctx_pub, cand_pub)
-    ctx = resolve_context(scenario_for(scenario, row.gpus, fixed_strategy(scenario)))
+    ctx, cand_pub = build_context(row.scenario())
+    space = restrict_to_framework(space, ctx.framework)
+    published = evaluate(ctx, cand_pub)
     sp = enumerate_space(ctx.model, row.gpus, ctx.cluster.gpus_per_node, ctx.workload, space)
     ev = evaluate_table(ctx, sp.candidates, None)
     fits, score = score_space(ev, "throughput", row.gpus, ctx.cluster.gpu.tdp_w, space.headroom)
@@ -132,7 +127,7 @@ def rediscover_row(row: LedgerRow, space: SearchSpace) -> RediscoveryRow:
         best_at_least_as_fast=best_step <= pub_step * (1 + 1e-9),
         rank_same_recompute=rank_same, feasible_same_recompute=feasible_same,
         in_top_10_percent_same_recompute=rank_same <= max(1, int(np.ceil(0.10 * feasible_same))),
-        measured_step_time_s=_measured_step(row, ctx_pub, published),
+        measured_step_time_s=_measured_step(row, ctx, published),
     )
 
 

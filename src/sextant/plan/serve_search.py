@@ -56,11 +56,11 @@ from pydantic import BaseModel
 
 from sextant.errors import InfeasibleError, SpecError
 from sextant.plan.space import divisors
-from sextant.serve.deploy import check_layout, model_spec
+from sextant.resolve.hardware import cluster_and_profile, model_of
+from sextant.resolve.layout import check_serving
 from sextant.serve.predict import ServeResult, predict_serve
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.serving import ServeScenario, parse_serve_scenario
-from sextant.train.predict import cluster_and_profile
 
 RESIDENT_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 NVME_FRACTIONS = (0.25, 0.5, 0.75)
@@ -342,7 +342,7 @@ def parallel_layouts(base: ServeScenario, cluster: ClusterSpec) -> list[tuple[in
     running its own batch; GPUs / tp of them, whatever the stages) needs a request. When a degree
     is set and nothing fits, the first reason is the error."""
     dep, gpus, requests = base.deployment, base.hardware.gpus, base.workload.num_requests
-    model = model_spec(base.model)
+    model = model_of(base.model)
     fixed = {k: getattr(dep, k) for k in ("tp", "pp") if k in dep.model_fields_set}
     layouts: list[tuple[int, int]] = []
     reasons: list[SpecError] = []
@@ -355,7 +355,7 @@ def parallel_layouts(base: ServeScenario, cluster: ClusterSpec) -> list[tuple[in
                     raise SpecError(f"{gpus // tp} engines (replicas, or pipeline stages of them) of tp={tp} for "
                                     f"{requests} requests: each needs a request; raise --num-requests or --tp",
                                     field="num_requests")
-                check_layout(model, tp, pp, dep.ep, cluster)
+                check_serving(model, tp, pp, dep.ep, cluster)
             except SpecError as err:
                 reasons.append(err)
                 continue
@@ -368,6 +368,36 @@ def parallel_layouts(base: ServeScenario, cluster: ClusterSpec) -> list[tuple[in
     return layouts
 
 
+def _no_placement(base: ServeScenario, layouts: list[tuple[int, int]], rejected: Counter) -> InfeasibleError:
+    reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
+    gpus = base.hardware.gpus
+    shapes = ", ".join(replicas_label(tp, pp, gpus // (tp * pp)) for tp, pp in layouts)
+    where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} as {shapes}"
+    staged = " (pipelined replicas are not offloaded: drop --pp)" if all(pp > 1 for _, pp in layouts) else ""
+    objective = f" and decodes within {base.slo.tpot_ms:g} ms per token" if base.slo.tpot_ms is not None else ""
+    return InfeasibleError(f"no placement of {base.model} fits {where} with this node's host memory "
+                           f"and drives{objective}, even at batch 1 ({reasons}); quantize the weights or add "
+                           f"GPUs{staged}",
+                           field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
+
+
+def _search(search: _Search, ladders: list[ServePolicy], experts: int,
+            progress: Callable[[int, int], None] | None) -> None:
+    """Every ladder of the grid, then the best grid placement's finer shares."""
+    for i, policy in enumerate(ladders):
+        search.placement(policy)
+        if progress is not None:
+            progress(i + 1, len(ladders))
+    if not search.entries:
+        return
+    best_of_grid = max(search.entries, key=lambda e: e.output_tokens_per_s).policy
+    finer = _finer(best_of_grid.model_copy(update={"max_batch": 1, "micro_batches": 1}), experts)
+    for j, policy in enumerate(finer):
+        search.placement(policy)
+        if progress is not None:
+            progress(len(ladders) + j + 1, len(ladders) + len(finer))
+
+
 def plan_serve(base: ServeScenario, *, top: int = 5,
                progress: Callable[[int, int], None] | None = None) -> ServePlan:
     """Search the placements and batches of ``base`` (its model, hardware, precision and
@@ -375,12 +405,9 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     _check(base)
     # The node the candidates are simulated on (a profile file may bring its own device).
     cluster = cluster_and_profile(base.hardware)[0]
-    node = cluster.node
-    moe = model_spec(base.model).moe
-    experts = moe.num_experts if moe is not None else 0
+    moe = model_of(base.model).moe
     tree = base.model_dump(exclude_unset=True)
-    has_nvme = node.nvme is not None
-    longest = base.workload.input_len + base.workload.output_len
+    has_nvme = cluster.node.nvme is not None
     layouts = parallel_layouts(base, cluster)
     gpus = base.hardware.gpus
     # Offloaded serving streams each GPU's tensor-parallel shard: pipelined replicas hold theirs.
@@ -388,30 +415,11 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
                            max_batch=1, micro_batches=1, tp=tp, pp=pp, replicas=gpus // (tp * pp))
                for tp, pp in layouts for (w, s, r, d) in _placements(has_nvme, moe is not None)
                for (kv, att) in _kv_homes(has_nvme) if pp == 1 or (w == "none" and kv == "gpu")]
-    search = _Search(tree, base.workload.num_requests, longest)
-    for i, policy in enumerate(ladders):
-        search.placement(policy)
-        if progress is not None:
-            progress(i + 1, len(ladders))
-    if search.entries:
-        best_of_grid = max(search.entries, key=lambda e: e.output_tokens_per_s).policy
-        finer = _finer(best_of_grid.model_copy(update={"max_batch": 1, "micro_batches": 1}), experts)
-        for j, policy in enumerate(finer):
-            search.placement(policy)
-            if progress is not None:
-                progress(len(ladders) + j + 1, len(ladders) + len(finer))
-    entries, rejected, evaluated = search.entries, search.rejected, search.evaluated
+    search = _Search(tree, base.workload.num_requests, base.workload.input_len + base.workload.output_len)
+    _search(search, ladders, moe.num_experts if moe is not None else 0, progress)
+    entries = search.entries
     if not entries:
-        reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
-        shapes = ", ".join(replicas_label(tp, pp, gpus // (tp * pp)) for tp, pp in layouts)
-        where = f"one {base.hardware.gpu}" if gpus == 1 else f"{gpus} x {base.hardware.gpu} as {shapes}"
-        staged = " (pipelined replicas are not offloaded: drop --pp)" if all(pp > 1 for _, pp in layouts) else ""
-        objective = (f" and decodes within {base.slo.tpot_ms:g} ms per token"
-                     if base.slo.tpot_ms is not None else "")
-        raise InfeasibleError(f"no placement of {base.model} fits {where} with this node's host memory "
-                              f"and drives{objective}, even at batch 1 ({reasons}); quantize the weights or add "
-                              f"GPUs{staged}",
-                              field="plan", resource=rejected.most_common(1)[0][0] if rejected else "GPU memory")
+        raise _no_placement(base, layouts, search.rejected)
     entries.sort(key=lambda e: e.output_tokens_per_s, reverse=True)
     best_per_strategy: dict[str, ServePlanEntry] = {}
     for entry in entries:
@@ -424,8 +432,7 @@ def plan_serve(base: ServeScenario, *, top: int = 5,
     full = [pr for pr in full if pr[1].slo_attainment >= 1.0] or full
     full.sort(key=lambda pr: pr[1].output_tokens_per_s, reverse=True)
     best_policy, best = full[0]
-    return ServePlan(model=best.model, gpu=best.gpu, node=node.name, tpot_slo_ms=base.slo.tpot_ms,
-                     configs_evaluated=evaluated, configs_feasible=len(entries), rejected=dict(rejected),
+    return ServePlan(model=best.model, gpu=best.gpu, node=cluster.node.name, tpot_slo_ms=base.slo.tpot_ms,
+                     configs_evaluated=search.evaluated, configs_feasible=len(entries), rejected=dict(search.rejected),
                      best=best, best_policy=best_policy, top=[_entry(p, r) for p, r in full],
                      strategies=list(best_per_strategy.values()))
-

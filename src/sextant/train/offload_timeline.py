@@ -54,18 +54,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sextant.cost.memory import OFFLOAD_BUFFERS as BUFFERS
 from sextant.cost.tiers import RESOURCE_LABELS, TierRates
+from sextant.resolve.train import TrainContext
 
 if TYPE_CHECKING:
     from sextant.train.candidates import Candidates
-    from sextant.train.step import TrainContext
 
 RESOURCES = ("gpu", "host_to_gpu", "gpu_to_host", "nvme", "cpu")
-#: Offload target codes of the candidate columns.
-OFFLOAD_CODES = {"none": 0, "cpu": 1, "nvme": 2, "interleaved": 3}
-OFFLOAD_NAMES = {v: k for k, v in OFFLOAD_CODES.items()}
-#: Layers whose buffers are live at once per stream (in use and prefetched).
-BUFFERS = 2
 
 
 @dataclass
@@ -374,11 +370,9 @@ def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer:
              stage_params, local_params, gpu_optimizer, microbatches, *, record: bool) -> OffloadTimes:
     """The timeline of the offloaded ``rows`` of ``c`` (all pp = 1: one stage holds every layer), from
     the evaluation's per-layer table and per-stage parameter counts."""
-    from sextant.cost.memory import precision_bytes
-
     L = ctx.model.num_layers
     b = lambda v: np.broadcast_to(np.asarray(v, float), (len(c),))[rows]  # noqa: E731
-    weight_16 = precision_bytes(ctx.precision).weight
+    weight_16 = ctx.precision_bytes.weight
     zero = c.zero[rows]
     dp_group = b(c.dp * c.cp)
     layer_params = b(stage_params) / L
@@ -387,7 +381,7 @@ def offload_times(ctx: TrainContext, c: Candidates, rows: np.ndarray, per_layer:
     state = mc.optimizer_bytes / mc.trainable_fraction
     fwd = b(per_layer["fwd"])
     inputs = OffloadInputs(
-        layers=L, fwd=fwd, bwd=b(per_layer["time"] + ctx.layer_pass_overhead_s) - fwd, pre=b(emb_both), mid=b(log_both),
+        layers=L, fwd=fwd, bwd=b(per_layer["time"] + ctx.costs.layer_pass_overhead_s) - fwd, pre=b(emb_both), mid=b(log_both),
         weight_bytes=layer_params * mc.weight_bytes / shard,
         act_bytes=b(per_layer["act_layer"]),
         grad_bytes=layer_params * weight_16 * mc.trainable_fraction / np.where(zero >= 2, dp_group, 1.0),

@@ -18,7 +18,9 @@ from torch import nn
 from sextant.spec.model import ModelSpec
 
 
-class _RMSNormFn(torch.autograd.Function):
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm that keeps its input and per-row scale for backward, as fused kernels do."""
+
     @staticmethod
     def forward(ctx, x, weight, eps):
         rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
@@ -42,10 +44,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return _RMSNormFn.apply(x, self.weight, self.eps)
+        return RMSNormFunction.apply(x, self.weight, self.eps)
 
 
-class _SwiGLUFn(torch.autograd.Function):
+class SwiGLUFunction(torch.autograd.Function):
+    """silu(gate) * up keeping only the gate and up projections for backward (Megatron-LM's
+    fused SwiGLU)."""
+
     @staticmethod
     def forward(ctx, gate, up):
         ctx.save_for_backward(gate, up)
@@ -105,7 +110,7 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(f, h, bias=False)
 
     def forward(self, x):
-        return self.w2(_SwiGLUFn.apply(self.w1(x), self.w3(x)))
+        return self.w2(SwiGLUFunction.apply(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):

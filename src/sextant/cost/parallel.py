@@ -1,0 +1,64 @@
+"""Communication of one transformer layer under tensor, context and expert parallelism, per
+micro-batch on one GPU (exposed time is the caller's: it knows what overlaps what).
+
+- Tensor parallelism: two all-reduces in the forward and two in the backward of each layer
+  (Shoeybi et al. 2019, figure 4; with sequence parallelism a reduce-scatter and an all-gather
+  each, the same bytes on a ring: Korthikanti et al. 2022, section 4.2.2), two more in a fully
+  recomputed forward. DeepSpeed's ``partition_activations`` keeps 1/tp of a checkpointed layer
+  input and all-gathers it before the recomputation.
+- Context parallelism (ring attention; Liu et al. 2023): cp - 1 exchanges of the local K and V
+  in the forward, twice that (K, V and their gradients) in the backward.
+- Expert parallelism: an all-to-all to dispatch the tokens to their experts and one to combine
+  them, in the forward and in the backward (and again in a recomputed forward), each carrying
+  every routed copy of a token (top-k), the busiest rank's share scaled by the load imbalance
+  (Lepikhin et al. 2021, GShard; Fedus et al. 2022, Switch Transformer).
+- Pipeline parallelism: one activation send and one gradient receive per micro-batch and stage
+  boundary (Narayanan et al. 2021).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sextant.cost import comm
+from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.spec.model import ModelSpec
+
+FULL_RECOMPUTE = 2
+
+
+def tp_layer_comm(layer_act_bytes, tp, gpus_per_node, fab: comm.Fabric, recompute, partitioned) -> np.ndarray:
+    """Seconds of one layer's tensor-parallel collectives per micro-batch; ``layer_act_bytes``:
+    the layer's input activations of the micro-batch (what each all-reduce moves)."""
+    tp_per_node = comm.group_per_node(tp, 1, gpus_per_node)
+    one = comm.all_reduce(layer_act_bytes, tp, tp_per_node, fab)
+    total = (4.0 + np.where(recompute == FULL_RECOMPUTE, 2.0, 0.0)) * one
+    return total + np.where(partitioned, comm.all_gather(layer_act_bytes, tp, tp_per_node, fab), 0.0)
+
+
+def cp_layer_comm(model: ModelSpec, b, s_local, tp, cp, gpus_per_node, fab: comm.Fabric,  # noqa: PLR0913
+                  act_bytes: float) -> np.ndarray:
+    """Seconds of one layer's ring-attention exchanges per micro-batch of ``b`` sequences of
+    ``s_local`` tokens on this rank (before overlap with the attention blocks). MLA exchanges its
+    per-head keys and values as materialized for attention."""
+    kv_dim = (model.num_heads if model.mla else model.num_kv_heads) * (attention_qk_dim(model) + attention_v_dim(model))
+    kv_bytes = act_bytes * b * s_local * kv_dim / tp
+    cp_per_node = comm.group_per_node(cp, tp, gpus_per_node)
+    return (cp - 1) * comm.p2p(kv_bytes, cp_per_node < cp, fab) * 3.0  # fwd: K,V; bwd: K,V, dK,dV
+
+
+def ep_layer_comm(model: ModelSpec, layer_act_bytes, tp, cp, ep, sequence_parallel, gpus_per_node,  # noqa: PLR0913
+                  fab: comm.Fabric, recompute, imbalance: float) -> np.ndarray:
+    """Seconds of one MoE layer's expert-parallel all-to-alls per micro-batch: dispatch and
+    combine, forward and backward (and in a recomputed forward). Without sequence parallelism
+    every tensor-parallel rank holds, and sends, all of the micro-batch's tokens."""
+    a2a_bytes = layer_act_bytes * model.moe.top_k / np.where(sequence_parallel, tp, 1.0)
+    ep_per_node = comm.group_per_node(ep, tp * cp, gpus_per_node)
+    count = 4.0 + np.where(recompute == FULL_RECOMPUTE, 2.0, 0.0)
+    return count * comm.all_to_all(a2a_bytes * imbalance, ep, ep_per_node, fab)
+
+
+def pp_p2p(layer_act_bytes, tp, crosses_node, fab: comm.Fabric) -> np.ndarray:
+    """Seconds of one pipeline send (or receive) of a micro-batch's activations, split over the
+    tensor-parallel ranks."""
+    return comm.p2p(layer_act_bytes / tp, crosses_node, fab)
