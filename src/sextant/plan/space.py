@@ -132,9 +132,11 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
     # layouts (the layer count, or it plus the embedding and loss, splits evenly over the virtual
     # stages) and keeps tensor parallelism on the intra-node link unless told otherwise.
     conventional = [Rule("layers do not split evenly over pp*vpp stages", "vpp",
-                         lambda x: (layers % (x.pp * x.vpp) == 0) | ((layers + 2) % (x.pp * x.vpp) == 0), str)]
+                         lambda x: (layers % (x.pp * x.vpp) == 0) | ((layers + 2) % (x.pp * x.vpp) == 0),
+                         lambda x: f"pp*vpp={x.pp * x.vpp} does not split the {layers} layers evenly")]
     if space.tp_within_node:
-        conventional.append(Rule("tp spans nodes", "tp", lambda x: x.tp <= gpus_per_node, str))
+        conventional.append(Rule("tp spans nodes", "tp", lambda x: x.tp <= gpus_per_node,
+                                 lambda x: f"tp={x.tp} spans nodes of {gpus_per_node} GPUs"))
     kept, rejected = first_failures((*TRAINING_RULES, *conventional), table,
                                     lambda t: LayoutCase(model, t, workload, num_gpus))
     return Space(candidates=kept, total=len(table), rejected=rejected)

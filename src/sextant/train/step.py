@@ -346,7 +346,8 @@ def _stage_memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, p
     of what it offloads (the first stage's: offloaded rows have one stage)."""
     wl, model, zero, mc = ctx.workload, ctx.model, c.zero, ctx.method
     ne, ex, n_layers = params.nonexpert[stage], params.expert[stage], x.layers[stage]
-    with_logits = x.single if stage == 0 else np.zeros_like(x.single) if stage == 1 else np.ones_like(x.single)
+    # The output layer's activations: on the last stage, and on the first when it is the only one.
+    with_logits = (x.single, np.zeros_like(x.single), np.ones_like(x.single))[stage]
     copies = {"fp32_grad_copy": ctx.fp32_grad_copy, "bf16_grad_copy": ctx.bf16_grad_copy}
     weights, grads, optim = model_state_bytes(ne, x.dp_group, zero, ctx.precision, wl.optimizer, **copies)
     if model.is_moe:
