@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sextant.cli.render import report_console
+from sextant.cli.render import listing, report_console
 from sextant.spec.scenario import base_tree, parse_scenario
 from sextant.train.predict import predict_train
 
@@ -123,10 +123,29 @@ def validate_train_cmd(
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
     ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in training ledger)."),
 ) -> None:
-    """Predict every published run of the training ledger and report the error per row."""
-    from sextant.validate.train import validate_training
+    """Predict every published run of the training ledger and report the error per row, in sample
+    and leave-one-source-out (each source's rows predicted by the profile and preset values fitted
+    without that source)."""
+    from sextant.validate.crossval import validate_training_cv
 
-    _print_report(validate_training(ledger), "training ledger", as_json)
+    report = validate_training_cv(ledger)
+    _print_report(report, "training ledger", as_json)
+    if not as_json:
+        print_cross_validation(report.cross_validation)
+
+
+def print_cross_validation(cv) -> None:
+    """The leave-one-source-out summary and its table by regime, held out first."""
+    console = report_console()
+    h, i = cv.held_out, cv.in_sample
+    console.print(f"leave-one-source-out over {h.rows} rows from {len(cv.sources)} sources: median APE {h.median:.1%}, "
+                  f"p90 {h.p90:.1%}, max {h.max:.1%} (in sample: {i.median:.1%}, {i.p90:.1%}, {i.max:.1%})")
+    table = listing("error by regime, held out by source (in sample)",
+                    ("regime", "value", "rows", "median", "p90", "max"), text={"regime", "value"})
+    for g in cv.regimes:
+        table.add_row(g.regime, g.value, str(g.held_out.rows),
+                      *(f"{getattr(g.held_out, k):.1%} ({getattr(g.in_sample, k):.1%})" for k in ("median", "p90", "max")))
+    console.print(table)
 
 
 def validate_offload_cmd(

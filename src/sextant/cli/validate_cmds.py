@@ -17,14 +17,14 @@ def validate_all_cmd(
     """Run every built-in ledger (training, training offload, serving, serving offload, planner
     rediscovery, measured sweeps) and print one line per ledger: rows, median and worst error. Each ledger's own
     command (`sextant validate train`, ...) prints its rows."""
+    from sextant.validate.crossval import validate_training_cv
     from sextant.validate.offload_ledger import validate_offload
     from sextant.validate.rediscover import rediscover
     from sextant.validate.serve import validate_serving
     from sextant.validate.sweep import validate_sweeps
-    from sextant.validate.train import validate_training
 
     reports = {
-        "train": validate_training(None),
+        "train": validate_training_cv(None),
         "offload (training)": validate_offload(None),
         "serve": validate_serving(None),
         "offload (serving)": validate_serving(None, builtin="serving-offload.yaml"),
@@ -39,6 +39,11 @@ def validate_all_cmd(
                     text={"ledger", "worst row", "command"})
     for name, r in reports.items():
         command = "sextant validate " + ("offload" if name.startswith("offload") else name)
+        if r.cross_validation is not None:
+            h = r.cross_validation.held_out
+            table.add_row(f"{name} (held out by source)", str(h.rows), f"{h.median:.1%}",
+                          f"p90 {h.p90:.1%}, max {h.max:.1%}", command)
+            name += " (in sample)"
         table.add_row(name, str(len(r.rows)), f"{r.median_ape:.1%}", f"{r.max_ape_id} ({r.max_ape:.1%})", command)
     n = len(plan.rows)
     table.add_row("plan (rediscovery)", str(n), "-", f"{plan.in_top_10_percent}/{n} in the top 10% "

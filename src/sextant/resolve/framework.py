@@ -55,6 +55,12 @@ def search_limits(framework: str | None) -> dict[str, Any]:
     return {} if framework is None else dict(get_framework(framework).get("search", {}))
 
 
+def framework_family(framework: str | None) -> str:
+    """The family of a training preset (frameworks.yaml ``family``: megatron, deepspeed,
+    pytorch-native, ...), for validation by regime; ``none`` without a preset."""
+    return "none" if framework is None else str(get_framework(framework).get("family", framework))
+
+
 def apply_serving_framework(scenario: ServeScenario) -> ServeScenario:
     """Fill the scheduler, deployment and offload fields the scenario left unset from its
     serving framework preset."""

@@ -41,6 +41,13 @@ class PublishedRow(Spec):
     published: float = Field(gt=0)
     assumptions: list[str] = []
     notes: str = ""
+    #: Rows (and sweeps) with one key come from one independent source (a paper, a team's
+    #: measurements): cross-validation holds them out together. Default: the id's letter prefix.
+    source_key: str | None = None
+
+    @property
+    def group(self) -> str:
+        return self.source_key or self.id.rstrip("0123456789")
 
 
 class LedgerRow(PublishedRow):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sextant.errors import InfeasibleError
 from sextant.validate.ledger import LedgerRow, load_ledger
-from sextant.validate.train import ValidationReport, best_prediction, report_of
+from sextant.validate.reports import ValidationReport
+from sextant.validate.train import best_prediction, report_of
 
 
 def min_gpus_without_offload(row: LedgerRow) -> tuple[float, float, bool]:

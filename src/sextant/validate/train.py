@@ -5,39 +5,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from sextant.cost.params import count_params
 from sextant.errors import SpecError
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
 from sextant.train.step import StepEvaluation, evaluate
 from sextant.validate.ledger import LedgerRow, load_ledger
-
-
-class ValidationRow(BaseModel):
-    id: str
-    model: str
-    gpu: str
-    gpus: int
-    metric: str
-    published: float
-    predicted: float
-    ape: float
-    fits: bool
-    step_time_s: float
-    source: str
-    assumptions: list[str]
-    #: For a row with searched knobs: those of the configuration predicted.
-    chosen: dict[str, int] = {}
-
-
-class ValidationReport(BaseModel):
-    rows: list[ValidationRow]
-    median_ape: float
-    max_ape: float
-    max_ape_id: str
-    rows_not_fitting: int
+from sextant.validate.reports import ValidationReport, ValidationRow
 
 
 def best_prediction(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float, bool]]:

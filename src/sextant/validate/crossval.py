@@ -1,0 +1,115 @@
+"""Leave-one-source-out cross-validation of the training ledger: the honest headline.
+
+The in-sample error of a fitted model flatters it: the rows a profile was fitted on vouch for the
+values fitted to them. Here every source's rows (a source: one paper or one team's measurements,
+:attr:`PublishedRow.group`) are predicted with every fitted entry of ``data/fits.yaml`` refitted
+without that source; an entry left with no data takes its prior (the documented default). Rows no
+entry was fitted on are out of sample already and keep their prediction.
+
+Errors are reported overall and per regime (GPU generation, precision, dense or mixture of
+experts, framework family), in-sample and held out side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from sextant.resolve.framework import framework_family
+from sextant.validate.fitting import (
+    FitEntry,
+    Observation,
+    catalog_values,
+    fit,
+    load_fits,
+    predicted,
+    row_observation,
+    sweep_observations,
+)
+from sextant.validate.ledger import LedgerRow, load_ledger
+from sextant.validate.reports import (
+    CrossValidatedRow,
+    CrossValidationReport,
+    ErrorSummary,
+    RegimeSummary,
+    ValidationReport,
+)
+from sextant.validate.sweep import Sweep, load_sweeps
+from sextant.validate.train import validate_training
+
+REGIMES = ("gpu generation", "precision", "model", "framework")
+
+
+def regime_of(obs: Observation) -> dict[str, str]:
+    ctx = obs.ctx
+    return {"gpu generation": ctx.cluster.gpu.architecture, "precision": ctx.precision,
+            "model": "MoE" if ctx.model.is_moe else "dense", "framework": framework_family(obs.framework)}
+
+
+def _ape(value: float, published: float) -> float:
+    return abs(value - published) / published
+
+
+def _fold(group: str, fits: list[FitEntry], data: dict[str, list[Observation]]) -> dict[str, dict[str, float]]:
+    """Each entry that was fitted on ``group``'s data, refitted on the rest (from its catalog
+    values; its priors when nothing is left)."""
+    refitted = {}
+    for entry in fits:
+        observations = data[entry.name]
+        if not any(o.group == group for o in observations):
+            continue
+        kept = [o for o in observations if o.group != group]
+        refitted[entry.name] = fit(entry, kept, catalog_values(entry, observations[0]))
+    return refitted
+
+
+def cross_validate(rows: Iterable[LedgerRow], sweeps: list[Sweep] | None = None) -> CrossValidationReport:
+    """Leave-one-source-out predictions of ``rows`` (see the module docstring)."""
+    rows = [r for r in rows if not r.search and r.metric != "min_gpus_without_offload"]
+    fits = load_fits()
+    observed = {r.id: row_observation(r) for r in rows}
+    sweeps = load_sweeps() if sweeps is None else sweeps
+    by_sweep = {s.id: s for s in sweeps}
+    data = {e.name: [observed[i] for i in e.rows if i in observed]
+            + [o for s in e.sweeps if s in by_sweep for o in sweep_observations(by_sweep[s])] for e in fits}
+    out = []
+    for group in sorted({r.group for r in rows}):
+        refitted = _fold(group, fits, data)
+        for row in (r for r in rows if r.group == group):
+            obs = observed[row.id]
+            used = {e.name: refitted[e.name] for e in fits if e.name in refitted and e.applies_to(obs)}
+            values = {k: v for entry_values in used.values() for k, v in entry_values.items()}
+            in_sample = predicted(obs, {})
+            held = predicted(obs, values) if values else in_sample
+            out.append(CrossValidatedRow(
+                id=row.id, source=group, regime=regime_of(obs), published=row.published, in_sample=in_sample,
+                held_out=held, ape_in_sample=_ape(in_sample, row.published), ape_held_out=_ape(held, row.published),
+                refitted=used))
+    return CrossValidationReport(
+        rows=out, sources=sorted({r.source for r in out}),
+        in_sample=ErrorSummary.of([r.ape_in_sample for r in out]),
+        held_out=ErrorSummary.of([r.ape_held_out for r in out]),
+        regimes=regime_summaries(out))
+
+
+def regime_summaries(rows: list[CrossValidatedRow]) -> list[RegimeSummary]:
+    out = []
+    for regime in REGIMES:
+        for value in sorted({r.regime[regime] for r in rows}):
+            members = [r for r in rows if r.regime[regime] == value]
+            out.append(RegimeSummary(regime=regime, value=value,
+                                     in_sample=ErrorSummary.of([r.ape_in_sample for r in members]),
+                                     held_out=ErrorSummary.of([r.ape_held_out for r in members])))
+    return out
+
+
+def log_residuals(report: CrossValidationReport) -> dict[str, float]:
+    """Per row, log(predicted / published) held out: what prediction intervals are made of."""
+    return {r.id: math.log(r.held_out / r.published) for r in report.rows}
+
+
+def validate_training_cv(path: str | Path | None = None) -> ValidationReport:
+    """``validate train``: every ledger row predicted in sample, and held out by source."""
+    report = validate_training(path)
+    return report.model_copy(update={"cross_validation": cross_validate(load_ledger(path))})

@@ -1,0 +1,77 @@
+"""The reports of the training ledgers: each row predicted against its published figure, in sample,
+and held out by source (leave-one-source-out)."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class CrossValidatedRow(BaseModel):
+    id: str
+    source: str  # the row's source key
+    regime: dict[str, str]
+    published: float
+    in_sample: float
+    held_out: float
+    ape_in_sample: float
+    ape_held_out: float
+    #: The fitted values the held-out prediction used, per entry refitted without the source.
+    refitted: dict[str, dict[str, float]]
+
+
+class ErrorSummary(BaseModel):
+    rows: int
+    median: float
+    p90: float
+    max: float
+
+    @classmethod
+    def of(cls, apes: list[float]) -> ErrorSummary:
+        return cls(rows=len(apes), median=statistics.median(apes), p90=float(np.percentile(apes, 90)), max=max(apes))
+
+
+class RegimeSummary(BaseModel):
+    regime: str
+    value: str
+    in_sample: ErrorSummary
+    held_out: ErrorSummary
+
+
+class CrossValidationReport(BaseModel):
+    rows: list[CrossValidatedRow]
+    sources: list[str]
+    in_sample: ErrorSummary
+    held_out: ErrorSummary
+    regimes: list[RegimeSummary]
+
+
+class ValidationRow(BaseModel):
+    id: str
+    model: str
+    gpu: str
+    gpus: int
+    metric: str
+    published: float
+    predicted: float
+    ape: float
+    fits: bool
+    step_time_s: float
+    source: str
+    assumptions: list[str]
+    #: For a row with searched knobs: those of the configuration predicted.
+    chosen: dict[str, int] = {}
+
+
+class ValidationReport(BaseModel):
+    rows: list[ValidationRow]
+    median_ape: float
+    max_ape: float
+    max_ape_id: str
+    rows_not_fitting: int
+    #: Leave-one-source-out predictions of the same rows (``validate train``; None elsewhere).
+    cross_validation: CrossValidationReport | None = None
+
+
