@@ -16,12 +16,17 @@ from sextant.validate.fitting import (
     row_observation,
     with_values,
 )
-from sextant.validate.ledger import load_ledger
+from sextant.validate.ledger import load_ledger, load_training_ledgers
 
-#: The honest headline today (58 rows, 9 sources): held-out median 6.7%, p90 17.2%. The build
-#: fails if it gets worse; issue 23's targets (8% / 15% / 35% over 110+ rows) are the goal.
+#: Held out by source, the established ledger (58 rows, 9 sources) today: median 6.7%, p90 17.2%.
 HELD_OUT_MEDIAN_TARGET = 0.08
 HELD_OUT_P90_TARGET = 0.20
+#: Every built-in row (established and 2024-2026, 157 rows): median 13.6%, p90 69.6% today. These
+#: only stop the figures from getting worse; issue 23's targets (median 8%, p90 15%, no row above
+#: 35%) are what the missing mechanisms (FP8 recipes, execution mode, grouped-GEMM MoE, fitted
+#: Blackwell and MI300X profiles) are for.
+ALL_ROWS_MEDIAN_CEILING = 0.15
+ALL_ROWS_P90_CEILING = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,17 @@ def ledger():
 @pytest.fixture(scope="module")
 def report(ledger):
     return cross_validate(ledger.values())
+
+
+def test_every_built_in_row_is_predicted_held_out():
+    everything = cross_validate(load_training_ledgers())
+    h = everything.held_out
+    assert h.rows >= 150 and len(everything.sources) >= 18
+    assert h.median <= ALL_ROWS_MEDIAN_CEILING, f"held-out median {h.median:.1%}"
+    assert h.p90 <= ALL_ROWS_P90_CEILING, f"held-out p90 {h.p90:.1%}"
+    regimes = {(g.regime, g.value): g.held_out.rows for g in everything.regimes}
+    assert regimes[("precision", "fp8")] >= 40 and regimes[("model", "MoE")] >= 8
+    assert regimes[("gpu generation", "blackwell")] >= 10
 
 
 def test_nelder_mead_finds_a_bowls_minimum():

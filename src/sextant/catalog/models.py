@@ -21,7 +21,8 @@ from sextant.catalog._loader import load_yaml, lookup
 from sextant.catalog.hf_config import model_from_hf_config
 from sextant.spec.model import ModelSpec
 
-#: HuggingFace Hub repositories whose config.json each ``data/models/<name>.json`` reproduces.
+#: HuggingFace Hub repositories whose config.json each ``data/models/<name>.json`` reproduces, or for a
+#: model benchmarked in a published run and defined by its source, where that definition comes from.
 HF_REPOS: dict[str, str] = {
     "deepseek-v3": "deepseek-ai/DeepSeek-V3",
     "falcon-180b": "tiiuae/falcon-180B",
@@ -44,6 +45,22 @@ HF_REPOS: dict[str, str] = {
     "qwen2-57b-a14b": "Qwen/Qwen2-57B-A14B",
     "qwen2.5-72b": "Qwen/Qwen2.5-72B",
     "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+    "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
+    # Models benchmarked in published training runs (the training ledger), as their sources define them.
+    "nanotron-llama-1.34b": "huggingface/nanotron scripts/scaling_benchmarks.py model_configs '1B': (16, 2048, 32, 8192), MHA, vocab 131072, tied (1.34B)",
+    "nanotron-llama-3.57b": "huggingface/nanotron scripts/scaling_benchmarks.py model_configs '3B': (28, 3072, 32, 8192) ('3.57G 24heads -> 32heads'), MHA, vocab 131072, tied (3.57B)",
+    "nanotron-llama-8.86b": "huggingface/nanotron scripts/scaling_benchmarks.py model_configs '8B': (32, 4096, 32, 14336), MHA, vocab 131072, untied (8.86B)",
+    "nanotron-llama-80b": "huggingface/nanotron scripts/scaling_benchmarks.py model_configs '70B': (80, 8192, 64, 28672), MHA, vocab 131072, untied (80.0B)",
+    "mpt-1b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-1b.yaml (d_model 2048, n_heads 16, n_layers 24, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 1,315,950,592 at seq 2048",
+    "mpt-3b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-3b.yaml (d_model 2560, n_heads 20, n_layers 32, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 2,651,837,440 at seq 2048",
+    "mpt-3b-bench-s8192": "as mpt-3b-bench with max_seq_len 8192 (learned position table of 8192 rows); README NumParams 2,667,566,080",
+    "mpt-3b-bench-s512": "as mpt-3b-bench with max_seq_len 512; README NumParams 2,647,905,280",
+    "mpt-7b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-7b.yaml (d_model 4096, n_heads 32, n_layers 32, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 6,658,859,008 at seq 2048",
+    "mpt-7b-bench-s8192": "as mpt-7b-bench with max_seq_len 8192; README NumParams 6,684,024,832",
+    "mpt-13b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-13b.yaml (d_model 5120, n_heads 40, n_layers 40, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 12,853,954,560 at seq 2048",
+    "mpt-30b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-30b.yaml (d_model 7168, n_heads 56, n_layers 48, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 29,975,214,080 at seq 2048",
+    "mpt-70b-bench": "mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-70b.yaml (d_model 8192, n_heads 64, n_layers 80, expansion_ratio 4, vocab 50368) + MPTConfig defaults; README NumParams 64,862,437,376 at seq 2048",
+    "llama-4-scout-2l": "meta-llama/Llama-4-Scout-17B-16E config.json text_config (hidden_size 5120, num_hidden_layers 48, num_attention_heads 40, num_key_value_heads 8, head_dim 128, intermediate_size 8192, intermediate_size_mlp 16384, num_local_experts 16, num_experts_per_tok 1, interleave_moe_layer_step 1, vocab_size 202048, max_position_embeddings 10485760, tie_word_embeddings false), cross-checked against pytorch/torchtitan torchtitan/models/llama4/__init__.py flavor '17bx16e' at 8631e19 (dim 5120, n_layers 48, n_heads 40, n_kv_heads 8, ffn_dim_multiplier 1.2, multiple_of 2048, MoEArgs(num_experts 16, top_k 1, num_shared_experts 1), interleave_moe_layer_step 1, vocab 202048), whose auto_scale_hidden_dim gives expert and shared-expert hidden int(int(2*4*5120/3)*1.2)/2 rounded up to 2048 = 8192; num_hidden_layers set to 2 per the benchmark.",
 }
 
 

@@ -27,7 +27,7 @@ from sextant.validate.fitting import (
     row_observation,
     sweep_observations,
 )
-from sextant.validate.ledger import LedgerRow, load_ledger
+from sextant.validate.ledger import TRAINING_LEDGERS, LedgerRow, load_training_ledgers
 from sextant.validate.reports import (
     CrossValidatedRow,
     CrossValidationReport,
@@ -35,7 +35,7 @@ from sextant.validate.reports import (
     RegimeSummary,
     ValidationReport,
 )
-from sextant.validate.sweep import Sweep, load_sweeps
+from sextant.validate.sweep import load_sweeps
 from sextant.validate.train import validate_training
 
 REGIMES = ("gpu generation", "precision", "model", "framework")
@@ -64,15 +64,25 @@ def _fold(group: str, fits: list[FitEntry], data: dict[str, list[Observation]]) 
     return refitted
 
 
-def cross_validate(rows: Iterable[LedgerRow], sweeps: list[Sweep] | None = None) -> CrossValidationReport:
+def _fit_data(fits: list[FitEntry], observed: dict[str, Observation]) -> dict[str, list[Observation]]:
+    """Each entry's observations: its rows (from the built-in ledgers, whichever rows are being
+    validated) and its sweeps' points."""
+    rows = {r.id: r for r in load_training_ledgers()}
+    sweeps = {s.id: s for s in load_sweeps()}
+
+    def observation(row_id: str) -> Observation:
+        return observed[row_id] if row_id in observed else row_observation(rows[row_id])
+
+    return {e.name: [observation(i) for i in e.rows]
+            + [o for s in e.sweeps for o in sweep_observations(sweeps[s])] for e in fits}
+
+
+def cross_validate(rows: Iterable[LedgerRow]) -> CrossValidationReport:
     """Leave-one-source-out predictions of ``rows`` (see the module docstring)."""
-    rows = [r for r in rows if not r.search and r.metric != "min_gpus_without_offload"]
+    rows = [r for r in rows if r.metric != "min_gpus_without_offload"]
     fits = load_fits()
     observed = {r.id: row_observation(r) for r in rows}
-    sweeps = load_sweeps() if sweeps is None else sweeps
-    by_sweep = {s.id: s for s in sweeps}
-    data = {e.name: [observed[i] for i in e.rows if i in observed]
-            + [o for s in e.sweeps if s in by_sweep for o in sweep_observations(by_sweep[s])] for e in fits}
+    data = _fit_data(fits, observed)
     out = []
     for group in sorted({r.group for r in rows}):
         refitted = _fold(group, fits, data)
@@ -109,7 +119,8 @@ def log_residuals(report: CrossValidationReport) -> dict[str, float]:
     return {r.id: math.log(r.held_out / r.published) for r in report.rows}
 
 
-def validate_training_cv(path: str | Path | None = None) -> ValidationReport:
+def validate_training_cv(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS
+                         ) -> ValidationReport:
     """``validate train``: every ledger row predicted in sample, and held out by source."""
-    report = validate_training(path)
-    return report.model_copy(update={"cross_validation": cross_validate(load_ledger(path))})
+    report = validate_training(path, builtins)
+    return report.model_copy(update={"cross_validation": cross_validate(load_training_ledgers(path, builtins))})

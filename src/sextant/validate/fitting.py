@@ -29,7 +29,7 @@ from sextant.train.predict import build_context
 from sextant.train.step import evaluate
 from sextant.validate.ledger import LedgerRow
 from sextant.validate.sweep import Sweep
-from sextant.validate.train import metric_value
+from sextant.validate.train import best_prediction, metric_value
 
 #: Parameters that are not fields of a hardware profile.
 PRESET_PARAMS = ("kernel_efficiency", "overlap_efficiency", "layer_pass_overhead_s")
@@ -94,6 +94,11 @@ class Observation:
 
 
 def row_observation(row: LedgerRow) -> Observation:
+    """A ledger row as an observation; a row with searched knobs as the configuration its in-sample
+    prediction chose (the knobs stay fixed when its parameters are refitted)."""
+    if row.search:
+        chosen, _ = best_prediction(row)
+        row = next(variant for knobs, variant in row.searched() if knobs == chosen)
     ctx, cand = build_context(row.scenario())
     return Observation(row.id, row.group, row.gpu, row.framework, ctx, cand, row.metric, row.published)
 

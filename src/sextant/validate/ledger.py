@@ -147,3 +147,20 @@ def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[
 
 def load_ledger(path: str | Path | None = None, builtin: str = "training.yaml") -> list[LedgerRow]:
     return load_rows(LedgerRow, path, builtin)
+
+
+#: The built-in training ledgers: the established rows (2019-2024 runs the profiles were fitted on,
+#: which ``validate plan`` rediscovers) and the 2024-2026 runs on today's stacks.
+TRAINING_LEDGERS = ("training.yaml", "training-modern.yaml")
+
+
+def load_training_ledgers(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS) -> list[LedgerRow]:
+    """The rows of ``path``, or of the ``builtins`` training ledgers (ids unique across them)."""
+    if path is not None:
+        return load_ledger(path)
+    rows = [row for name in builtins for row in load_ledger(None, name)]
+    ids = [r.id for r in rows]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ScenarioError(f"row ids {dupes} appear in more than one built-in training ledger", field="ledger")
+    return rows

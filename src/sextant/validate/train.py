@@ -10,7 +10,7 @@ from sextant.errors import SpecError
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
 from sextant.train.step import StepEvaluation, evaluate
-from sextant.validate.ledger import LedgerRow, load_ledger
+from sextant.validate.ledger import TRAINING_LEDGERS, LedgerRow, load_training_ledgers
 from sextant.validate.reports import ValidationReport, ValidationRow
 
 
@@ -72,5 +72,6 @@ def report_of(rows_and_predictions) -> ValidationReport:
                             max_ape_id=worst.id, rows_not_fitting=sum(not r.fits for r in rows))
 
 
-def validate_training(path: str | Path | None = None) -> ValidationReport:
-    return report_of((row, *best_prediction(row)) for row in load_ledger(path))
+def validate_training(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS) -> ValidationReport:
+    """Every row of ``path`` (default: the built-in training ledgers) predicted in sample."""
+    return report_of((row, *best_prediction(row)) for row in load_training_ledgers(path, builtins))
