@@ -29,13 +29,13 @@ from sextant.validate.fitting import (
     row_observation,
     sweep_observations,
 )
-from sextant.validate.ledger import load_ledger
+from sextant.validate.ledger import load_training_ledgers
 from sextant.validate.sweep import load_sweeps, spearman
 
 
 def observations(entry):
     """(group, observation, global batch of a sweep point or 0) per measured run."""
-    rows = {r.id: r for r in load_ledger()}
+    rows = {r.id: r for r in load_training_ledgers()}
     sweeps = {s.id: s for s in load_sweeps()}
     out = [(rows[i].id.rstrip("0123456789"), row_observation(rows[i]), 0) for i in entry.rows]
     for sid in entry.sweeps:

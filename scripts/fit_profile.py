@@ -26,7 +26,7 @@ from sextant.validate.fitting import (
     row_observation,
     sweep_observations,
 )
-from sextant.validate.ledger import load_ledger
+from sextant.validate.ledger import load_training_ledgers
 from sextant.validate.sweep import load_sweeps
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--from-priors", action="store_true", help="start the search at the priors, not the catalog")
     args = ap.parse_args()
     fits = {e.name: e for e in load_fits()}
-    rows = {r.id: r for r in load_ledger()}
+    rows = {r.id: r for r in load_training_ledgers()}
     sweeps = {s.id: s for s in load_sweeps()}
     for name in args.entries:
         if name not in fits:

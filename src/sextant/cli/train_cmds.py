@@ -190,6 +190,13 @@ def _print_report(report, title: str, as_json: bool) -> None:
             console.print(f"{row.id}: knobs the source leaves open, searched; predicted with the best that fits: {knobs}")
     console.print(f"{len(report.rows)} rows: median APE {report.median_ape:.1%}, max APE {report.max_ape:.1%} "
                   f"({report.max_ape_id}); {report.rows_not_fitting} predicted not to fit")
+    if report.pairs:
+        pairs = listing("pairs measured on one setup: speed-up of the second over the first",
+                        ("first", "second", "measured", "predicted", "ratio error", "order"), text={"first", "second", "order"})
+        for p in report.pairs:
+            pairs.add_row(p.first, p.second, f"{p.measured_speedup:.3f}", f"{p.predicted_speedup:.3f}",
+                          f"{p.ratio_error:+.1%}", "agrees" if p.agrees else "[red]reversed[/red]")
+        console.print(pairs)
 
 
 def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks or models")) -> None:

@@ -312,3 +312,52 @@ def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *
         attention_core_fwd=mix(dense.attention_core_fwd, moe.attention_core_fwd),
         flops_fwd=mix(dense.flops_fwd, moe.flops_fwd),
     ), f
+
+
+#: Transformer Engine's FP8 training recipe (per-tensor scaling, delayed or current; TE docs, "Using
+#: FP8 with Transformer Engine", and its fused cast_transpose kernels): the cast of each FP8 GEMM
+#: input is fused into the kernel that produces it (norm, activation), which also writes the
+#: transposed FP8 copy Hopper's FP8 tensor cores need for the weight gradient: one more byte per
+#: input element in the forward. In the backward every output gradient is read in 16 bits and
+#: written in FP8 twice, plain and transposed (for the input and the weight gradient): two plus
+#: two bytes per element. Scaling factors (amax) are reduced inside the same kernels.
+FP8_CAST_BYTES_PER_INPUT = 1.0
+FP8_CAST_BYTES_PER_OUTPUT_GRAD = 4.0
+
+
+def fp8_cast_bytes(model: ModelSpec, tokens, t, *, moe_share: float = 0.0, routed_tokens=None) -> tuple:
+    """(forward, backward) bytes one average layer's FP8 casts and transposes move per
+    micro-batch of ``tokens`` tokens (see :data:`FP8_CAST_BYTES_PER_INPUT`): the attention
+    projections and the MLP of a dense layer; the routed experts' (on ``routed_tokens`` rows) and
+    shared experts' MLPs of a mixture-of-experts layer, mixed in by ``moe_share``."""
+    h, a, g, d = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
+    tokens = np.asarray(tokens, float)
+    gate = 2 if model.gated_mlp else 1
+
+    def mlp(rows, ffn):
+        return rows * (h + ffn / t), rows * (gate * ffn / t + h)  # (GEMM inputs, output gradients)
+
+    attn_in, attn_out = tokens * (h + a * d / t), tokens * ((a + 2 * g) * d / t + h)
+    dense_in, dense_out = mlp(tokens, model.ffn_hidden_size)
+    inputs, grads = attn_in + (1 - moe_share) * dense_in, attn_out + (1 - moe_share) * dense_out
+    if model.moe is not None and moe_share:
+        moe = model.moe
+        routed_in, routed_out = mlp(routed_tokens, moe.expert_ffn_hidden_size)
+        shared_in, shared_out = mlp(tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts)
+        inputs = inputs + moe_share * (routed_in + (shared_in if moe.num_shared_experts else 0.0))
+        grads = grads + moe_share * (routed_out + (shared_out if moe.num_shared_experts else 0.0))
+    return FP8_CAST_BYTES_PER_INPUT * inputs, FP8_CAST_BYTES_PER_OUTPUT_GRAD * grads
+
+
+def with_fp8_casts(layer: LayerCost, model: ModelSpec, b, s_q, t, dev: Device, *, moe_share: float = 0.0,
+                   routed_tokens=None) -> LayerCost:
+    """``layer`` with the FP8 recipe's casts and transposes added to its element-wise work."""
+    fwd_bytes, bwd_bytes = fp8_cast_bytes(model, np.asarray(b, float) * s_q, t, moe_share=moe_share,
+                                          routed_tokens=routed_tokens)
+    # Forward casts ride in the kernels that produce the inputs; each backward GEMM's output
+    # gradient gets a cast_transpose kernel of its own.
+    fwd = memory_bound_time(fwd_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=0.0)
+    bwd = memory_bound_time(bwd_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=4.0)
+    return LayerCost(fwd=PassTimes(layer.fwd.gemm, layer.fwd.attention, layer.fwd.elementwise + fwd),
+                     bwd=PassTimes(layer.bwd.gemm, layer.bwd.attention, layer.bwd.elementwise + bwd),
+                     attention_core_fwd=layer.attention_core_fwd, flops_fwd=layer.flops_fwd)

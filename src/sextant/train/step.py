@@ -33,7 +33,7 @@ from sextant.cost.data_parallel import (
     zero3_gather_unit_params,
 )
 from sextant.cost.flops import step_flops
-from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost
+from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost, with_fp8_casts
 from sextant.cost.memory import (
     OFFLOAD_BUFFERS,
     layer_activation_bytes,
@@ -145,6 +145,9 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
 
     layer, moe_share = average_layer_cost(model, b, s_local, wl.seq_len, tp, sp, ep, dev, flash=flash,
                                           dropout=ctx.dropout, imbalance=wl.expert_imbalance)
+    if ctx.precision == "fp8":
+        routed = b * s_local * model.moe.top_k * wl.expert_imbalance if model.is_moe else None
+        layer = with_fp8_casts(layer, model, b, s_local, tp, dev, moe_share=moe_share, routed_tokens=routed)
     recompute_layer = np.where(rc == FULL_RECOMPUTE, layer.fwd.total,
                                np.where(rc == SELECTIVE_RECOMPUTE, layer.attention_core_fwd, 0.0))
     emb_fwd, emb_bwd = embedding_cost(model, b, s_local, dev)

@@ -117,18 +117,25 @@ def sweep_observations(sweep: Sweep) -> list[Observation]:
 def with_values(ctx: TrainContext, values: dict[str, float]) -> TrainContext:
     """``ctx`` with fitted values in place of the catalog's: profile fields (kernel efficiencies
     given unscaled, as the profile states them, and scaled by the preset's kernel factor as
-    resolution scales them), a preset's ``kernel_efficiency``, ``overlap_efficiency`` and
-    ``layer_pass_overhead_s``."""
+    resolution scales them), one dtype's entry of a per-dtype field (``gemm_dtype_efficiency.fp8``),
+    a preset's ``kernel_efficiency``, ``overlap_efficiency`` and ``layer_pass_overhead_s``."""
     if not values:
         return ctx
     k_old = ctx.costs.kernel_efficiency
     k_new = values.get("kernel_efficiency", k_old)
-    updates: dict[str, float] = {}
+    updates: dict = {}
     for name in (*KERNEL_EFFICIENCY_FIELDS, *OPTIONAL_KERNEL_EFFICIENCY_FIELDS):
         current = getattr(ctx.profile, name)
         if current is not None and (name in values or k_new != k_old):
             updates[name] = (values[name] if name in values else current / k_old) * k_new
-    updates.update({k: v for k, v in values.items() if k not in PRESET_PARAMS and k not in updates})
+    for name, v in values.items():
+        if name in PRESET_PARAMS or name in updates:
+            continue
+        if "." in name:  # a dtype's entry of a per-dtype mapping: gemm_dtype_efficiency.fp8
+            field, key = name.split(".", 1)
+            updates[field] = {**getattr(ctx.profile, field), **updates.get(field, {}), key: v}
+        else:
+            updates[name] = v
     profile = ctx.profile.model_copy(update=updates) if updates else ctx.profile
     overlap = (ctx.overlap.model_copy(update={"efficiency": values["overlap_efficiency"]})
                if "overlap_efficiency" in values else ctx.overlap)
@@ -218,6 +225,9 @@ def catalog_values(entry: FitEntry, obs: Observation) -> dict[str, float]:
             out[name] = ctx.overlap.efficiency
         elif name == "layer_pass_overhead_s":
             out[name] = ctx.costs.layer_pass_overhead_s
+        elif "." in name:
+            field, key = name.split(".", 1)
+            out[name] = getattr(ctx.profile, field).get(key, entry.params[name].prior)
         else:
             value = getattr(ctx.profile, name)
             out[name] = value / k if name in KERNEL_EFFICIENCY_FIELDS else value

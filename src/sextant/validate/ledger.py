@@ -64,6 +64,9 @@ class LedgerRow(PublishedRow):
     #: against PTD-P in SC21 Table 2). Rediscovery counts the two apart: a good planner ranks a
     #: chosen configuration high and a baseline below what beat it.
     role: Literal["chosen", "baseline"] = "chosen"
+    #: The row measured on the same setup with one thing changed (precision, eager or compiled,
+    #: layout, GPU): ``validate train`` checks the predicted order and ratio of the two.
+    pair: str | None = None
     #: ``min_gpus_without_offload`` rows: the GPU counts the planner tries, smallest first.
     gpu_counts: list[int] = []
     #: Strategy knobs the source leaves open, searched: the prediction is the configuration that

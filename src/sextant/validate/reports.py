@@ -48,6 +48,20 @@ class CrossValidationReport(BaseModel):
     regimes: list[RegimeSummary]
 
 
+class PairResult(BaseModel):
+    """Two rows measured on one setup with one thing changed: how much faster the second ran than
+    the first (step time, or a rate as its inverse), measured and predicted."""
+
+    first: str
+    second: str
+    measured_speedup: float
+    predicted_speedup: float
+    #: The prediction puts the two in the measured order.
+    agrees: bool
+    #: Predicted over measured speed-up, less one.
+    ratio_error: float
+
+
 class ValidationRow(BaseModel):
     id: str
     model: str
@@ -73,5 +87,7 @@ class ValidationReport(BaseModel):
     rows_not_fitting: int
     #: Leave-one-source-out predictions of the same rows (``validate train``; None elsewhere).
     cross_validation: CrossValidationReport | None = None
+    #: Pairs of rows measured on one setup (``pair``), both in the ledger.
+    pairs: list[PairResult] = []
 
 

@@ -11,7 +11,7 @@ from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context
 from sextant.train.step import StepEvaluation, evaluate
 from sextant.validate.ledger import TRAINING_LEDGERS, LedgerRow, load_training_ledgers
-from sextant.validate.reports import ValidationReport, ValidationRow
+from sextant.validate.reports import PairResult, ValidationReport, ValidationRow
 
 
 def best_prediction(row: LedgerRow) -> tuple[dict[str, int], tuple[float, float, bool]]:
@@ -58,18 +58,41 @@ def metric_value(metric: str, ctx, ev: StepEvaluation) -> tuple[float, float, bo
     return value, step, bool(ev.fits[0])
 
 
+def _speed(row: ValidationRow, value: float) -> float:
+    """A figure as a speed: a rate as it is, a step time as its inverse."""
+    return 1.0 / value if row.metric == "step_time_s" else value
+
+
+def pair_results(ledger: list[LedgerRow], rows: list[ValidationRow]) -> list[PairResult]:
+    """Each declared pair whose rows are both present: measured and predicted speed-up of the
+    second over the first."""
+    by_id = {r.id: r for r in rows}
+    out = []
+    for row in ledger:
+        if row.pair is None or row.id not in by_id or row.pair not in by_id:
+            continue
+        a, b = by_id[row.id], by_id[row.pair]
+        measured = _speed(b, b.published) / _speed(a, a.published)
+        predicted = _speed(b, b.predicted) / _speed(a, a.predicted)
+        out.append(PairResult(first=a.id, second=b.id, measured_speedup=measured, predicted_speedup=predicted,
+                              agrees=(measured > 1.0) == (predicted > 1.0), ratio_error=predicted / measured - 1.0))
+    return out
+
+
 def report_of(rows_and_predictions) -> ValidationReport:
     """The report of (ledger row, searched knobs chosen, (predicted value, step time, fits))
-    triples: one row each, the median and the worst absolute percentage error."""
+    triples: one row each, the median and the worst absolute percentage error, and the pairs."""
+    triples = list(rows_and_predictions)
     rows = [ValidationRow(
         id=row.id, model=row.model, gpu=row.gpu, gpus=row.gpus, metric=row.metric, published=row.published,
         predicted=predicted, ape=abs(predicted - row.published) / row.published, fits=fits, step_time_s=step,
         source=row.source, assumptions=row.assumptions, chosen=chosen)
-        for row, chosen, (predicted, step, fits) in rows_and_predictions]
+        for row, chosen, (predicted, step, fits) in triples]
     apes = [r.ape for r in rows]
     worst = max(rows, key=lambda r: r.ape)
     return ValidationReport(rows=rows, median_ape=statistics.median(apes), max_ape=worst.ape,
-                            max_ape_id=worst.id, rows_not_fitting=sum(not r.fits for r in rows))
+                            max_ape_id=worst.id, rows_not_fitting=sum(not r.fits for r in rows),
+                            pairs=pair_results([t[0] for t in triples], rows))
 
 
 def validate_training(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS) -> ValidationReport:
