@@ -59,11 +59,15 @@ class Device:
 
 def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attention_dtype: str, *,  # noqa: PLR0913
                gemm_bytes: float, act_bytes: float, weight_bytes: float | None = None,
-               dequant_flops: float = 0.0) -> Device:
+               dequant_flops: float = 0.0, training: bool = False) -> Device:
     """The device a workload's kernels see on ``gpu``: GEMMs at the peak of ``gemm_dtype``,
     attention at that of ``attention_dtype``, each with the profile's measured table for its
-    dtype where calibrated (else the profile's curve, scaled by its ``gemm_dtype_efficiency``)."""
+    dtype where calibrated (else the profile's curve, scaled by its ``gemm_dtype_efficiency``, or
+    in ``training`` by its ``training_gemm_dtype_efficiency`` where it states the dtype)."""
     table = profile.gemm_tables.get(gemm_dtype)
+    scales = profile.gemm_dtype_efficiency
+    if training and gemm_dtype in profile.training_gemm_dtype_efficiency:
+        scales = profile.training_gemm_dtype_efficiency
     return Device(
         gemm_peak=gpu.peak(gemm_dtype),
         attention_peak=gpu.peak(attention_dtype),
@@ -74,7 +78,7 @@ def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attentio
         gemm_table=table,
         attention_table=profile.attention_tables.get(attention_dtype),
         host_synchronous=gpu.architecture.startswith("cpu"),
-        gemm_scale=1.0 if table is not None else profile.gemm_dtype_efficiency.get(gemm_dtype, 1.0),
+        gemm_scale=1.0 if table is not None else scales.get(gemm_dtype, 1.0),
         weight_bytes=weight_bytes,
         dequant_flops=dequant_flops,
     )

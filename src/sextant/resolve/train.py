@@ -59,7 +59,7 @@ class TrainContext:
         derived = {
             "precision_bytes": pb,
             "device": device_for(gpu, self.profile, self.precision, attention_dtype(self.precision),
-                                 gemm_bytes=pb.gemm_operand, act_bytes=pb.activation),
+                                 gemm_bytes=pb.gemm_operand, act_bytes=pb.activation, training=True),
             "fabric": Fabric.of(self.cluster, self.profile),
             "tiers": tier_rates(self.cluster, self.profile),
             "method": method_costs(self.model, self.workload.method, self.workload.adapter_rank, pb.weight, pb.grad,

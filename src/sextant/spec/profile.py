@@ -151,6 +151,11 @@ class HardwareProfile(Spec):
     # e.g. {"fp8": 0.6} where FP8 GEMMs reach 60% of the fraction of their own (doubled) peak that
     # 16-bit GEMMs reach. Missing dtypes: 1. A measured table of that dtype replaces both.
     gemm_dtype_efficiency: dict[str, float] = Field(default_factory=dict)
+    # The same in training, where it differs: an FP8 training recipe (Transformer Engine, torchao
+    # float8) scales tensors dynamically (amax tracked per step, weights cast again for every
+    # micro-batch), which serving engines' pre-quantized FP8 GEMMs do not. Missing dtypes: the
+    # entry above.
+    training_gemm_dtype_efficiency: dict[str, float] = Field(default_factory=dict)
 
     # Measured GEMM efficiency per dtype over (m, n, k) (``sextant calibrate``); where present it
     # replaces the saturating curve above for that dtype.
