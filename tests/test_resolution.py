@@ -184,3 +184,14 @@ def test_serving_resolves_without_training_and_speculation_costs_in_the_iteratio
     assert ctx.draft_model.name == "llama-3.1-8b" and ctx.draft_layout.tp == 4
     assert ctx.used.num_gpus == 4 and ctx.tiers.host_capacity > 0
 
+
+
+def test_an_unfitted_profile_says_so_in_every_report():
+    fitted = predict_train(train_scenario())
+    assert fitted.profile_fitted and not any("not fitted" in a for a in fitted.assumptions)
+    unfitted = predict_train(train_scenario(hardware={"gpu": "b200", "gpus": 8}))
+    assert not unfitted.profile_fitted
+    assert any(a.startswith("profile blackwell-defaults is not fitted") for a in unfitted.assumptions)
+    serve = predict_serve(ServeScenario.model_validate({"model": "llama-3.1-8b", "hardware": {"gpu": "h200", "gpus": 1},
+                                                        "workload": {"num_requests": 8}}))
+    assert serve.profile_fitted is False and serve.profile == "h200-from-h100-fit"

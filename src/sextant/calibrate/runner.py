@@ -295,7 +295,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     }
     if base is None:
         profile = HardwareProfile(
-            name=f"{name}-calibrated", gpu=name,
+            name=f"{name}-calibrated", gpu=name, fitted=True,
             provenance=f"sextant calibrate{' --quick' if quick else ''} on {date}, {cpu_model_name()}, "
                        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
             unfused_attention_gemm_efficiency=min(1.0, att_eff), intra_node_bw_efficiency=1.0,
@@ -306,7 +306,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
             fields["pageable_copy_efficiency"] = min(
                 1.0, measured["h2d_pageable_bytes_per_s"] / measured["h2d_pinned_bytes_per_s"])
         profile = base.model_copy(update={
-            **fields, "name": f"{name}-calibrated",
+            **fields, "name": f"{name}-calibrated", "fitted": True,
             "provenance": f"sextant calibrate{' --quick' if quick else ''} on {date}, "
                           f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}; link efficiencies "
                           f"from the built-in profile ({base.name}), not measurable here"})

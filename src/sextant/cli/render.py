@@ -61,6 +61,7 @@ def render_train(result: TrainResult, console: Console) -> None:
         f"micro-batch {r.micro_batch} x {r.num_microbatches:g} per step, global batch {r.global_batch} "
         f"x {r.seq_len} tokens, recompute {r.recompute}, sequence parallel "
         f"{'on' if r.sequence_parallel else 'off'}, {r.schedule}, {r.precision}, profile {r.profile}"
+        + ("" if r.profile_fitted else " (not fitted to this GPU's runs)")
     )
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="cyan")

@@ -106,6 +106,8 @@ class ServeResult(BaseModel):
     resource_busy_s: dict[str, float]
     iterations: int
     profile: str
+    #: Whether the hardware profile was fitted to measured runs of this GPU.
+    profile_fitted: bool = False
     assumptions: list[str]
 
 
@@ -292,7 +294,7 @@ def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> Ser
         tier_capacity_gb=capacity, time_breakdown_s=parts, bottleneck=_gpu_seconds_label(parts),
         binding_resource=max(busy, key=busy.get) if inst.offload.offloaded else "gpu",
         resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
-        profile=res.profile.name, assumptions=_assumptions(res),
+        profile=res.profile.name, profile_fitted=res.profile.fitted, assumptions=_assumptions(res),
     )
 
 

@@ -94,6 +94,9 @@ class HardwareProfile(Spec):
     name: str
     gpu: str = Field(description="Catalog GPU this profile describes.")
     provenance: str = Field(description="Where the numbers come from: defaults, fit, or calibration.")
+    #: Fitted to measured runs of this GPU (published runs, or ``sextant calibrate`` on it); False:
+    #: documented defaults or another GPU's fit, so its predictions carry a wider error.
+    fitted: bool = False
 
     # Dense matrix multiplies: efficiency(M, N, K) = gemm_max_efficiency * s(M) s(N) s(K),
     # with s(x) = x / (x + gemm_half_dim): small dimensions under-fill the tensor cores

@@ -69,6 +69,10 @@ def _assumptions(ctx: TrainContext, offloads: bool) -> list[str]:
         + (f" (hiding {ctx.overlap.efficiency:.0%} of the overlappable time)" if ctx.overlap.efficiency < 1 else ""),
         f"data-parallel collectives: {ctx.dp_collective}",
     ]
+    if not ctx.profile.fitted:
+        assumptions.append(f"profile {ctx.profile.name} is not fitted to measured runs of the {ctx.cluster.gpu.name}: "
+                           f"{ctx.profile.provenance.split('.')[0]}; expect a larger error than docs/validation.md "
+                           "reports for fitted GPUs")
     if ctx.model.is_moe:
         assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean)")
     if offloads:
@@ -127,7 +131,7 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         hardware_utilization=float(ev.hardware_utilization[0]), flop_convention=FLOP_CONVENTION,
         memory_gb_per_gpu=memory, memory_capacity_gb=capacity, fits=bool(ev.fits[0]),
         memory_headroom_gb=capacity - memory["total"], time_breakdown_s=parts,
-        bottleneck=bottleneck_sentence(parts, step), profile=ctx.profile.name,
+        bottleneck=bottleneck_sentence(parts, step), profile=ctx.profile.name, profile_fitted=ctx.profile.fitted,
         assumptions=_assumptions(ctx, offloads), method=ctx.workload.method,
         offload_optimizer=OFFLOAD_NAMES[row["offload_optimizer"]], offload_params=OFFLOAD_NAMES[row["offload_params"]],
         offload_activations=OFFLOAD_NAMES[row["offload_activations"]],

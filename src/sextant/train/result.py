@@ -89,6 +89,9 @@ class TrainResult(BaseModel):
     time_breakdown_s: dict[str, float]
     bottleneck: str
     profile: str
+    #: Whether the hardware profile was fitted to measured runs of this GPU (False: defaults or
+    #: another GPU's fit, so the error is likely larger than the validated figures).
+    profile_fitted: bool = False
     assumptions: list[str]
     method: str = "full"
     offload_optimizer: str = "none"
