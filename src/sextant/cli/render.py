@@ -68,6 +68,10 @@ def render_train(result: TrainResult, console: Console) -> None:
     summary.add_column(justify="right")
     summary.add_row("step time", _duration(r.step_time_s))
     summary.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s ({r.tokens_per_s_per_gpu:,.0f} per GPU)")
+    if r.interval:
+        step, tps = r.interval["step_time_s"], r.interval["tokens_per_s_per_gpu"]
+        summary.add_row(f"{step['level']:.0%} interval", f"step {_duration(step['low'])} to {_duration(step['high'])}; "
+                        f"{tps['low']:,.0f} to {tps['high']:,.0f} tokens/s per GPU")
     summary.add_row("model TFLOP/s per GPU", f"{r.model_tflops_per_gpu:.1f}")
     summary.add_row("MFU / HFU", f"{r.mfu:.1%} / {r.hfu:.1%}")
     summary.add_row("executed TFLOP/s per GPU", f"{r.executed_tflops_per_gpu:.1f} ({r.hardware_utilization:.1%} of peak)")

@@ -146,6 +146,10 @@ def print_cross_validation(cv) -> None:
         table.add_row(g.regime, g.value, str(g.held_out.rows),
                       *(f"{getattr(g.held_out, k):.1%} ({getattr(g.in_sample, k):.1%})" for k in ("median", "p90", "max")))
     console.print(table)
+    cov = cv.interval_coverage
+    if cov is not None:
+        console.print(f"{cov.level:.0%} prediction intervals (split-conformal, by regime) cover {cov.covered}/{cov.rows} "
+                      f"rows ({cov.fraction:.0%}) when each source's interval comes from the other sources' residuals")
 
 
 def validate_offload_cmd(

@@ -6,6 +6,7 @@ import numpy as np
 
 from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
+from sextant.resolve.intervals import interval_band
 from sextant.resolve.layout import check_training
 from sextant.resolve.train import TrainContext, resolve_train
 from sextant.spec.scenario import TrainScenario
@@ -100,6 +101,22 @@ def _memory(ctx: TrainContext, ev: StepEvaluation, offloads: bool) -> tuple[dict
     return memory, tiers, tier_capacity
 
 
+def _interval(ctx: TrainContext, step: float, tokens_per_gpu: float, tflops: float) -> tuple[dict, str]:
+    """The step time, throughput and TFLOP/s bounds of the prediction's regime (see
+    :mod:`sextant.resolve.intervals`), and where they come from."""
+    band = interval_band(ctx)
+    if band is None:
+        return {}, "no validated regime: no interval"
+    level = band.level
+    interval = {"step_time_s": {"low": step * band.low, "high": step * band.high, "level": level},
+                "tokens_per_s_per_gpu": {"low": tokens_per_gpu / band.high, "high": tokens_per_gpu / band.low,
+                                         "level": level},
+                "model_tflops_per_gpu": {"low": tflops / band.high, "high": tflops / band.low, "level": level}}
+    basis = (f"{level:.0%} split-conformal interval from {band.rows} published runs held out by source "
+             f"(regime {band.pool}; docs/validation.md)")
+    return interval, basis
+
+
 def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None) -> TrainResult:
     """The full report of the one configuration in ``cand`` (a checked one-row table), with an
     offload timeline written to ``trace_out`` where asked."""
@@ -118,6 +135,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     memory, tiers, tier_capacity = _memory(ctx, ev, offloads)
     capacity = ev.capacity_bytes / GiB
     gpus = ctx.cluster.num_gpus
+    interval, basis = _interval(ctx, step, float(ev.tokens_per_s[0]) / gpus, float(ev.model_tflops_per_gpu[0]))
+    assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}"]
     return TrainResult(
         model=ctx.model.name, framework=ctx.framework, gpu=ctx.cluster.gpu.name, gpus=gpus,
         dp=row["dp"], tp=row["tp"], pp=row["pp"], cp=row["cp"], ep=row["ep"], vpp=row["vpp"], zero=row["zero"],
@@ -132,7 +151,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         memory_gb_per_gpu=memory, memory_capacity_gb=capacity, fits=bool(ev.fits[0]),
         memory_headroom_gb=capacity - memory["total"], time_breakdown_s=parts,
         bottleneck=bottleneck_sentence(parts, step), profile=ctx.profile.name, profile_fitted=ctx.profile.fitted,
-        assumptions=_assumptions(ctx, offloads), method=ctx.workload.method,
+        interval=interval, interval_basis=basis,
+        assumptions=assumptions, method=ctx.workload.method,
         offload_optimizer=OFFLOAD_NAMES[row["offload_optimizer"]], offload_params=OFFLOAD_NAMES[row["offload_params"]],
         offload_activations=OFFLOAD_NAMES[row["offload_activations"]],
         memory_gb_per_tier=tiers, tier_capacity_gb=tier_capacity,

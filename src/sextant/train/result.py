@@ -92,6 +92,11 @@ class TrainResult(BaseModel):
     #: Whether the hardware profile was fitted to measured runs of this GPU (False: defaults or
     #: another GPU's fit, so the error is likely larger than the validated figures).
     profile_fitted: bool = False
+    #: The interval held-out validation supports: ``step_time_s``, ``tokens_per_s_per_gpu`` and
+    #: ``model_tflops_per_gpu`` each mapped to ``{low, high, level}``; empty when no validated
+    #: regime applies. ``interval_basis`` says which runs it comes from.
+    interval: dict[str, dict[str, float]] = {}
+    interval_basis: str = ""
     assumptions: list[str]
     method: str = "full"
     offload_optimizer: str = "none"

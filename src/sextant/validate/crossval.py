@@ -27,6 +27,7 @@ from sextant.validate.fitting import (
     row_observation,
     sweep_observations,
 )
+from sextant.validate.intervals import coverage
 from sextant.validate.ledger import TRAINING_LEDGERS, LedgerRow, load_training_ledgers
 from sextant.validate.reports import (
     CrossValidatedRow,
@@ -93,14 +94,16 @@ def cross_validate(rows: Iterable[LedgerRow]) -> CrossValidationReport:
             in_sample = predicted(obs, {})
             held = predicted(obs, values) if values else in_sample
             out.append(CrossValidatedRow(
-                id=row.id, source=group, regime=regime_of(obs), published=row.published, in_sample=in_sample,
+                id=row.id, source=group, regime=regime_of(obs), metric=row.metric,
+                profile_fitted=obs.ctx.profile.fitted, published=row.published, in_sample=in_sample,
                 held_out=held, ape_in_sample=_ape(in_sample, row.published), ape_held_out=_ape(held, row.published),
                 refitted=used))
-    return CrossValidationReport(
+    report = CrossValidationReport(
         rows=out, sources=sorted({r.source for r in out}),
         in_sample=ErrorSummary.of([r.ape_in_sample for r in out]),
         held_out=ErrorSummary.of([r.ape_held_out for r in out]),
         regimes=regime_summaries(out))
+    return report.model_copy(update={"interval_coverage": coverage(report)})
 
 
 def regime_summaries(rows: list[CrossValidatedRow]) -> list[RegimeSummary]:

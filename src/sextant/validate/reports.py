@@ -13,6 +13,8 @@ class CrossValidatedRow(BaseModel):
     id: str
     source: str  # the row's source key
     regime: dict[str, str]
+    metric: str
+    profile_fitted: bool
     published: float
     in_sample: float
     held_out: float
@@ -40,12 +42,23 @@ class RegimeSummary(BaseModel):
     held_out: ErrorSummary
 
 
+class IntervalCoverage(BaseModel):
+    """Rows whose published figure lies within the prediction interval their regime gets from the
+    other sources' held-out residuals (validate/intervals.py)."""
+
+    level: float
+    rows: int
+    covered: int
+    fraction: float
+
+
 class CrossValidationReport(BaseModel):
     rows: list[CrossValidatedRow]
     sources: list[str]
     in_sample: ErrorSummary
     held_out: ErrorSummary
     regimes: list[RegimeSummary]
+    interval_coverage: IntervalCoverage | None = None
 
 
 class PairResult(BaseModel):
