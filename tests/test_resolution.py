@@ -191,7 +191,7 @@ def test_an_unfitted_profile_says_so_in_every_report():
     assert fitted.profile_fitted and not any("not fitted" in a for a in fitted.assumptions)
     unfitted = predict_train(train_scenario(hardware={"gpu": "b200", "gpus": 8}))
     assert not unfitted.profile_fitted
-    assert any(a.startswith("profile blackwell-defaults is not fitted") for a in unfitted.assumptions)
+    assert any(a.startswith("profile b200-fp8-fitted is not fully fitted") for a in unfitted.assumptions)
     serve = predict_serve(ServeScenario.model_validate({"model": "llama-3.1-8b", "hardware": {"gpu": "h200", "gpus": 1},
                                                         "workload": {"num_requests": 8}}))
     assert serve.profile_fitted is False and serve.profile == "h200-from-h100-fit"

@@ -71,7 +71,7 @@ def _assumptions(ctx: TrainContext, offloads: bool) -> list[str]:
         f"data-parallel collectives: {ctx.dp_collective}",
     ]
     if not ctx.profile.fitted:
-        assumptions.append(f"profile {ctx.profile.name} is not fitted to measured runs of the {ctx.cluster.gpu.name}: "
+        assumptions.append(f"profile {ctx.profile.name} is not fully fitted to measured runs of the {ctx.cluster.gpu.name}: "
                            f"{ctx.profile.provenance.split('.')[0]}; expect a larger error than docs/validation.md "
                            "reports for fitted GPUs")
     if ctx.model.is_moe:
