@@ -21,12 +21,12 @@ from sextant.validate.ledger import load_ledger, load_training_ledgers
 #: Held out by source, the established ledger (58 rows, 9 sources) today: median 6.7%, p90 17.2%.
 HELD_OUT_MEDIAN_TARGET = 0.08
 HELD_OUT_P90_TARGET = 0.20
-#: Every built-in row (established and 2024-2026, 157 rows): median 9.6%, p90 55.7% today. These
+#: Every built-in row (established and 2024-2026, 157 rows): median 9.6%, p90 46.8% today. These
 #: only stop the figures from getting worse; issue 23's targets (median 8%, p90 15%, no row above
 #: 35%) are what the missing mechanisms (execution mode, grouped-GEMM MoE, fitted Blackwell and
 #: MI300X profiles) are for.
 ALL_ROWS_MEDIAN_CEILING = 0.10
-ALL_ROWS_P90_CEILING = 0.60
+ALL_ROWS_P90_CEILING = 0.50
 
 
 @pytest.fixture(scope="module")
