@@ -18,10 +18,10 @@ from sextant.validate.fitting import (
 )
 from sextant.validate.ledger import load_ledger, load_training_ledgers
 
-#: Held out by source, the established ledger (58 rows, 9 sources) today: median 6.7%, p90 17.2%.
+#: Held out by source, the established ledger (58 rows, 9 sources) today: median 6.7%, p90 15.2%.
 HELD_OUT_MEDIAN_TARGET = 0.08
 HELD_OUT_P90_TARGET = 0.20
-#: Every built-in row (established and 2024-2026, 157 rows): median 9.6%, p90 46.8% today. These
+#: Every built-in row (established and 2024-2026, 157 rows): median 9.3%, p90 43.3% today. These
 #: only stop the figures from getting worse; issue 23's targets (median 8%, p90 15%, no row above
 #: 35%) are what the missing mechanisms (execution mode, grouped-GEMM MoE, fitted Blackwell and
 #: MI300X profiles) are for.
@@ -70,14 +70,17 @@ def test_catalog_values_reproduce_the_catalog_prediction(ledger):
         assert with_values(obs.ctx, {}) is obs.ctx
 
 
-def test_the_fitter_finds_the_catalogs_values_from_the_priors(ledger):
-    fits = {e.name: e for e in load_fits()}
-    h100 = fits["h100"]
+def test_the_fitter_finds_the_catalogs_values_from_the_priors():
+    """The H100 entry's three parameters (GEMM curve height and half-dimension, FP8 factor) are
+    correlated: from the priors, the restarted simplex still lands on the catalog's values."""
+    ledger = {r.id: r for r in load_training_ledgers()}
+    h100 = {e.name: e for e in load_fits()}["h100"]
     data = [row_observation(ledger[i]) for i in h100.rows]
     values = fit(h100, data)
     catalog = catalog_values(h100, data[0])
-    assert values["gemm_max_efficiency"] == pytest.approx(catalog["gemm_max_efficiency"], rel=0.01)
-    assert values["gemm_half_dim"] == pytest.approx(catalog["gemm_half_dim"], rel=0.02)
+    assert set(values) == set(catalog) == {"gemm_max_efficiency", "gemm_half_dim", "training_gemm_dtype_efficiency.fp8"}
+    for name, value in catalog.items():
+        assert values[name] == pytest.approx(value, rel=0.02), name
     assert fit(h100, []) == h100.priors
 
 
@@ -88,8 +91,10 @@ def test_each_fold_refits_what_its_source_fed(report):
     assert by_id["Z3"].source == by_id["M3"].source == "M"
     assert by_id["Z3"].refitted["deepspeed-zero3-2021"] == {"overlap_efficiency": 1.0}
     assert set(by_id["M3"].refitted) == {"a100"}
-    # The H100 profile is fitted on one source: held out, the Hopper priors.
-    assert by_id["H1"].refitted == {"h100": {"gemm_max_efficiency": 0.72, "gemm_half_dim": 96.0}}
+    # Only the H100 profile was fitted on the Megatron-LM README's rows: its fold refits that
+    # entry on the other sources' H100 rows (NVIDIA's tables, MLPerf), not back to the priors.
+    assert set(by_id["H1"].refitted) == {"h100"}
+    assert by_id["H1"].refitted["h100"] != {e.name: e for e in load_fits()}["h100"].priors
     # Rows no entry was fitted on are out of sample already.
     assert by_id["L1"].refitted == {} and by_id["L1"].held_out == by_id["L1"].in_sample
     # The BLOOM row's fold drops the BLOOM team's sweeps with it.

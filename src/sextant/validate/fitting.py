@@ -31,6 +31,8 @@ from sextant.validate.ledger import LedgerRow
 from sextant.validate.sweep import Sweep
 from sextant.validate.train import best_prediction, metric_value
 
+#: Nelder-Mead restarts at most per fit (see :func:`fit`).
+RESTARTS = 4
 #: Parameters that are not fields of a hardware profile.
 PRESET_PARAMS = ("kernel_efficiency", "overlap_efficiency", "layer_pass_overhead_s")
 
@@ -191,9 +193,10 @@ def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, *, step: float
 
 
 def fit(entry: FitEntry, observations: Iterable[Observation], start: dict[str, float] | None = None,
-        *, max_evals: int = 120) -> dict[str, float]:
+        *, max_evals: int = 120, restarts: int = RESTARTS) -> dict[str, float]:
     """The entry's values that minimise the squared log errors over ``observations`` (the priors
-    when none is given). ``start``: where the search begins (default: the priors)."""
+    when none is given). ``start``: where the search begins (default: the priors); ``restarts``:
+    Nelder-Mead runs at most, each from the last one's result."""
     data = list(observations)
     if not data:
         return entry.priors
@@ -209,8 +212,17 @@ def fit(entry: FitEntry, observations: Iterable[Observation], start: dict[str, f
         values = values_of(u)
         return sum(math.log(predicted(obs, values) / obs.measured) ** 2 for obs in data)
 
-    u0 = np.array([(begin[n] - entry.params[n].low) / (entry.params[n].high - entry.params[n].low) for n in names])
-    return values_of(nelder_mead(loss, u0, max_evals=max_evals))
+    u = np.array([(begin[n] - entry.params[n].low) / (entry.params[n].high - entry.params[n].low) for n in names])
+    best = loss(u)
+    # Restarted from its result with a fresh simplex until a restart gains nothing: a simplex
+    # collapses early along correlated parameters (a GEMM curve's height and half-dimension).
+    for _ in range(restarts):
+        found = nelder_mead(loss, u, max_evals=max_evals)
+        value = loss(found)
+        if value >= best - 1e-9:
+            break
+        u, best = found, value
+    return values_of(u)
 
 
 def catalog_values(entry: FitEntry, obs: Observation) -> dict[str, float]:
