@@ -106,6 +106,49 @@ class LayerCost:
     #: Forward time of the attention core alone (what selective recomputation re-runs).
     attention_core_fwd: np.ndarray
     flops_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    #: Forward time that TorchTitan's per-op selective checkpointing re-runs: every second matmul
+    #: and all element-wise work (see :data:`SELECTIVE_RECOMPUTE`).
+    alternate_matmuls_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
+
+    def selective_recompute_fwd(self, policy: str) -> np.ndarray:
+        """Forward seconds the selective recomputation ``policy`` re-runs in the backward."""
+        return self.alternate_matmuls_fwd if policy == ALTERNATE_MATMULS else self.attention_core_fwd
+
+
+#: Selective recomputation policies (a framework preset's ``strategy.selective_recompute``).
+#: ``attention_core``: Megatron-LM's (Korthikanti et al. 2022, section 5; ``--recompute-granularity
+#: selective``): the attention core is recomputed, every other activation kept.
+#: ``alternate_matmuls``: TorchTitan's per-op selective activation checkpointing
+#: (torchtitan/distributed/activation_checkpoint.py, ``SelectiveAC``; ``selective_ac_option = "op"``
+#: in 2024-2025 releases): the block's forward runs again in the backward, with the outputs of
+#: the attention kernel, of communication ops and of every odd-numbered ``aten.mm`` of the block
+#: (1st, 3rd, ...) taken from what the forward saved; every second matmul and all element-wise
+#: ops are recomputed. The MoE router's matmul is always recomputed and its routed experts' grouped
+#: GEMMs (``aten._grouped_mm``) are not in the save list, so they are recomputed as well.
+ATTENTION_CORE, ALTERNATE_MATMULS = "attention_core", "alternate_matmuls"
+SELECTIVE_RECOMPUTE = (ATTENTION_CORE, ALTERNATE_MATMULS)
+
+
+def matmul_chain(model: ModelSpec, t, *, moe_layer: bool = False) -> list[tuple]:
+    """The ``aten.mm`` calls of one layer's forward per GPU, in the order a PyTorch-native block
+    issues them, as (input features, output features): the attention projections unfused
+    (:func:`attention_matmuls`), then the MLP's gate, up and down (:func:`mlp_matmuls`), or in a
+    mixture-of-experts layer its shared experts' (the router and the routed experts' grouped GEMMs
+    are not plain matmuls)."""
+    if moe_layer and model.moe is not None:
+        ffn = model.moe.shared_expert_ffn_hidden_size * model.moe.num_shared_experts
+    else:
+        ffn = model.ffn_hidden_size
+    mlp = mlp_matmuls(model, ffn, t, fused=False) if ffn else []
+    return attention_matmuls(model, t, fused=False) + mlp
+
+
+def alternate_recomputed_share(model: ModelSpec, t, *, moe_layer: bool = False):
+    """The share of a layer's :func:`matmul_chain` FLOPs that :data:`ALTERNATE_MATMULS`
+    recomputes: those of its even-numbered matmuls (the policy counts them from one)."""
+    chain = matmul_chain(model, t, moe_layer=moe_layer)
+    work = [np.asarray(k, float) * n for k, n in chain]
+    return sum(work[1::2]) / sum(work)
 
 
 #: Rows of activations per dequantized weight tile in weight-only-quantized GEMMs (Marlin's
@@ -157,44 +200,53 @@ def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bo
     return fwd, bwd, flops_fwd
 
 
-def _mlp_gemms(model: ModelSpec, tokens, ffn, t, dev: Device, count=1.0):
-    """Forward seconds and FLOPs of one MLP (up[, gate], down) on ``tokens`` rows."""
-    h = model.hidden_size
-    up_width = (2 if model.gated_mlp else 1) * ffn / t
-    time = device_gemm(tokens, up_width, h, dev, count) + device_gemm(tokens, h, ffn / t, dev, count)
-    flops = count * 2.0 * tokens * h * (up_width + ffn / t)
-    return time, flops
-
-
-def _attention_projections(model: ModelSpec, tokens, t, dev: Device):
-    """Forward seconds and FLOPs of the QKV and output projections (MLA: its low-rank chain)."""
+def attention_matmuls(model: ModelSpec, t, *, fused: bool = True) -> list[tuple]:
+    """The attention projections' GEMMs per GPU as (input features, output features), in the
+    order they run: one fused QKV GEMM (Megatron-Core's ``linear_qkv``, vLLM's ``QKVParallelLinear``)
+    or q, k and v apart (TorchTitan's ``wq``/``wk``/``wv``, Hugging Face's ``q_proj``/``k_proj``/
+    ``v_proj``), then the output projection; MLA's low-rank chain (q_a, q_b, kv_a, kv_b, o) is
+    never fused. Column-parallel GEMMs split their outputs over the ``t`` tensor-parallel ranks,
+    row-parallel ones their inputs; MLA's down-projections are replicated."""
     h, a = model.hidden_size, model.num_heads
     if model.mla is not None:
         m = model.mla
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
-        time = np.zeros_like(np.asarray(tokens, float))
-        flops = np.zeros_like(time)
-        shapes = []
-        if m.q_lora_rank:
-            shapes += [(h, m.q_lora_rank, 1.0), (m.q_lora_rank, a * qk, t)]
-        else:
-            shapes += [(h, a * qk, t)]
-        shapes += [(h, m.kv_lora_rank + m.qk_rope_head_dim, 1.0),
-                   (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), t),
-                   (a * m.v_head_dim, h, t)]
-        for k_dim, n_dim, split in shapes:
-            # Column-parallel (n split) except the output projection (row-parallel: k split);
-            # both move the same FLOPs per GPU, 1/split of the unsplit GEMM.
-            n_local = n_dim / split if (k_dim, n_dim) != (a * m.v_head_dim, h) else n_dim
-            k_local = k_dim if (k_dim, n_dim) != (a * m.v_head_dim, h) else k_dim / split
-            time = time + device_gemm(tokens, n_local, k_local, dev)
-            flops = flops + 2.0 * tokens * n_local * k_local
-        return time, flops
-    d, g = model.head_dim, model.num_kv_heads
-    qkv_width = (a + 2 * g) * d / t
-    time = device_gemm(tokens, qkv_width, h, dev) + device_gemm(tokens, h, a * d / t, dev)
-    flops = 2.0 * tokens * h * (qkv_width + a * d / t)
+        chain = [(h, m.q_lora_rank), (m.q_lora_rank, a * qk / t)] if m.q_lora_rank else [(h, a * qk / t)]
+        return chain + [(h, m.kv_lora_rank + m.qk_rope_head_dim),
+                        (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim) / t),
+                        (a * m.v_head_dim / t, h)]
+    g, dqk, dv = model.num_kv_heads, attention_qk_dim(model), attention_v_dim(model)
+    qkv = [(h, (a * dqk + g * dqk + g * dv) / t)] if fused else [(h, a * dqk / t), (h, g * dqk / t), (h, g * dv / t)]
+    return qkv + [(a * dv / t, h)]
+
+
+def mlp_matmuls(model: ModelSpec, ffn, t, *, fused: bool = True) -> list[tuple]:
+    """An MLP's GEMMs per GPU as (input features, output features), in order: gate and up fused
+    into one GEMM (Megatron-Core's ``linear_fc1``) or apart (TorchTitan's ``w1``/``w3``), or the
+    single up projection of an ungated MLP; then the down projection."""
+    h = model.hidden_size
+    if not model.gated_mlp:
+        up = [(h, ffn / t)]
+    else:
+        up = [(h, 2 * ffn / t)] if fused else [(h, ffn / t), (h, ffn / t)]
+    return up + [(ffn / t, h)]
+
+
+def _gemms(shapes: list[tuple], rows, dev: Device, count=1.0):
+    """Forward seconds and FLOPs of ``count`` sets of GEMMs of ``shapes`` on ``rows`` rows each."""
+    time = sum(device_gemm(rows, n, k, dev, count) for k, n in shapes)
+    flops = count * 2.0 * np.asarray(rows, float) * sum(k * n for k, n in shapes)
     return time, flops
+
+
+def _mlp_gemms(model: ModelSpec, tokens, ffn, t, dev: Device, count=1.0, *, fused: bool = True):
+    """Forward seconds and FLOPs of one MLP (up[, gate], down) on ``tokens`` rows."""
+    return _gemms(mlp_matmuls(model, ffn, t, fused=fused), tokens, dev, count)
+
+
+def _attention_projections(model: ModelSpec, tokens, t, dev: Device, *, fused: bool = True):
+    """Forward seconds and FLOPs of the QKV and output projections (MLA: its low-rank chain)."""
+    return _gemms(attention_matmuls(model, t, fused=fused), tokens, dev)
 
 
 def elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bool, act_bytes: float,
@@ -220,11 +272,13 @@ def elementwise_bytes(model: ModelSpec, tokens, t, sp, *, ffn_local, dropout: bo
     return norm_bytes + residual_bytes + rotary + activation, kernels
 
 
-def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flash: bool, dropout: bool) -> LayerCost:
-    """One dense transformer layer per micro-batch on one GPU."""
+def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flash: bool, dropout: bool,  # noqa: PLR0913
+                     fused: bool = True) -> LayerCost:
+    """One dense transformer layer per micro-batch on one GPU; ``fused``: QKV and gate/up
+    projections as one GEMM each (:func:`attention_matmuls`, :func:`mlp_matmuls`)."""
     tokens = np.asarray(b, float) * s_q
-    proj_t, proj_f = _attention_projections(model, tokens, t, dev)
-    mlp_t, mlp_f = _mlp_gemms(model, tokens, model.ffn_hidden_size, t, dev)
+    proj_t, proj_f = _attention_projections(model, tokens, t, dev, fused=fused)
+    mlp_t, mlp_f = _mlp_gemms(model, tokens, model.ffn_hidden_size, t, dev, fused=fused)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
     ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=model.ffn_hidden_size / t, dropout=dropout,
                                       act_bytes=dev.act_bytes)
@@ -235,11 +289,14 @@ def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flas
         bwd=PassTimes(gemm=2.0 * gemm, attention=att_bwd, elementwise=2.0 * ew),
         attention_core_fwd=att_fwd,
         flops_fwd=proj_f + mlp_f + att_f,
+        # The fused QKV and gate/up GEMMs of this lowering re-run in proportion to the FLOPs of
+        # the separate matmuls that the policy recomputes.
+        alternate_matmuls_fwd=gemm * alternate_recomputed_share(model, t) + ew,
     )
 
 
-def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool, dropout: bool,
-                   imbalance: float) -> LayerCost:
+def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool, dropout: bool,  # noqa: PLR0913
+                   imbalance: float, fused: bool = True) -> LayerCost:
     """One MoE layer: attention as a dense layer, then router, routed experts and shared experts.
 
     With expert parallelism ``ep`` each GPU holds num_experts/ep experts and receives, after the
@@ -250,16 +307,18 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     assert moe is not None
     h = model.hidden_size
     tokens = np.asarray(b, float) * s_q
-    proj_t, proj_f = _attention_projections(model, tokens, t, dev)
+    proj_t, proj_f = _attention_projections(model, tokens, t, dev, fused=fused)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
     router_t = device_gemm(tokens, moe.num_experts, h, dev)
     routed_tokens = tokens * moe.top_k * imbalance
     local_experts = moe.num_experts / np.asarray(ep, float)
     rows_per_expert = routed_tokens / local_experts
-    expert_t, expert_f = _mlp_gemms(model, rows_per_expert, moe.expert_ffn_hidden_size, t, dev, count=local_experts)
+    expert_t, expert_f = _mlp_gemms(model, rows_per_expert, moe.expert_ffn_hidden_size, t, dev, count=local_experts,
+                                    fused=fused)
     shared_t, shared_f = 0.0, 0.0
     if moe.num_shared_experts:
-        shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev)
+        shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev,
+                                        fused=fused)
     ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
                                            dropout=dropout, act_bytes=dev.act_bytes,
                                            moe_tokens=routed_tokens)
@@ -267,11 +326,13 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     permute_bytes = 2 * 2 * dev.act_bytes * routed_tokens * h
     ew = memory_bound_time(ew_bytes + permute_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=kernels + 4)
     gemm = proj_t + router_t + expert_t + shared_t
+    chain_share = alternate_recomputed_share(model, t, moe_layer=True)
     return LayerCost(
         fwd=PassTimes(gemm=gemm, attention=att_fwd, elementwise=ew),
         bwd=PassTimes(gemm=2.0 * gemm, attention=att_bwd, elementwise=2.0 * ew),
         attention_core_fwd=att_fwd,
         flops_fwd=proj_f + att_f + 2.0 * tokens * moe.num_experts * h + expert_f / imbalance + shared_f,
+        alternate_matmuls_fwd=(proj_t + shared_t) * chain_share + router_t + expert_t + ew,
     )
 
 
@@ -297,13 +358,14 @@ def embedding_cost(model: ModelSpec, b, s_q, dev: Device) -> tuple[np.ndarray, n
 
 
 def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool,  # noqa: PLR0913
-                       dropout: bool, imbalance: float) -> tuple[LayerCost, float]:
+                       dropout: bool, imbalance: float, fused: bool = True) -> tuple[LayerCost, float]:
     """The cost of a model's average layer, its dense and mixture-of-experts layers mixed in
     proportion, and the share of MoE layers (0 for a dense model)."""
-    dense = dense_layer_cost(model, b, s_q, s_kv, t, sp, dev, flash=flash, dropout=dropout)
+    dense = dense_layer_cost(model, b, s_q, s_kv, t, sp, dev, flash=flash, dropout=dropout, fused=fused)
     if not model.is_moe:
         return dense, 0.0
-    moe = moe_layer_cost(model, b, s_q, s_kv, t, sp, ep, dev, flash=flash, dropout=dropout, imbalance=imbalance)
+    moe = moe_layer_cost(model, b, s_q, s_kv, t, sp, ep, dev, flash=flash, dropout=dropout, imbalance=imbalance,
+                         fused=fused)
     f = model.num_moe_layers / model.num_layers
 
     def mix(x, y):
@@ -315,6 +377,7 @@ def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *
         bwd=PassTimes(*(mix(getattr(dense.bwd, k), getattr(moe.bwd, k)) for k in kinds)),
         attention_core_fwd=mix(dense.attention_core_fwd, moe.attention_core_fwd),
         flops_fwd=mix(dense.flops_fwd, moe.flops_fwd),
+        alternate_matmuls_fwd=mix(dense.alternate_matmuls_fwd, moe.alternate_matmuls_fwd),
     ), f
 
 
@@ -362,6 +425,8 @@ def with_fp8_casts(layer: LayerCost, model: ModelSpec, b, s_q, t, dev: Device, *
     # gradient gets a cast_transpose kernel of its own.
     fwd = memory_bound_time(fwd_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=0.0)
     bwd = memory_bound_time(bwd_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=4.0)
+    # A recomputed forward casts its inputs again.
     return LayerCost(fwd=PassTimes(layer.fwd.gemm, layer.fwd.attention, layer.fwd.elementwise + fwd),
                      bwd=PassTimes(layer.bwd.gemm, layer.bwd.attention, layer.bwd.elementwise + bwd),
-                     attention_core_fwd=layer.attention_core_fwd, flops_fwd=layer.flops_fwd)
+                     attention_core_fwd=layer.attention_core_fwd, flops_fwd=layer.flops_fwd,
+                     alternate_matmuls_fwd=layer.alternate_matmuls_fwd + fwd)

@@ -43,6 +43,8 @@ class TrainContext:
     fp32_grad_copy: bool = True
     bf16_grad_copy: bool = False
     partition_activations: bool = False
+    selective_recompute: str = "attention_core"
+    fused_projections: bool = True
     #: What the framework preset adds: per-layer overhead, memory beyond the tensors (its kernel
     #: efficiency is already in ``profile``).
     costs: FrameworkCosts = FrameworkCosts()
@@ -82,6 +84,7 @@ def resolve_train(scenario: TrainScenario) -> tuple[TrainScenario, TrainContext]
         framework=scenario.framework, precision=s.precision, attention_kernel=s.attention_kernel,
         dropout=scenario.workload.dropout, overlap=s.overlap, dp_collective=s.dp_collective,
         zero3_gather_unit=s.zero3_gather_unit, fp32_grad_copy=s.fp32_grad_copy, bf16_grad_copy=s.bf16_grad_copy,
-        partition_activations=s.partition_activations, costs=costs,
+        partition_activations=s.partition_activations, selective_recompute=s.selective_recompute,
+        fused_projections=s.fused_projections, costs=costs,
     )
     return scenario, ctx

@@ -107,6 +107,14 @@ class Strategy(Spec):
     #: with full recomputation, each tensor-parallel rank keeps 1/tp of the checkpointed layer
     #: input and all-gathers it before the layer is recomputed.
     partition_activations: bool = False
+    #: What ``recompute: selective`` recomputes (cost/layer.py ``SELECTIVE_RECOMPUTE``): the
+    #: attention core (Megatron-LM) or every second matmul and all element-wise ops of a block
+    #: (TorchTitan's per-op selective activation checkpointing). A framework preset sets it.
+    selective_recompute: Literal["attention_core", "alternate_matmuls"] = "attention_core"
+    #: The query, key and value projections run as one GEMM, and an MLP's gate and up projections
+    #: as one (Megatron-Core's ``linear_qkv`` and ``linear_fc1``); false: each its own GEMM, as in
+    #: TorchTitan's and Hugging Face's Llama modules. A framework preset sets it.
+    fused_projections: bool = True
     overlap: Overlap = Overlap()
     #: Offloading (train/offload_timeline.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).

@@ -74,6 +74,9 @@ def _assumptions(ctx: TrainContext, offloads: bool) -> list[str]:
         assumptions.append(f"profile {ctx.profile.name} is not fully fitted to measured runs of the {ctx.cluster.gpu.name}: "
                            f"{ctx.profile.provenance.split('.')[0]}; expect a larger error than docs/validation.md "
                            "reports for fitted GPUs")
+    if ctx.selective_recompute != "attention_core":
+        assumptions.append("selective recomputation: every second matmul and all element-wise ops of a block "
+                           "(TorchTitan's per-op policy), not Megatron-LM's attention core")
     if ctx.model.is_moe:
         assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean)")
     if offloads:

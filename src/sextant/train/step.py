@@ -144,12 +144,14 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     eta = ctx.overlap.efficiency
 
     layer, moe_share = average_layer_cost(model, b, s_local, wl.seq_len, tp, sp, ep, dev, flash=flash,
-                                          dropout=ctx.dropout, imbalance=wl.expert_imbalance)
+                                          dropout=ctx.dropout, imbalance=wl.expert_imbalance,
+                                          fused=ctx.fused_projections)
     if ctx.precision == "fp8":
         routed = b * s_local * model.moe.top_k * wl.expert_imbalance if model.is_moe else None
         layer = with_fp8_casts(layer, model, b, s_local, tp, dev, moe_share=moe_share, routed_tokens=routed)
     recompute_layer = np.where(rc == FULL_RECOMPUTE, layer.fwd.total,
-                               np.where(rc == SELECTIVE_RECOMPUTE, layer.attention_core_fwd, 0.0))
+                               np.where(rc == SELECTIVE_RECOMPUTE, layer.selective_recompute_fwd(ctx.selective_recompute),
+                                        0.0))
     emb_fwd, emb_bwd = embedding_cost(model, b, s_local, dev)
     log_fwd, log_bwd = logits_cost(model, b, s_local, tp, dev)
 
@@ -166,7 +168,8 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     ep_comm = (ep_layer_comm(model, act_bytes, tp, cp, ep, sp, gpn, fab, rc, wl.expert_imbalance) * moe_share
                if model.is_moe else np.zeros_like(tp))
 
-    kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned)
+    kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned,
+              selective=ctx.selective_recompute)
     act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, **kw)
     act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, **kw)
     if model.is_moe:
@@ -436,7 +439,8 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     memory_bytes, memory_parts, (host, nvme) = _memory(ctx, c, x, per_layer, params, bool(offloaded.size), detail)
     tier_capacity = (ctx.tiers.host_capacity, ctx.tiers.nvme_capacity) if offloaded.size else (np.inf, np.inf)
     tokens = float(wl.global_batch) * wl.seq_len
-    flops = step_flops(model, wl.seq_len, tokens, c.recompute, flash=ctx.attention_kernel == "flash")
+    flops = step_flops(model, wl.seq_len, tokens, c.recompute, flash=ctx.attention_kernel == "flash",
+                       selective=ctx.selective_recompute)
     return StepEvaluation(
         step_time_s=step, time_parts_s=parts, memory_parts_bytes=memory_parts, memory_bytes=memory_bytes,
         capacity_bytes=cluster.gpu.memory.capacity_bytes, num_microbatches=x.m,
