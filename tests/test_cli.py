@@ -23,7 +23,7 @@ JSON_KEYS = {"step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "model_tflop
              "memory_gb_per_gpu", "fits", "time_breakdown_s", "bottleneck"}
 
 INTERFACE_FLAGS = {"--model", "--gpu", "--gpus", "--gpus-per-node", "--dp", "--tp", "--pp", "--cp", "--ep",
-                   "--vpp", "--zero", "--micro-batch", "--global-batch", "--seq-len", "--recompute",
+                   "--etp", "--vpp", "--zero", "--micro-batch", "--global-batch", "--seq-len", "--recompute",
                    "--sequence-parallel", "--precision", "--json", "--scenario"}
 
 

@@ -29,7 +29,8 @@ def scenario(model="gpt3-1.3b", gpu="a100-80gb", gpus=64, batch=256, seq=2048, *
 
 
 def strategy_of(row: dict) -> dict:
-    return {"dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"], "vpp": row["vpp"],
+    return {"dp": row["dp"], "tp": row["tp"], "pp": row["pp"], "cp": row["cp"], "ep": row["ep"], "etp": row["etp"],
+            "vpp": row["vpp"],
             "zero": row["zero"], "micro_batch": row["micro_batch"], "recompute": RECOMPUTE_NAMES[row["recompute"]],
             "sequence_parallel": bool(row["sequence_parallel"]),
             "schedule": "interleaved" if row["vpp"] > 1 else "1f1b"}

@@ -55,7 +55,7 @@ def listing(title: str, columns: Iterable[str], text: Iterable[str] = ()) -> Tab
 def render_train(result: TrainResult, console: Console) -> None:
     r = result
     title = (f"{r.model} on {r.gpus}x {r.gpu}: dp={r.dp} tp={r.tp} pp={r.pp} cp={r.cp} ep={r.ep}"
-             f"{f' vpp={r.vpp}' if r.vpp > 1 else ''} zero={r.zero}")
+             f"{f' etp={r.etp}' if r.etp != r.tp else ''}{f' vpp={r.vpp}' if r.vpp > 1 else ''} zero={r.zero}")
     console.print(Text(title, style="bold"))
     console.print(
         f"micro-batch {r.micro_batch} x {r.num_microbatches:g} per step, global batch {r.global_batch} "

@@ -58,6 +58,8 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     pp: Optional[int] = Opt(None, help="Pipeline-parallel degree."),
     cp: Optional[int] = Opt(None, help="Context-parallel degree."),
     ep: Optional[int] = Opt(None, help="Expert-parallel degree (MoE)."),
+    etp: Optional[int] = Opt(None, help="Expert tensor parallelism (MoE; default tp). With etp < tp the expert "
+                                        "layers fold onto the attention's ranks: ep may reach tp*cp*dp/etp."),
     vpp: Optional[int] = Opt(None, help="Virtual pipeline stages per rank (interleaved 1F1B)."),
     zero: Optional[int] = Opt(None, help="ZeRO stage 0-3 (3 = FSDP full shard)."),
     micro_batch: Optional[int] = Opt(None, help="Sequences per micro-batch."),
@@ -98,7 +100,8 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
                        ("network", network), ("nics_per_node", nics_per_node),
                        ("profile", str(profile) if profile else None)):
         _set(tree, "hardware", key, value)
-    for key, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp), ("zero", zero),
+    for key, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
+                       ("zero", zero),
                        ("micro_batch", micro_batch), ("recompute", recompute),
                        ("sequence_parallel", sequence_parallel), ("precision", precision), ("schedule", schedule),
                        ("attention_kernel", attention_kernel), ("dp_collective", dp_collective),

@@ -79,13 +79,14 @@ class DataParallelCollectives:
 
 
 def zero3_gather_unit_params(model: ModelSpec, unit: str, tp, ep, edp_group, nonexpert_layer: float,
-                             expert_layer: float) -> np.ndarray:
+                             expert_layer: float, etp=None) -> np.ndarray:
     """Parameters per GPU that ZeRO-3 gathers at once: a whole layer (FSDP wrapping per block,
     as TorchTitan), whose experts are sharded only over their expert-data-parallel group, or the
     largest weight matrix (DeepSpeed ZeRO-3 gathers per sub-module)."""
     if unit == "module":
         return largest_matrix_params(model) / tp
-    return nonexpert_layer / tp + np.where(edp_group > 1, expert_layer / (tp * ep), 0.0)
+    etp = tp if etp is None else etp
+    return nonexpert_layer / tp + np.where(edp_group > 1, expert_layer / (etp * ep), 0.0)
 
 
 def zero3_buffer_bytes(zero, gather_unit_params, weight_bytes: float) -> np.ndarray:

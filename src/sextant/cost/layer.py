@@ -295,14 +295,25 @@ def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flas
     )
 
 
+def routed_rows(tokens, model: ModelSpec, t, etp, imbalance: float = 1.0):
+    """Token-expert pairs one GPU's experts process per micro-batch of ``tokens`` tokens per
+    tensor-parallel group: the group's ``tokens * top_k`` pairs, spread over its ``t`` ranks and
+    gathered back over the ``etp`` ranks that split each expert (Megatron-Core MoE parallel
+    folding; ``etp = t`` gives GShard's ``tokens * top_k``, Lepikhin et al. 2020), the busiest
+    GPU's share scaled by ``imbalance``."""
+    return np.asarray(tokens, float) * model.moe.top_k * imbalance * np.asarray(etp, float) / np.asarray(t, float)
+
+
 def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool, dropout: bool,  # noqa: PLR0913
-                   imbalance: float, fused: bool = True) -> LayerCost:
+                   imbalance: float, fused: bool = True, etp=None) -> LayerCost:
     """One MoE layer: attention as a dense layer, then router, routed experts and shared experts.
 
-    With expert parallelism ``ep`` each GPU holds num_experts/ep experts and receives, after the
-    all-to-all, ``tokens * top_k`` token-expert pairs on average (GShard, Lepikhin et al. 2020);
-    ``imbalance`` >= 1 scales the busiest GPU's share (the one that sets the pace).
+    With expert parallelism ``ep`` each GPU holds num_experts/ep experts, each split over ``etp``
+    ranks (default ``t``), and receives :func:`routed_rows` token-expert pairs; ``imbalance`` >= 1
+    scales the busiest GPU's share (the one that sets the pace). Shared experts run as a dense MLP
+    on the attention's ``t`` ranks.
     """
+    etp = t if etp is None else etp
     moe = model.moe
     assert moe is not None
     h = model.hidden_size
@@ -310,16 +321,16 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
     proj_t, proj_f = _attention_projections(model, tokens, t, dev, fused=fused)
     att_fwd, att_bwd, att_f = _attention_core(model, b, s_q, s_kv, t, dev, flash=flash, dropout=dropout)
     router_t = device_gemm(tokens, moe.num_experts, h, dev)
-    routed_tokens = tokens * moe.top_k * imbalance
+    routed_tokens = routed_rows(tokens, model, t, etp, imbalance)
     local_experts = moe.num_experts / np.asarray(ep, float)
     rows_per_expert = routed_tokens / local_experts
-    expert_t, expert_f = _mlp_gemms(model, rows_per_expert, moe.expert_ffn_hidden_size, t, dev, count=local_experts,
+    expert_t, expert_f = _mlp_gemms(model, rows_per_expert, moe.expert_ffn_hidden_size, etp, dev, count=local_experts,
                                     fused=fused)
     shared_t, shared_f = 0.0, 0.0
     if moe.num_shared_experts:
         shared_t, shared_f = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, t, dev,
                                         fused=fused)
-    ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / t,
+    ew_bytes, kernels = elementwise_bytes(model, tokens, t, sp, ffn_local=moe.expert_ffn_hidden_size / etp,
                                            dropout=dropout, act_bytes=dev.act_bytes,
                                            moe_tokens=routed_tokens)
     # Permutation of tokens to experts and back: read + write the routed activations twice.
@@ -358,14 +369,14 @@ def embedding_cost(model: ModelSpec, b, s_q, dev: Device) -> tuple[np.ndarray, n
 
 
 def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, flash: bool,  # noqa: PLR0913
-                       dropout: bool, imbalance: float, fused: bool = True) -> tuple[LayerCost, float]:
+                       dropout: bool, imbalance: float, fused: bool = True, etp=None) -> tuple[LayerCost, float]:
     """The cost of a model's average layer, its dense and mixture-of-experts layers mixed in
     proportion, and the share of MoE layers (0 for a dense model)."""
     dense = dense_layer_cost(model, b, s_q, s_kv, t, sp, dev, flash=flash, dropout=dropout, fused=fused)
     if not model.is_moe:
         return dense, 0.0
     moe = moe_layer_cost(model, b, s_q, s_kv, t, sp, ep, dev, flash=flash, dropout=dropout, imbalance=imbalance,
-                         fused=fused)
+                         fused=fused, etp=etp)
     f = model.num_moe_layers / model.num_layers
 
     def mix(x, y):
@@ -392,24 +403,26 @@ FP8_CAST_BYTES_PER_INPUT = 1.0
 FP8_CAST_BYTES_PER_OUTPUT_GRAD = 4.0
 
 
-def fp8_cast_bytes(model: ModelSpec, tokens, t, *, moe_share: float = 0.0, routed_tokens=None) -> tuple:
+def fp8_cast_bytes(model: ModelSpec, tokens, t, *, moe_share: float = 0.0, routed_tokens=None, etp=None) -> tuple:
     """(forward, backward) bytes one average layer's FP8 casts and transposes move per
     micro-batch of ``tokens`` tokens (see :data:`FP8_CAST_BYTES_PER_INPUT`): the attention
-    projections and the MLP of a dense layer; the routed experts' (on ``routed_tokens`` rows) and
-    shared experts' MLPs of a mixture-of-experts layer, mixed in by ``moe_share``."""
+    projections and the MLP of a dense layer; the routed experts' (on ``routed_tokens`` rows,
+    split over ``etp`` ranks) and shared experts' MLPs of a mixture-of-experts layer, mixed in by
+    ``moe_share``."""
+    etp = t if etp is None else etp
     h, a, g, d = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
     tokens = np.asarray(tokens, float)
     gate = 2 if model.gated_mlp else 1
 
-    def mlp(rows, ffn):
-        return rows * (h + ffn / t), rows * (gate * ffn / t + h)  # (GEMM inputs, output gradients)
+    def mlp(rows, ffn, split=t):
+        return rows * (h + ffn / split), rows * (gate * ffn / split + h)  # (GEMM inputs, output gradients)
 
     attn_in, attn_out = tokens * (h + a * d / t), tokens * ((a + 2 * g) * d / t + h)
     dense_in, dense_out = mlp(tokens, model.ffn_hidden_size)
     inputs, grads = attn_in + (1 - moe_share) * dense_in, attn_out + (1 - moe_share) * dense_out
     if model.moe is not None and moe_share:
         moe = model.moe
-        routed_in, routed_out = mlp(routed_tokens, moe.expert_ffn_hidden_size)
+        routed_in, routed_out = mlp(routed_tokens, moe.expert_ffn_hidden_size, etp)
         shared_in, shared_out = mlp(tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts)
         inputs = inputs + moe_share * (routed_in + (shared_in if moe.num_shared_experts else 0.0))
         grads = grads + moe_share * (routed_out + (shared_out if moe.num_shared_experts else 0.0))
@@ -417,10 +430,10 @@ def fp8_cast_bytes(model: ModelSpec, tokens, t, *, moe_share: float = 0.0, route
 
 
 def with_fp8_casts(layer: LayerCost, model: ModelSpec, b, s_q, t, dev: Device, *, moe_share: float = 0.0,
-                   routed_tokens=None) -> LayerCost:
+                   routed_tokens=None, etp=None) -> LayerCost:
     """``layer`` with the FP8 recipe's casts and transposes added to its element-wise work."""
     fwd_bytes, bwd_bytes = fp8_cast_bytes(model, np.asarray(b, float) * s_q, t, moe_share=moe_share,
-                                          routed_tokens=routed_tokens)
+                                          routed_tokens=routed_tokens, etp=etp)
     # Forward casts ride in the kernels that produce the inputs; each backward GEMM's output
     # gradient gets a cast_transpose kernel of its own.
     fwd = memory_bound_time(fwd_bytes, mem_bw=dev.mem_bw, profile=dev.profile, kernels=0.0)

@@ -85,13 +85,15 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
 
 def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,  # noqa: PLR0913
                            moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False,
-                           selective: str = "attention_core") -> np.ndarray:
+                           selective: str = "attention_core", etp=None) -> np.ndarray:
     """Bytes one layer keeps for backward per micro-batch (``s``: local sequence length).
 
     ``recompute``: 0 none, 1 selective, 2 full (only the layer input is kept). ``selective``
     names the policy (cost/layer.py ``SELECTIVE_RECOMPUTE``): the attention core recomputed (no
     s^2 terms), or TorchTitan's per-op policy, which keeps the block's input and the outputs of
-    its attention kernel and of its odd-numbered matmuls (:func:`_alternate_matmuls_saved`). Terms, with ``e`` = ``act_bytes`` per activation (2 in mixed
+    its attention kernel and of its odd-numbered matmuls (:func:`_alternate_matmuls_saved`).
+    A MoE layer's routed experts see the token-expert pairs of cost/layer.py ``routed_rows``, each
+    expert split over ``etp`` ranks (default ``t``). Terms, with ``e`` = ``act_bytes`` per activation (2 in mixed
     precision, Korthikanti's case) and 1-byte dropout masks: norms e*sbh each; QKV input e*sbh;
     Q, K, V; scores (unfused: softmax output e, dropout mask 1, dropout output e per score); attention
     output e*s*b*a*d_v; output-projection dropout mask sbh; MLP input e*sbh; MLP intermediates
@@ -131,10 +133,11 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     else:
         scores = (e + mask + e) * b * a * s * s / t
     gated = 3 if model.gated_mlp else 2
+    etp = t if etp is None else np.asarray(etp, float)
     if moe_layer and model.moe is not None:
         moe = model.moe
-        routed = s * b * moe.top_k
-        inter = gated * e * routed * moe.expert_ffn_hidden_size / t
+        routed = s * b * moe.top_k * etp / t
+        inter = gated * e * routed * moe.expert_ffn_hidden_size / etp
         inter = inter + e * routed * h  # permuted expert inputs
         if moe.num_shared_experts:
             f_sh = moe.shared_expert_ffn_hidden_size * moe.num_shared_experts
@@ -145,14 +148,14 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     full_layer = replicated / seq_split + qkv + attn_out + scores + inter
     only_input = e * sbh / np.where(np.asarray(sp, bool) | np.asarray(partitioned, bool), t, 1.0)
     if selective == ALTERNATE_MATMULS:
-        kept = only_input + attn_out + scores + _alternate_matmuls_saved(model, s, b, t, e, moe_layer=moe_layer)
+        kept = only_input + attn_out + scores + _alternate_matmuls_saved(model, s, b, t, e, moe_layer=moe_layer, etp=etp)
     else:
         kept = full_layer - np.where(flash, 0.0, scores)
     recompute = np.asarray(recompute)
     return np.where(recompute == 2, only_input, np.where(recompute == 1, kept, full_layer))
 
 
-def _alternate_matmuls_saved(model: ModelSpec, s, b, t, e: float, *, moe_layer: bool) -> np.ndarray:
+def _alternate_matmuls_saved(model: ModelSpec, s, b, t, e: float, *, moe_layer: bool, etp) -> np.ndarray:
     """Bytes TorchTitan's per-op selective checkpointing keeps of one layer beyond its input and
     attention kernel: the outputs of the odd-numbered matmuls of :func:`matmul_chain` (a
     row-parallel matmul's output is the full hidden width before its reduction) and, in a
@@ -161,18 +164,18 @@ def _alternate_matmuls_saved(model: ModelSpec, s, b, t, e: float, *, moe_layer: 
     chain = matmul_chain(model, t, moe_layer=moe_layer)
     saved = e * s * b * sum(n for _, n in chain[0::2])
     if moe_layer and model.moe is not None:
-        saved = saved + e * s * b * model.moe.top_k * model.hidden_size
+        saved = saved + e * s * b * model.moe.top_k * etp / t * model.hidden_size
     return saved
 
 
 def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,  # noqa: PLR0913
                                 moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False,
-                                selective: str = "attention_core") -> np.ndarray:
+                                selective: str = "attention_core", etp=None) -> np.ndarray:
     """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
     layer's complete activations exist again for the duration of its backward (less the part of
     its input that was kept and is counted already); with selective, what the policy recomputed."""
     kw = dict(flash=flash, dropout=dropout, moe_layer=moe_layer, act_bytes=act_bytes, partitioned=partitioned,
-              selective=selective)
+              selective=selective, etp=etp)
     full = layer_activation_bytes(model, b, s, t, sp, 0, **kw)
     sel = layer_activation_bytes(model, b, s, t, sp, 1, **kw)
     kept_input = layer_activation_bytes(model, b, s, t, sp, 2, **kw)

@@ -11,7 +11,11 @@ micro-batch on one GPU (exposed time is the caller's: it knows what overlaps wha
 - Expert parallelism: an all-to-all to dispatch the tokens to their experts and one to combine
   them, in the forward and in the backward (and again in a recomputed forward), each carrying
   every routed copy of a token (top-k), the busiest rank's share scaled by the load imbalance
-  (Lepikhin et al. 2021, GShard; Fedus et al. 2022, Switch Transformer).
+  (Lepikhin et al. 2021, GShard; Fedus et al. 2022, Switch Transformer). With expert tensor
+  parallelism ``etp`` > 1 the dispatched tokens are all-gathered over the etp ranks and the
+  experts' outputs reduce-scattered back (Megatron-Core's ``MoEAlltoAllTokenDispatcher``). The
+  expert-parallel group's ranks are ``etp`` apart (Megatron-Core's expert rank order
+  tp-ep-dp-pp with tp = etp: Liu et al. 2025, "MoE Parallel Folding").
 - Pipeline parallelism: one activation send and one gradient receive per micro-batch and stage
   boundary (Narayanan et al. 2021).
 """
@@ -47,15 +51,19 @@ def cp_layer_comm(model: ModelSpec, b, s_local, tp, cp, gpus_per_node, fab: comm
     return (cp - 1) * comm.p2p(kv_bytes, cp_per_node < cp, fab) * 3.0  # fwd: K,V; bwd: K,V, dK,dV
 
 
-def ep_layer_comm(model: ModelSpec, layer_act_bytes, tp, cp, ep, sequence_parallel, gpus_per_node,  # noqa: PLR0913
+def ep_layer_comm(model: ModelSpec, layer_act_bytes, tp, ep, etp, sequence_parallel, gpus_per_node,  # noqa: PLR0913
                   fab: comm.Fabric, recompute, imbalance: float) -> np.ndarray:
     """Seconds of one MoE layer's expert-parallel all-to-alls per micro-batch: dispatch and
-    combine, forward and backward (and in a recomputed forward). Without sequence parallelism
-    every tensor-parallel rank holds, and sends, all of the micro-batch's tokens."""
-    a2a_bytes = layer_act_bytes * model.moe.top_k / np.where(sequence_parallel, tp, 1.0)
-    ep_per_node = comm.group_per_node(ep, tp * cp, gpus_per_node)
+    combine, forward and backward (and in a recomputed forward), and with ``etp`` > 1 the
+    all-gather and reduce-scatter of the dispatched tokens over the expert-tensor-parallel ranks.
+    Without sequence parallelism every tensor-parallel rank holds, and sends, all of the
+    micro-batch's tokens."""
+    a2a_bytes = layer_act_bytes * model.moe.top_k / np.where(sequence_parallel, tp, 1.0) * imbalance
+    ep_per_node = comm.group_per_node(ep, etp, gpus_per_node)
     count = 4.0 + np.where(recompute == FULL_RECOMPUTE, 2.0, 0.0)
-    return count * comm.all_to_all(a2a_bytes * imbalance, ep, ep_per_node, fab)
+    gathered = a2a_bytes * etp  # the dispatched tokens of the etp ranks, gathered on each
+    etp_gather = comm.all_gather(gathered, etp, comm.group_per_node(etp, 1, gpus_per_node), fab)
+    return count * (comm.all_to_all(a2a_bytes, ep, ep_per_node, fab) + np.where(etp > 1, etp_gather, 0.0))
 
 
 def pp_p2p(layer_act_bytes, tp, crosses_node, fab: comm.Fabric) -> np.ndarray:

@@ -197,11 +197,12 @@ class StageParams:
     expert_layer: float
 
 
-def stage_params(model: ModelSpec, layers: tuple, tp, ep, single_stage) -> StageParams:
+def stage_params(model: ModelSpec, layers: tuple, tp, ep, single_stage, etp=None) -> StageParams:
     """Parameters per GPU of the stages holding ``layers`` = (first, middle, last) layer counts:
     the first stage also holds the embedding, the last the final norm and the output projection
     (a tied embedding's copy when pp > 1, whose gradient the two stages all-reduce); one stage
-    holds both."""
+    holds both. Experts are split over ``etp x ep`` ranks (``etp`` default ``tp``)."""
+    etp = tp if etp is None else etp
     counts = count_params(model)
     moe_layers = counts.num_moe_layers
     experts_per_layer = counts.num_experts * counts.moe_expert
@@ -214,5 +215,5 @@ def stage_params(model: ModelSpec, layers: tuple, tp, ep, single_stage) -> Stage
     nonexpert = (n_first * nonexpert_layer / tp + emb + np.where(single_stage, out, 0.0),
                  n_mid * nonexpert_layer / tp,
                  n_last * nonexpert_layer / tp + out + np.where(single_stage, emb, 0.0))
-    expert = tuple(n * expert_layer / (tp * ep) for n in layers)
+    expert = tuple(n * expert_layer / (etp * ep) for n in layers)
     return StageParams(nonexpert, expert, nonexpert_layer, expert_layer)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """The search space of ``plan train``: every factorization of the GPU count into dp*tp*pp*cp
-(and ep for MoE) crossed with micro-batch sizes, recomputation, sequence parallelism, ZeRO stage
+(and for MoE ep, with expert tensor parallelism tp or, folded, 1) crossed with micro-batch sizes, recomputation, sequence parallelism, ZeRO stage
 and virtual pipeline stages, as one :class:`Candidates` table, with the reason each rejected row
 fails.
 
@@ -36,6 +36,9 @@ class SearchSpace(Spec):
     sequence_parallel: list[bool] = [False, True]
     max_vpp: int = Field(default=8, gt=0)
     cp: bool = Field(default=True, description="Search context parallelism.")
+    fold_experts: bool = Field(
+        default=True, description="MoE: also search expert tensor parallelism 1 under tp > 1, the expert layers "
+                                  "folded onto the attention's ranks (Megatron-Core MoE parallel folding).")
     tp_within_node: bool = Field(default=True, description="Keep tensor parallelism inside a node.")
     headroom: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction of GPU memory left free.")
     offload: bool | None = Field(
@@ -51,8 +54,9 @@ def restrict_to_framework(space: SearchSpace, framework: str | None) -> SearchSp
     for key in ("zero", "recompute", "sequence_parallel"):
         if key in limits:
             update[key] = [v for v in getattr(space, key) if v in limits[key]]
-    if limits.get("cp") is False:
-        update["cp"] = False
+    for key in ("cp", "fold_experts"):
+        if limits.get(key) is False:
+            update[key] = False
     if "max_vpp" in limits:
         update["max_vpp"] = min(space.max_vpp, int(limits["max_vpp"]))
     return space.model_copy(update=update)
@@ -74,14 +78,18 @@ class Space:
 
 
 def _layouts(model: ModelSpec, num_gpus: int, space: SearchSpace, gpus_per_node: int) -> np.ndarray:
-    """(dp, tp, pp, cp, ep) with dp*tp*pp*cp = num_gpus; ep over the divisors of dp*cp."""
+    """(dp, tp, pp, cp, ep, etp) with dp*tp*pp*cp = num_gpus; for MoE, etp = tp (and 1 when
+    folding) and ep over the divisors of tp*cp*dp / etp."""
     rows = []
     for tp in divisors(num_gpus):
         for cp in divisors(num_gpus // tp) if space.cp else [1]:
             for pp in divisors(num_gpus // (tp * cp)):
                 dp = num_gpus // (tp * cp * pp)
-                eps = divisors(dp * cp) if model.moe is not None else [1]
-                rows.extend((dp, tp, pp, cp, ep) for ep in eps)
+                if model.moe is None:
+                    rows.append((dp, tp, pp, cp, 1, tp))
+                    continue
+                for etp in sorted({tp, 1} if space.fold_experts else {tp}):
+                    rows.extend((dp, tp, pp, cp, ep, etp) for ep in divisors(tp * cp * dp // etp))
     return np.array(rows, dtype=np.int64)
 
 
@@ -123,7 +131,8 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
         li, mb, rc, sp, zero, vpp = (np.concatenate([x, x[base]]) for x in (li, mb, rc, sp, zero, vpp))
         offload = tuple(np.concatenate([none, codes[:, k]]) for k in range(3))
     lay = layouts[li]
-    table = Candidates(dp=lay[:, 0], tp=lay[:, 1], pp=lay[:, 2], cp=lay[:, 3], ep=lay[:, 4], vpp=vpp, zero=zero,
+    table = Candidates(dp=lay[:, 0], tp=lay[:, 1], pp=lay[:, 2], cp=lay[:, 3], ep=lay[:, 4], etp=lay[:, 5],
+                       vpp=vpp, zero=zero,
                        micro_batch=mb, recompute=rc, sequence_parallel=sp,
                        schedule=np.where(vpp > 1, SCHEDULE_CODES["interleaved"], SCHEDULE_CODES["1f1b"]),
                        offload_optimizer=offload[0], offload_params=offload[1], offload_activations=offload[2])

@@ -14,7 +14,9 @@ Shared by training and serving (the same constraint of the model's shapes):
 
 Training only: the layout multiplies to the GPU count; ``pp`` at most the layers and virtual
 stages at most the layers plus the embedding and loss (Megatron-Core splits unevenly); context
-parallelism in even chunks; experts sharded over ``dp x cp`` ranks; sequence parallelism needs
+parallelism in even chunks; the expert layers' ``etp x ep`` a divisor of the ``tp x cp x dp``
+ranks of a pipeline stage (Megatron-Core's MoE parallel folding; with ``etp = tp``, the classic
+rule that ``ep`` divides ``dp x cp``) and ``etp`` of the expert FFN; sequence parallelism needs
 ``tp``; the batch divides into micro-batches (a multiple of ``pp`` of them when interleaved);
 offloading as ZeRO-Offload and ZeRO-Infinity run it.
 
@@ -101,6 +103,19 @@ def _experts_message(x: LayoutCase) -> str:
     return f"ep={x.ep} does not divide the {x.model.moe.num_experts} experts"
 
 
+def _expert_ffn_divides(x: LayoutCase) -> Any:
+    moe = x.model.moe
+    if moe is None:
+        return x.etp == x.tp
+    return moe.expert_ffn_hidden_size % x.etp == 0
+
+
+def _expert_ffn_message(x: LayoutCase) -> str:
+    if x.model.moe is None:
+        return f"etp={x.etp} needs a mixture-of-experts model; {x.model.name} is dense"
+    return f"etp={x.etp} does not divide the expert FFN width {x.model.moe.expert_ffn_hidden_size}"
+
+
 HEADS = Rule("tp does not divide the attention heads", "tp", lambda x: x.model.num_heads % x.tp == 0,
              lambda x: f"tp={x.tp} does not divide the {x.model.num_heads} attention heads of {x.model.name}")
 KV_HEADS = Rule("tp and the KV heads do not divide one another", "tp", _kv_heads_divide,
@@ -150,8 +165,10 @@ TRAINING_RULES: tuple[Rule, ...] = (
          lambda x: f"cp={x.cp} must split seq_len={x.workload.seq_len} into chunks of even length "
                    "(load-balanced causal ring attention)"),
     EXPERTS,
-    Rule("ep does not divide dp*cp", "ep", lambda x: (x.ep == 1) | ((x.dp * x.cp) % x.ep == 0),
-         lambda x: f"ep={x.ep} must divide dp*cp={x.dp * x.cp} (experts are sharded across data-parallel ranks)"),
+    Rule("etp*ep does not divide tp*cp*dp", "ep", lambda x: (x.tp * x.cp * x.dp) % (x.etp * x.ep) == 0,
+         lambda x: f"etp*ep={x.etp * x.ep} must divide tp*cp*dp={x.tp * x.cp * x.dp} (the expert layers fold their "
+                   "tensor and expert parallelism over the ranks of one pipeline stage)"),
+    Rule("etp does not divide the expert FFN", "etp", _expert_ffn_divides, _expert_ffn_message),
     Rule("sequence parallelism without tp", "sequence_parallel",
          lambda x: np.logical_not(x.sequence_parallel) | (x.tp > 1),
          lambda x: "sequence parallelism splits work across tensor-parallel ranks; it needs tp > 1"),
@@ -263,7 +280,7 @@ def check_training(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
     degree."""
     s = strategy
     columns = SimpleNamespace(
-        tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, vpp=s.vpp, zero=s.zero, micro_batch=s.micro_batch,
+        tp=s.tp, pp=s.pp, cp=s.cp, ep=s.ep, etp=s.resolved_etp, vpp=s.vpp, zero=s.zero, micro_batch=s.micro_batch,
         sequence_parallel=s.sequence_parallel, schedule=SCHEDULE_CODES[s.resolved_schedule],
         schedule_name=s.resolved_schedule, offloads=s.offloads,
         **{k: OFFLOAD_CODES[getattr(s, k)] for k in ("offload_optimizer", "offload_params", "offload_activations")})

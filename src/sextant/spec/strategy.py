@@ -30,11 +30,16 @@ OFFLOAD_NAMES: dict[int, str] = {v: k for k, v in OFFLOAD_CODES.items()}
 
 
 def layout_label(dp: int, tp: int, pp: int, cp: int = 1, ep: int = 1, vpp: int = 1, *,
-                 sequence_parallel: bool = False) -> str:
+                 sequence_parallel: bool = False, etp: int | None = None) -> str:
     """A parallel layout in a few characters, for tables: the degrees above 1 (``dp4 tp8+sp pp8
-    vpp3``; ``+sp`` marks Megatron-LM's sequence parallelism), or ``1 GPU`` when nothing is split."""
+    vpp3``; ``+sp`` marks Megatron-LM's sequence parallelism; ``etp1`` an expert tensor
+    parallelism other than tp), or ``1 GPU`` when nothing is split."""
     parts = [f"{name}{n}" + ("+sp" if name == "tp" and sequence_parallel else "")
-             for name, n in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("vpp", vpp)) if n > 1]
+             for name, n in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep)) if n > 1]
+    if etp is not None and etp != tp:
+        parts.append(f"etp{etp}")
+    if vpp > 1:
+        parts.append(f"vpp{vpp}")
     return " ".join(parts) or "1 GPU"
 
 
@@ -81,6 +86,12 @@ class Strategy(Spec):
     pp: int = Field(default=1, gt=0)
     cp: int = Field(default=1, gt=0)
     ep: int = Field(default=1, gt=0)
+    etp: int | None = Field(
+        default=None, gt=0,
+        description="Expert tensor parallelism: the ranks one expert's GEMMs are split over. Default: tp. "
+                    "Megatron-Core's MoE parallel folding lays the expert layers' etp x ep x expert-dp over the "
+                    "same tp x cp x dp ranks as the attention layers, so ep may exceed dp*cp (etp 1, ep 64 on "
+                    "tp 2 x dp 32).")
     vpp: int = Field(default=1, gt=0, description="Virtual pipeline stages per rank.")
     zero: int = Field(default=1, ge=0, le=3, description="ZeRO stage; 3 is FSDP full shard.")
     micro_batch: int = Field(default=1, gt=0)
@@ -121,6 +132,10 @@ class Strategy(Spec):
     offload_optimizer: OptimizerOffload = "none"
     offload_params: OffloadTarget = "none"
     offload_activations: OffloadTarget = "none"
+
+    @property
+    def resolved_etp(self) -> int:
+        return self.tp if self.etp is None else self.etp
 
     @property
     def offloads(self) -> bool:

@@ -14,7 +14,7 @@ from sextant.spec.strategy import OFFLOAD_CODES, RECOMPUTE_CODES, SCHEDULE_CODES
 class Candidates:
     """One strategy per row. Codes: recompute 0/1/2 = none/selective/full; schedule 0/1/2 =
     gpipe/1f1b/interleaved; offload 0/1/2/3 = none/cpu/nvme/interleaved (optimizer only). The
-    offload columns default to none."""
+    offload columns default to none, expert tensor parallelism ``etp`` to ``tp``."""
 
     dp: np.ndarray
     tp: np.ndarray
@@ -30,11 +30,14 @@ class Candidates:
     offload_optimizer: np.ndarray = field(default=None)  # type: ignore[assignment]
     offload_params: np.ndarray = field(default=None)  # type: ignore[assignment]
     offload_activations: np.ndarray = field(default=None)  # type: ignore[assignment]
+    etp: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         for name in ("offload_optimizer", "offload_params", "offload_activations"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros(len(self.dp), dtype=np.int64))
+        if self.etp is None:
+            object.__setattr__(self, "etp", np.array(self.tp, dtype=np.int64))
 
     @property
     def offloads(self) -> np.ndarray:
@@ -63,6 +66,7 @@ class Candidates:
             offload_optimizer=col(OFFLOAD_CODES[strategy.offload_optimizer]),
             offload_params=col(OFFLOAD_CODES[strategy.offload_params]),
             offload_activations=col(OFFLOAD_CODES[strategy.offload_activations]),
+            etp=col(strategy.resolved_etp),
         )
 
     def take(self, index: np.ndarray) -> Candidates:

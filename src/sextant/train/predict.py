@@ -142,7 +142,7 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}"]
     return TrainResult(
         model=ctx.model.name, framework=ctx.framework, gpu=ctx.cluster.gpu.name, gpus=gpus,
-        dp=row["dp"], tp=row["tp"], pp=row["pp"], cp=row["cp"], ep=row["ep"], vpp=row["vpp"], zero=row["zero"],
+        dp=row["dp"], tp=row["tp"], pp=row["pp"], cp=row["cp"], ep=row["ep"], etp=row["etp"], vpp=row["vpp"], zero=row["zero"],
         micro_batch=row["micro_batch"], global_batch=ctx.workload.global_batch, seq_len=ctx.workload.seq_len,
         recompute=RECOMPUTE_NAMES[row["recompute"]], sequence_parallel=bool(row["sequence_parallel"]),
         schedule=SCHEDULE_NAMES[row["schedule"]], precision=ctx.precision,

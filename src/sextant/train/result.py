@@ -63,6 +63,8 @@ class TrainResult(BaseModel):
     pp: int
     cp: int
     ep: int
+    #: Expert tensor parallelism (the ranks each expert is split over; tp unless folded).
+    etp: int
     vpp: int
     zero: int
     micro_batch: int
@@ -115,7 +117,7 @@ class TrainResult(BaseModel):
     def layout(self) -> str:
         """The parallel degrees above 1, e.g. ``dp4 tp8+sp pp8`` (see :func:`layout_label`)."""
         return layout_label(self.dp, self.tp, self.pp, self.cp, self.ep, self.vpp,
-                            sequence_parallel=self.sequence_parallel)
+                            sequence_parallel=self.sequence_parallel, etp=self.etp)
 
     @property
     def largest_part(self) -> str:

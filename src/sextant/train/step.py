@@ -33,7 +33,7 @@ from sextant.cost.data_parallel import (
     zero3_gather_unit_params,
 )
 from sextant.cost.flops import step_flops
-from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost, with_fp8_casts
+from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost, routed_rows, with_fp8_casts
 from sextant.cost.memory import (
     OFFLOAD_BUFFERS,
     layer_activation_bytes,
@@ -127,7 +127,7 @@ def _max3(values: tuple) -> np.ndarray:
 
 
 #: Columns that every per-layer quantity depends on; the rest only select and combine them.
-LAYER_KEY = ("tp", "cp", "ep", "micro_batch", "sequence_parallel", "recompute")
+LAYER_KEY = ("tp", "cp", "ep", "etp", "micro_batch", "sequence_parallel", "recompute")
 
 
 def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
@@ -137,7 +137,7 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     model, wl, fab, dev = ctx.model, ctx.workload, ctx.fabric, ctx.device
     gpn = ctx.cluster.gpus_per_node
     f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
-    tp, cp, ep, b = f(c.tp), f(c.cp), f(c.ep), f(c.micro_batch)
+    tp, cp, ep, etp, b = f(c.tp), f(c.cp), f(c.ep), f(c.etp), f(c.micro_batch)
     sp, rc = c.sequence_parallel, c.recompute
     s_local = wl.seq_len / cp
     flash = ctx.attention_kernel == "flash"
@@ -145,10 +145,10 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
 
     layer, moe_share = average_layer_cost(model, b, s_local, wl.seq_len, tp, sp, ep, dev, flash=flash,
                                           dropout=ctx.dropout, imbalance=wl.expert_imbalance,
-                                          fused=ctx.fused_projections)
+                                          fused=ctx.fused_projections, etp=etp)
     if ctx.precision == "fp8":
-        routed = b * s_local * model.moe.top_k * wl.expert_imbalance if model.is_moe else None
-        layer = with_fp8_casts(layer, model, b, s_local, tp, dev, moe_share=moe_share, routed_tokens=routed)
+        routed = routed_rows(b * s_local, model, tp, etp, wl.expert_imbalance) if model.is_moe else None
+        layer = with_fp8_casts(layer, model, b, s_local, tp, dev, moe_share=moe_share, routed_tokens=routed, etp=etp)
     recompute_layer = np.where(rc == FULL_RECOMPUTE, layer.fwd.total,
                                np.where(rc == SELECTIVE_RECOMPUTE, layer.selective_recompute_fwd(ctx.selective_recompute),
                                         0.0))
@@ -165,11 +165,11 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     tp_exposed = comm.exposed(tp_total, layer.fwd.gemm + layer.bwd.gemm, eta) if ctx.overlap.tp_comm else tp_total
     cp_total = cp_layer_comm(model, b, s_local, tp, cp, gpn, fab, e)
     cp_exposed = np.where(cp > 1, comm.exposed(cp_total, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
-    ep_comm = (ep_layer_comm(model, act_bytes, tp, cp, ep, sp, gpn, fab, rc, wl.expert_imbalance) * moe_share
+    ep_comm = (ep_layer_comm(model, act_bytes, tp, ep, etp, sp, gpn, fab, rc, wl.expert_imbalance) * moe_share
                if model.is_moe else np.zeros_like(tp))
 
     kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned,
-              selective=ctx.selective_recompute)
+              selective=ctx.selective_recompute, etp=etp)
     act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, **kw)
     act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, **kw)
     if model.is_moe:
@@ -228,6 +228,7 @@ class _Rows:
     pp: np.ndarray
     cp: np.ndarray
     ep: np.ndarray
+    etp: np.ndarray
     dp: np.ndarray
     vpp: np.ndarray
     m: np.ndarray  # micro-batches per step
@@ -242,12 +243,15 @@ class _Rows:
     def of(cls, ctx: TrainContext, c: Candidates) -> _Rows:
         f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
         tp, pp, cp, ep, dp, vpp, b = f(c.tp), f(c.pp), f(c.cp), f(c.ep), f(c.dp), f(c.vpp), f(c.micro_batch)
+        etp = f(c.etp)
         wl, gpn = ctx.workload, ctx.cluster.gpus_per_node
         dp_group = dp * cp
-        return cls(tp=tp, pp=pp, cp=cp, ep=ep, dp=dp, vpp=vpp, m=wl.global_batch / (dp * b), single=pp == 1,
-                   layers=stage_layers(ctx.model.num_layers, pp),
+        # The expert layers fold etp x ep x expert-dp over the tp x cp x dp ranks of a stage.
+        edp_group = np.maximum(tp * cp * dp / (etp * ep), 1.0)
+        return cls(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp, vpp=vpp, m=wl.global_batch / (dp * b),
+                   single=pp == 1, layers=stage_layers(ctx.model.num_layers, pp),
                    act_bytes=ctx.device.act_bytes * b * (wl.seq_len / cp) * ctx.model.hidden_size,
-                   crosses=(tp * cp * dp) >= gpn, dp_group=dp_group, edp_group=np.maximum(dp_group / ep, 1.0))
+                   crosses=(tp * cp * dp) >= gpn, dp_group=dp_group, edp_group=edp_group)
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,7 @@ def _tail(ctx: TrainContext, c: Candidates, x: _Rows, pipe: _Pipeline, params: S
     """Per stage, the exposed data-parallel communication and the optimizer step of a step."""
     pb, wl = ctx.precision_bytes, ctx.workload
     groups = (x.dp_group, comm.group_per_node(x.dp_group, x.tp, ctx.cluster.gpus_per_node),
-              x.edp_group, comm.group_per_node(x.edp_group, x.tp * x.ep, ctx.cluster.gpus_per_node))
+              x.edp_group, comm.group_per_node(x.edp_group, x.etp * x.ep, ctx.cluster.gpus_per_node))
     coll = DataParallelCollectives.of(groups, ctx.fabric, flat=ctx.dp_collective == "flat_ring",
                                       moe=ctx.model.is_moe, grad_bytes=pb.grad, weight_bytes=pb.weight)
     zero = c.zero
@@ -386,7 +390,7 @@ def _memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, params:
     """Memory per GPU on the stage that needs the most, its parts (``detail``), and the (host,
     NVMe) bytes offloaded per GPU."""
     unit = zero3_gather_unit_params(ctx.model, ctx.zero3_gather_unit, x.tp, x.ep, x.edp_group,
-                                    params.nonexpert_layer, params.expert_layer)
+                                    params.nonexpert_layer, params.expert_layer, x.etp)
     stages = [_stage_memory(ctx, c, x, per_layer, params, unit, i, offloaded) for i in range(3)]
     mems = [s[0] for s in stages]
     totals = [sum(mm.values()) for mm in mems]
@@ -410,7 +414,7 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
     first, inverse = _unique_rows(c, LAYER_KEY)
     per_layer = {k: np.broadcast_to(v, first.shape)[inverse] for k, v in _per_layer(ctx, c.take(first)).items()}
     pipe = _pipeline(ctx, x, per_layer, per_layer["time"] + ctx.costs.layer_pass_overhead_s)
-    params = stage_params(model, x.layers, x.tp, x.ep, x.single)
+    params = stage_params(model, x.layers, x.tp, x.ep, x.single, x.etp)
     dp, opt = _tail(ctx, c, x, pipe, params)
     emb_sync = tied_embedding_sync(model, x.tp, x.single, not model.tie_embeddings, x.crosses, ctx.fabric,
                                    ctx.precision_bytes.grad)

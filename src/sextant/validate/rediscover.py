@@ -83,7 +83,7 @@ class RediscoveryReport(BaseModel):
 
 def _describe(row: dict) -> str:
     layout = layout_label(row["dp"], row["tp"], row["pp"], row["cp"], row["ep"], row["vpp"],
-                          sequence_parallel=bool(row["sequence_parallel"]))
+                          sequence_parallel=bool(row["sequence_parallel"]), etp=row["etp"])
     return f"{layout} zero{row['zero']} mb{row['micro_batch']} {RECOMPUTE_NAMES[row['recompute']]}"
 
 
