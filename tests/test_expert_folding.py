@@ -4,6 +4,9 @@ published layout (tp 2, dp 32, ep 64, etp 1) runs as written."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +20,8 @@ from sextant.spec.scenario import TrainScenario
 from sextant.train.candidates import Candidates
 from sextant.train.predict import build_context, predict_train
 from sextant.train.step import evaluate
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "sextant" / "catalog" / "data" / "models"
 
 
 def deepseek(**strategy) -> TrainScenario:
@@ -94,3 +99,45 @@ def test_dense_models_keep_etp_equal_to_tp():
     with pytest.raises(SpecError, match="etp=1 needs a mixture-of-experts model"):
         predict_train(sc)
     assert Candidates.from_strategy(sc.strategy.model_copy(update={"etp": None}), 4).etp[0] == 2
+
+
+# ---- dispatch: NCCL all-to-all against DeepEP's node-deduplicated kernels --------------------------
+
+def test_remote_copy_share_counts_distinct_nodes():
+    from sextant.cost.parallel import remote_copy_share
+
+    qwen = get_model("qwen3-235b-a22b").moe  # top-8 of 128 experts, no group limit
+    # Four nodes: a token's 8 copies reach 4 (1 - 0.75^8) = 3.6 distinct nodes on average.
+    assert float(remote_copy_share(qwen, 4)) == pytest.approx(4 * (1 - 0.75**8) / 8)
+    # DeepSeek-V3: 8 groups, 4 per token; over 8 nodes (one group each) it reaches at most 4.
+    ds = get_model("deepseek-v3").moe
+    assert (ds.expert_groups, ds.groups_per_token) == (8, 4)
+    assert float(remote_copy_share(ds, 8)) == pytest.approx(4 * (1 - 0.75**8) / 8)
+    assert float(remote_copy_share(ds, 4)) == pytest.approx(4 * (1 - 0.75**8) / 8)  # 2 groups a node: no limit
+    assert float(remote_copy_share(ds, 16)) == pytest.approx(8 * (1 - (7 / 8) ** 8) / 8)  # a group spans 2 nodes
+
+
+def _ep_comm(**strategy) -> float:
+    ctx, cand = build_context(deepseek(**strategy))
+    return float(evaluate(ctx, cand).time_parts_s["ep_comm"][0])
+
+
+def test_deepep_sends_fewer_bytes_across_nodes_and_overlap_hides_them():
+    nccl = _ep_comm()
+    deepep = _ep_comm(moe_dispatcher="deepep")
+    assert 0 < deepep < 0.75 * nccl
+    overlapped = _ep_comm(moe_dispatcher="deepep", overlap={"ep_comm": True, "tp_comm": True})
+    assert overlapped < deepep
+    # Within one node there is nothing to deduplicate: the two dispatchers cost the same.
+    assert _ep_comm(ep=8) == pytest.approx(_ep_comm(ep=8, moe_dispatcher="deepep"), rel=0.05)
+
+
+def test_hf_config_reads_group_limited_routing():
+    from sextant.catalog.hf_config import model_from_hf_config
+
+    cfg = json.loads((MODELS / "deepseek-v3.json").read_text())
+    moe = model_from_hf_config(cfg).moe
+    assert (moe.expert_groups, moe.groups_per_token) == (8, 4)
+    del cfg["n_group"], cfg["topk_group"]
+    moe = model_from_hf_config(cfg).moe
+    assert (moe.expert_groups, moe.groups_per_token) == (1, 0)

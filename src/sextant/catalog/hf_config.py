@@ -127,10 +127,12 @@ def _moe(  # noqa: PLR0913
     if not moe_layers:
         return None
     first, freq = _moe_layout(moe_layers, num_layers)
+    groups = cfg.data.get("n_group") or 1  # DeepSeek-V3's group-limited routing
     return MoESpec(
         num_experts=cfg.integer(experts_key), top_k=cfg.integer("num_experts_per_tok"),
         expert_ffn_hidden_size=expert_ffn, num_shared_experts=shared, shared_expert_ffn_hidden_size=shared_ffn,
         first_dense_layers=first, layer_freq=freq,
+        expert_groups=int(groups), groups_per_token=int(cfg.data.get("topk_group") or 0) if groups > 1 else 0,
     )
 
 

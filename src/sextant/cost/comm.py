@@ -168,6 +168,22 @@ def all_to_all(bytes_, n, per_node, fab: Fabric) -> np.ndarray:
     return np.where(n_ > 1, t + lat, 0.0)
 
 
+def node_deduplicated_all_to_all(bytes_, n, per_node, fab: Fabric, remote_share) -> np.ndarray:
+    """The all-to-all of :func:`all_to_all` as DeepEP's internode kernels (and Megatron-Core's
+    HybridEP) run an expert dispatch: a token bound for several GPUs of one remote node crosses
+    the network once, to the GPU of the same local index there, which forwards it over NVLink
+    (DeepSeek-V3 technical report, section 3.2.2; deepseek-ai/DeepEP). ``remote_share``: the
+    fraction of the plain all-to-all's network bytes that remains; every copy still crosses
+    NVLink once."""
+    n_ = _f(n)
+    g, k = _split(n, per_node)
+    remote = bytes_ * (n_ - g) / np.maximum(n_, 1) * remote_share
+    local = bytes_ * (n_ - 1) / np.maximum(n_, 1)
+    t = np.maximum(remote / fab.inter_bw, local / fab.intra_bw)
+    lat = np.where(k > 1, fab.inter_latency, fab.intra_latency) * (n_ - 1)
+    return np.where(n_ > 1, t + lat, 0.0)
+
+
 def p2p(bytes_, crosses_node, fab: Fabric) -> np.ndarray:
     """One point-to-point send between pipeline stages."""
     bw = np.where(crosses_node, fab.inter_bw, fab.intra_bw)

@@ -15,7 +15,9 @@ micro-batch on one GPU (exposed time is the caller's: it knows what overlaps wha
   parallelism ``etp`` > 1 the dispatched tokens are all-gathered over the etp ranks and the
   experts' outputs reduce-scattered back (Megatron-Core's ``MoEAlltoAllTokenDispatcher``). The
   expert-parallel group's ranks are ``etp`` apart (Megatron-Core's expert rank order
-  tp-ep-dp-pp with tp = etp: Liu et al. 2025, "MoE Parallel Folding").
+  tp-ep-dp-pp with tp = etp: Liu et al. 2025, "MoE Parallel Folding"). The ``deepep``
+  dispatcher (DeepEP, HybridEP) sends a token across the network once per remote node among its
+  destinations rather than once per expert (:func:`remote_copy_share`).
 - Pipeline parallelism: one activation send and one gradient receive per micro-batch and stage
   boundary (Narayanan et al. 2021).
 """
@@ -26,7 +28,7 @@ import numpy as np
 
 from sextant.cost import comm
 from sextant.cost.params import attention_qk_dim, attention_v_dim
-from sextant.spec.model import ModelSpec
+from sextant.spec.model import ModelSpec, MoESpec
 
 FULL_RECOMPUTE = 2
 
@@ -51,19 +53,42 @@ def cp_layer_comm(model: ModelSpec, b, s_local, tp, cp, gpus_per_node, fab: comm
     return (cp - 1) * comm.p2p(kv_bytes, cp_per_node < cp, fab) * 3.0  # fwd: K,V; bwd: K,V, dK,dV
 
 
+def remote_copy_share(moe: MoESpec, nodes) -> np.ndarray:
+    """Network bytes of a node-deduplicated dispatch over ``nodes`` nodes, as a share of a plain
+    all-to-all's: a token's ``k`` copies reach on average ``M (1 - (1 - 1/M)^k)`` distinct nodes
+    when its experts fall uniformly on the ``M`` nodes its routing allows (balanced routing, draws
+    with replacement), against ``k`` copies sent one by one. ``M`` is every node of the group, or
+    with group-limited routing the nodes its best ``groups_per_token`` groups occupy (experts laid
+    out contiguously, Megatron-Core's expert placement; DeepSeek-V3: 8 groups, 4 per token, 4 of
+    8 nodes at EP 64)."""
+    k = float(moe.top_k)
+    n = np.asarray(nodes, float)
+    reach = n
+    if moe.groups_per_token:
+        nodes_per_group = np.maximum(n / moe.expert_groups, 1.0)
+        reach = np.minimum(n, moe.groups_per_token * nodes_per_group)
+    return reach * (1.0 - (1.0 - 1.0 / reach) ** k) / k
+
+
 def ep_layer_comm(model: ModelSpec, layer_act_bytes, tp, ep, etp, sequence_parallel, gpus_per_node,  # noqa: PLR0913
-                  fab: comm.Fabric, recompute, imbalance: float) -> np.ndarray:
+                  fab: comm.Fabric, recompute, imbalance: float, dispatcher: str = "alltoall") -> np.ndarray:
     """Seconds of one MoE layer's expert-parallel all-to-alls per micro-batch: dispatch and
     combine, forward and backward (and in a recomputed forward), and with ``etp`` > 1 the
     all-gather and reduce-scatter of the dispatched tokens over the expert-tensor-parallel ranks.
     Without sequence parallelism every tensor-parallel rank holds, and sends, all of the
-    micro-batch's tokens."""
+    micro-batch's tokens. ``dispatcher``: ``alltoall`` (NCCL, one copy per expert) or ``deepep``
+    (one copy per remote node, forwarded over NVLink)."""
     a2a_bytes = layer_act_bytes * model.moe.top_k / np.where(sequence_parallel, tp, 1.0) * imbalance
     ep_per_node = comm.group_per_node(ep, etp, gpus_per_node)
     count = 4.0 + np.where(recompute == FULL_RECOMPUTE, 2.0, 0.0)
     gathered = a2a_bytes * etp  # the dispatched tokens of the etp ranks, gathered on each
     etp_gather = comm.all_gather(gathered, etp, comm.group_per_node(etp, 1, gpus_per_node), fab)
-    return count * (comm.all_to_all(a2a_bytes, ep, ep_per_node, fab) + np.where(etp > 1, etp_gather, 0.0))
+    if dispatcher == "deepep":
+        share = remote_copy_share(model.moe, np.asarray(ep, float) / ep_per_node)
+        a2a = comm.node_deduplicated_all_to_all(a2a_bytes, ep, ep_per_node, fab, share)
+    else:
+        a2a = comm.all_to_all(a2a_bytes, ep, ep_per_node, fab)
+    return count * (a2a + np.where(etp > 1, etp_gather, 0.0))
 
 
 def pp_p2p(layer_act_bytes, tp, crosses_node, fab: comm.Fabric) -> np.ndarray:

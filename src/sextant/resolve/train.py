@@ -45,6 +45,7 @@ class TrainContext:
     partition_activations: bool = False
     selective_recompute: str = "attention_core"
     fused_projections: bool = True
+    moe_dispatcher: str = "alltoall"
     #: What the framework preset adds: per-layer overhead, memory beyond the tensors (its kernel
     #: efficiency is already in ``profile``).
     costs: FrameworkCosts = FrameworkCosts()
@@ -85,6 +86,6 @@ def resolve_train(scenario: TrainScenario) -> tuple[TrainScenario, TrainContext]
         dropout=scenario.workload.dropout, overlap=s.overlap, dp_collective=s.dp_collective,
         zero3_gather_unit=s.zero3_gather_unit, fp32_grad_copy=s.fp32_grad_copy, bf16_grad_copy=s.bf16_grad_copy,
         partition_activations=s.partition_activations, selective_recompute=s.selective_recompute,
-        fused_projections=s.fused_projections, costs=costs,
+        fused_projections=s.fused_projections, moe_dispatcher=s.moe_dispatcher, costs=costs,
     )
     return scenario, ctx

@@ -28,11 +28,21 @@ class MoESpec(Spec):
     shared_expert_ffn_hidden_size: int = Field(default=0, ge=0)
     first_dense_layers: int = Field(default=0, ge=0)
     layer_freq: int = Field(default=1, gt=0)
+    #: Group-limited routing (DeepSeek-V3's ``n_group`` and ``topk_group``): the experts form
+    #: ``expert_groups`` groups and a token's top-k experts come from its best
+    #: ``groups_per_token`` groups (0: no limit). Laid one group per node, this is DeepSeek-V3's
+    #: node-limited routing ("each token will be sent to at most M = 4 nodes", section 2.1.2).
+    expert_groups: int = Field(default=1, gt=0)
+    groups_per_token: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> MoESpec:
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_experts % self.expert_groups:
+            raise ValueError(f"expert_groups={self.expert_groups} does not divide num_experts={self.num_experts}")
+        if self.groups_per_token > self.expert_groups:
+            raise ValueError(f"groups_per_token={self.groups_per_token} exceeds expert_groups={self.expert_groups}")
         if self.num_shared_experts and not self.shared_expert_ffn_hidden_size:
             raise ValueError("num_shared_experts > 0 needs shared_expert_ffn_hidden_size")
         return self

@@ -54,6 +54,10 @@ class Overlap(Spec):
     dp_param_gather: bool = True
     tp_comm: bool = False
     pp_p2p: bool = True
+    #: MoE: one micro-batch's expert-parallel all-to-alls hidden behind another's compute
+    #: (Megatron-Core ``--overlap-moe-expert-parallel-comm``, the combined 1F1B schedule after
+    #: DeepSeek-V3's DualPipe overlap).
+    ep_comm: bool = False
     #: An offloaded optimizer updates each layer as soon as its final gradient is on the host,
     #: during the rest of the last backward (Fuyou, Liao et al. 2024, arXiv:2403.06504), instead
     #: of after the last backward (ZeRO-Offload, ZeRO-Infinity).
@@ -126,6 +130,10 @@ class Strategy(Spec):
     #: as one (Megatron-Core's ``linear_qkv`` and ``linear_fc1``); false: each its own GEMM, as in
     #: TorchTitan's and Hugging Face's Llama modules. A framework preset sets it.
     fused_projections: bool = True
+    #: How MoE tokens reach their experts: ``alltoall`` (NCCL all-to-all, one copy per routed
+    #: expert) or ``deepep`` (DeepEP or Megatron-Core's HybridEP: one copy per remote node,
+    #: forwarded over NVLink; cost/parallel.py ``remote_copy_share``).
+    moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
     overlap: Overlap = Overlap()
     #: Offloading (train/offload_timeline.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).

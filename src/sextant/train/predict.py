@@ -78,7 +78,9 @@ def _assumptions(ctx: TrainContext, offloads: bool) -> list[str]:
         assumptions.append("selective recomputation: every second matmul and all element-wise ops of a block "
                            "(TorchTitan's per-op policy), not Megatron-LM's attention core")
     if ctx.model.is_moe:
-        assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean)")
+        assumptions.append(f"expert load imbalance {ctx.workload.expert_imbalance} (busiest rank / mean); "
+                           f"tokens dispatched by {ctx.moe_dispatcher}"
+                           + (" (one copy per remote node)" if ctx.moe_dispatcher == "deepep" else " (one copy per expert)"))
     if offloads:
         assumptions.append("offload tiers " + ctx.tiers.describe())
         when = ("each layer's update overlapping the last backward (Fuyou)" if ctx.overlap.optimizer_with_backward

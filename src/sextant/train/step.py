@@ -165,8 +165,11 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
     tp_exposed = comm.exposed(tp_total, layer.fwd.gemm + layer.bwd.gemm, eta) if ctx.overlap.tp_comm else tp_total
     cp_total = cp_layer_comm(model, b, s_local, tp, cp, gpn, fab, e)
     cp_exposed = np.where(cp > 1, comm.exposed(cp_total, layer.fwd.attention + layer.bwd.attention, eta), 0.0)
-    ep_comm = (ep_layer_comm(model, act_bytes, tp, ep, etp, sp, gpn, fab, rc, wl.expert_imbalance) * moe_share
+    ep_comm = (ep_layer_comm(model, act_bytes, tp, ep, etp, sp, gpn, fab, rc, wl.expert_imbalance,
+                             ctx.moe_dispatcher) * moe_share
                if model.is_moe else np.zeros_like(tp))
+    if ctx.overlap.ep_comm:
+        ep_comm = comm.exposed(ep_comm, layer.fwd.total + layer.bwd.total, eta)
 
     kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned,
               selective=ctx.selective_recompute, etp=etp)
