@@ -162,3 +162,10 @@ def test_the_default_scenario_agrees_with_published_runs_of_its_setup_within_its
     assert band["low"] <= 6000 and 6700 <= band["high"]
     step = result.interval["step_time_s"]
     assert step["low"] == pytest.approx(result.step_time_s * result.tokens_per_s_per_gpu / band["high"], rel=1e-9)
+
+
+def test_cross_validation_reports_its_progress_fold_by_fold(ledger):
+    calls = []
+    report = cross_validate([ledger[i] for i in ("L1", "L2", "V1")], progress=lambda done, total: calls.append((done, total)))
+    assert report.sources == ["L", "V"]
+    assert calls == [(0, 2), (1, 2)]

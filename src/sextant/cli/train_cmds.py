@@ -129,9 +129,12 @@ def validate_train_cmd(
     """Predict every published run of the training ledger and report the error per row, in sample
     and leave-one-source-out (each source's rows predicted by the profile and preset values fitted
     without that source)."""
+    from sextant.cli.render import search_progress
     from sextant.validate.crossval import validate_training_cv
 
-    report = validate_training_cv(ledger)
+    with search_progress(Console(stderr=True), "cross-validating, one fold per source", quiet=as_json) as bar:
+        task = bar.add_task("folds", total=None)
+        report = validate_training_cv(ledger, progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print_report(report, "training ledger", as_json)
     if not as_json:
         print_cross_validation(report.cross_validation)

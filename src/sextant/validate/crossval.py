@@ -13,7 +13,7 @@ experts, framework family), in-sample and held out side by side.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sextant.resolve.framework import framework_family
@@ -79,14 +79,19 @@ def _fit_data(fits: list[FitEntry], observed: dict[str, Observation]) -> dict[st
             + [o for s in e.sweeps for o in sweep_observations(sweeps[s])] for e in fits}
 
 
-def cross_validate(rows: Iterable[LedgerRow]) -> CrossValidationReport:
-    """Leave-one-source-out predictions of ``rows`` (see the module docstring)."""
+def cross_validate(rows: Iterable[LedgerRow], progress: Callable[[int, int], None] | None = None
+                   ) -> CrossValidationReport:
+    """Leave-one-source-out predictions of ``rows`` (see the module docstring); ``progress(done,
+    total)`` is called after each source's fold."""
     rows = [r for r in rows if r.metric != "min_gpus_without_offload"]
     fits = load_fits()
     observed = {r.id: row_observation(r) for r in rows}
     data = _fit_data(fits, observed)
     out = []
-    for group in sorted({r.group for r in rows}):
+    groups = sorted({r.group for r in rows})
+    for done, group in enumerate(groups):
+        if progress is not None:
+            progress(done, len(groups))
         refitted = _fold(group, fits, data)
         for row in (r for r in rows if r.group == group):
             obs = observed[row.id]
@@ -123,8 +128,10 @@ def log_residuals(report: CrossValidationReport) -> dict[str, float]:
     return {r.id: math.log(r.held_out / r.published) for r in report.rows}
 
 
-def validate_training_cv(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS
-                         ) -> ValidationReport:
-    """``validate train``: every ledger row predicted in sample, and held out by source."""
+def validate_training_cv(path: str | Path | None = None, builtins: tuple[str, ...] = TRAINING_LEDGERS,
+                         progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """``validate train``: every ledger row predicted in sample, and held out by source
+    (``progress``: see :func:`cross_validate`)."""
     report = validate_training(path, builtins)
-    return report.model_copy(update={"cross_validation": cross_validate(load_training_ledgers(path, builtins))})
+    cv = cross_validate(load_training_ledgers(path, builtins), progress)
+    return report.model_copy(update={"cross_validation": cv})
