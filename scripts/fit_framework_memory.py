@@ -37,7 +37,7 @@ def points_of(framework: str):
             continue
         for point in sweep.points:
             ev = evaluate(*build_context(sweep.scenario(point)))
-            tensors = sum(float(v[0]) for k, v in ev.memory_parts_bytes.items() if k != "overhead") / GiB
+            tensors = sum(float(v[0]) for k, v in ev.memory_parts_bytes.items() if k not in ("fragmentation", "runtime")) / GiB
             out.append((sweep.id, point.label(), point.memory_gib, point.oom, tensors, ev.capacity_bytes / GiB))
     return out
 

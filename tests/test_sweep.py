@@ -135,9 +135,10 @@ def test_a_presets_memory_overhead_replaces_the_defaults_and_sums_into_the_total
             (predict_train(scenario.model_copy(update={"framework": None})), ALLOCATOR_OVERHEAD,
              RUNTIME_RESERVED_BYTES / GiB)):
         parts = result.memory_gb_per_gpu
-        tensors = sum(v for k, v in parts.items() if k not in ("overhead", "total"))
-        assert parts["overhead"] == pytest.approx(fraction * tensors + fixed)
-        assert parts["total"] == pytest.approx(tensors + parts["overhead"])
+        tensors = sum(v for k, v in parts.items() if k not in ("fragmentation", "runtime", "total"))
+        assert parts["fragmentation"] == pytest.approx(fraction * tensors)
+        assert parts["runtime"] == pytest.approx(fixed)
+        assert parts["total"] == pytest.approx(tensors + parts["fragmentation"] + parts["runtime"])
 
 
 def test_sweeps_report_memory_error_and_out_of_memory_runs() -> None:

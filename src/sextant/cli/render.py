@@ -75,9 +75,9 @@ def render_train(result: TrainResult, console: Console) -> None:
     summary.add_row("model TFLOP/s per GPU", f"{r.model_tflops_per_gpu:.1f}")
     summary.add_row("MFU / HFU", f"{r.mfu:.1%} / {r.hfu:.1%}")
     summary.add_row("executed TFLOP/s per GPU", f"{r.executed_tflops_per_gpu:.1f} ({r.hardware_utilization:.1%} of peak)")
-    fit = "[green]fits[/green]" if r.fits else "[red]does NOT fit[/red]"
-    summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: {fit}"
-                    f" ({abs(r.memory_headroom_gb):.1f} GiB {'free' if r.fits else 'short'})")
+    colour = "green" if r.memory_upper_gb <= r.memory_capacity_gb else ("yellow" if r.fits else "red")
+    summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: "
+                    f"[{colour}]{r.fits_statement}[/{colour}]")
     summary.add_row("bottleneck", r.bottleneck)
     summary.add_row("bound by", r.binding_resource)
     if r.tier_capacity_gb.get("host") is not None:

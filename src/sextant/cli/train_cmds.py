@@ -284,3 +284,42 @@ def validate_sweep_cmd(
     console.print(f"{len(report.sweeps)} sweeps, {report.points} points: median error {report.median_ape:.1%}, "
                   f"median rank correlation {report.median_spearman:+.2f}{memory}; out of memory: "
                   f"{report.oom_predicted} of {report.oom_points} predicted")
+
+
+def validate_memory_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the table."),
+    ledger: Optional[Path] = Opt(None, help="Memory ledger YAML (default: the built-in one)."),
+    sweeps: bool = Opt(True, "--sweeps/--no-sweeps", help="Also score the sweep ledger's nvidia-smi readings."),
+) -> None:
+    """Predict the peak GPU memory of every measured run (the memory ledger and the sweeps'
+    nvidia-smi readings), each for the counter its source reports: allocated, reserved or device."""
+    from sextant.cli.render import search_progress
+    from sextant.validate.memory import validate_memory
+
+    with search_progress(Console(stderr=True), "predicting the memory ledger", quiet=as_json) as bar:
+        task = bar.add_task("rows", total=None)
+        report = validate_memory(ledger, with_sweeps=sweeps,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    console = report_console()
+    table = listing("memory ledger: peak GiB per GPU, measured vs predicted",
+                    ("id", "source", "counter", "measured", "predicted", "error", "fits"), text={"id", "source", "counter", "fits"})
+    for r in report.rows:
+        measured = "out of memory" if r.oom else f"{r.measured_gib:.1f}"
+        err = "" if r.error is None else f"{r.error:+.1%}"
+        verdict = ("yes" if r.predicted_fits else "no") + (" (right)" if r.predicted_fits != r.oom else " (wrong)")
+        table.add_row(r.id, r.group, r.counter, measured, f"{r.predicted_gib:.1f}", err, verdict)
+    console.print(table)
+    s = report.shipped
+    console.print(f"as predict train reports it (nothing fitted on these rows): {s.rows} measured peaks from "
+                  f"{len(report.by_group)} sources, median error {s.median:.1%}, p90 {s.p90:.1%}, max {s.max:.1%} ({s.max_id})")
+    for group, g in report.by_group.items():
+        console.print(f"  {group}: {g.rows} rows, median {g.median:.1%}, p90 {g.p90:.1%}, max {g.max:.1%} ({g.max_id})")
+    console.print(f"runs that ran out of memory predicted not to fit: {report.oom_predicted} of {report.oom_runs}; "
+                  f"runs that ran predicted to fit: {report.ran_predicted_to_fit} of {report.ran_runs}")
+    p, h, i = report.parameters, report.fitted_held_out, report.fitted_in_sample
+    console.print(f"diagnostic, not adopted: fragmentation {p.fragmentation:.1%} and runtime {p.runtime_gib:.1f} GiB fitted "
+                  f"on all rows give median {i.median:.1%} (p90 {i.p90:.1%}) in sample, {h.median:.1%} (p90 {h.p90:.1%}) "
+                  "leave-one-source-out")

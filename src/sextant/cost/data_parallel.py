@@ -94,6 +94,17 @@ def zero3_buffer_bytes(zero, gather_unit_params, weight_bytes: float) -> np.ndar
     return np.where(zero >= 3, ZERO3_LIVE_UNITS * weight_bytes * gather_unit_params, 0.0)
 
 
+def zero3_pipeline_resident_bytes(zero, pp, stage_params, pb) -> np.ndarray:
+    """ZeRO-3 under pipeline parallelism, as PyTorch's pipelining runs FSDP2 (TorchTitan): the
+    stage's parameters stay gathered from their first micro-batch to the end of the step
+    (``reshard_after_forward`` is off when pipeline parallelism is on, so that each micro-batch does
+    not gather them again), and their unsharded gradients accumulate in the reduction dtype
+    across micro-batches (``set_requires_gradient_sync(False)`` until the last; FSDP2 keeps an
+    ``unsharded_accumulated_grad`` in ``reduce_dtype``, fp32 in mixed precision). Bytes per GPU:
+    the stage's parameters at the weight width plus the gradient width; none otherwise."""
+    return np.where((np.asarray(zero) >= 3) & (np.asarray(pp) > 1), stage_params * (pb.weight + pb.grad), 0.0)
+
+
 def tied_embedding_sync(model: ModelSpec, tp, single_stage, untied: bool, crosses_node, fab: comm.Fabric,
                         grad_bytes: float) -> np.ndarray:
     """Seconds the first and last stage spend all-reducing a tied embedding's gradient (none with

@@ -16,6 +16,8 @@ same derivation. Every function broadcasts over NumPy arrays.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sextant.cost.layer import ALTERNATE_MATMULS, matmul_chain
@@ -26,11 +28,12 @@ from sextant.units import GiB
 
 #: Bytes per parameter of optimizer state (fp32 master weights included), per optimizer.
 OPTIMIZER_STATE_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adam8bit": 6.0}
-#: Device memory outside the framework's tensors: CUDA context, cuBLAS/cuDNN workspaces, NCCL
-#: buffers (a framework preset may restate it: ``runtime_reserved_gib``).
+#: Device memory outside the caching allocator: CUDA context and kernel images, NCCL's buffers
+#: (what nvidia-smi counts beyond ``torch.cuda.max_memory_reserved``; a framework preset may
+#: restate it: ``runtime_reserved_gib``).
 RUNTIME_RESERVED_BYTES = 1.0 * GiB
-#: Caching-allocator fragmentation, as a fraction of the memory in tensors (a framework preset
-#: may restate it: ``allocator_overhead``).
+#: Caching-allocator fragmentation: what it reserves beyond the allocated peak, as a fraction of
+#: it (a framework preset may restate it: ``allocator_overhead``).
 ALLOCATOR_OVERHEAD = 0.05
 #: The fp32 master copy of the weights inside OPTIMIZER_STATE_BYTES; fp32 training has none (the
 #: weights are the master copy).
@@ -59,7 +62,7 @@ def optimizer_step_bytes(optimizer: str, precision: str) -> float:
 
 
 def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *, fp32_grad_copy: bool = False,
-                      bf16_grad_copy: bool = False):
+                      bf16_grad_copy: bool = False, grad_bytes: float | None = None):
     """(weights, gradients, optimizer) bytes per GPU for ``params_local`` parameters held by the
     GPU's model-parallel shard before ZeRO sharding over ``dp`` ranks.
 
@@ -70,14 +73,18 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
     gradient buffer is that copy already.
 
     ``bf16_grad_copy``: with bf16 parameters and ZeRO 0-1, the 2-byte gradients autograd produces
-    stay allocated beside that fp32 buffer (DeepSpeed's BF16_Optimizer: 2 + 2 + 4 + 12/d)."""
+    stay allocated beside that fp32 buffer (DeepSpeed's BF16_Optimizer: 2 + 2 + 4 + 12/d).
+
+    ``grad_bytes``: the gradient buffer's width where the strategy restates it (a bf16 buffer,
+    Strategy.grad_buffer); the precision's otherwise."""
     params_local = np.asarray(params_local, float)
     dp = np.asarray(dp, float)
     zero = np.asarray(zero)
     pb = PRECISION_BYTES[precision]
     weights = params_local * pb.weight / np.where(zero >= 3, dp, 1.0)
     lp_grads = np.where(zero <= 1, pb.weight, 0.0) if bf16_grad_copy and precision == "bf16" else 0.0
-    grads = params_local * (pb.grad + lp_grads) / np.where(zero >= 2, dp, 1.0)
+    grad = pb.grad if grad_bytes is None else grad_bytes
+    grads = params_local * (grad + lp_grads) / np.where(zero >= 2, dp, 1.0)
     state = optimizer_state_bytes(optimizer, precision, fp32_grad_copy=fp32_grad_copy)
     optim = params_local * state / np.where(zero >= 1, dp, 1.0)
     return weights, grads, optim
@@ -183,11 +190,60 @@ def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, fla
     return np.where(recompute == 2, full - kept_input, np.where(recompute == 1, full - sel, 0.0))
 
 
-def logits_activation_bytes(model: ModelSpec, b, s, t, act_bytes: float = 2.0) -> np.ndarray:
+@dataclass(frozen=True)
+class LossKernel:
+    """Bytes per logit (``s*b*V/t`` of them on the last stage) a cross-entropy implementation
+    keeps from its forward to its backward, and the most that exist at once while it runs."""
+
+    kept: float
+    peak: float
+
+
+#: Cross-entropy implementations, each traced through its code:
+#:
+#: - ``vocab_parallel``: Megatron-Core's ``vocab_parallel_cross_entropy``
+#:   (megatron/core/tensor_parallel/cross_entropy.py) upcasts the bf16 logits to fp32, subtracts
+#:   the max and exponentiates in place and saves that fp32 tensor (4); in the forward the bf16
+#:   logits still exist beside it (2 + 4 = 6); the backward turns the saved tensor into the
+#:   gradient in place and casts it to bf16 (4 + 2 = 6). Korthikanti et al. 2022 keep the same
+#:   4 bytes.
+#: - ``eager``: ``F.cross_entropy(logits.float(), labels)`` as TorchTitan, Hugging Face and
+#:   nanotron-style trainers run it without a fused kernel: the bf16 logits, their fp32 copy and
+#:   log_softmax's fp32 output exist together in the forward (2 + 4 + 4 = 10); log_softmax keeps
+#:   its output (4); at the start of the backward nll_loss's dense fp32 gradient, the saved
+#:   output and log_softmax's fp32 input gradient exist together (4 + 4 + 4 = 12).
+#: - ``fused``: Transformer Engine's ``parallel_cross_entropy`` (Megatron-Core
+#:   ``cross_entropy_fusion_impl: te``) and Liger-style kernels compute the loss and write its
+#:   gradient into the bf16 logits in place: the logits are all that exists (2).
+LOSS_KERNELS = {
+    "vocab_parallel": LossKernel(kept=4.0, peak=6.0),
+    "eager": LossKernel(kept=4.0, peak=12.0),
+    "fused": LossKernel(kept=2.0, peak=2.0),
+}
+
+
+def logits_activation_bytes(model: ModelSpec, b, s, t, act_bytes: float = 2.0,
+                            loss_kernel: str = "vocab_parallel") -> np.ndarray:
     """Output layer on the last stage: the final norm's input and the output projection's input
-    (e*sbh each) and fp32 logits for the loss (4sbV/t), which Korthikanti et al. keep in fp32."""
+    (e*sbh each) and what the loss keeps of the logits (:data:`LOSS_KERNELS`)."""
     b = np.asarray(b, float)
-    return 2.0 * act_bytes * s * b * model.hidden_size + 4.0 * s * b * model.vocab_size / np.asarray(t, float)
+    logits = s * b * model.vocab_size / np.asarray(t, float)
+    return 2.0 * act_bytes * s * b * model.hidden_size + LOSS_KERNELS[loss_kernel].kept * logits
+
+
+def loss_transient_bytes(model: ModelSpec, b, s, t, loss_kernel: str = "vocab_parallel") -> np.ndarray:
+    """Bytes beyond what the loss keeps that exist while it runs (:data:`LOSS_KERNELS`): the
+    moment the last stage holds its in-flight activations and the logits' temporaries at once."""
+    kernel = LOSS_KERNELS[loss_kernel]
+    return (kernel.peak - kernel.kept) * s * np.asarray(b, float) * model.vocab_size / np.asarray(t, float)
+
+
+#: Bytes per optimizer-local parameter that one optimizer step allocates beside the states, by
+#: implementation. PyTorch's ``foreach`` Adam/AdamW (torch/optim/adam.py ``_multi_tensor_adam``)
+#: computes ``exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)`` for the whole parameter list
+#: at once, an fp32 tensor per parameter; the fused kernels (``fused=True``, Apex and
+#: Transformer Engine FusedAdam, DeepSpeed's) update in place.
+OPTIMIZER_STEP_TEMPORARY_BYTES = {"fused": 0.0, "foreach": 4.0}
 
 
 def pipeline_in_flight(pp, vpp, num_microbatches, schedule_code, stage_index) -> np.ndarray:
@@ -211,12 +267,15 @@ OFFLOAD_BUFFERS = 2
 OFFLOAD_HOST, OFFLOAD_NVME, OFFLOAD_INTERLEAVED = 1, 2, 3
 
 
-def stage_activations(n_layers, in_flight, act_layer, act_extra, logits_act, with_logits) -> tuple:
-    """(kept, total) activation bytes of a stage at its peak: ``n_layers`` layers' saved
-    activations for each micro-batch in flight, the recomputed layer's extra while its backward
-    runs, and on the last stage the output layer's."""
+def stage_activations(n_layers, in_flight, act_layer, act_extra, logits_act, with_logits, loss_extra=0.0) -> tuple:
+    """(layers' kept, kept, temporaries) activation bytes of a stage at its peak: ``n_layers``
+    layers' saved activations for each micro-batch in flight; with the output layer's on the last
+    stage; and the larger of two moments that do not coincide, the loss's temporaries
+    (``loss_extra``, at the turn from forward to backward) and the recomputed layer's extra while
+    its backward runs."""
     kept = n_layers * in_flight * act_layer
-    return kept, kept + act_extra + np.where(with_logits, logits_act, 0.0)
+    temporaries = np.maximum(act_extra, np.where(with_logits, loss_extra, 0.0))
+    return kept, kept + np.where(with_logits, logits_act, 0.0), temporaries
 
 
 def method_state_bytes(params, n_layers, dp_group, zero, method, *, galore: bool, weight_bytes: float) -> tuple:
@@ -255,7 +314,16 @@ def offloaded_gpu_states(weights, grads, optim, activations, codes: tuple, stage
             np.where(act > 0, staged_activations, activations))
 
 
-def runtime_overhead(tensor_bytes, allocator_overhead: float, runtime_reserved_bytes: float) -> np.ndarray:
-    """Device memory beyond the tensors: the caching allocator's fragmentation, a fraction of
-    them, and what the runtime keeps (CUDA context, library workspaces, NCCL buffers)."""
-    return allocator_overhead * tensor_bytes + runtime_reserved_bytes
+def optimizer_step_excess(optimizer_local_params, activation_bytes, optimizer_kernel: str) -> np.ndarray:
+    """Bytes by which the optimizer step's moment exceeds the backward's peak. The step runs after
+    the last backward, when the activations are freed, so its temporaries
+    (:data:`OPTIMIZER_STEP_TEMPORARY_BYTES`) raise the peak only where they outweigh them."""
+    temporary = OPTIMIZER_STEP_TEMPORARY_BYTES[optimizer_kernel] * np.asarray(optimizer_local_params, float)
+    return np.maximum(temporary - activation_bytes, 0.0)
+
+
+def allocator_fragmentation(allocated_peak_bytes, allocator_overhead: float) -> np.ndarray:
+    """Bytes the caching allocator reserves beyond the allocated peak (what
+    ``torch.cuda.max_memory_reserved`` counts beyond ``max_memory_allocated``): blocks cached
+    in segments that no request of the moment can use."""
+    return allocator_overhead * np.asarray(allocated_peak_bytes, float)

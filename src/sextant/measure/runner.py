@@ -36,6 +36,7 @@ from sextant.spec.scenario import HardwareRef, TrainScenario
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
 from sextant.train.predict import predict_train
+from sextant.train.step import ALLOCATED_PARTS
 from sextant.units import GB, GiB
 
 #: Sizes that suit each device: a few seconds per iteration at most on a 2-core CPU; about 1B
@@ -118,7 +119,8 @@ def _device_name(dev: str) -> str:
     return torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu"
 
 
-def _scenario(spec: ModelSpec, profile: str | None, gpu: str | None, batch: int, seq: int, precision: str) -> TrainScenario:
+def _scenario(spec: ModelSpec, profile: str | None, gpu: str | None, batch: int, seq: int, precision: str,
+              optimizer_kernel: str = "fused") -> TrainScenario:
     if gpu is None and profile is None and torch.cuda.is_available():
         gpu = catalog_gpu_for(torch.cuda.get_device_name(0))
         if gpu is None:
@@ -129,7 +131,9 @@ def _scenario(spec: ModelSpec, profile: str | None, gpu: str | None, batch: int,
         hw["gpu"] = gpu
     return TrainScenario(
         model=spec, hardware=HardwareRef(**hw),
-        strategy=Strategy(zero=0, micro_batch=batch, precision=precision, attention_kernel="flash", recompute="none"),
+        # The measured loop runs eager F.cross_entropy on the logits.
+        strategy=Strategy(zero=0, micro_batch=batch, precision=precision, attention_kernel="flash", recompute="none",
+                          loss_kernel="eager", optimizer_kernel=optimizer_kernel),
         workload=TrainWorkload(global_batch=batch, seq_len=seq, optimizer="adamw", dropout=False),
     )
 
@@ -158,7 +162,8 @@ def measure_train(device: str = "cpu", *, profile: str | None = None, gpu: str |
     if seq_len > spec.max_seq_len:
         raise SpecError(f"{seq_len} exceeds the model's {spec.max_seq_len} positions", field="seq_len")
     precision = "fp32"
-    scenario = _scenario(spec, profile, gpu, batch, seq_len, precision)
+    # AdamW as the loop below runs it: fused on CUDA, foreach on the CPU.
+    scenario = _scenario(spec, profile, gpu, batch, seq_len, precision, "foreach" if dev == "cpu" else "fused")
     predicted = predict_train(scenario)  # first: a bad profile fails before minutes of running
 
     torch.manual_seed(0)
@@ -201,8 +206,10 @@ def measure_train(device: str = "cpu", *, profile: str | None = None, gpu: str |
     del loss, logits
     measured_peak, method = _measured_peak(dev, measured_parts, "over the timed steps",
                                            "parameters + gradients + optimizer states + autograd-saved activations")
-    pred_parts = {k: v * GiB / GB for k, v in predicted.memory_gb_per_gpu.items()
-                  if k in ("weights", "gradients", "optimizer", "activations")}
+    # The CPU keeps no allocator peak: compare the tensors it can see. On CUDA the allocated
+    # peak counts the temporaries (loss, optimizer step) as well.
+    compared = ("weights", "gradients", "optimizer", "activations") if dev == "cpu" else ALLOCATED_PARTS
+    pred_parts = {k: v * GiB / GB for k, v in predicted.memory_gb_per_gpu.items() if k in compared}
     predicted_peak = sum(pred_parts.values())
     return MeasureResult(
         kind="train", device=dev, device_name=_device_name(dev), model=spec.name,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sextant.catalog.intervals import interval_table
+from sextant.catalog.intervals import interval_table, memory_bound_table
 from sextant.resolve.framework import framework_family
 from sextant.resolve.train import TrainContext
 
@@ -56,3 +56,19 @@ def interval_band(ctx: TrainContext) -> IntervalBand | None:
             return IntervalBand(pool=pool, rows=int(entry["rows"]), level=float(table["level"]),
                                 low=float(entry["low"]), high=float(entry["high"]))
     return None
+
+
+@dataclass(frozen=True)
+class MemoryBound:
+    """Predicted peak memory times ``upper_ratio`` bounds the measured peak with probability
+    ``level`` (``catalog/data/memory_bound.yaml``, written by ``scripts/fit_memory_bound.py``
+    from the held-out ratios of ``sextant validate memory``)."""
+
+    level: float
+    upper_ratio: float
+    rows: int
+
+
+def memory_bound() -> MemoryBound:
+    table = memory_bound_table()
+    return MemoryBound(level=float(table["level"]), upper_ratio=float(table["upper_ratio"]), rows=int(table["rows"]))

@@ -5,7 +5,7 @@ the scenario's candidates shares."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sextant.cost.comm import Fabric
 from sextant.cost.finetune import MethodCosts, method_costs
@@ -46,6 +46,9 @@ class TrainContext:
     selective_recompute: str = "attention_core"
     fused_projections: bool = True
     moe_dispatcher: str = "alltoall"
+    grad_buffer: str = "fp32"
+    loss_kernel: str = "vocab_parallel"
+    optimizer_kernel: str = "fused"
     #: What the framework preset adds: per-layer overhead, memory beyond the tensors (its kernel
     #: efficiency is already in ``profile``).
     costs: FrameworkCosts = FrameworkCosts()
@@ -58,6 +61,8 @@ class TrainContext:
 
     def __post_init__(self) -> None:
         pb = precision_bytes(self.precision)
+        if self.grad_buffer == "bf16" and pb.master_copy and pb.weight == 2.0:
+            pb = replace(pb, grad=2.0)
         gpu = self.cluster.gpu
         derived = {
             "precision_bytes": pb,
@@ -86,6 +91,7 @@ def resolve_train(scenario: TrainScenario) -> tuple[TrainScenario, TrainContext]
         dropout=scenario.workload.dropout, overlap=s.overlap, dp_collective=s.dp_collective,
         zero3_gather_unit=s.zero3_gather_unit, fp32_grad_copy=s.fp32_grad_copy, bf16_grad_copy=s.bf16_grad_copy,
         partition_activations=s.partition_activations, selective_recompute=s.selective_recompute,
-        fused_projections=s.fused_projections, moe_dispatcher=s.moe_dispatcher, costs=costs,
+        fused_projections=s.fused_projections, moe_dispatcher=s.moe_dispatcher, grad_buffer=s.grad_buffer,
+        loss_kernel=s.loss_kernel, optimizer_kernel=s.optimizer_kernel, costs=costs,
     )
     return scenario, ctx

@@ -134,6 +134,19 @@ class Strategy(Spec):
     #: expert) or ``deepep`` (DeepEP or Megatron-Core's HybridEP: one copy per remote node,
     #: forwarded over NVLink; cost/parallel.py ``remote_copy_share``).
     moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
+    #: The data type of the gradient buffer with bf16/fp8 parameters: fp32 (Megatron-LM's
+    #: ``main_grad``, the default) or bf16 (``--grad-reduce-in-bf16``; NeMo's FP8 performance
+    #: recipes set ``grad_reduce_in_fp32 = False``): 2 bytes per parameter instead of 4, in
+    #: memory and in the data-parallel reduction.
+    grad_buffer: Literal["fp32", "bf16"] = "fp32"
+    #: The cross-entropy implementation, for the memory its logits take (cost/memory.py
+    #: ``LOSS_KERNELS``): Megatron-Core's vocab-parallel kernel, PyTorch's eager
+    #: ``F.cross_entropy`` on fp32 logits, or a fused kernel. A framework preset sets it.
+    loss_kernel: Literal["vocab_parallel", "eager", "fused"] = "vocab_parallel"
+    #: The optimizer's implementation: ``fused`` updates in place (Apex/Transformer Engine
+    #: FusedAdam, ``torch.optim.AdamW(fused=True)``), ``foreach`` allocates an fp32 temporary per
+    #: parameter during the step (PyTorch's default multi-tensor path). A framework preset sets it.
+    optimizer_kernel: Literal["fused", "foreach"] = "fused"
     overlap: Overlap = Overlap()
     #: Offloading (train/offload_timeline.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).

@@ -6,7 +6,7 @@ import numpy as np
 
 from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
-from sextant.resolve.intervals import interval_band
+from sextant.resolve.intervals import interval_band, memory_bound
 from sextant.resolve.layout import check_training
 from sextant.resolve.train import TrainContext, resolve_train
 from sextant.spec.scenario import TrainScenario
@@ -122,6 +122,17 @@ def _interval(ctx: TrainContext, step: float, tokens_per_gpu: float, tflops: flo
     return interval, basis
 
 
+def fits_statement(total_gib: float, upper_gib: float, capacity_gib: float, level: float) -> str:
+    """The verdict on memory with its margin: fits (and by how much), fits only by the point
+    estimate, or does not fit."""
+    bound = f"{level:.0%} bound {upper_gib:.1f} GiB of {capacity_gib:.1f}"
+    if upper_gib <= capacity_gib:
+        return f"fits with {capacity_gib - total_gib:.1f} GiB to spare ({bound})"
+    if total_gib <= capacity_gib:
+        return f"fits by the estimate with {capacity_gib - total_gib:.1f} GiB to spare, but not surely ({bound})"
+    return f"does not fit: {total_gib - capacity_gib:.1f} GiB short ({bound})"
+
+
 def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None) -> TrainResult:
     """The full report of the one configuration in ``cand`` (a checked one-row table), with an
     offload timeline written to ``trace_out`` where asked."""
@@ -141,6 +152,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     capacity = ev.capacity_bytes / GiB
     gpus = ctx.cluster.num_gpus
     interval, basis = _interval(ctx, step, float(ev.tokens_per_s[0]) / gpus, float(ev.model_tflops_per_gpu[0]))
+    bound = memory_bound()
+    upper = memory["total"] * bound.upper_ratio
     assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}"]
     return TrainResult(
         model=ctx.model.name, framework=ctx.framework, gpu=ctx.cluster.gpu.name, gpus=gpus,
@@ -154,7 +167,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         executed_tflops_per_gpu=float(ev.executed_flops_per_step[0]) / step / gpus / 1e12,
         hardware_utilization=float(ev.hardware_utilization[0]), flop_convention=FLOP_CONVENTION,
         memory_gb_per_gpu=memory, memory_capacity_gb=capacity, fits=bool(ev.fits[0]),
-        memory_headroom_gb=capacity - memory["total"], time_breakdown_s=parts,
+        memory_headroom_gb=capacity - memory["total"], memory_upper_gb=upper, memory_bound_level=bound.level,
+        fits_statement=fits_statement(memory["total"], upper, capacity, bound.level), time_breakdown_s=parts,
         bottleneck=bottleneck_sentence(parts, step), profile=ctx.profile.name, profile_fitted=ctx.profile.fitted,
         interval=interval, interval_basis=basis,
         assumptions=assumptions, method=ctx.workload.method,

@@ -44,8 +44,11 @@ MEMORY_PART_LABELS = {
     "gradients": "gradients",
     "optimizer": "optimizer state",
     "activations": "activations (in-flight micro-batches)",
+    "activation_temporaries": "activation temporaries (loss over the logits, recomputed layer)",
     "comm_buffers": "communication buffers",
-    "overhead": "allocator and runtime overhead",
+    "optimizer_step": "optimizer-step temporaries (beyond the activations they replace)",
+    "fragmentation": "caching-allocator fragmentation (reserved beyond allocated)",
+    "runtime": "CUDA context and NCCL (outside the allocator)",
 }
 
 
@@ -88,6 +91,11 @@ class TrainResult(BaseModel):
     memory_capacity_gb: float
     fits: bool
     memory_headroom_gb: float
+    #: The upper bound on the peak (the point estimate times the held-out ratio of
+    #: data/memory_bound.yaml), its level, and the verdict in words with the margin.
+    memory_upper_gb: float = 0.0
+    memory_bound_level: float = 0.0
+    fits_statement: str = ""
     time_breakdown_s: dict[str, float]
     bottleneck: str
     profile: str

@@ -31,20 +31,23 @@ from sextant.cost.data_parallel import (
     tied_embedding_sync,
     zero3_buffer_bytes,
     zero3_gather_unit_params,
+    zero3_pipeline_resident_bytes,
 )
 from sextant.cost.flops import step_flops
 from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost, routed_rows, with_fp8_casts
 from sextant.cost.memory import (
     OFFLOAD_BUFFERS,
+    allocator_fragmentation,
     layer_activation_bytes,
     layer_activation_peak_extra,
     logits_activation_bytes,
+    loss_transient_bytes,
     method_state_bytes,
     model_state_bytes,
     offload_tier_bytes,
     offloaded_gpu_states,
+    optimizer_step_excess,
     pipeline_in_flight,
-    runtime_overhead,
     stage_activations,
 )
 from sextant.cost.optimizer import optimizer_step_time
@@ -56,7 +59,13 @@ from sextant.train.methods import apply_method
 from sextant.train.offload_timeline import OffloadTimes, offload_times
 from sextant.train.pipeline import schedule_time, stage_layers
 
-MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "comm_buffers", "overhead")
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "activation_temporaries", "comm_buffers",
+                "optimizer_step", "fragmentation", "runtime")
+#: The parts each peak counter counts: what the tensors need at the worst moment
+#: (``torch.cuda.max_memory_allocated``), what the caching allocator holds
+#: (``max_memory_reserved``), and what the device shows (nvidia-smi: CUDA context, NCCL).
+ALLOCATED_PARTS = MEMORY_PARTS[:7]
+PEAK_COUNTERS = {"allocated": ALLOCATED_PARTS, "reserved": MEMORY_PARTS[:8], "device": MEMORY_PARTS}
 FULL_RECOMPUTE, SELECTIVE_RECOMPUTE = 2, 1
 
 
@@ -187,7 +196,8 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         "recompute": recompute_layer, "emb": emb_fwd + emb_bwd, "logits": log_fwd + log_bwd,
         "tp_exposed": tp_exposed, "cp_exposed": cp_exposed, "ep_comm": ep_comm,
         "act_layer": act_layer, "act_extra": act_extra,
-        "logits_act": logits_activation_bytes(model, b, s_local, tp, e),
+        "logits_act": logits_activation_bytes(model, b, s_local, tp, e, ctx.loss_kernel),
+        "loss_extra": loss_transient_bytes(model, b, s_local, tp, ctx.loss_kernel),
     }
     apply_method(ctx, parts, tp, log_fwd, emb_fwd, kw, b, s_local, sp, rc)
     fwd = parts["fwd_gemm"] + parts["fwd_attention"] + parts["fwd_elementwise"]
@@ -361,7 +371,8 @@ def _stage_memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, p
     ne, ex, n_layers = params.nonexpert[stage], params.expert[stage], x.layers[stage]
     # The output layer's activations: on the last stage, and on the first when it is the only one.
     with_logits = (x.single, np.zeros_like(x.single), np.ones_like(x.single))[stage]
-    copies = {"fp32_grad_copy": ctx.fp32_grad_copy, "bf16_grad_copy": ctx.bf16_grad_copy}
+    copies = {"fp32_grad_copy": ctx.fp32_grad_copy, "bf16_grad_copy": ctx.bf16_grad_copy,
+              "grad_bytes": ctx.precision_bytes.grad}
     weights, grads, optim = model_state_bytes(ne, x.dp_group, zero, ctx.precision, wl.optimizer, **copies)
     if model.is_moe:
         w_ex, g_ex, o_ex = model_state_bytes(ex, x.edp_group, zero, ctx.precision, wl.optimizer, **copies)
@@ -372,20 +383,29 @@ def _stage_memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, p
     stage_index = float(stage) if stage < 2 else x.pp - 1
     in_flight = pipeline_in_flight(x.pp, x.vpp, x.m, c.schedule, stage_index)
     act_layer, act_extra, logits_act = per_layer["act_layer"], per_layer["act_extra"], per_layer["logits_act"]
-    kept, acts = stage_activations(n_layers, in_flight, act_layer, act_extra, logits_act, with_logits)
+    kept, acts, temporaries = stage_activations(n_layers, in_flight, act_layer, act_extra, logits_act, with_logits,
+                                                per_layer["loss_extra"])
     tiers: tuple = (0.0, 0.0)
     if offloaded:
         codes = (c.offload_optimizer, c.offload_params, c.offload_activations)
         if stage == 0:
             tiers = offload_tier_bytes(weights, grads, optim, kept, codes)
         staged_grads = OFFLOAD_BUFFERS * gather_unit_params * ctx.precision_bytes.weight * mc.trainable_fraction
-        staged_acts = 2 * OFFLOAD_BUFFERS * act_layer + act_extra + np.where(with_logits, logits_act, 0.0)
+        staged_acts = 2 * OFFLOAD_BUFFERS * act_layer + np.where(with_logits, logits_act, 0.0)
         weights, grads, optim, acts = offloaded_gpu_states(weights, grads, optim, acts, codes, staged_grads, staged_acts)
     buffers = zero3_buffer_bytes(zero, gather_unit_params, ctx.precision_bytes.weight)
-    overhead = runtime_overhead(weights + grads + optim + acts + buffers, ctx.costs.allocator_overhead,
-                                ctx.costs.runtime_reserved_bytes)
+    buffers = np.maximum(buffers, zero3_pipeline_resident_bytes(zero, x.pp, (ne + ex) * mc.trainable_fraction,
+                                                                ctx.precision_bytes))
+    optimizer_local = (ne / np.where(zero >= 1, x.dp_group, 1.0) + ex / np.where(zero >= 1, x.edp_group, 1.0)
+                       if wl.method == "full" else np.zeros_like(ne))
+    # An optimizer offloaded to the host steps there: no temporaries on the GPU.
+    step_excess = optimizer_step_excess(np.where(c.offload_optimizer > 0, 0.0, optimizer_local),
+                                        acts + temporaries + buffers, ctx.optimizer_kernel)
+    allocated = weights + grads + optim + acts + temporaries + buffers + step_excess
     return ({"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts,
-             "comm_buffers": buffers, "overhead": overhead}, tiers)
+             "activation_temporaries": temporaries, "comm_buffers": buffers, "optimizer_step": step_excess,
+             "fragmentation": allocator_fragmentation(allocated, ctx.costs.allocator_overhead),
+             "runtime": np.full(np.shape(allocated), ctx.costs.runtime_reserved_bytes)}, tiers)
 
 
 def _memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, params: StageParams, offloaded: bool,
