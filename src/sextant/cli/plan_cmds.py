@@ -65,6 +65,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost."),
     top: int = Opt(5, help="How many configurations to report."),
     headroom: float = Opt(0.0, help="Fraction of GPU memory to leave free (0-0.5)."),
+    memory_bound: bool = Opt(True, "--memory-bound/--point-estimate",
+                             help="Keep the 90% upper bound on peak memory under capacity (default), or trust the estimate."),
     offload: Optional[bool] = Opt(None, "--offload/--no-offload",
                                   help="Search offloading to host memory and NVMe (default: when the job fits in one node)."),
     max_micro_batch: int = Opt(16, help="Largest micro-batch searched."),
@@ -107,7 +109,9 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise SpecError(f"must not be negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
     parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
-    space = SearchSpace(headroom=headroom, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
+    from sextant.resolve.intervals import memory_bound as memory_bound_of
+
+    space = SearchSpace(headroom=headroom, memory_bound_ratio=memory_bound_of().upper_ratio if memory_bound else 1.0, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
                         offload=offload)
     console = Console(stderr=True)
     with search_progress(console, "searching", quiet=as_json) as bar:

@@ -187,9 +187,11 @@ def evaluate_table(ctx, cand: Candidates, progress: Progress | None) -> StepEval
     )
 
 
-def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: float, headroom: float):
-    """(fits, score) per row: score is -inf where the row does not fit with the headroom."""
-    fits = (ev.memory_bytes <= ev.capacity_bytes * (1.0 - headroom)) & ev.tiers_fit
+def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: float, headroom: float,
+                bound_ratio: float = 1.0):
+    """(fits, score) per row: score is -inf where the row's peak times ``bound_ratio`` does not
+    fit with the headroom."""
+    fits = (ev.memory_bytes * bound_ratio <= ev.capacity_bytes * (1.0 - headroom)) & ev.tiers_fit
     return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
 
 
@@ -253,7 +255,8 @@ class _Search:
                                                   best_tokens_per_s=None, best_mfu=None))
             return
         c = sp.candidates
-        fits, score = score_space(ev, self.objective, gpus, ctx.cluster.gpu.tdp_w, self.space.headroom)
+        fits, score = score_space(ev, self.objective, gpus, ctx.cluster.gpu.tdp_w, self.space.headroom,
+                                  self.space.memory_bound_ratio)
         self._note_misfits(fits, ev, gpus, c)
         n_fit = int(fits.sum())
         best_i = int(np.argmax(score)) if n_fit else None
@@ -283,7 +286,7 @@ class _Search:
         if fits.all():
             return
         self.rejected["does not fit in memory"] = self.rejected.get("does not fit in memory", 0) + int((~fits).sum())
-        limit = ev.capacity_bytes * (1.0 - self.space.headroom)
+        limit = ev.capacity_bytes * (1.0 - self.space.headroom) / self.space.memory_bound_ratio
         i = int(np.argmin(np.where(fits, np.inf, ev.memory_bytes)))
         short = float(ev.memory_bytes[i] - limit)
         if self.closest is None or short < self.closest[0]:
@@ -369,7 +372,10 @@ def plan_train(  # noqa: PLR0913 - the search's options
         search_seconds=search_seconds, evaluations_per_second=configs_evaluated / max(search.eval_seconds, 1e-9),
         best=best, top=top, why_best=explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"],
         by_gpu_count=summaries, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
-        assumptions=[f"memory headroom {space.headroom:.0%}", "energy at TDP for the whole run (an upper bound)",
+        assumptions=[f"memory headroom {space.headroom:.0%}"
+                     + (f"; fits only where {space.memory_bound_ratio:.2f}x the predicted peak (the 90% upper bound "
+                        "of sextant validate memory) fits" if space.memory_bound_ratio > 1 else
+                        "; fits by the predicted peak (no margin for its error)"), "energy at TDP for the whole run (an upper bound)",
                      "GPipe not searched: same step time as 1F1B, more memory"]
         + (["offloading searched (pp = 1 rows): optimizer none/cpu/nvme/interleaved, parameters and activations "
             "none/cpu/nvme"] if search.by_offload else []),

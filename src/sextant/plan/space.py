@@ -41,6 +41,10 @@ class SearchSpace(Spec):
                                   "folded onto the attention's ranks (Megatron-Core MoE parallel folding).")
     tp_within_node: bool = Field(default=True, description="Keep tensor parallelism inside a node.")
     headroom: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction of GPU memory left free.")
+    memory_bound_ratio: float = Field(
+        default=1.0, ge=1.0, description="A configuration fits when its predicted peak times this ratio fits: 1 "
+                                         "trusts the estimate; plan train's default is the 90% upper bound's ratio "
+                                         "(catalog/data/memory_bound.yaml).")
     offload: bool | None = Field(
         default=None, description="Search offloading (optimizer, parameters, activations to host memory or NVMe). "
                                   "Default: on when the job fits in one node, where offloading is the alternative "
