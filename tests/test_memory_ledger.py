@@ -111,3 +111,30 @@ def test_the_shipped_memory_bound_is_the_ledgers() -> None:
     shipped = memory_bound()
     assert shipped.rows == fresh["rows"], "run scripts/fit_memory_bound.py"
     assert shipped.upper_ratio == pytest.approx(fresh["upper_ratio"], abs=1e-4)
+
+
+def test_kv_capacity_follows_each_engines_rule() -> None:
+    """SGLang: a fraction of what is free at start, less the weights; vLLM: a fraction of the GPU
+    less the weights, the profiling run's peak and the runtime."""
+    from sextant.validate.kv_capacity import load_kv_ledger, predicted_tokens
+
+    rows = {r.id: r for r in load_kv_ledger()}
+    sglang = rows["KV13"]
+    low, high = (predicted_tokens(sglang.model_copy(update={"scheduler": {"gpu_memory_utilization": f}}))
+                 for f in (0.8, 0.88))
+    assert high > low  # a larger fraction, a larger pool
+    vllm = rows["KV8"]
+    heavy = predicted_tokens(vllm.model_copy(update={"scheduler": {**vllm.scheduler, "sampler_profile_bytes": 40.0}}))
+    assert heavy < predicted_tokens(vllm)  # a heavier profiling run leaves less for the cache
+
+
+def test_the_kv_ledger_is_predicted_within_three_percent_at_the_median() -> None:
+    from sextant.validate.kv_capacity import cross_validate_kv
+
+    report = cross_validate_kv()
+    assert len(report.rows) >= 10 and len({r.group for r in report.rows}) >= 5
+    assert report.median < 0.03
+    # the fitted engine parameters are what the presets ship (scripts/fit_kv_capacity.py)
+    for preset, values in report.fitted.items():
+        for name, value in values.items():
+            assert report.shipped[preset][name] == pytest.approx(value, rel=0.01, abs=0.01), (preset, name)

@@ -203,6 +203,14 @@ def _qwen2_moe(cfg: _Config) -> dict[str, Any]:
     return spec
 
 
+def _qwen3(cfg: _Config) -> dict[str, Any]:
+    """Qwen3 dense: Llama's layers with an explicit ``head_dim`` and no qkv bias.
+
+    The per-head q/k RMSNorms (2 * head_dim parameters a layer) are not counted.
+    """
+    return _llama(cfg, max_pos=40960)
+
+
 def _qwen3_moe(cfg: _Config) -> dict[str, Any]:
     """Qwen3-MoE: no shared expert, no qkv bias, explicit ``head_dim``.
 
@@ -390,6 +398,7 @@ _BUILDERS: dict[str, Callable[[_Config], dict[str, Any]]] = {
     "mixtral": _mixtral,
     "qwen2": _qwen2,
     "qwen2_moe": _qwen2_moe,
+    "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,

@@ -44,6 +44,13 @@ HF_REPOS: dict[str, str] = {
     "opt-175b": "facebook/opt-175b (config of metaseq's OPT-175B; weights by request)",
     "qwen2-57b-a14b": "Qwen/Qwen2-57B-A14B",
     "qwen2.5-72b": "Qwen/Qwen2.5-72B",
+    "qwen2-7b": "Qwen/Qwen2-7B",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "qwen3-14b": "Qwen/Qwen3-14B",
+    "qwen3-32b": "Qwen/Qwen3-32B",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
     "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
     "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
     # Models benchmarked in published training runs (the training ledger), as their sources define them.

@@ -300,8 +300,11 @@ def validate_memory_cmd(
         task = bar.add_task("rows", total=None)
         report = validate_memory(ledger, with_sweeps=sweeps,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from sextant.validate.kv_capacity import cross_validate_kv
+
+    kv = cross_validate_kv()
     if as_json:
-        typer.echo(json.dumps(report.model_dump(), indent=2))
+        typer.echo(json.dumps({**report.model_dump(), "kv_capacity": kv.model_dump()}, indent=2))
         return
     console = report_console()
     table = listing("memory ledger: peak GiB per GPU, measured vs predicted",
@@ -319,6 +322,16 @@ def validate_memory_cmd(
         console.print(f"  {group}: {g.rows} rows, median {g.median:.1%}, p90 {g.p90:.1%}, max {g.max:.1%} ({g.max_id})")
     console.print(f"runs that ran out of memory predicted not to fit: {report.oom_predicted} of {report.oom_runs}; "
                   f"runs that ran predicted to fit: {report.ran_predicted_to_fit} of {report.ran_runs}")
+    kv_table = listing("KV-cache capacity: tokens the engine allocated at startup, logged vs predicted",
+                       ("id", "source", "engine", "logged", "predicted", "error", "held out"),
+                       text={"id", "source", "engine"})
+    for r in kv.rows:
+        kv_table.add_row(r.id, r.group, r.framework, f"{r.measured_tokens:,}", f"{r.predicted_tokens:,}",
+                         f"{r.error:+.1%}", f"{r.held_out_error:+.1%}")
+    console.print(kv_table)
+    console.print(f"KV capacity of {len(kv.rows)} engine logs: median error {kv.median:.1%}, p90 {kv.p90:.1%}, "
+                  f"max {kv.max:.1%} ({kv.max_id}) as the presets ship; leave-one-source-out median "
+                  f"{kv.held_out_median:.1%}, p90 {kv.held_out_p90:.1%}, max {kv.held_out_max:.1%}")
     p, h, i = report.parameters, report.fitted_held_out, report.fitted_in_sample
     console.print(f"diagnostic, not adopted: fragmentation {p.fragmentation:.1%} and runtime {p.runtime_gib:.1f} GiB fitted "
                   f"on all rows give median {i.median:.1%} (p90 {i.p90:.1%}) in sample, {h.median:.1%} (p90 {h.p90:.1%}) "

@@ -15,7 +15,7 @@ from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
 from sextant.spec.serving import ServeScenario
-from sextant.units import GB
+from sextant.units import GB, GiB
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,14 @@ def _instance(ctx: ServeContext, offload: OffloadPlan, iteration_tokens: int, lo
     if draft_model is not None:
         weights += weight_bytes_per_gpu(draft_model, ctx.draft_layout)
     act_tokens, act_seqs = _working_set(scenario, offload.stream is not None, iteration_tokens)
-    activations = activation_bytes(draft_model if offload.target_on_cpu else model, dep.tp, act_tokens, act_seqs)
+    activations = activation_bytes(draft_model if offload.target_on_cpu else model, dep.tp, act_tokens, act_seqs,
+                                   sched.sampler_profile_bytes)
+    budget, outside_kv = kv_cache_budget(sched, gpu.memory.capacity_bytes, activations, dep.tp)
     kv_bytes = ctx.layout.kv_bytes
     target_kv = kv_cache_bytes_per_token(model, kv_bytes, dep.tp) / dep.pp
     draft_kv = kv_cache_bytes_per_token(draft_model, kv_bytes, dep.tp) if draft_model is not None else 0.0
     kv_per_token = target_kv + draft_kv
-    free = gpu_free = budget - weights - activations
+    free = gpu_free = budget - weights - outside_kv
     if weights > budget:
         raise InfeasibleError(
             f"{model.name} weights need {weights / GB:.1f} GB per GPU at {dep.precision} with tp={dep.tp} pp={dep.pp}; "
@@ -129,17 +131,41 @@ def _instance(ctx: ServeContext, offload: OffloadPlan, iteration_tokens: int, lo
                     memory_budget_bytes=budget, engines_per_replica=engines, offload=offload)
 
 
-def activation_bytes(model: ModelSpec, tp: int, tokens: int, sequences: int) -> float:
+def kv_cache_budget(sched, capacity_bytes: float, activations: float, tp: int = 1) -> tuple[float, float]:
+    """(memory the engine may fill, what of it is not KV cache besides the weights), per GPU, by
+    the engine's rule (``Scheduler.kv_sizing``):
+
+    - ``profiled`` (vLLM, ``Worker.determine_num_available_blocks`` in V0 and
+      ``Worker.determine_available_memory`` in V1): ``gpu_memory_utilization`` x the GPU's memory,
+      less the weights, the peak of a profiling run of ``max_num_batched_tokens`` tokens and
+      ``max_num_seqs`` sampled rows, and the memory the process holds outside PyTorch
+      (``non_torch_memory``: CUDA context; with tensor parallelism NCCL's communicators and the
+      custom all-reduce buffers as well);
+    - ``static_fraction`` (SGLang, ``ModelRunner.profile_max_num_token``): ``mem_fraction_static`` x
+      the memory free when the engine starts (the GPU's less the runtime), less the weights; the
+      activations and CUDA graphs live in the remaining fraction."""
+    runtime = (sched.runtime_gib + (sched.collective_runtime_gib if tp > 1 else 0.0)) * GiB
+    if sched.kv_sizing == "static_fraction":
+        return (capacity_bytes - runtime) * sched.gpu_memory_utilization, 0.0
+    return capacity_bytes * sched.gpu_memory_utilization, activations + runtime
+
+
+def activation_bytes(model: ModelSpec, tp: int, tokens: int, sequences: int,
+                     sampler_bytes: float = LOGIT_BYTES) -> float:
     """Peak forward activations of one iteration on one GPU (what vLLM's profiling run finds):
     the residual stream and the normalized input stay live while either the attention block
-    (QKV and its output) or the MLP (its up-projection and activation output) runs; plus the
-    fp32 logits of the sampled rows. Buffers are reused from layer to layer."""
+    (QKV and its output) or the MLP (its up-projection and activation output) runs; plus what the
+    sampler holds per logit of the sampled rows, whole rows of the vocabulary on every rank
+    (``sampler_bytes``: the fp32 logits, or more where the profiling run samples through
+    top-k/top-p). Buffers are reused from layer to layer."""
     h, t = model.hidden_size, tp
     ffn = model.ffn_hidden_size if model.moe is None else max(model.ffn_hidden_size,
                                                               model.moe.expert_ffn_hidden_size * model.moe.top_k)
     attention = (model.num_heads + 2 * model.num_kv_heads) * model.head_dim / t + h
     mlp = (3 if model.gated_mlp else 2) * ffn / t
-    return ELEMENT_BYTES["bf16"] * tokens * (2 * h + max(attention, mlp)) + LOGIT_BYTES * sequences * model.vocab_size / t
+    # The sampler sees whole rows of the vocabulary: vLLM gathers the tensor-parallel logits
+    # (tensor_model_parallel_gather / all_gather in its LogitsProcessor) before sampling.
+    return ELEMENT_BYTES["bf16"] * tokens * (2 * h + max(attention, mlp)) + sampler_bytes * sequences * model.vocab_size
 
 
 def _working_set(scenario: ServeScenario, streamed: bool, iteration_tokens: int) -> tuple[int, int]:

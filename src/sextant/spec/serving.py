@@ -24,6 +24,7 @@ KVPrecision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 Router = Literal["round_robin", "least_loaded"]
 Preemption = Literal["recompute", "swap"]
 KVAllocation = Literal["on_demand", "reserve"]
+KVSizing = Literal["profiled", "static_fraction"]
 Arrival = Literal["poisson", "gamma"]
 WeightHome = Literal["none", "cpu", "nvme"]
 Streamed = Literal["all", "experts"]
@@ -154,6 +155,24 @@ class Scheduler(Spec):
     router: Router = "least_loaded"
     iteration_overhead_ms: float | None = Field(
         default=None, ge=0, description="Engine work per iteration (scheduling, sampling); default: the framework's.")
+    kv_sizing: KVSizing = Field(
+        default="profiled",
+        description="How the engine sizes its KV cache (serve/deploy.py kv_cache_budget): profiled (vLLM: "
+                    "gpu_memory_utilization x capacity less the weights, a profiling run's peak and the memory "
+                    "outside PyTorch) or static_fraction (SGLang: mem_fraction_static x the memory free at start, "
+                    "less the weights; activations and CUDA graphs live in the rest).")
+    sampler_profile_bytes: float = Field(
+        default=4.0, ge=0,
+        description="Bytes per logit (max_batch x vocab) the profiling run's sampler holds at its peak: the fp32 "
+                    "logits (vLLM V0); vLLM V1 runs dummy logits through top-k/top-p and logprobs.")
+    runtime_gib: float = Field(
+        default=0.0, ge=0,
+        description="GiB the engine's process holds outside PyTorch before it sizes the cache: CUDA context, "
+                    "cuBLAS workspaces (vLLM's non_torch_memory on one GPU).")
+    collective_runtime_gib: float = Field(
+        default=0.0, ge=0,
+        description="GiB more outside PyTorch with tensor parallelism: NCCL communicators, custom all-reduce "
+                    "buffers.")
 
 
 class Speculative(Spec):
