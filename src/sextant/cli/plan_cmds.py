@@ -173,6 +173,9 @@ def render_plan(result, console: Console) -> None:
             console.print(f"  ... and {len(r.offload_options) - OFFLOAD_ROWS_SHOWN} slower offload choices (--json lists all)")
     for line in r.why_best:
         console.print(f"  {line}")
+    console.print(f"  memory of the best: {r.best.fits_statement}"
+                  + ("" if any("fits only where" in a for a in r.assumptions) else
+                     "; chosen by the estimate (--point-estimate)"))
     if len(r.by_gpu_count) > 1 or r.tokens:
         counts = listing("by GPU count (* on the throughput/GPU-count Pareto front)",
                          ("gpus", "feasible", "best tokens/s", "MFU", "days", "dollars", "MWh"))

@@ -212,12 +212,17 @@ class LossKernel:
 #:   log_softmax's fp32 output exist together in the forward (2 + 4 + 4 = 10); log_softmax keeps
 #:   its output (4); at the start of the backward nll_loss's dense fp32 gradient, the saved
 #:   output and log_softmax's fp32 input gradient exist together (4 + 4 + 4 = 12).
+#: - ``compiled``: the same loss under ``torch.compile`` (TorchTitan compiles it with the model
+#:   since 2025-04, torchtitan/components/loss.py): Inductor reads the bf16 logits in one reduction,
+#:   keeps them and the per-row log-sum-exp, and writes their bf16 gradient in the backward
+#:   (2 + 2 = 4 at the peak).
 #: - ``fused``: Transformer Engine's ``parallel_cross_entropy`` (Megatron-Core
 #:   ``cross_entropy_fusion_impl: te``) and Liger-style kernels compute the loss and write its
 #:   gradient into the bf16 logits in place: the logits are all that exists (2).
 LOSS_KERNELS = {
     "vocab_parallel": LossKernel(kept=4.0, peak=6.0),
     "eager": LossKernel(kept=4.0, peak=12.0),
+    "compiled": LossKernel(kept=2.0, peak=4.0),
     "fused": LossKernel(kept=2.0, peak=2.0),
 }
 

@@ -141,8 +141,9 @@ class Strategy(Spec):
     grad_buffer: Literal["fp32", "bf16"] = "fp32"
     #: The cross-entropy implementation, for the memory its logits take (cost/memory.py
     #: ``LOSS_KERNELS``): Megatron-Core's vocab-parallel kernel, PyTorch's eager
-    #: ``F.cross_entropy`` on fp32 logits, or a fused kernel. A framework preset sets it.
-    loss_kernel: Literal["vocab_parallel", "eager", "fused"] = "vocab_parallel"
+    #: ``F.cross_entropy`` on fp32 logits, the same under ``torch.compile``, or a fused kernel.
+    #: A framework preset sets it.
+    loss_kernel: Literal["vocab_parallel", "eager", "compiled", "fused"] = "vocab_parallel"
     #: The optimizer's implementation: ``fused`` updates in place (Apex/Transformer Engine
     #: FusedAdam, ``torch.optim.AdamW(fused=True)``), ``foreach`` allocates an fp32 temporary per
     #: parameter during the step (PyTorch's default multi-tensor path). A framework preset sets it.
