@@ -5,7 +5,8 @@
 
 The data: every measured peak of the memory ledger and the sweep ledger's nvidia-smi readings
 (``sextant validate memory``), predicted as ``predict train`` ships the model; nothing in it is
-fitted on them, so every ratio is held out. The bound is split-conformal on measured / predicted
+fitted on them, so every ratio is held out. The bound is split-conformal on measured / predicted,
+over every row and per framework family (megatron, deepspeed, pytorch-native) with enough rows
 (Vovk et al. 2005; Lei et al. 2018): the ceil((n + 1) x level)-th smallest ratio, so that a new run
 of the same kind exceeds the bound with probability at most 1 - level.
 """
@@ -24,13 +25,31 @@ from sextant.validate.memory import validate_memory
 LEVEL = 0.9
 
 
-def table() -> dict:
-    report = validate_memory()
-    ratios = sorted(r.measured_gib / r.predicted_gib for r in report.rows if r.measured_gib is not None)
+#: Measured peaks a pool needs before its own bound is used (fewer: the bound over every row).
+MIN_POOL_ROWS = 12
+
+
+def upper_ratio(ratios: list[float]) -> float:
+    ratios = sorted(ratios)
     k = min(len(ratios), math.ceil((len(ratios) + 1) * LEVEL)) - 1
-    return {"level": LEVEL, "upper_ratio": round(ratios[k], 4), "rows": len(ratios), "sources": len(report.by_group),
+    return round(ratios[k], 4)
+
+
+def table() -> dict:
+    """The bound over every measured peak, and per framework family with enough of them."""
+    report = validate_memory()
+    measured = [r for r in report.rows if r.measured_gib is not None]
+    pools = {"all": measured}
+    for family in sorted({r.family for r in measured}):
+        members = [r for r in measured if r.family == family]
+        if len(members) >= MIN_POOL_ROWS:
+            pools[family] = members
+    return {"level": LEVEL,
+            "pools": {name: {"rows": len(rows), "upper_ratio": upper_ratio([r.measured_gib / r.predicted_gib for r in rows])}
+                      for name, rows in pools.items()},
             "source": f"scripts/fit_memory_bound.py: split-conformal upper bound on measured / predicted peak memory "
-                      f"over {len(ratios)} measured peaks from {len(report.by_group)} sources (sextant validate memory)"}
+                      f"over {len(measured)} measured peaks from {len(report.by_group)} sources (sextant validate "
+                      f"memory), and per framework family with at least {MIN_POOL_ROWS} of them"}
 
 
 def main() -> None:

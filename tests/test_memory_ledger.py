@@ -71,7 +71,7 @@ def test_the_memory_ledger_states_a_counter_and_a_citation_per_row() -> None:
 
 
 def _obs(ident, group, counter, measured, allocated):
-    return Observation(id=ident, group=group, counter=counter, measured_gib=measured, oom=False, allocated_gib=allocated,
+    return Observation(id=ident, group=group, family="megatron", counter=counter, measured_gib=measured, oom=False, allocated_gib=allocated,
                        shipped_gib=allocated, shipped_device_gib=allocated, capacity_gib=80.0)
 
 
@@ -108,9 +108,13 @@ def test_the_shipped_memory_bound_is_the_ledgers() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     fresh = module.table()
-    shipped = memory_bound()
-    assert shipped.rows == fresh["rows"], "run scripts/fit_memory_bound.py"
-    assert shipped.upper_ratio == pytest.approx(fresh["upper_ratio"], abs=1e-4)
+    for pool, entry in fresh["pools"].items():
+        framework = {"all": None, "deepspeed": "deepspeed-megatron-2022", "pytorch-native": "torchtitan-2024",
+                     "megatron": "megatron-core-2024"}[pool]
+        shipped = memory_bound(framework)
+        assert shipped.pool == pool and shipped.rows == entry["rows"], "run scripts/fit_memory_bound.py"
+        assert shipped.upper_ratio == pytest.approx(entry["upper_ratio"], abs=1e-4)
+    assert memory_bound("megatron-core-2024").pool in ("megatron", "all")
 
 
 def test_kv_capacity_follows_each_engines_rule() -> None:

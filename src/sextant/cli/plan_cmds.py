@@ -111,7 +111,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
     from sextant.resolve.intervals import memory_bound as memory_bound_of
 
-    space = SearchSpace(headroom=headroom, memory_bound_ratio=memory_bound_of().upper_ratio if memory_bound else 1.0, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
+    bound_ratio = memory_bound_of(parsed.framework).upper_ratio if memory_bound else 1.0
+    space = SearchSpace(headroom=headroom, memory_bound_ratio=bound_ratio, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
                         offload=offload)
     console = Console(stderr=True)
     with search_progress(console, "searching", quiet=as_json) as bar:

@@ -62,13 +62,20 @@ def interval_band(ctx: TrainContext) -> IntervalBand | None:
 class MemoryBound:
     """Predicted peak memory times ``upper_ratio`` bounds the measured peak with probability
     ``level`` (``catalog/data/memory_bound.yaml``, written by ``scripts/fit_memory_bound.py``
-    from the held-out ratios of ``sextant validate memory``)."""
+    from the held-out ratios of ``sextant validate memory``), from the rows of ``pool``."""
 
     level: float
     upper_ratio: float
     rows: int
+    pool: str
 
 
-def memory_bound() -> MemoryBound:
+def memory_bound(framework: str | None = None) -> MemoryBound:
+    """The bound of the framework's family where enough measured peaks support one, else the
+    bound over every measured peak."""
     table = memory_bound_table()
-    return MemoryBound(level=float(table["level"]), upper_ratio=float(table["upper_ratio"]), rows=int(table["rows"]))
+    family = framework_family(framework)
+    pool = family if family in table["pools"] else "all"
+    entry = table["pools"][pool]
+    return MemoryBound(level=float(table["level"]), upper_ratio=float(entry["upper_ratio"]), rows=int(entry["rows"]),
+                       pool=pool)

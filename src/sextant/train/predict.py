@@ -152,9 +152,12 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     capacity = ev.capacity_bytes / GiB
     gpus = ctx.cluster.num_gpus
     interval, basis = _interval(ctx, step, float(ev.tokens_per_s[0]) / gpus, float(ev.model_tflops_per_gpu[0]))
-    bound = memory_bound()
+    bound = memory_bound(ctx.framework)
     upper = memory["total"] * bound.upper_ratio
-    assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}"]
+    pool = "every run" if bound.pool == "all" else f"{bound.pool} runs"
+    assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}",
+                   f"memory bound: {bound.upper_ratio:.2f}x the estimate, the {bound.level:.0%} split-conformal bound of "
+                   f"{bound.rows} measured peaks of {pool} (sextant validate memory)"]
     return TrainResult(
         model=ctx.model.name, framework=ctx.framework, gpu=ctx.cluster.gpu.name, gpus=gpus,
         dp=row["dp"], tp=row["tp"], pp=row["pp"], cp=row["cp"], ep=row["ep"], etp=row["etp"], vpp=row["vpp"], zero=row["zero"],

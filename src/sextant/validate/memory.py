@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from sextant.catalog.models import get_model
 from sextant.cost.memory import ALLOCATOR_OVERHEAD, RUNTIME_RESERVED_BYTES
+from sextant.resolve.framework import framework_family
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario
 from sextant.train.predict import build_context
@@ -98,6 +99,8 @@ class Observation(BaseModel):
 
     id: str
     group: str
+    #: The framework preset's family (megatron, deepspeed, pytorch-native), for the bound's pools.
+    family: str
     counter: Counter
     measured_gib: float | None
     oom: bool
@@ -155,19 +158,19 @@ def observations(rows: list[MemoryRow] | None = None, *, with_sweeps: bool = Tru
     """Every memory row (default: the built-in ledger) and, ``with_sweeps``, every sweep point
     with an nvidia-smi figure or an out-of-memory result, as observations."""
     rows = load_memory_ledger() if rows is None else rows
-    todo: list[tuple[str, str, Counter, float | None, bool, TrainScenario]] = [
-        (r.id, r.group, r.counter, r.peak_gib, r.oom, r.scenario()) for r in rows]
+    todo: list[tuple[str, str, str, Counter, float | None, bool, TrainScenario]] = [
+        (r.id, r.group, framework_family(r.framework), r.counter, r.peak_gib, r.oom, r.scenario()) for r in rows]
     if with_sweeps:
         for sweep in load_sweeps():
             for i, point in enumerate(sweep.points):
                 if point.memory_gib is None and not point.oom:
                     continue
-                todo.append((f"{sweep.id}.{i + 1}", sweep.group, "device", point.memory_gib, point.oom,
-                             sweep.scenario(point)))
+                todo.append((f"{sweep.id}.{i + 1}", sweep.group, framework_family(sweep.framework), "device",
+                             point.memory_gib, point.oom, sweep.scenario(point)))
     out = []
-    for done, (ident, group, counter, measured, oom, scenario) in enumerate(todo, 1):
+    for done, (ident, group, family, counter, measured, oom, scenario) in enumerate(todo, 1):
         allocated, shipped, device, capacity = _predicted_gib(scenario, counter)
-        out.append(Observation(id=ident, group=group, counter=counter, measured_gib=measured, oom=oom,
+        out.append(Observation(id=ident, group=group, family=family, counter=counter, measured_gib=measured, oom=oom,
                                allocated_gib=allocated, shipped_gib=shipped, shipped_device_gib=device,
                                capacity_gib=capacity))
         if progress is not None:
@@ -178,6 +181,7 @@ def observations(rows: list[MemoryRow] | None = None, *, with_sweeps: bool = Tru
 class MemoryRowResult(BaseModel):
     id: str
     group: str
+    family: str
     counter: Counter
     measured_gib: float | None
     oom: bool
@@ -241,7 +245,7 @@ def cross_validate_memory(obs: list[Observation]) -> MemoryReport:
     held: dict[str, MemoryParameters] = {g: fit_memory_parameters([o for o in obs if o.group != g])
                                          for g in {o.group for o in obs}}
     results = [MemoryRowResult(
-        id=o.id, group=o.group, counter=o.counter, measured_gib=o.measured_gib, oom=o.oom, predicted_gib=o.shipped_gib,
+        id=o.id, group=o.group, family=o.family, counter=o.counter, measured_gib=o.measured_gib, oom=o.oom, predicted_gib=o.shipped_gib,
         predicted_fits=o.shipped_device_gib <= o.capacity_gib, fitted_gib=fitted.predict(o.allocated_gib, o.counter),
         held_out_gib=held[o.group].predict(o.allocated_gib, o.counter), capacity_gib=o.capacity_gib) for o in obs]
     measured = [r for r in results if r.measured_gib is not None]
