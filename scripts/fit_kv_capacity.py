@@ -6,8 +6,8 @@
 The data: src/sextant/validate/data/kv-capacity.yaml (vLLM's and SGLang's startup logs). Global
 to an engine preset (serving_frameworks.yaml), never per row: the runtime held outside PyTorch
 before the cache is sized where the logs do not print it (vllm-2024: rows KV1 and KV3; sglang-2025:
-KV13-KV16), and the bytes per logit of vLLM V1's dummy sampler run (vllm-v1-2025: KV8-KV12; the
-v0.10.1 rows KV4-KV7 state the fp32 logits of their version). Least squares on the relative error
+KV13-KV16), and the bytes per logit of vLLM v0.11's dummy sampler run (vllm-v1-0.11: KV8-KV12;
+vllm-v1-2025, v0.8-v0.10, counts the fp32 logits and fits nothing). Least squares on the relative error
 of the token capacity, within bounds; the values are then written into the presets by hand with
 this provenance.
 """

@@ -86,7 +86,7 @@ class KVRowResult(BaseModel):
 #: The engine parameters fitted per preset (serving_frameworks.yaml): the runtime held outside
 #: PyTorch where no log prints it (vLLM V0, SGLang), and the bytes per logit of vLLM V1's dummy
 #: sampler run (its runtime is the non_torch_memory its logs print).
-FITTED = {"vllm-2024": ("runtime_gib",), "vllm-v1-2025": ("sampler_profile_bytes",), "sglang-2025": ("runtime_gib",)}
+FITTED = {"vllm-2024": ("runtime_gib",), "vllm-v1-0.11": ("sampler_profile_bytes",), "sglang-2025": ("runtime_gib",)}
 #: Bounds of the fit: a CUDA context with NCCL takes 0-4 GiB; a sampler holds 0-64 bytes per logit.
 BOUNDS = {"runtime_gib": (0.0, 4.0), "sampler_profile_bytes": (0.0, 64.0)}
 #: What a parameter is without data: no runtime, and the sampler's fp32 logits only.
