@@ -85,12 +85,24 @@ def test_zero3_makes_a_large_model_fit() -> None:
     assert not no_shard.fits and sharded.fits
 
 
+def test_validate_all_prints_one_line_per_ledger(capsys):
+    from sextant.cli.app import main
+
+    assert main(["validate", "all"]) == 0
+    out = capsys.readouterr().out
+    for ledger in ("train (held out by source)", "serve", "plan (rediscovery)", "sweep (ordering)",
+                   "memory (peak per GPU)", "memory (KV-cache capacity)"):
+        assert ledger in out
+
+
 def test_validate_all_runs_every_ledger(capsys):
     from sextant.cli.app import main
 
     assert main(["validate", "all", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"train", "offload (training)", "serve", "offload (serving)", "plan", "sweep"}
+    assert set(out) == {"train", "offload (training)", "serve", "offload (serving)", "plan", "sweep", "memory",
+                        "kv_capacity"}
+    assert out["memory"]["shipped"]["rows"] >= 70 and len(out["kv_capacity"]["rows"]) >= 10
     assert out["sweep"]["points"] >= 40
     assert len(out["train"]["rows"]) >= 150 and len(out["plan"]["rows"]) >= 58
     assert out["train"]["cross_validation"]["held_out"]["rows"] == len(out["train"]["rows"])

@@ -18,6 +18,8 @@ def validate_all_cmd(
     rediscovery, measured sweeps) and print one line per ledger: rows, median and worst error. Each ledger's own
     command (`sextant validate train`, ...) prints its rows."""
     from sextant.validate.crossval import validate_training_cv
+    from sextant.validate.kv_capacity import cross_validate_kv
+    from sextant.validate.memory import validate_memory
     from sextant.validate.offload_ledger import validate_offload
     from sextant.validate.rediscover import rediscover
     from sextant.validate.serve import validate_serving
@@ -31,16 +33,19 @@ def validate_all_cmd(
     }
     plan = rediscover(None)
     sweeps = validate_sweeps(None)
+    memory, kv = validate_memory(None), cross_validate_kv()
     if as_json:
         typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump(),
-                               "sweep": sweeps.model_dump()}, indent=2))
+                               "sweep": sweeps.model_dump(), "memory": memory.model_dump(),
+                               "kv_capacity": kv.model_dump()}, indent=2))
         return
     table = listing("every ledger: predicted vs published", ("ledger", "rows", "median error", "worst row", "command"),
                     text={"ledger", "worst row", "command"})
     for name, r in reports.items():
         command = "sextant validate " + ("offload" if name.startswith("offload") else name)
-        if r.cross_validation is not None:
-            h = r.cross_validation.held_out
+        cross_validation = getattr(r, "cross_validation", None)  # the serving reports have none
+        if cross_validation is not None:
+            h = cross_validation.held_out
             table.add_row(f"{name} (held out by source)", str(h.rows), f"{h.median:.1%}",
                           f"p90 {h.p90:.1%}, max {h.max:.1%}", command)
             name += " (in sample)"
@@ -55,4 +60,10 @@ def validate_all_cmd(
                   + f"; memory median error {sweeps.median_memory_ape:.0%}; out of memory {sweeps.oom_predicted} of "
                   f"{sweeps.oom_points} predicted",
                   "sextant validate sweep")
+    m = memory.shipped
+    table.add_row("memory (peak per GPU)", str(m.rows), f"{m.median:.1%}",
+                  f"{m.max_id} ({m.max:.1%}); out of memory {memory.oom_predicted} of {memory.oom_runs} predicted",
+                  "sextant validate memory")
+    table.add_row("memory (KV-cache capacity)", str(len(kv.rows)), f"{kv.median:.1%}",
+                  f"{kv.max_id} ({kv.max:.1%}); held out by source {kv.held_out_median:.1%}", "sextant validate memory")
     report_console().print(table)
