@@ -142,3 +142,30 @@ def test_the_kv_ledger_is_predicted_within_three_percent_at_the_median() -> None
     for preset, values in report.fitted.items():
         for name, value in values.items():
             assert report.shipped[preset][name] == pytest.approx(value, rel=0.01, abs=0.01), (preset, name)
+
+
+def test_what_must_fit_counts_at_most_the_fragmentation_of_a_full_gpu() -> None:
+    """A preset whose allocator reserves 21% beyond the tensors with room to spare still fits a
+    run whose tensors and 5% leave room: the allocator frees its cache before it fails."""
+    from sextant.cost.memory import FRAGMENTATION_AT_CAPACITY
+    from sextant.train.step import ALLOCATED_PARTS
+
+    scenario = parse_scenario({"model": "llama-3.1-8b", "framework": "megatron-lm-2021",
+                               "hardware": {"gpu": "a100-80gb", "gpus": 8},
+                               "strategy": {"dp": 8, "zero": 0, "micro_batch": 1, "precision": "fp16"},
+                               "workload": {"global_batch": 8, "seq_len": 2048}}, source="test")
+    result = predict_train(scenario)
+    parts = result.memory_gb_per_gpu
+    tensors = sum(parts[k] for k in ALLOCATED_PARTS)
+    assert parts["fragmentation"] == pytest.approx(0.21 * tensors)
+    assert result.memory_required_gb == pytest.approx(tensors * (1 + FRAGMENTATION_AT_CAPACITY) + parts["runtime"])
+    assert result.memory_required_gb < parts["total"]
+    assert result.memory_headroom_gb == pytest.approx(result.memory_capacity_gb - result.memory_required_gb)
+
+
+def test_fragmentation_is_measured_where_a_run_reports_both_counters() -> None:
+    from sextant.validate.memory import measured_fragmentation
+
+    rows = load_memory_ledger()
+    both = measured_fragmentation(rows, "megatron-lm-2021")
+    assert len(both) >= 5 and all(0.1 < f < 0.3 for f in both)

@@ -35,6 +35,11 @@ RUNTIME_RESERVED_BYTES = 1.0 * GiB
 #: Caching-allocator fragmentation: what it reserves beyond the allocated peak, as a fraction of
 #: it (a framework preset may restate it: ``allocator_overhead``).
 ALLOCATOR_OVERHEAD = 0.05
+#: The fragmentation a full GPU leaves: before it raises an out-of-memory error the caching allocator
+#: frees its cached blocks and retries, so what must fit is less than what it reserves with room
+#: to spare. A run that failed held 1.37 GiB reserved beyond 29.09 GiB allocated (4.7%; DeepSpeed's
+#: ZeRO tutorial, GPT-2 1.5B on a 32 GB V100: "29.09 GiB already allocated; ... 30.46 GiB reserved").
+FRAGMENTATION_AT_CAPACITY = 0.05
 #: The fp32 master copy of the weights inside OPTIMIZER_STATE_BYTES; fp32 training has none (the
 #: weights are the master copy).
 MASTER_WEIGHT_BYTES = 4.0

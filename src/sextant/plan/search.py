@@ -174,6 +174,7 @@ def evaluate_table(ctx, cand: Candidates, progress: Progress | None) -> StepEval
         time_parts_s={k: cat([p.time_parts_s[k] for p in parts]) for k in first.time_parts_s},
         memory_parts_bytes={k: cat([p.memory_parts_bytes[k] for p in parts]) for k in first.memory_parts_bytes},
         memory_bytes=cat([p.memory_bytes for p in parts]),
+        required_bytes=cat([p.required_bytes for p in parts]),
         capacity_bytes=first.capacity_bytes,
         num_microbatches=cat([p.num_microbatches for p in parts]),
         model_flops_per_step=first.model_flops_per_step,
@@ -191,7 +192,7 @@ def score_space(ev: StepEvaluation, objective: Objective, gpus: int, tdp_w: floa
                 bound_ratio: float = 1.0):
     """(fits, score) per row: score is -inf where the row's peak times ``bound_ratio`` does not
     fit with the headroom."""
-    fits = (ev.memory_bytes * bound_ratio <= ev.capacity_bytes * (1.0 - headroom)) & ev.tiers_fit
+    fits = (ev.required_bytes * bound_ratio <= ev.capacity_bytes * (1.0 - headroom)) & ev.tiers_fit
     return fits, np.where(fits, _score(objective, ev.tokens_per_s, gpus, tdp_w), -np.inf)
 
 
@@ -287,8 +288,8 @@ class _Search:
             return
         self.rejected["does not fit in memory"] = self.rejected.get("does not fit in memory", 0) + int((~fits).sum())
         limit = ev.capacity_bytes * (1.0 - self.space.headroom) / self.space.memory_bound_ratio
-        i = int(np.argmin(np.where(fits, np.inf, ev.memory_bytes)))
-        short = float(ev.memory_bytes[i] - limit)
+        i = int(np.argmin(np.where(fits, np.inf, ev.required_bytes)))
+        short = float(ev.required_bytes[i] - limit)
         if self.closest is None or short < self.closest[0]:
             self.closest = (short, gpus, c.row(i))
 

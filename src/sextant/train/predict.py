@@ -153,7 +153,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     gpus = ctx.cluster.num_gpus
     interval, basis = _interval(ctx, step, float(ev.tokens_per_s[0]) / gpus, float(ev.model_tflops_per_gpu[0]))
     bound = memory_bound(ctx.framework)
-    upper = memory["total"] * bound.upper_ratio
+    required = float(ev.required_bytes[0]) / GiB
+    upper = required * bound.upper_ratio
     pool = "every run" if bound.pool == "all" else f"{bound.pool} runs"
     assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}",
                    f"memory bound: {bound.upper_ratio:.2f}x the estimate, the {bound.level:.0%} split-conformal bound of "
@@ -170,8 +171,8 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         executed_tflops_per_gpu=float(ev.executed_flops_per_step[0]) / step / gpus / 1e12,
         hardware_utilization=float(ev.hardware_utilization[0]), flop_convention=FLOP_CONVENTION,
         memory_gb_per_gpu=memory, memory_capacity_gb=capacity, fits=bool(ev.fits[0]),
-        memory_headroom_gb=capacity - memory["total"], memory_upper_gb=upper, memory_bound_level=bound.level,
-        fits_statement=fits_statement(memory["total"], upper, capacity, bound.level), time_breakdown_s=parts,
+        memory_headroom_gb=capacity - required, memory_required_gb=required, memory_upper_gb=upper, memory_bound_level=bound.level,
+        fits_statement=fits_statement(required, upper, capacity, bound.level), time_breakdown_s=parts,
         bottleneck=bottleneck_sentence(parts, step), profile=ctx.profile.name, profile_fitted=ctx.profile.fitted,
         interval=interval, interval_basis=basis,
         assumptions=assumptions, method=ctx.workload.method,

@@ -91,6 +91,9 @@ class TrainResult(BaseModel):
     memory_capacity_gb: float
     fits: bool
     memory_headroom_gb: float
+    #: What must fit (GiB): the tensors, the fragmentation a full GPU leaves and the runtime; the
+    #: ``total`` part is the peak as the device shows it with memory to spare.
+    memory_required_gb: float = 0.0
     #: The upper bound on the peak (the point estimate times the held-out ratio of
     #: data/memory_bound.yaml), its level, and the verdict in words with the margin.
     memory_upper_gb: float = 0.0

@@ -36,6 +36,7 @@ from sextant.cost.data_parallel import (
 from sextant.cost.flops import step_flops
 from sextant.cost.layer import average_layer_cost, embedding_cost, logits_cost, routed_rows, with_fp8_casts
 from sextant.cost.memory import (
+    FRAGMENTATION_AT_CAPACITY,
     OFFLOAD_BUFFERS,
     allocator_fragmentation,
     layer_activation_bytes,
@@ -77,6 +78,9 @@ class StepEvaluation:
     time_parts_s: dict[str, np.ndarray]
     memory_parts_bytes: dict[str, np.ndarray]
     memory_bytes: np.ndarray
+    #: What must fit in the GPU (fits, the planner): the tensors, the fragmentation the allocator
+    #: keeps when memory is short (FRAGMENTATION_AT_CAPACITY at most) and the runtime.
+    required_bytes: np.ndarray
     capacity_bytes: float
     num_microbatches: np.ndarray
     model_flops_per_step: float
@@ -101,7 +105,7 @@ class StepEvaluation:
 
     @property
     def fits(self) -> np.ndarray:
-        return (self.memory_bytes <= self.capacity_bytes) & self.tiers_fit
+        return (self.required_bytes <= self.capacity_bytes) & self.tiers_fit
 
     @property
     def tokens_per_s(self) -> np.ndarray:
@@ -409,22 +413,27 @@ def _stage_memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, p
 
 
 def _memory(ctx: TrainContext, c: Candidates, x: _Rows, per_layer: dict, params: StageParams, offloaded: bool,
-            detail: bool) -> tuple[np.ndarray, dict[str, np.ndarray], tuple]:
-    """Memory per GPU on the stage that needs the most, its parts (``detail``), and the (host,
-    NVMe) bytes offloaded per GPU."""
+            detail: bool) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], tuple]:
+    """Memory per GPU on the stage that needs the most (as the device shows it, and what must
+    fit), its parts (``detail``), and the (host, NVMe) bytes offloaded per GPU."""
     unit = zero3_gather_unit_params(ctx.model, ctx.zero3_gather_unit, x.tp, x.ep, x.edp_group,
                                     params.nonexpert_layer, params.expert_layer, x.etp)
     stages = [_stage_memory(ctx, c, x, per_layer, params, unit, i, offloaded) for i in range(3)]
     mems = [s[0] for s in stages]
     totals = [sum(mm.values()) for mm in mems]
     totals[1] = np.where(x.pp > 2, totals[1], 0.0)
+    # What must fit: the tensors, the fragmentation a full GPU leaves (the allocator frees its
+    # cached blocks and retries before it fails), and the runtime.
+    pressure = min(ctx.costs.allocator_overhead, FRAGMENTATION_AT_CAPACITY)
+    required = [sum(mm[k] for k in ALLOCATED_PARTS) * (1.0 + pressure) + mm["runtime"] for mm in mems]
+    required[1] = np.where(x.pp > 2, required[1], 0.0)
     parts: dict[str, np.ndarray] = {}
     if detail:
         peak_stage = np.argmax(np.stack(np.broadcast_arrays(*totals)), axis=0)
         parts = {k: _pick(peak_stage, mems[0][k], mems[1][k], mems[2][k]) for k in MEMORY_PARTS}
     host, nvme = stages[0][1]
     zeros = np.zeros(len(c))
-    return _max3(totals), parts, (zeros + host, zeros + nvme)
+    return _max3(totals), _max3(required), parts, (zeros + host, zeros + nvme)
 
 
 def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEvaluation:
@@ -463,13 +472,15 @@ def evaluate(ctx: TrainContext, c: Candidates, *, detail: bool = True) -> StepEv
         parts["offload_wait"] = np.zeros_like(step)
         if off_times is not None:
             parts = _offloaded_parts(parts, step, offloaded, off_times, x.m, dp[0], emb_sync)
-    memory_bytes, memory_parts, (host, nvme) = _memory(ctx, c, x, per_layer, params, bool(offloaded.size), detail)
+    memory_bytes, required_bytes, memory_parts, (host, nvme) = _memory(ctx, c, x, per_layer, params,
+                                                                       bool(offloaded.size), detail)
     tier_capacity = (ctx.tiers.host_capacity, ctx.tiers.nvme_capacity) if offloaded.size else (np.inf, np.inf)
     tokens = float(wl.global_batch) * wl.seq_len
     flops = step_flops(model, wl.seq_len, tokens, c.recompute, flash=ctx.attention_kernel == "flash",
                        selective=ctx.selective_recompute)
     return StepEvaluation(
         step_time_s=step, time_parts_s=parts, memory_parts_bytes=memory_parts, memory_bytes=memory_bytes,
+        required_bytes=required_bytes,
         capacity_bytes=cluster.gpu.memory.capacity_bytes, num_microbatches=x.m,
         model_flops_per_step=flops.model, hardware_flops_per_step=flops.hardware,
         executed_flops_per_step=flops.executed, peak_flops=cluster.gpu.peak(ctx.precision),

@@ -67,6 +67,9 @@ class MemoryRow(Spec):
     workload: dict[str, Any]
     counter: Counter
     peak_gib: float | None = Field(default=None, gt=0)
+    #: With an ``allocated`` peak, the reserved peak of the same run where the source gives both:
+    #: the caching allocator's fragmentation measured, not inferred.
+    reserved_gib: float | None = Field(default=None, gt=0)
     oom: bool = False
     quote: str = ""
     assumptions: list[str] = []
@@ -76,6 +79,8 @@ class MemoryRow(Spec):
     def _measured(self) -> MemoryRow:
         if self.oom == (self.peak_gib is not None):
             raise ValueError("a memory row states either peak_gib or oom: true")
+        if self.reserved_gib is not None and (self.counter != "allocated" or self.reserved_gib < self.peak_gib):
+            raise ValueError("reserved_gib goes with an allocated peak and is at least that peak")
         return self
 
     @property
@@ -94,6 +99,13 @@ def load_memory_ledger(path: str | Path | None = None) -> list[MemoryRow]:
     return load_rows(MemoryRow, path, "memory.yaml")
 
 
+def measured_fragmentation(rows: list[MemoryRow], framework: str | None = None) -> list[float]:
+    """Reserved over allocated peak, less one, of every run that reports both (of ``framework``'s
+    rows where given): the fragmentation a framework preset's ``allocator_overhead`` states."""
+    return [r.reserved_gib / r.peak_gib - 1.0 for r in rows  # type: ignore[operator]
+            if r.reserved_gib is not None and r.peak_gib is not None and framework in (None, r.framework)]
+
+
 class Observation(BaseModel):
     """A measured peak and what the model predicts before the two global parameters apply."""
 
@@ -107,7 +119,7 @@ class Observation(BaseModel):
     allocated_gib: float
     #: The counter as ``predict train`` reports it (the preset's fragmentation and runtime).
     shipped_gib: float
-    #: What ``predict train`` compares with the capacity (the device counter).
+    #: What ``predict train`` compares with the capacity (what must fit).
     shipped_device_gib: float
     capacity_gib: float
 
@@ -145,12 +157,12 @@ def fit_memory_parameters(obs: Iterable[Observation], prior: MemoryParameters | 
 
 
 def _predicted_gib(scenario: TrainScenario, counter: Counter) -> tuple[float, float, float, float]:
-    """(allocated, the counter, the device counter, capacity) GiB as ``predict train`` builds them."""
+    """(allocated, the counter, what must fit, capacity) GiB as ``predict train`` builds them."""
     ctx, cand = build_context(scenario)
     ev = evaluate(ctx, cand)
     parts = {k: float(v[0]) / GiB for k, v in ev.memory_parts_bytes.items()}
     return (sum(parts[k] for k in ALLOCATED_PARTS), sum(parts[k] for k in PEAK_COUNTERS[counter]),
-            sum(parts.values()), ev.capacity_bytes / GiB)
+            float(ev.required_bytes[0]) / GiB, ev.capacity_bytes / GiB)
 
 
 def observations(rows: list[MemoryRow] | None = None, *, with_sweeps: bool = True,
