@@ -106,8 +106,8 @@ def measured_fragmentation(rows: list[MemoryRow], framework: str | None = None) 
             if r.reserved_gib is not None and r.peak_gib is not None and framework in (None, r.framework)]
 
 
-class Observation(BaseModel):
-    """A measured peak and what the model predicts before the two global parameters apply."""
+class _Measured(BaseModel):
+    """What a memory observation and its result share: the run, its source and what was measured."""
 
     id: str
     group: str
@@ -116,12 +116,17 @@ class Observation(BaseModel):
     counter: Counter
     measured_gib: float | None
     oom: bool
+    capacity_gib: float
+
+
+class Observation(_Measured):
+    """A measured peak and what the model predicts before the two global parameters apply."""
+
     allocated_gib: float
     #: The counter as ``predict train`` reports it (the preset's fragmentation and runtime).
     shipped_gib: float
     #: What ``predict train`` compares with the capacity (what must fit).
     shipped_device_gib: float
-    capacity_gib: float
 
 
 class MemoryParameters(BaseModel):
@@ -190,20 +195,13 @@ def observations(rows: list[MemoryRow] | None = None, *, with_sweeps: bool = Tru
     return out
 
 
-class MemoryRowResult(BaseModel):
-    id: str
-    group: str
-    family: str
-    counter: Counter
-    measured_gib: float | None
-    oom: bool
+class MemoryRowResult(_Measured):
     #: As ``predict train`` reports it, and with the two global parameters fitted with and
     #: without this row's source.
     predicted_gib: float
     predicted_fits: bool
     fitted_gib: float
     held_out_gib: float
-    capacity_gib: float
 
     @property
     def error(self) -> float | None:
