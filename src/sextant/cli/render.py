@@ -76,8 +76,11 @@ def render_train(result: TrainResult, console: Console) -> None:
     summary.add_row("MFU / HFU", f"{r.mfu:.1%} / {r.hfu:.1%}")
     summary.add_row("executed TFLOP/s per GPU", f"{r.executed_tflops_per_gpu:.1f} ({r.hardware_utilization:.1%} of peak)")
     colour = "green" if r.memory_upper_gb <= r.memory_capacity_gb else ("yellow" if r.fits else "red")
-    summary.add_row("memory per GPU", f"{r.memory_gb_per_gpu['total']:.1f} of {r.memory_capacity_gb:.0f} GiB: "
-                    f"[{colour}]{r.fits_statement}[/{colour}]")
+    total = r.memory_gb_per_gpu["total"]
+    shown = (f"{r.memory_required_gb:.1f} of {r.memory_capacity_gb:.0f} GiB needed ({total:.1f} as nvidia-smi shows it "
+             "with memory to spare)" if abs(total - r.memory_required_gb) >= 0.05 else
+             f"{total:.1f} of {r.memory_capacity_gb:.0f} GiB")
+    summary.add_row("memory per GPU", f"{shown}: [{colour}]{r.fits_statement}[/{colour}]")
     summary.add_row("bottleneck", r.bottleneck)
     summary.add_row("bound by", r.binding_resource)
     if r.tier_capacity_gb.get("host") is not None:
