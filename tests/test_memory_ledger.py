@@ -169,3 +169,21 @@ def test_fragmentation_is_measured_where_a_run_reports_both_counters() -> None:
     rows = load_memory_ledger()
     both = measured_fragmentation(rows, "megatron-lm-2021")
     assert len(both) >= 5 and all(0.1 < f < 0.3 for f in both)
+
+
+def test_transformer_engine_fp8_keeps_fp8_gemm_inputs_and_torchao_keeps_bf16() -> None:
+    """TE saves the FP8 cast of each GEMM input for the weight gradient (1 byte where bf16 keeps
+    2), and the attention output twice; torchao's Float8Linear keeps the 16-bit input."""
+    from sextant.cost.memory import layer_activation_bytes
+
+    model = get_model("llama-3.1-70b")
+    kw = dict(flash=True, dropout=False, act_bytes=2.0)
+    bf16 = float(layer_activation_bytes(model, 1, 8192, 8, True, 0, **kw))
+    fp8 = float(layer_activation_bytes(model, 1, 8192, 8, True, 0, fp8_inputs=True, **kw))
+    h, f, a_dv, sb = model.hidden_size, model.ffn_hidden_size, model.num_heads * model.head_dim, 8192
+    # QKV and MLP inputs (sequence-parallel: /8) and the MLP's second input (/8) lose a byte
+    # each; the attention output gains one.
+    assert bf16 - fp8 == pytest.approx(sb * (2 * h + f - a_dv) / 8)
+    te = predict_train(_scenario(precision="fp8")).memory_gb_per_gpu["activations"]
+    kept = predict_train(_scenario(precision="fp8", fp8_saved_inputs="bf16")).memory_gb_per_gpu["activations"]
+    assert te < kept == pytest.approx(predict_train(_scenario()).memory_gb_per_gpu["activations"])

@@ -97,7 +97,7 @@ def model_state_bytes(params_local, dp, zero, precision: str, optimizer: str, *,
 
 def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,  # noqa: PLR0913
                            moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False,
-                           selective: str = "attention_core", etp=None) -> np.ndarray:
+                           selective: str = "attention_core", etp=None, fp8_inputs: bool = False) -> np.ndarray:
     """Bytes one layer keeps for backward per micro-batch (``s``: local sequence length).
 
     ``recompute``: 0 none, 1 selective, 2 full (only the layer input is kept). ``selective``
@@ -115,6 +115,12 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     ``partitioned``: DeepSpeed's partitioned activation checkpoints (``partition_activations``):
     each tensor-parallel rank keeps 1/t of the kept layer input, as sequence parallelism does, and
     gathers the rest before recomputing the layer.
+    ``fp8_inputs``: FP8 training that keeps the FP8 cast of each GEMM input for the weight gradient
+    (Transformer Engine's Linear, LayerNormLinear and GroupedLinear save ``inputmat`` or its
+    transpose in FP8 when the weight gradient runs in FP8, ``override_linear_precision.wgrad``
+    off): the normalized inputs of QKV and of the MLP, the MLP's second GEMM input and the routed
+    experts' inputs take 1 byte instead of ``e``; the attention output is kept twice, in 16 bits
+    for the attention kernel's backward and as the output projection's FP8 input.
     """
     e = act_bytes
     h, a, g = model.hidden_size, model.num_heads, model.num_kv_heads
@@ -126,9 +132,10 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     norms = 1 if (model.parallel_attention and model.parallel_attention_norms == 1) else 2
     dqk, dv = attention_qk_dim(model), attention_v_dim(model)
 
-    replicated = (norms * e + e + mask) * sbh  # norm inputs, QKV input, out-proj dropout mask
+    gin = 1.0 if fp8_inputs else e  # a GEMM input kept for the weight gradient
+    replicated = (norms * e + gin + mask) * sbh  # norm inputs, QKV input, out-proj dropout mask
     if not model.parallel_attention:
-        replicated = replicated + (e + mask) * sbh  # MLP input, MLP dropout mask
+        replicated = replicated + (gin + mask) * sbh  # MLP input, MLP dropout mask
     else:
         replicated = replicated + mask * sbh
     if model.mla is not None:
@@ -139,7 +146,7 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     else:
         kv_heads_qk = g
     qkv = e * s * b * (a * dqk + kv_heads_qk * dqk + kv_heads_qk * dv) / t
-    attn_out = e * s * b * a * dv / t
+    attn_out = (e + (1.0 if fp8_inputs else 0.0)) * s * b * a * dv / t
     if flash:
         scores = 4.0 * b * a * s / t  # fp32 log-sum-exp per row
     else:
@@ -149,13 +156,14 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     if moe_layer and model.moe is not None:
         moe = model.moe
         routed = s * b * moe.top_k * etp / t
-        inter = gated * e * routed * moe.expert_ffn_hidden_size / etp
-        inter = inter + e * routed * h  # permuted expert inputs
+        # The activation's inputs in 16 bits, the second GEMM's input (its output) as kept.
+        inter = ((gated - 1) * e + gin) * routed * moe.expert_ffn_hidden_size / etp
+        inter = inter + gin * routed * h  # permuted expert inputs
         if moe.num_shared_experts:
             f_sh = moe.shared_expert_ffn_hidden_size * moe.num_shared_experts
-            inter = inter + gated * e * s * b * f_sh / t
+            inter = inter + ((gated - 1) * e + gin) * s * b * f_sh / t
     else:
-        inter = gated * e * s * b * model.ffn_hidden_size / t
+        inter = ((gated - 1) * e + gin) * s * b * model.ffn_hidden_size / t
 
     full_layer = replicated / seq_split + qkv + attn_out + scores + inter
     only_input = e * sbh / np.where(np.asarray(sp, bool) | np.asarray(partitioned, bool), t, 1.0)
@@ -182,12 +190,12 @@ def _alternate_matmuls_saved(model: ModelSpec, s, b, t, e: float, *, moe_layer: 
 
 def layer_activation_peak_extra(model: ModelSpec, b, s, t, sp, recompute, *, flash: bool, dropout: bool,  # noqa: PLR0913
                                 moe_layer: bool = False, act_bytes: float = 2.0, partitioned=False,
-                                selective: str = "attention_core", etp=None) -> np.ndarray:
+                                selective: str = "attention_core", etp=None, fp8_inputs: bool = False) -> np.ndarray:
     """Extra bytes while one layer is recomputed and back-propagated: with full recomputation the
     layer's complete activations exist again for the duration of its backward (less the part of
     its input that was kept and is counted already); with selective, what the policy recomputed."""
     kw = dict(flash=flash, dropout=dropout, moe_layer=moe_layer, act_bytes=act_bytes, partitioned=partitioned,
-              selective=selective, etp=etp)
+              selective=selective, etp=etp, fp8_inputs=fp8_inputs)
     full = layer_activation_bytes(model, b, s, t, sp, 0, **kw)
     sel = layer_activation_bytes(model, b, s, t, sp, 1, **kw)
     kept_input = layer_activation_bytes(model, b, s, t, sp, 2, **kw)

@@ -49,6 +49,7 @@ class TrainContext:
     grad_buffer: str = "fp32"
     loss_kernel: str = "vocab_parallel"
     optimizer_kernel: str = "fused"
+    fp8_saved_inputs: str = "fp8"
     #: What the framework preset adds: per-layer overhead, memory beyond the tensors (its kernel
     #: efficiency is already in ``profile``).
     costs: FrameworkCosts = FrameworkCosts()
@@ -92,6 +93,7 @@ def resolve_train(scenario: TrainScenario) -> tuple[TrainScenario, TrainContext]
         zero3_gather_unit=s.zero3_gather_unit, fp32_grad_copy=s.fp32_grad_copy, bf16_grad_copy=s.bf16_grad_copy,
         partition_activations=s.partition_activations, selective_recompute=s.selective_recompute,
         fused_projections=s.fused_projections, moe_dispatcher=s.moe_dispatcher, grad_buffer=s.grad_buffer,
-        loss_kernel=s.loss_kernel, optimizer_kernel=s.optimizer_kernel, costs=costs,
+        loss_kernel=s.loss_kernel, optimizer_kernel=s.optimizer_kernel, fp8_saved_inputs=s.fp8_saved_inputs,
+        costs=costs,
     )
     return scenario, ctx

@@ -148,6 +148,10 @@ class Strategy(Spec):
     #: FusedAdam, ``torch.optim.AdamW(fused=True)``), ``foreach`` allocates an fp32 temporary per
     #: parameter during the step (PyTorch's default multi-tensor path). A framework preset sets it.
     optimizer_kernel: Literal["fused", "foreach"] = "fused"
+    #: What FP8 training keeps of a GEMM's input for the weight gradient: its FP8 cast
+    #: (Transformer Engine, cost/memory.py ``layer_activation_bytes``) or the 16-bit input, cast
+    #: again in the backward (torchao's Float8Linear). A framework preset sets it.
+    fp8_saved_inputs: Literal["fp8", "bf16"] = "fp8"
     overlap: Overlap = Overlap()
     #: Offloading (train/offload_timeline.py): optimizer state and update, the 16-bit parameters (needs
     #: ZeRO-3, as ZeRO-Infinity), and the activations saved for the backward (SSDTrain).

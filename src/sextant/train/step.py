@@ -185,7 +185,8 @@ def _per_layer(ctx: TrainContext, c: Candidates) -> dict[str, np.ndarray]:
         ep_comm = comm.exposed(ep_comm, layer.fwd.total + layer.bwd.total, eta)
 
     kw = dict(flash=flash, dropout=ctx.dropout, act_bytes=e, partitioned=partitioned,
-              selective=ctx.selective_recompute, etp=etp)
+              selective=ctx.selective_recompute, etp=etp,
+              fp8_inputs=ctx.precision == "fp8" and ctx.fp8_saved_inputs == "fp8")
     act_layer = layer_activation_bytes(model, b, s_local, tp, sp, rc, **kw)
     act_extra = layer_activation_peak_extra(model, b, s_local, tp, sp, rc, **kw)
     if model.is_moe:
