@@ -109,10 +109,14 @@ class LayerCost:
     #: Forward time that TorchTitan's per-op selective checkpointing re-runs: every second matmul
     #: and all element-wise work (see :data:`SELECTIVE_RECOMPUTE`).
     alternate_matmuls_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    #: Forward time of MLA's up-projections (queries and keys/values from their latents), what
+    #: Megatron-Core's ``mla_up_proj`` recomputation re-runs; zero without MLA.
+    mla_up_proj_fwd: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
     def selective_recompute_fwd(self, policy: str) -> np.ndarray:
         """Forward seconds the selective recomputation ``policy`` re-runs in the backward."""
-        return self.alternate_matmuls_fwd if policy == ALTERNATE_MATMULS else self.attention_core_fwd
+        return {ALTERNATE_MATMULS: self.alternate_matmuls_fwd,
+                MLA_UP_PROJ: self.mla_up_proj_fwd}.get(policy, self.attention_core_fwd)
 
 
 #: Selective recomputation policies (a framework preset's ``strategy.selective_recompute``).
@@ -125,8 +129,11 @@ class LayerCost:
 #: (1st, 3rd, ...) taken from what the forward saved; every second matmul and all element-wise
 #: ops are recomputed. The MoE router's matmul is always recomputed and its routed experts' grouped
 #: GEMMs (``aten._grouped_mm``) are not in the save list, so they are recomputed as well.
-ATTENTION_CORE, ALTERNATE_MATMULS = "attention_core", "alternate_matmuls"
-SELECTIVE_RECOMPUTE = (ATTENTION_CORE, ALTERNATE_MATMULS)
+#: ``mla_up_proj``: Megatron-Core's ``--recompute-modules mla_up_proj`` (multi-latent attention):
+#: the up-projections of the query and key/value latents (and their rotary embedding) run again
+#: in the backward, so the expanded queries, keys and values are not kept; the latents are.
+ATTENTION_CORE, ALTERNATE_MATMULS, MLA_UP_PROJ = "attention_core", "alternate_matmuls", "mla_up_proj"
+SELECTIVE_RECOMPUTE = (ATTENTION_CORE, ALTERNATE_MATMULS, MLA_UP_PROJ)
 
 
 def matmul_chain(model: ModelSpec, t, *, moe_layer: bool = False) -> list[tuple]:
@@ -141,6 +148,18 @@ def matmul_chain(model: ModelSpec, t, *, moe_layer: bool = False) -> list[tuple]
         ffn = model.ffn_hidden_size
     mlp = mlp_matmuls(model, ffn, t, fused=False) if ffn else []
     return attention_matmuls(model, t, fused=False) + mlp
+
+
+def mla_up_proj_share(model: ModelSpec, t, *, fused: bool = True):
+    """The share of the attention projections' FLOPs in MLA's up-projections (the query's and
+    the keys' and values' from their latents, :func:`attention_matmuls`); zero without MLA."""
+    if model.mla is None:
+        return 0.0
+    chain = attention_matmuls(model, t, fused=fused)
+    work = [np.asarray(k, float) * n for k, n in chain]
+    m = model.mla
+    up = [i for i, (k, _) in enumerate(chain) if k in (m.q_lora_rank, m.kv_lora_rank) and k]
+    return sum(work[i] for i in up) / sum(work)
 
 
 def alternate_recomputed_share(model: ModelSpec, t, *, moe_layer: bool = False):
@@ -292,6 +311,7 @@ def dense_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, dev: Device, *, flas
         # The fused QKV and gate/up GEMMs of this lowering re-run in proportion to the FLOPs of
         # the separate matmuls that the policy recomputes.
         alternate_matmuls_fwd=gemm * alternate_recomputed_share(model, t) + ew,
+        mla_up_proj_fwd=proj_t * mla_up_proj_share(model, t, fused=fused),
     )
 
 
@@ -344,6 +364,7 @@ def moe_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *, fl
         attention_core_fwd=att_fwd,
         flops_fwd=proj_f + att_f + 2.0 * tokens * moe.num_experts * h + expert_f / imbalance + shared_f,
         alternate_matmuls_fwd=(proj_t + shared_t) * chain_share + router_t + expert_t + ew,
+        mla_up_proj_fwd=proj_t * mla_up_proj_share(model, t, fused=fused),
     )
 
 
@@ -389,6 +410,7 @@ def average_layer_cost(model: ModelSpec, b, s_q, s_kv, t, sp, ep, dev: Device, *
         attention_core_fwd=mix(dense.attention_core_fwd, moe.attention_core_fwd),
         flops_fwd=mix(dense.flops_fwd, moe.flops_fwd),
         alternate_matmuls_fwd=mix(dense.alternate_matmuls_fwd, moe.alternate_matmuls_fwd),
+        mla_up_proj_fwd=mix(dense.mla_up_proj_fwd, moe.mla_up_proj_fwd),
     ), f
 
 
@@ -442,4 +464,4 @@ def with_fp8_casts(layer: LayerCost, model: ModelSpec, b, s_q, t, dev: Device, *
     return LayerCost(fwd=PassTimes(layer.fwd.gemm, layer.fwd.attention, layer.fwd.elementwise + fwd),
                      bwd=PassTimes(layer.bwd.gemm, layer.bwd.attention, layer.bwd.elementwise + bwd),
                      attention_core_fwd=layer.attention_core_fwd, flops_fwd=layer.flops_fwd,
-                     alternate_matmuls_fwd=layer.alternate_matmuls_fwd + fwd)
+                     alternate_matmuls_fwd=layer.alternate_matmuls_fwd + fwd, mla_up_proj_fwd=layer.mla_up_proj_fwd)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sextant.cost.layer import ALTERNATE_MATMULS, matmul_chain
+from sextant.cost.layer import ALTERNATE_MATMULS, MLA_UP_PROJ, matmul_chain
 from sextant.cost.params import attention_qk_dim, attention_v_dim
 from sextant.cost.precision import PRECISION_BYTES
 from sextant.spec.model import ModelSpec
@@ -169,6 +169,8 @@ def layer_activation_bytes(model: ModelSpec, b, s, t, sp, recompute, *, flash: b
     only_input = e * sbh / np.where(np.asarray(sp, bool) | np.asarray(partitioned, bool), t, 1.0)
     if selective == ALTERNATE_MATMULS:
         kept = only_input + attn_out + scores + _alternate_matmuls_saved(model, s, b, t, e, moe_layer=moe_layer, etp=etp)
+    elif selective == MLA_UP_PROJ:
+        kept = full_layer - (qkv if model.mla is not None else 0.0)
     else:
         kept = full_layer - np.where(flash, 0.0, scores)
     recompute = np.asarray(recompute)

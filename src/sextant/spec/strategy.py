@@ -124,8 +124,9 @@ class Strategy(Spec):
     partition_activations: bool = False
     #: What ``recompute: selective`` recomputes (cost/layer.py ``SELECTIVE_RECOMPUTE``): the
     #: attention core (Megatron-LM) or every second matmul and all element-wise ops of a block
-    #: (TorchTitan's per-op selective activation checkpointing). A framework preset sets it.
-    selective_recompute: Literal["attention_core", "alternate_matmuls"] = "attention_core"
+    #: (TorchTitan's per-op selective activation checkpointing), or MLA's up-projections
+    #: (Megatron-Core's ``--recompute-modules mla_up_proj``). A framework preset or a run sets it.
+    selective_recompute: Literal["attention_core", "alternate_matmuls", "mla_up_proj"] = "attention_core"
     #: The query, key and value projections run as one GEMM, and an MLP's gate and up projections
     #: as one (Megatron-Core's ``linear_qkv`` and ``linear_fc1``); false: each its own GEMM, as in
     #: TorchTitan's and Hugging Face's Llama modules. A framework preset sets it.
