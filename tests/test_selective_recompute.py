@@ -92,3 +92,21 @@ def test_a_torchtitan_run_recomputes_more_and_keeps_less_than_megatrons_selectiv
     assert titan.hfu > titan.mfu
     assert any("per-op policy" in a for a in titan.assumptions)
     assert not any("per-op policy" in a for a in megatron.assumptions)
+
+
+def test_mla_up_projection_recompute_keeps_the_latents_not_the_expanded_heads() -> None:
+    """Megatron-Core's mla_up_proj: MLA's expanded queries, keys and values are not kept, and
+    their up-projections run again in the backward; a model without MLA recomputes nothing."""
+    from sextant.cost.layer import mla_up_proj_share
+
+    ds, llama = get_model("deepseek-v3"), get_model("llama-3.1-8b")
+    kw = dict(flash=True, dropout=False)
+    none = float(layer_activation_bytes(ds, 1, 4096, 2, True, 0, **kw))
+    up = float(layer_activation_bytes(ds, 1, 4096, 2, True, 1, selective="mla_up_proj", **kw))
+    qk = ds.mla.qk_nope_head_dim + ds.mla.qk_rope_head_dim
+    expanded = 2.0 * 4096 * ds.num_heads * (2 * qk + ds.mla.v_head_dim) / 2
+    assert none - up == pytest.approx(expanded)
+    assert float(layer_activation_bytes(llama, 1, 4096, 1, False, 1, selective="mla_up_proj", **kw)) == \
+        pytest.approx(float(layer_activation_bytes(llama, 1, 4096, 1, False, 0, **kw)))
+    assert 0.0 < mla_up_proj_share(ds, 2) < 1.0 and mla_up_proj_share(llama, 1) == 0.0
+    assert np.isfinite(none)
