@@ -137,7 +137,7 @@ def test_the_kv_ledger_is_predicted_within_three_percent_at_the_median() -> None
 
     report = cross_validate_kv()
     assert len(report.rows) >= 10 and len({r.group for r in report.rows}) >= 5
-    assert report.median < 0.03
+    assert report.as_shipped.median < 0.03
     # the fitted engine parameters are what the presets ship (scripts/fit_kv_capacity.py)
     for preset, values in report.fitted.items():
         for name, value in values.items():

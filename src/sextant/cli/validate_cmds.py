@@ -64,6 +64,7 @@ def validate_all_cmd(
     table.add_row("memory (peak per GPU)", str(m.rows), f"{m.median:.1%}",
                   f"{m.max_id} ({m.max:.1%}); out of memory {memory.oom_predicted} of {memory.oom_runs} predicted",
                   "sextant validate memory")
-    table.add_row("memory (KV-cache capacity)", str(len(kv.rows)), f"{kv.median:.1%}",
-                  f"{kv.max_id} ({kv.max:.1%}); held out by source {kv.held_out_median:.1%}", "sextant validate memory")
+    table.add_row("memory (KV-cache capacity)", str(len(kv.rows)), f"{kv.as_shipped.median:.1%}",
+                  f"{kv.as_shipped.max_id} ({kv.as_shipped.max:.1%}); held out by source {kv.held_out.median:.1%}",
+                  "sextant validate memory")
     report_console().print(table)

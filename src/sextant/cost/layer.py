@@ -151,15 +151,15 @@ def matmul_chain(model: ModelSpec, t, *, moe_layer: bool = False) -> list[tuple]
 
 
 def mla_up_proj_share(model: ModelSpec, t, *, fused: bool = True):
-    """The share of the attention projections' FLOPs in MLA's up-projections (the query's and
-    the keys' and values' from their latents, :func:`attention_matmuls`); zero without MLA."""
+    """The share of the attention projections' FLOPs (:func:`attention_matmuls`) in MLA's
+    up-projections: the query's from its latent and the keys' and values' from theirs; zero
+    without MLA."""
     if model.mla is None:
         return 0.0
-    chain = attention_matmuls(model, t, fused=fused)
-    work = [np.asarray(k, float) * n for k, n in chain]
-    m = model.mla
-    up = [i for i, (k, _) in enumerate(chain) if k in (m.q_lora_rank, m.kv_lora_rank) and k]
-    return sum(work[i] for i in up) / sum(work)
+    m, a = model.mla, model.num_heads
+    up = (m.q_lora_rank * a * (m.qk_nope_head_dim + m.qk_rope_head_dim) / t
+          + m.kv_lora_rank * a * (m.qk_nope_head_dim + m.v_head_dim) / t)
+    return up / sum(np.asarray(k, float) * n for k, n in attention_matmuls(model, t, fused=fused))
 
 
 def alternate_recomputed_share(model: ModelSpec, t, *, moe_layer: bool = False):

@@ -13,19 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
+from sextant.catalog.frameworks import get_serving_framework
 from sextant.serve.deploy import deploy_scenario
-from sextant.spec.base import Spec
 from sextant.spec.serving import ServeScenario, parse_serve_scenario
-from sextant.validate.ledger import load_rows
+from sextant.validate.ledger import CitedRow, load_rows
+from sextant.validate.reports import NamedErrorSummary
 
 
-class KVRow(Spec):
-    id: str
-    source: str
-    url: str | None = None
-    source_key: str | None = None
+class KVRow(CitedRow):
+    """An engine's logged KV-cache capacity with its model, GPU and memory settings."""
+
     framework: str
     model: str
     gpu: str
@@ -37,11 +37,6 @@ class KVRow(Spec):
     measured_tokens: int = Field(gt=0)
     measured_split_gib: dict[str, float] = {}
     quote: str = ""
-    assumptions: list[str] = []
-
-    @property
-    def group(self) -> str:
-        return self.source_key or self.id.rstrip("0123456789")
 
     def scenario(self, scheduler_overrides: dict[str, Any] | None = None) -> ServeScenario:
         hardware: dict[str, Any] = {"gpu": self.gpu, "gpus": self.tp}
@@ -120,32 +115,19 @@ def _linearize(row: KVRow) -> _Linear:
 
 def fit_engine(lines: list[_Linear], params: tuple[str, ...], prior: dict[str, float]) -> dict[str, float]:
     """Least squares on the relative error of the rows' tokens, each parameter within BOUNDS; the
-    prior where no row is left. Parameters a source cannot separate (one row) keep the prior."""
-    import numpy as np
-
+    prior where the rows left do not determine the parameters (none left, or too few)."""
     params = tuple(p for p in params if any(ln.slopes[p] for ln in lines))
-    if not lines or not params:
+    if not params:
         return dict(prior)
     a = np.array([[ln.slopes[p] / ln.measured for p in params] for ln in lines])
     b = np.array([1.0 - ln.base / ln.measured for ln in lines])
-    if len(lines) < len(params) or np.linalg.matrix_rank(a) < len(params):
-        free = [p for p in params if p == "runtime_gib"]
-        if not free:
-            return dict(prior)
-        fixed = {p: prior[p] for p in params if p not in free}
-        b = b - np.array([sum(ln.slopes[p] * v for p, v in fixed.items()) / ln.measured for ln in lines])
-        a, params = a[:, [list(params).index(p) for p in free]], tuple(free)
-        values = dict(fixed)
-    else:
-        values = {}
+    if np.linalg.matrix_rank(a) < len(params):
+        return dict(prior)
     x, *_ = np.linalg.lstsq(a, b, rcond=None)
-    values.update({p: float(min(max(v, BOUNDS[p][0]), BOUNDS[p][1])) for p, v in zip(params, x)})
-    return {**prior, **values}
+    return {**prior, **{p: float(min(max(v, BOUNDS[p][0]), BOUNDS[p][1])) for p, v in zip(params, x)}}
 
 
 def _preset_values(framework: str) -> dict[str, float]:
-    from sextant.catalog.frameworks import get_serving_framework
-
     sched = get_serving_framework(framework).get("scheduler", {})
     return {p: float(sched.get(p, 0.0)) for p in FITTED.get(framework, ())}
 
@@ -155,21 +137,14 @@ class KVReport(BaseModel):
     #: Per preset: the values the preset ships and those fitted on every row now.
     shipped: dict[str, dict[str, float]]
     fitted: dict[str, dict[str, float]]
-    median: float
-    p90: float
-    max: float
-    max_id: str
-    held_out_median: float
-    held_out_p90: float
-    held_out_max: float
+    #: Every row as the presets ship, and with its preset's parameters fitted without its source.
+    as_shipped: NamedErrorSummary
+    held_out: NamedErrorSummary
 
 
 def cross_validate_kv(rows: list[KVRow] | None = None) -> KVReport:
     """Every row as the presets ship it, and each source's rows with its preset's parameters fitted
-    on the other sources' rows (the preset's shipped values where none is left)."""
-    import math
-    import statistics
-
+    on the other sources' rows (the parameters' priors where none is left)."""
     rows = load_kv_ledger() if rows is None else rows
     lines = [_linearize(r) for r in rows]
     shipped = {f: _preset_values(f) for f in sorted({r.framework for r in rows})}
@@ -182,14 +157,6 @@ def cross_validate_kv(rows: list[KVRow] | None = None) -> KVReport:
         held = fit_engine(others, params, {p: PRIORS[p] for p in params})
         results.append(KVRowResult(id=row.id, group=row.group, framework=row.framework, measured_tokens=row.measured_tokens,
                                    predicted_tokens=predicted_tokens(row), held_out_tokens=round(line.tokens(held))))
-
-    def stats(errors: list[tuple[str, float]]) -> tuple[float, float, float, str]:
-        ranked = sorted(abs(e) for _, e in errors)
-        worst = max(errors, key=lambda t: abs(t[1]))
-        return (statistics.median(ranked), ranked[min(len(ranked) - 1, math.ceil(0.9 * len(ranked)) - 1)],
-                abs(worst[1]), worst[0])
-
-    med, p90, mx, mx_id = stats([(r.id, r.error) for r in results])
-    hmed, hp90, hmx, _ = stats([(r.id, r.held_out_error) for r in results])
-    return KVReport(rows=results, shipped=shipped, fitted=fitted, median=med, p90=p90, max=mx, max_id=mx_id,
-                    held_out_median=hmed, held_out_p90=hp90, held_out_max=hmx)
+    return KVReport(rows=results, shipped=shipped, fitted=fitted,
+                    as_shipped=NamedErrorSummary.of_errors([(r.id, r.error) for r in results]),
+                    held_out=NamedErrorSummary.of_errors([(r.id, r.held_out_error) for r in results]))

@@ -27,18 +27,13 @@ Metric = Literal["step_time_s", "megatron_tflops_per_gpu", "model_tflops_per_gpu
                  "zero_infinity_tflops_per_gpu", "fits", "min_gpus_without_offload"]
 
 
-class PublishedRow(Spec):
-    """What every ledger row states: the published figure, where it comes from, the hardware
-    and framework it ran on, and what was assumed where the source is silent."""
+class CitedRow(Spec):
+    """What every row of every ledger states: where it comes from, and what was assumed where
+    the source is silent."""
 
     id: str
     source: str
     url: str | None = None
-    model: str
-    gpu: str
-    gpus: int = Field(gt=0)
-    framework: str
-    published: float = Field(gt=0)
     assumptions: list[str] = []
     notes: str = ""
     #: Rows (and sweeps) with one key come from one independent source (a paper, a team's
@@ -48,6 +43,16 @@ class PublishedRow(Spec):
     @property
     def group(self) -> str:
         return self.source_key or self.id.rstrip("0123456789")
+
+
+class PublishedRow(CitedRow):
+    """A published figure with the hardware and framework it ran on."""
+
+    model: str
+    gpu: str
+    gpus: int = Field(gt=0)
+    framework: str
+    published: float = Field(gt=0)
 
 
 class LedgerRow(PublishedRow):

@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field, model_validator
 from sextant.catalog.models import get_model
 from sextant.cost.memory import ALLOCATOR_OVERHEAD, RUNTIME_RESERVED_BYTES
 from sextant.resolve.framework import framework_family
-from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario
 from sextant.train.predict import build_context
 from sextant.train.step import ALLOCATED_PARTS, PEAK_COUNTERS, evaluate
 from sextant.units import GiB
-from sextant.validate.ledger import load_rows, scenario_of
+from sextant.validate.ledger import CitedRow, load_rows, scenario_of
+from sextant.validate.reports import NamedErrorSummary
 from sextant.validate.sweep import load_sweeps
 
 Counter = Literal["allocated", "reserved", "device"]
@@ -46,13 +46,9 @@ FRAGMENTATION_BOUNDS = (0.0, 0.25)
 RUNTIME_GIB_BOUNDS = (0.3, 4.0)
 
 
-class MemoryRow(Spec):
+class MemoryRow(CitedRow):
     """One measured peak (or out-of-memory run) with its configuration and citation."""
 
-    id: str
-    source: str
-    url: str | None = None
-    source_key: str | None = None
     model: str
     model_overrides: dict[str, Any] = {}
     gpu: str
@@ -72,8 +68,6 @@ class MemoryRow(Spec):
     reserved_gib: float | None = Field(default=None, gt=0)
     oom: bool = False
     quote: str = ""
-    assumptions: list[str] = []
-    notes: str = ""
 
     @model_validator(mode="after")
     def _measured(self) -> MemoryRow:
@@ -82,10 +76,6 @@ class MemoryRow(Spec):
         if self.reserved_gib is not None and (self.counter != "allocated" or self.reserved_gib < self.peak_gib):
             raise ValueError("reserved_gib goes with an allocated peak and is at least that peak")
         return self
-
-    @property
-    def group(self) -> str:
-        return self.source_key or self.id.rstrip("0123456789")
 
     def scenario(self) -> TrainScenario:
         model: Any = self.model
@@ -216,37 +206,22 @@ class MemoryRowResult(_Measured):
         return None if self.measured_gib is None else self.fitted_gib / self.measured_gib - 1.0
 
 
-class MemorySummary(BaseModel):
-    rows: int
-    median: float
-    p90: float
-    max: float
-    max_id: str
-
-
 class MemoryReport(BaseModel):
     rows: list[MemoryRowResult]
     #: The model as shipped (nothing fitted on these rows), per source as well.
-    shipped: MemorySummary
-    by_group: dict[str, MemorySummary]
+    shipped: NamedErrorSummary
+    by_group: dict[str, NamedErrorSummary]
     #: Diagnostic: the two global parameters fitted on every row, their in-sample error, and the
     #: error of each source's rows with the values fitted without that source.
     parameters: MemoryParameters
-    fitted_in_sample: MemorySummary
-    fitted_held_out: MemorySummary
+    fitted_in_sample: NamedErrorSummary
+    fitted_held_out: NamedErrorSummary
     #: Runs that ran out of memory / that ran, and how many of each the shipped model classifies
     #: right (the device counter above the GPU's capacity: does not fit).
     oom_runs: int
     oom_predicted: int
     ran_runs: int
     ran_predicted_to_fit: int
-
-
-def _summary(pairs: list[tuple[str, float]]) -> MemorySummary:
-    errors = sorted(abs(e) for _, e in pairs)
-    worst = max(pairs, key=lambda p: abs(p[1]))
-    p90 = errors[min(len(errors) - 1, math.ceil(0.9 * len(errors)) - 1)]
-    return MemorySummary(rows=len(pairs), median=statistics.median(errors), p90=p90, max=abs(worst[1]), max_id=worst[0])
 
 
 def cross_validate_memory(obs: list[Observation]) -> MemoryReport:
@@ -262,12 +237,12 @@ def cross_validate_memory(obs: list[Observation]) -> MemoryReport:
     oom = [r for r in results if r.oom]
     ran = [r for r in results if not r.oom]
     return MemoryReport(
-        rows=results, shipped=_summary([(r.id, r.error) for r in measured]),  # type: ignore[misc]
-        by_group={g: _summary([(r.id, r.error) for r in measured if r.group == g])  # type: ignore[misc]
+        rows=results, shipped=NamedErrorSummary.of_errors([(r.id, r.error) for r in measured]),  # type: ignore[misc]
+        by_group={g: NamedErrorSummary.of_errors([(r.id, r.error) for r in measured if r.group == g])  # type: ignore[misc]
                   for g in sorted({r.group for r in measured})},
         parameters=fitted,
-        fitted_in_sample=_summary([(r.id, r.fitted_error) for r in measured]),  # type: ignore[misc]
-        fitted_held_out=_summary([(r.id, r.held_out_error) for r in measured]),  # type: ignore[misc]
+        fitted_in_sample=NamedErrorSummary.of_errors([(r.id, r.fitted_error) for r in measured]),  # type: ignore[misc]
+        fitted_held_out=NamedErrorSummary.of_errors([(r.id, r.held_out_error) for r in measured]),  # type: ignore[misc]
         oom_runs=len(oom), oom_predicted=sum(not r.predicted_fits for r in oom),
         ran_runs=len(ran), ran_predicted_to_fit=sum(r.predicted_fits for r in ran))
 

@@ -35,6 +35,18 @@ class ErrorSummary(BaseModel):
         return cls(rows=len(apes), median=statistics.median(apes), p90=float(np.percentile(apes, 90)), max=max(apes))
 
 
+class NamedErrorSummary(ErrorSummary):
+    """An :class:`ErrorSummary` of signed relative errors that names its worst row."""
+
+    max_id: str
+
+    @classmethod
+    def of_errors(cls, errors: list[tuple[str, float]]) -> NamedErrorSummary:
+        """From (row id, signed relative error) pairs: medians and p90 of their magnitudes."""
+        worst_id, _ = max(errors, key=lambda e: abs(e[1]))
+        return cls(**ErrorSummary.of([abs(e) for _, e in errors]).model_dump(), max_id=worst_id)
+
+
 class RegimeSummary(BaseModel):
     regime: str
     value: str
