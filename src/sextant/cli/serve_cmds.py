@@ -263,6 +263,65 @@ def validate_serve_cmd(
     print_serve_report(validate_serving(ledger), "serving ledger", as_json)
 
 
+def validate_serve_latency_cmd(
+    as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the tables."),
+    ledger: Optional[Path] = Opt(None, help="Ledger YAML (default: the built-in serving-latency ledger)."),
+    rows: Optional[str] = Opt(None, "--rows", help="Only these row ids, comma-separated (e.g. IS16,GS1)."),
+) -> None:
+    """Replay every published run of the serving-latency ledger (rates, stages, shared prompts,
+    closed loops) and compare TTFT, ITL/TPOT and end-to-end latency per load stage."""
+    from rich.console import Console
+
+    from sextant.cli.render import listing, search_progress
+    from sextant.validate.serve_latency import load_fit_record, validate_serving_latency
+
+    ids = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    with search_progress(Console(stderr=True), "replaying the serving-latency ledger", quiet=as_json) as bar:
+        task = bar.add_task("rows", total=None)
+        report = validate_serving_latency(ledger, ids=ids,
+                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    record = load_fit_record()
+    if as_json:
+        typer.echo(json.dumps({**report.model_dump(), "cross_validation": record}, indent=2))
+        return
+    console = report_console()
+    table = Table(title="serving latency: predicted vs measured, per load stage", title_justify="left")
+    for col, justify in (("id", "left"), ("stage", "right"), ("model", "left"), ("gpu", "left"),
+                         ("TTFT ms", "right"), ("ITL/TPOT ms", "right"), ("e2e ms", "right"), ("kept up", "left")):
+        table.add_column(col, justify=justify)
+
+    def cell(s, key: str) -> str:
+        if key not in s.measured:
+            return "-"
+        text = f"{s.measured[key]:.4g} / {s.predicted[key]:.4g}"
+        err = s.errors.get(key)
+        if err is None:
+            return text
+        style = "red" if abs(err) > 0.25 else ("yellow" if abs(err) > 0.10 else "")
+        return f"{text} [{style}]{err:+.0%}[/{style}]" if style else f"{text} {err:+.0%}"
+
+    for s in report.stages:
+        decode = "itl_mean_ms" if "itl_mean_ms" in s.measured else "tpot_mean_ms"
+        verdict = "yes" if s.kept_up else "no"
+        if s.kept_up != s.simulated_kept_up:
+            verdict += f" [red](simulated {'yes' if s.simulated_kept_up else 'no'})[/red]"
+        table.add_row(s.id, str(s.stage), s.regime.get("model", ""), s.regime["gpu"], cell(s, "ttft_mean_ms"),
+                      cell(s, decode), cell(s, "e2e_mean_ms"), verdict)
+    console.print(table)
+    summary = listing("errors by metric (stages that kept up; as shipped)", ("metric", "values", "median", "p90",
+                                                                             "worst"), text={"metric", "worst"})
+    for name, f in report.families.items():
+        summary.add_row(name, str(f.rows), f"{f.median:.1%}", f"{f.p90:.1%}", f"{f.max_id} ({f.max:.0%})")
+    console.print(summary)
+    console.print(f"{report.rows} runs, {report.keep_up_stages} stages; kept up as measured in "
+                  f"{report.keep_up_agreement}/{report.keep_up_stages}; latency over-predicted in "
+                  f"{report.over_predicted:.0%} of values" + (f"; failed: {report.failed}" if report.failed else ""))
+    if record:
+        held = ", ".join(f"{k} {v['median']:.1%} (p90 {v['p90']:.1%})" for k, v in record["held_out"].items())
+        console.print(f"leave-one-source-out ({record['parameter']} refitted without each source by "
+                      f"scripts/fit_serving_latency.py): {held}")
+
+
 def print_serve_report(report, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report.model_dump(), indent=2))

@@ -44,7 +44,7 @@ detokenization) is the ``iteration_overhead_s`` of the layout, added to every it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from sextant.cost.layer import (
     _mlp_gemms,
     device_gemm,
     elementwise_bytes,
+    mlp_matmuls,
 )
 from sextant.cost.params import attention_qk_dim, attention_v_dim, count_params
 from sextant.spec.model import ModelSpec
@@ -156,7 +157,9 @@ def _moe_time(model: ModelSpec, lay: Layout, tokens) -> tuple[np.ndarray, np.nda
 
     Each of the ``ep`` ranks holds E/ep experts (their FFN split over the remaining tp/ep) and
     receives T k / ep token-expert pairs; only the experts some token picked are read, which is
-    what makes small decode batches cheaper than the whole expert set.
+    what makes small decode batches cheaper than the whole expert set. The experts of a layer run
+    as one grouped GEMM per projection (vLLM's and SGLang's fused_moe Triton kernel, TensorRT-LLM's
+    CUTLASS MoE GEMM), so a layer launches each projection once, not once per expert.
     """
     moe = model.moe
     assert moe is not None
@@ -166,7 +169,9 @@ def _moe_time(model: ModelSpec, lay: Layout, tokens) -> tuple[np.ndarray, np.nda
     pairs = tokens * moe.top_k / ep
     touched = np.clip(expected_experts_touched(moe.num_experts, moe.top_k, tokens) / ep, 1e-9, local)
     router = device_gemm(tokens, moe.num_experts, h, dev)
-    experts, _ = _mlp_gemms(model, pairs / touched, moe.expert_ffn_hidden_size, ffn_split, dev, count=touched)
+    grouped = replace(dev, profile=dev.profile.model_copy(update={"kernel_overhead_s": 0.0}))
+    experts, _ = _mlp_gemms(model, pairs / touched, moe.expert_ffn_hidden_size, ffn_split, grouped, count=touched)
+    experts = experts + len(mlp_matmuls(model, moe.expert_ffn_hidden_size, ffn_split)) * dev.profile.kernel_overhead_s
     shared = 0.0
     if moe.num_shared_experts:
         shared, _ = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, lay.tp, dev)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sextant.serve.iteration import DecodeSteps, IterationCost
+from sextant.serve.prefix_cache import PrefixCache
 
 WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
 #: Fraction of KV blocks vLLM keeps free when admitting prompts (``watermark``, 1%).
@@ -60,6 +61,12 @@ class RequestTable:
     c0: list[int] = field(default_factory=list)
     d0: list[int] = field(default_factory=list)
     epoch: list[int] = field(default_factory=list)
+    #: Shared-prefix group of each request (-1: none) and the prefix's length in tokens.
+    group: list[int] = field(default_factory=list)
+    prefix_tokens: int = 0
+    #: Which repeated whole prompt each request sends (-1: a prompt of its own).
+    prompt: list[int] = field(default_factory=list)
+    shared: list[int] = field(default_factory=list)  # KV blocks reused from the prefix cache
     preemptions: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +81,9 @@ class RequestTable:
         self.c0 = [0] * n
         self.d0 = [0] * n
         self.epoch = [0] * n
+        self.group = list(self.group) if self.group else [-1] * n
+        self.prompt = list(self.prompt) if self.prompt else [-1] * n
+        self.shared = [0] * n
 
 
 @dataclass
@@ -89,6 +99,10 @@ class EngineConfig:
     swap_s_per_token: float  # seconds to move one token's KV over PCIe
     role: str = "both"  # both | prefill | decode
     tokens_per_step: float = 1.0  # > 1 with speculative decoding (expected accepted + bonus)
+    prefix_caching: bool = False  # reuse the full KV blocks of a shared prompt prefix
+    #: The scheduler plans iteration N + 1 while iteration N runs (vLLM V1's async scheduling,
+    #: SGLang's overlap scheduler): a request that arrives during N joins N + 2 at the earliest.
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -125,6 +139,12 @@ class Engine:
         self.iterations = 0
         self.trace = trace
         self._plan: tuple | None = None
+        self._cutoff = math.inf
+        #: Shared prefixes and repeated prompts whose KV blocks outlive their requests.
+        self.prefix = PrefixCache(req, cfg.block_size, cfg.prefix_caching)
+        #: Start of the last iteration planned while busy (None when idle): with async
+        #: scheduling, the moment the next iteration's batch was chosen.
+        self.last_start: float | None = None
 
     # ---- queue ----------------------------------------------------------------------------
     def enqueue(self, rid: int) -> None:
@@ -146,6 +166,7 @@ class Engine:
         used = self.cfg.capacity_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
+        self.prefix.shrink_to(self.free)
 
     def _steps_left(self, rid: int) -> int:
         g = self.cfg.tokens_per_step
@@ -184,7 +205,7 @@ class Engine:
             self.free += r.held[rid]
         else:
             self.phase[(d0 + 1 - c0) % self.cfg.block_size] -= 1
-            self.free += self._blocks(c0 + g * (steps_done - d0))
+            self.free += self._blocks(c0 + g * (steps_done - d0)) - r.shared[rid]
         r.held[rid] = 0
         r.gen[rid] = min(r.out[rid], r.gen[rid] + int(round(g * (steps_done - d0))))
 
@@ -205,7 +226,7 @@ class Engine:
                 tokens = r.c0[rid] + self.cfg.tokens_per_step * (self.D - r.d0[rid])
                 self._leave_decode(rid, self.D)
                 r.preemptions += 1
-                blocks = self._blocks(tokens)
+                blocks = self._blocks(tokens) - r.shared[rid]
                 if self.cfg.preemption == "swap" and blocks <= self.swap_free:
                     self.swap_free -= blocks
                     r.state[rid] = SWAPPED
@@ -229,6 +250,7 @@ class Engine:
         r.state[rid] = WAITING
         r.target[rid] = r.inp[rid] + r.gen[rid]
         r.done[rid] = 0
+        r.shared[rid] = 0
         self.waiting.appendleft(rid)
 
     def _swap_in(self, now: float) -> float:
@@ -281,6 +303,8 @@ class Engine:
         could use to swap in or admit, so it is planned alone."""
         cfg, r, cost = self.cfg, self.req, self.cost
         preemptions = r.preemptions
+        # Async scheduling: this iteration's batch was chosen when the previous one started.
+        self._cutoff = self.last_start if cfg.async_scheduling and self.last_start is not None else math.inf
         extra = self._swap_in(now) if cfg.role != "prefill" else 0.0
         if cfg.role == "decode":
             self._admit_ready(now)
@@ -301,8 +325,9 @@ class Engine:
                 swap_s += self._reserve_decode_blocks()
                 decode = self.n_dec > 0
         if not chunks and not decode:
-            self._plan = None
-            return None if swap_s == 0.0 else self._idle_swap(now, swap_s)
+            return self._without_compute(now, swap_s)
+        if self.waiting and r.arrival[self.waiting[0]] > self._cutoff:
+            horizon = now  # a request waits for the next batch: plan one iteration
         if (decode and not chunks and swap_s == 0.0 and r.preemptions == preemptions and cost.speculation is None
                 and not cost.on_host):
             return self._decode_run(now, horizon)
@@ -332,11 +357,12 @@ class Engine:
                                            self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
                                            prefill_tokens + n_dec, cached, draft_s)
         attention -= moved
-        host = cost.host(device)
+        host = cost.host(device, graphed=cost.graphed(dec_tokens + prefill_tokens))
         duration = device + host
         self._account(gemm, ew, comm, attention, host, wait)
         self.iterations += 1
         self._plan = ("step", int(decode), chunks)
+        self.last_start = now
         if self.trace is not None:
             self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
         return now + duration
@@ -376,10 +402,25 @@ class Engine:
                 self._use(int(later[:steps - 1].sum()))
             self._account_steps(it, steps)
             end = float(ends[steps - 1])
+            self.last_start = float(ends[steps - 2]) if steps > 1 else now
         self._plan = ("step", steps, [])
+        if steps == 1:
+            self.last_start = now
         if self.trace is not None:
             self.trace.append(Iteration(now, one.duration, n, 0, 0))
         return end
+
+    def _without_compute(self, now: float, swap_s: float) -> float | None:
+        """An iteration with nothing to compute: swaps only, a new choice of batch for requests
+        that arrived after this one was chosen (async scheduling), or idle (None)."""
+        self._plan = None
+        if swap_s == 0.0 and self.waiting and self.req.arrival[self.waiting[0]] > self._cutoff:
+            self.last_start = now
+            return self._idle_swap(now, 0.0)
+        if swap_s == 0.0:
+            self.last_start = None
+            return None
+        return self._idle_swap(now, swap_s)
 
     def _idle_swap(self, now: float, seconds: float) -> float:
         self._plan = ("swap",)
@@ -414,21 +455,26 @@ class Engine:
         watermark = self._watermark()
         while self.waiting and budget > 0 and running < cfg.max_batch:
             rid = self.waiting[0]
+            if r.arrival[rid] > self._cutoff:
+                break
             target = r.target[rid]
-            c = min(target, budget) if chunked else target
+            hit = self.prefix.hit(rid)
+            c = min(target - hit, budget) if chunked else target - hit
             if c > budget:
                 break
+            shared = hit // cfg.block_size
             if cfg.reserve:
-                need = self._blocks(r.inp[rid] + r.out[rid])
+                need = self._blocks(r.inp[rid] + r.out[rid]) - shared
             else:
-                need = self._blocks(c)
+                need = self._blocks(hit + c) - shared
             if need > self.free - (watermark if running else 0):
                 break
             self.waiting.popleft()
             self._use(need)
             r.held[rid] = need
             r.state[rid] = PREFILLING
-            r.done[rid] = 0
+            r.done[rid] = hit
+            r.shared[rid] = shared
             self.prefilling.append(rid)
             self.running_stack.append(rid)
             chunks.append((rid, c))
@@ -474,6 +520,8 @@ class Engine:
             if r.done[rid] < r.target[rid]:
                 continue
             self.prefilling.remove(rid)
+            self.prefix.add(rid)
+            self.prefix.shrink_to(self.free)
             if r.first[rid] < 0:
                 r.first[rid] = end
             r.gen[rid] += 1
@@ -488,7 +536,8 @@ class Engine:
                 # The prompt's blocks now belong to the decode accounting.
                 r.held[rid] = 0
             if self._enter_decode(rid):
-                self.free += r.held[rid] if self.cfg.reserve else self._blocks(r.inp[rid] + r.gen[rid] - 1)
+                self.free += (r.held[rid] if self.cfg.reserve
+                              else self._blocks(r.inp[rid] + r.gen[rid] - 1) - r.shared[rid])
                 r.held[rid] = 0
                 self._finish(rid, end)
         return handoff

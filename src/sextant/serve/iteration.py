@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,36 @@ def _token_table(model: ModelSpec, lay: Layout) -> dict[int, list[tuple[float, f
     return table
 
 
+def cuda_graph_sizes(max_tokens: int) -> list[int]:
+    """Batch sizes (tokens) an engine captures CUDA graphs for, up to ``max_tokens``: vLLM V1's
+    default list, 1, 2, 4, then multiples of 8 below 256 and of 16 from 256 (vllm/config,
+    ``cudagraph_capture_sizes``), ending at ``max_tokens`` itself."""
+    sizes = [s for s in [1, 2, 4, *range(8, 256, 8), *range(256, max_tokens + 1, 16)] if s <= max_tokens]
+    if not sizes or sizes[-1] != max_tokens:
+        sizes.append(max_tokens)
+    return sizes
+
+
+def graph_padding(max_tokens: int) -> list[int]:
+    """For each token count 0..max_tokens, the captured size its batch is padded to."""
+    padded = [0] * (max_tokens + 1)
+    low = 1
+    for size in cuda_graph_sizes(max_tokens):
+        padded[low:size + 1] = [size] * (size + 1 - low)
+        low = size + 1
+    return padded
+
+
+def graphed(lay: Layout) -> Layout:
+    """The layout as a replayed CUDA graph runs it: each kernel costs the profile's
+    ``graph_kernel_overhead_s`` beyond its work instead of an eager launch."""
+    profile = lay.dev.profile
+    if profile.kernel_overhead_s == profile.graph_kernel_overhead_s:
+        return lay
+    dev = replace(lay.dev, profile=profile.model_copy(update={"kernel_overhead_s": profile.graph_kernel_overhead_s}))
+    return replace(lay, dev=dev)
+
+
 class IterationCost:
     """Seconds of an iteration from its token count, sampled sequences and attention work, by
     part; built from the shared cost functions of :mod:`sextant.cost.inference` (tabulated)."""
@@ -49,7 +79,7 @@ class IterationCost:
 
     def __init__(self, model: ModelSpec, lay: Layout, max_seqs: int,  # noqa: PLR0913
                  stream: Streaming | None = None, on_host: bool = False,
-                 speculation: Speculation | None = None) -> None:
+                 speculation: Speculation | None = None, graph_max_tokens: int = 0) -> None:
         self.model, self.lay, self.stream = model, lay, stream
         #: Speculative decoding: a draft proposes tokens for this model to verify.
         self.speculation = speculation
@@ -69,19 +99,29 @@ class IterationCost:
         self.on_host = on_host
         self.iteration_overhead_s = lay.iteration_overhead_s
         self.has_table = lay.dev.attention_table is not None
+        #: CUDA graphs: iterations of up to ``graph_max_tokens`` tokens run their GEMMs and
+        #: element-wise kernels from a captured graph, padded to a captured size; decode-only ones
+        #: their attention too. Speculative and host-run models stay eager.
+        self.graph_max_tokens = graph_max_tokens if speculation is None and not on_host else 0
+        if self.graph_max_tokens:
+            glay = graphed(lay)
+            self._graph_lay = glay
+            self._graph_blocks = _token_table(model, glay)
+            self._graph_pad = graph_padding(self.graph_max_tokens)
+            self.graph_launch_s = attention_rates(model, glay).launch_s
+
+    def graphed(self, tokens: int) -> bool:
+        """Whether an iteration over ``tokens`` tokens replays a captured CUDA graph."""
+        return 0 < tokens <= self.graph_max_tokens
 
     def token_parts(self, tokens: int) -> tuple[float, float, float]:
-        """(GEMM, element-wise, communication) seconds of an iteration over ``tokens`` tokens."""
+        """(GEMM, element-wise, communication) seconds of an iteration over ``tokens`` tokens;
+        from a CUDA graph of the padded size where one is captured."""
         if tokens <= 0:
             return 0.0, 0.0, 0.0
-        block, i = divmod(tokens - 1, TABLE_BLOCK)
-        rows = self._blocks.get(block)
-        if rows is None:
-            counts = np.arange(block * TABLE_BLOCK + 1, (block + 1) * TABLE_BLOCK + 1, dtype=float)
-            parts = token_time(self.model, self.lay, counts, 0.0)
-            rows = list(zip(parts["gemm"].tolist(), parts["elementwise"].tolist(), parts["communication"].tolist()))
-            self._blocks[block] = rows
-        return rows[i]
+        if tokens <= self.graph_max_tokens:
+            return _lookup(self._graph_blocks, self.model, self._graph_lay, self._graph_pad[tokens])
+        return _lookup(self._blocks, self.model, self.lay, tokens)
 
     def head(self, sequences: int) -> float:
         if sequences < len(self._head):
@@ -96,15 +136,18 @@ class IterationCost:
         pairs = new * cached + 0.5 * new * new
         return max(r.pair_s / ratio * pairs, r.kv_read_s * cached) + r.write_s * new
 
-    def host(self, device_s, top=max):
-        """Host seconds an iteration adds to ``device_s`` (a float, or an array with ``np.maximum``)."""
+    def host(self, device_s, top=max, graphed: bool = False):
+        """Host seconds an iteration adds to ``device_s`` (a float, or an array with ``np.maximum``);
+        a replayed CUDA graph issues no layer from the host, only the engine's own work."""
+        if graphed and not self.host_sync:
+            return self.iteration_overhead_s
         added = self.host_s if self.host_sync else top(self.host_s - device_s, 0.0)
         return added + self.iteration_overhead_s
 
-    def decode_attention(self, context, seqs: int):
+    def decode_attention(self, context, seqs: int, graphed: bool = False):
         """Seconds of decode attention over ``context`` cached tokens in all for ``seqs`` sequences
-        (each writing one token's keys and values), with its kernel launch."""
-        return self.decode_per_ctx * context + self.write_s * seqs + self.launch_s
+        (each writing one token's keys and values), with its kernel launch (replayed in a graph)."""
+        return self.decode_per_ctx * context + self.write_s * seqs + (self.graph_launch_s if graphed else self.launch_s)
 
     def decode_work(self, seqs: int, context) -> tuple[float, float, int]:
         """(draft seconds, attention seconds, tokens this model processes) of the decode part of an
@@ -162,13 +205,28 @@ class IterationCost:
         top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
         tg, tew, tcomm = self.token_parts(seqs)
         gemm = tg + self.head(seqs)
-        attention = self.decode_attention(context, seqs)
+        graphed = self.graphed(seqs)
+        attention = self.decode_attention(context, seqs, graphed)
         device, moved, wait, busy = self.charge(gemm + tew + tcomm + attention, seqs, context, seqs, seqs, 0.0,
                                                 top=top, bottom=bottom)
         attention = attention - moved
-        host = self.host(device, top)
+        host = self.host(device, top, graphed)
         return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
                            attention=attention, host=host, wait=wait, busy=busy)
+
+
+def _lookup(blocks: dict[int, list[tuple[float, float, float]]], model: ModelSpec, lay: Layout,
+            tokens: int) -> tuple[float, float, float]:
+    """(GEMM, element-wise, communication) seconds over ``tokens`` tokens from a token table,
+    tabulating the block of TABLE_BLOCK counts that holds it the first time it is needed."""
+    block, i = divmod(tokens - 1, TABLE_BLOCK)
+    rows = blocks.get(block)
+    if rows is None:
+        counts = np.arange(block * TABLE_BLOCK + 1, (block + 1) * TABLE_BLOCK + 1, dtype=float)
+        parts = token_time(model, lay, counts, 0.0)
+        rows = list(zip(parts["gemm"].tolist(), parts["elementwise"].tolist(), parts["communication"].tolist()))
+        blocks[block] = rows
+    return rows[i]
 
 
 @dataclass(frozen=True)

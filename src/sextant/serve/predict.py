@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydantic import BaseModel
@@ -17,7 +17,7 @@ from sextant.serve.engine import EngineConfig
 from sextant.serve.iteration import IterationCost, Speculation
 from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
-from sextant.spec.serving import ServeScenario
+from sextant.spec.serving import Scheduler, ServeScenario
 from sextant.units import GB
 
 PART_LABELS = {
@@ -59,6 +59,20 @@ def _percentile(ordered: np.ndarray, q: float) -> float:
     return b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma
 
 
+class StageLatency(BaseModel):
+    """Latency of the requests that arrived during one load stage (as inference-perf reports
+    per stage)."""
+
+    stage: int
+    rate: float
+    requests: int
+    output_tokens_mean: float
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    e2e_ms: Percentiles
+    itl_mean_ms: float
+
+
 class ServeResult(BaseModel):
     model: str
     gpu: str
@@ -88,6 +102,9 @@ class ServeResult(BaseModel):
     ttft_ms: Percentiles
     tpot_ms: Percentiles
     e2e_ms: Percentiles
+    #: Mean inter-token latency weighted by tokens: all decode time over all tokens after the
+    #: first (vLLM's benchmark "Mean ITL"; TPOT's mean weighs every request alike instead).
+    itl_mean_ms: float = 0.0
     slo_attainment: float
     goodput_requests_per_s: float
     kv_cache_peak_fraction: float
@@ -109,6 +126,8 @@ class ServeResult(BaseModel):
     #: Whether the hardware profile was fitted to measured runs of this GPU.
     profile_fitted: bool = False
     assumptions: list[str]
+    #: Per load stage, when the workload runs in stages.
+    stages: list[StageLatency] = []
 
 
 def _gpu_seconds_label(parts: dict[str, float]) -> str:
@@ -134,14 +153,24 @@ def engine_config(res: Deployment, role: str) -> tuple[EngineConfig, IterationCo
         speculation = Speculation(IterationCost(ctx.draft_model, ctx.draft_layout, sched.max_batch), spec.num_tokens,
                                   spec.acceptance_rate)
     cost = IterationCost(ctx.model, inst.layout, sched.max_batch * ((spec.num_tokens + 1) if spec else 1),
-                         stream=inst.offload.stream, on_host=inst.offload.target_on_cpu, speculation=speculation)
+                         stream=inst.offload.stream, on_host=inst.offload.target_on_cpu, speculation=speculation,
+                         graph_max_tokens=graph_max_tokens(sched))
     cfg = EngineConfig(
         batching=sched.batching, max_batch=sched.max_batch, token_budget=res.token_budget,
         block_size=sched.block_size, capacity_blocks=inst.kv_capacity_blocks, reserve=engine_reserve(ctx.scenario),
         preemption=sched.preemption, swap_blocks=swap_blocks, swap_s_per_token=swap_s_per_token, role=role,
         tokens_per_step=speculation.tokens_per_step if speculation else 1.0,
+        prefix_caching=sched.prefix_caching, async_scheduling=sched.async_scheduling,
     )
     return cfg, cost
+
+
+def graph_max_tokens(sched: Scheduler) -> int:
+    """Largest batch (tokens) that replays a CUDA graph; 0 when the engine runs eagerly. vLLM V1
+    captures up to min(2 x max_num_seqs, 512) by default (vllm/config/vllm.py)."""
+    if not sched.cuda_graphs:
+        return 0
+    return sched.cuda_graph_max_tokens or min(2 * sched.max_batch, 512)
 
 
 def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: bool = False,
@@ -172,6 +201,8 @@ def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: boo
     finish = np.asarray(out.table.finish)
     if (finish < 0).any():
         raise RuntimeError(f"{int((finish < 0).sum())} requests never finished (simulator bug)")
+    if requests.concurrency is not None:  # a closed loop sent each request when an earlier one finished
+        requests = replace(requests, arrival_s=np.asarray(out.table.arrival, float))
     return res, requests, out
 
 
@@ -185,6 +216,13 @@ class _Latencies:
     e2e: np.ndarray
     ok: np.ndarray
     span: float
+    decode: np.ndarray  # ms from first token to finish, every request
+
+    def itl_mean(self, outputs: np.ndarray, mask: np.ndarray | None = None) -> float:
+        """Token-weighted mean inter-token latency of the requests in ``mask`` (default all)."""
+        d, o = (self.decode, outputs) if mask is None else (self.decode[mask], outputs[mask])
+        gaps = float((o - 1).clip(min=0).sum())
+        return float(d.sum()) / gaps if gaps else 0.0
 
 
 def _latencies(sc: ServeScenario, requests: Requests, out: SimulationOutput) -> _Latencies:
@@ -202,7 +240,23 @@ def _latencies(sc: ServeScenario, requests: Requests, out: SimulationOutput) -> 
         tpot_all[multi] = tpot
         ok &= tpot_all <= sc.slo.tpot_ms
     span = max(float(finish.max()) - float(arrival.min()), 1e-12)
-    return _Latencies(ttft, tpot, (finish - arrival) * 1e3, ok, span)
+    return _Latencies(ttft, tpot, (finish - arrival) * 1e3, ok, span, (finish - first) * 1e3)
+
+
+def _stages(sc: ServeScenario, requests: Requests, lat: _Latencies) -> list[StageLatency]:
+    if requests.stage is None:
+        return []
+    multi = requests.output_tokens > 1
+    stage_of_multi = requests.stage[multi]
+    out = []
+    for i, stage in enumerate(sc.workload.stages):
+        mine = requests.stage == i
+        out.append(StageLatency(
+            stage=i, rate=stage.rate, requests=int(mine.sum()),
+            output_tokens_mean=float(requests.output_tokens[mine].mean()) if mine.any() else 0.0,
+            ttft_ms=Percentiles.of(lat.ttft[mine]), tpot_ms=Percentiles.of(lat.tpot[stage_of_multi == i]),
+            e2e_ms=Percentiles.of(lat.e2e[mine]), itl_mean_ms=lat.itl_mean(requests.output_tokens, mine)))
+    return out
 
 
 def _memory(res: Deployment) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -287,6 +341,7 @@ def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> Ser
         model_tflops_per_gpu=2.0 * count_params(res.model).active * float(
             requests.input_tokens.sum() + outputs.sum()) / span / gpus / 1e12,
         ttft_ms=Percentiles.of(lat.ttft), tpot_ms=Percentiles.of(lat.tpot), e2e_ms=Percentiles.of(lat.e2e),
+        itl_mean_ms=lat.itl_mean(requests.output_tokens),
         slo_attainment=float(lat.ok.mean()), goodput_requests_per_s=float(lat.ok.sum()) / span,
         kv_cache_peak_fraction=max(e.kv_peak_fraction() for e in engines),
         kv_cache_capacity_tokens=inst.kv_capacity_tokens,
@@ -295,6 +350,7 @@ def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> Ser
         binding_resource=max(busy, key=busy.get) if inst.offload.offloaded else "gpu",
         resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
         profile=res.profile.name, profile_fitted=res.profile.fitted, assumptions=_assumptions(res),
+        stages=_stages(sc, requests, lat),
     )
 
 

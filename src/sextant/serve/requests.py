@@ -35,9 +35,29 @@ class Requests:
     arrival_s: np.ndarray  # float64, non-decreasing
     input_tokens: np.ndarray  # int64 >= 1
     output_tokens: np.ndarray  # int64 >= 1
+    #: Load stage of each request (int64), when the workload runs in stages; else None.
+    stage: np.ndarray | None = None
+    #: Shared-prefix group of each request (int64), when prompts share prefixes; else None.
+    prefix_group: np.ndarray | None = None
+    #: Tokens of the shared prefix at the start of every prompt with a group.
+    prefix_tokens: int = 0
+    #: Which of the workload's repeated whole prompts each request sends (int64), when prompts
+    #: repeat; else None.
+    prompt_id: np.ndarray | None = None
+    #: Closed loop: requests in flight at once, each next one sent when one finishes (its
+    #: ``arrival_s`` is then set by the simulation); None: open loop at ``arrival_s``.
+    concurrency: int | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    def head(self, n: int) -> Requests:
+        """The first ``n`` requests."""
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[:n]
+
+        return Requests(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], cut(self.stage),
+                        cut(self.prefix_group), self.prefix_tokens, cut(self.prompt_id), self.concurrency)
 
     @property
     def offline(self) -> bool:
@@ -66,19 +86,69 @@ def _lengths(spec: int | LengthSpec, n: int, rng: np.random.Generator, name: str
     return np.clip(np.rint(x), spec.min, hi).astype(np.int64)
 
 
+#: Most requests a synthetic workload may generate (a million-request trace simulates in about
+#: a minute; more is a typo, not a study).
+MAX_SYNTHETIC_REQUESTS = 10_000_000
+
+
+def _gaps(workload: ServeWorkload, rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Seconds between ``n`` arrivals at ``rate``: evenly spaced (constant), exponential
+    (Poisson) or gamma with shape ``burstiness``."""
+    if workload.arrival == "constant":
+        return np.full(n, 1.0 / rate)
+    shape = 1.0 if workload.arrival == "poisson" else workload.burstiness
+    return rng.gamma(shape, 1.0 / (shape * rate), n)
+
+
+def request_count(workload: ServeWorkload) -> int:
+    """Requests a synthetic workload sends: ``num_requests``, or what its stages send."""
+    n = sum(workload.stage_requests) if workload.stages else workload.num_requests
+    if n > MAX_SYNTHETIC_REQUESTS:
+        raise SpecError(f"the workload sends {n:,} requests; at most {MAX_SYNTHETIC_REQUESTS:,} are simulated",
+                        field="stages" if workload.stages else "num_requests")
+    return n
+
+
+def _arrivals(workload: ServeWorkload, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrival times and, with stages, the stage of each request. Each stage starts at the end of
+    the previous one and sends rate x duration requests, the first at its start."""
+    if workload.stages:
+        counts = workload.stage_requests
+        parts, start = [], 0.0
+        for stage, n in zip(workload.stages, counts):
+            gaps = _gaps(workload, stage.rate, n, rng)
+            parts.append(start + np.cumsum(gaps) - gaps[0])
+            start += stage.duration_s
+        stage_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        return np.concatenate(parts), stage_of
+    n = workload.num_requests
+    if workload.rate is None:
+        return np.zeros(n), None
+    gaps = _gaps(workload, workload.rate, n, rng)
+    return np.cumsum(gaps) - gaps[0], None
+
+
 def synthetic(workload: ServeWorkload) -> Requests:
     """Requests drawn from the workload's distributions with its seed."""
     rng = np.random.default_rng(workload.seed)
-    n = workload.num_requests
+    n = request_count(workload)
     inputs = _lengths(workload.input_len, n, rng, "input_len")
     outputs = _lengths(workload.output_len, n, rng, "output_len")
-    if workload.rate is None:
-        arrivals = np.zeros(n)
-    else:
-        shape = 1.0 if workload.arrival == "poisson" else workload.burstiness
-        gaps = rng.gamma(shape, 1.0 / (shape * workload.rate), n)
-        arrivals = np.cumsum(gaps) - gaps[0]
-    return Requests(arrivals, inputs, outputs)
+    arrivals, stage = _arrivals(workload, rng)
+    prefix = workload.shared_prefix
+    if workload.concurrency is not None:
+        return Requests(arrivals, inputs, outputs, concurrency=workload.concurrency)
+    if prefix is None:
+        return Requests(arrivals, inputs, outputs, stage)
+    if prefix.prompts_per_group is None:
+        groups = rng.integers(0, prefix.groups, n, dtype=np.int64)
+        return Requests(arrivals, np.maximum(inputs, prefix.tokens + 1), outputs, stage, groups, prefix.tokens)
+    # A fixed set of prompts (with their lengths: the first draws), sent in turn in a shuffled order.
+    distinct = prefix.groups * prefix.prompts_per_group
+    order = rng.permutation(distinct)
+    prompt = order[np.arange(n) % distinct]
+    return Requests(arrivals, np.maximum(inputs[prompt % n], prefix.tokens + 1), outputs[prompt % n], stage,
+                    prompt // prefix.prompts_per_group, prefix.tokens, prompt)
 
 
 def _columns(header: list[str], path: str) -> dict[str, str]:

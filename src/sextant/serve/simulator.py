@@ -54,7 +54,8 @@ class Router:
 def _alike(requests: Requests, engines: int) -> bool:
     """Every request the same and at the same time, in a number the engines divide evenly."""
     n = len(requests)
-    return (engines > 1 and n > 0 and n % engines == 0
+    return (engines > 1 and n > 0 and n % engines == 0 and requests.prefix_group is None
+            and requests.concurrency is None
             and all(bool((a == a[0]).all()) for a in (requests.arrival_s, requests.input_tokens,
                                                        requests.output_tokens)))
 
@@ -86,12 +87,13 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
     if fold_alike and not trace and prefill_engines == 0 and _alike(requests, engines):
         share = len(requests) // engines
         tick = (lambda done, total: progress(done * engines, total * engines)) if progress else None
-        one = simulate(Requests(requests.arrival_s[:share], requests.input_tokens[:share],
-                                requests.output_tokens[:share]),
-                       cost=cost, config=config, engines=1, router=router, progress=tick)
+        one = simulate(requests.head(share), cost=cost, config=config, engines=1, router=router, progress=tick)
         return _repeated(requests, one, engines)
     table = RequestTable(requests.arrival_s.tolist(), requests.input_tokens.tolist(),
-                         requests.output_tokens.tolist())
+                         requests.output_tokens.tolist(),
+                         group=[] if requests.prefix_group is None else requests.prefix_group.tolist(),
+                         prefix_tokens=requests.prefix_tokens,
+                         prompt=[] if requests.prompt_id is None else requests.prompt_id.tolist())
     traces: dict[str, list[Iteration]] = {}
 
     def make(name: str, cfg: EngineConfig) -> Engine:
@@ -100,18 +102,22 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
 
     decoders = [make(f"replica{i}" if prefill_engines == 0 else f"decode{i}", config) for i in range(engines)]
     prefillers = [make(f"prefill{i}", prefill_config) for i in range(prefill_engines)] if prefill_config else []
-    end, transfers = _run(table, decoders, prefillers, router, kv_transfer_s, progress)
+    end, transfers = _run(table, decoders, prefillers, router, kv_transfer_s, progress, requests.concurrency)
     return SimulationOutput(table=table, engines=decoders, prefill_engines=prefillers, makespan_s=end,
                             traces=traces, kv_transfers=transfers)
 
 
 def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], router: str,  # noqa: C901
          kv_transfer_s: Callable[[int], float] | None,
-         progress: Callable[[int, int], None] | None) -> tuple[float, list[tuple[int, float, float]]]:
+         progress: Callable[[int, int], None] | None,
+         concurrency: int | None = None) -> tuple[float, list[tuple[int, float, float]]]:
     """The event loop: arrivals routed to the front engines (prefill-only ones when
     disaggregated), engines planning and completing iterations, KV transfers to the back ones.
     Returns the time of the last event and the KV transfers (request, start, end). Closures over
-    locals, not methods: this loop runs once per iteration of every engine."""
+    locals, not methods: this loop runs once per iteration of every engine.
+
+    Closed loop (``concurrency``): the first ``concurrency`` requests arrive at time 0 and each
+    finish sends the next request at once; ``table.arrival`` records when each was sent."""
     front = Router(prefillers or decoders, router)
     back = Router(decoders, router)
     events: list[tuple[float, int, int, object]] = []
@@ -122,6 +128,10 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
     now = 0.0
     done = 0
     next_arrival = 0
+    if concurrency is not None:
+        for i in range(concurrency, n):
+            arrivals[i] = math.inf  # sent when an earlier request finishes
+    released = min(concurrency or n, n)
 
     def kick(e: Engine, t: float) -> None:
         nonlocal seq
@@ -158,6 +168,10 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
             handoff = e.complete(now)
             finished = before - e.outstanding - len(handoff)
             done += finished
+            if concurrency is not None:
+                for rid in range(released, min(released + finished, n)):
+                    arrivals[rid] = now
+                released = min(released + finished, n)
             for rid in handoff:
                 seq += 1
                 t = now + kv_transfer_s(table.inp[rid]) if kv_transfer_s else now

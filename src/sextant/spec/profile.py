@@ -139,6 +139,11 @@ class HardwareProfile(Spec):
     # kernels asynchronously) and takes this much more on a CPU (the host runs them itself).
     # 0 where the engine replays CUDA graphs and the profile says nothing about it.
     layer_overhead_s: float = Field(default=0.0, ge=0)
+    # Seconds each kernel of a replayed CUDA graph costs beyond its own work: the host issues one
+    # graph launch instead of every kernel, and the GPU starts each node after the previous one.
+    # A prior, not fitted: NVIDIA's "Getting Started with CUDA Graphs" (Gray, 2019) times a
+    # 2.9 us kernel at 3.8 us a kernel launched from a stream and 3.4 us from a graph.
+    graph_kernel_overhead_s: float = Field(default=0.5e-6, ge=0)
 
     # Collectives: fraction of the per-direction link bandwidth that NCCL bus bandwidth reaches.
     intra_node_bw_efficiency: float = Field(gt=0, le=1)

@@ -25,7 +25,7 @@ Router = Literal["round_robin", "least_loaded"]
 Preemption = Literal["recompute", "swap"]
 KVAllocation = Literal["on_demand", "reserve"]
 KVSizing = Literal["profiled", "static_fraction"]
-Arrival = Literal["poisson", "gamma"]
+Arrival = Literal["poisson", "gamma", "constant"]
 WeightHome = Literal["none", "cpu", "nvme"]
 Streamed = Literal["all", "experts"]
 KVHome = Literal["gpu", "cpu", "nvme"]
@@ -155,6 +155,23 @@ class Scheduler(Spec):
     router: Router = "least_loaded"
     iteration_overhead_ms: float | None = Field(
         default=None, ge=0, description="Engine work per iteration (scheduling, sampling); default: the framework's.")
+    cuda_graphs: bool = Field(
+        default=False,
+        description="Iterations of up to cuda_graph_max_tokens tokens replay captured CUDA graphs (vLLM V1, SGLang, "
+                    "TensorRT-LLM): no launch per kernel; decode-only iterations replay the whole step, mixed ones "
+                    "all but attention (vLLM's FULL_AND_PIECEWISE). Batches are padded to a captured size.")
+    cuda_graph_max_tokens: int | None = Field(
+        default=None, gt=0,
+        description="Largest captured batch in tokens; default vLLM's min(2 x max_batch, 512).")
+    async_scheduling: bool = Field(
+        default=False,
+        description="The scheduler chooses iteration N + 1's batch while iteration N runs (vLLM V1's async "
+                    "scheduling, default from v0.12; SGLang's overlap scheduler): a request arriving during N "
+                    "waits for N + 2.")
+    prefix_caching: bool = Field(
+        default=False,
+        description="Reuse the KV blocks of a shared prompt prefix (vLLM's automatic prefix caching, on by "
+                    "default in V1; SGLang's RadixAttention): only full blocks are reused.")
     kv_sizing: KVSizing = Field(
         default="profiled",
         description="How the engine sizes its KV cache (serve/deploy.py kv_cache_budget): profiled (vLLM: "
@@ -206,20 +223,81 @@ class LengthSpec(Spec):
     max: int | None = Field(default=None, gt=0)
 
 
+class LoadStage(Spec):
+    """One stage of a load test: ``rate`` requests per second for ``duration_s`` seconds
+    (inference-perf's ``load.stages``, GuideLLM's constant-rate sweeps)."""
+
+    rate: float = Field(gt=0, description="Arrivals per second in this stage.")
+    duration_s: float = Field(gt=0, description="Seconds the stage sends requests for.")
+
+
+class SharedPrefix(Spec):
+    """Prompts that open with a shared prefix: each request's prompt starts with one of
+    ``groups`` distinct prefixes of ``tokens`` tokens (a system prompt shared by the users of an
+    application; SGLang's generated-shared-prefix benchmark). The prefix is part of
+    ``input_len``. An engine with prefix caching computes it once per group and reuses its KV
+    blocks (serve/engine.py).
+
+    ``prompts_per_group``: each group has that many distinct whole prompts, which the requests
+    send in turn, so a prompt seen before is cached whole (inference-perf's ``shared_prefix``
+    data: ``num_groups`` x ``num_prompts_per_group`` prompts, request i sends prompt i modulo
+    their number, in a shuffled order). None: every request's text after the prefix is new, and
+    requests pick their group at random."""
+
+    tokens: int = Field(gt=0, description="Tokens of the shared prefix, counted in input_len.")
+    groups: int = Field(default=1, gt=0, description="Distinct prefixes.")
+    prompts_per_group: int | None = Field(
+        default=None, gt=0, description="Distinct whole prompts per group, sent in turn (None: every prompt new).")
+
+
 class ServeWorkload(Spec):
     """Requests: fixed or distributed lengths with synthetic arrivals, or a trace file.
 
-    Without ``rate`` every request arrives at time 0 (offline: maximum throughput, as MLPerf
-    Offline and trtllm-bench measure)."""
+    Without ``rate`` or ``stages`` every request arrives at time 0 (offline: maximum throughput,
+    as MLPerf Offline and trtllm-bench measure). With ``stages`` the load runs each stage in turn,
+    ``rate x duration_s`` requests apiece, and latency is also reported per stage."""
 
     input_len: int | LengthSpec = 512
     output_len: int | LengthSpec = 256
     trace: str | None = Field(default=None, description="CSV or JSONL with arrival_s, input_tokens, output_tokens.")
     rate: float | None = Field(default=None, gt=0, description="Mean arrivals per second.")
-    arrival: Arrival = "poisson"
+    stages: list[LoadStage] = Field(
+        default=[], max_length=1000,
+        description="Load stages run in turn (rate, duration_s); replaces rate and num_requests.")
+    arrival: Arrival = Field(
+        default="poisson", description="poisson, gamma (with burstiness) or constant (evenly spaced, 1/rate apart).")
     burstiness: float = Field(default=1.0, gt=0, description="Gamma arrivals: shape k (1 = Poisson; < 1 burstier).")
     num_requests: int = Field(default=1000, gt=0)
+    concurrency: int | None = Field(
+        default=None, gt=0,
+        description="Closed loop: this many clients, each sending its next request when its last one finishes "
+                    "(vllm bench serve --max-concurrency, AIPerf/genai-perf concurrency mode).")
+    shared_prefix: SharedPrefix | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_load(self) -> ServeWorkload:
+        if self.stages:
+            if self.rate is not None:
+                raise ValueError("give either rate or stages, not both (each stage has its own rate)")
+            if "num_requests" in self.model_fields_set:
+                raise ValueError("stages set the number of requests (rate x duration_s of each); drop num_requests")
+            if self.trace is not None:
+                raise ValueError("a trace carries its own arrival times; stages apply to synthetic requests")
+        if self.concurrency is not None and (self.rate is not None or self.stages or self.trace is not None):
+            raise ValueError("concurrency keeps that many requests in flight (a closed loop); it replaces rate, "
+                             "stages and trace arrival times")
+        if self.shared_prefix is not None:
+            shortest = self.input_len if isinstance(self.input_len, int) else self.input_len.min
+            if self.shared_prefix.tokens >= shortest:
+                raise ValueError(f"the shared prefix ({self.shared_prefix.tokens} tokens) must be shorter than "
+                                 f"every prompt (input_len at least {shortest})")
+        return self
+
+    @property
+    def stage_requests(self) -> list[int]:
+        """Requests each stage sends: rate x duration, rounded."""
+        return [max(int(round(s.rate * s.duration_s)), 1) for s in self.stages]
 
 
 class SLO(Spec):
