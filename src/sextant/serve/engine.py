@@ -166,7 +166,8 @@ class Engine:
         used = self.cfg.capacity_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
-        self.prefix.shrink_to(self.free)
+        if self.prefix.blocks > self.free:
+            self.prefix.shrink_to(self.free)
 
     def _steps_left(self, rid: int) -> int:
         g = self.cfg.tokens_per_step
@@ -326,7 +327,7 @@ class Engine:
                 decode = self.n_dec > 0
         if not chunks and not decode:
             return self._without_compute(now, swap_s)
-        if self.waiting and r.arrival[self.waiting[0]] > self._cutoff:
+        if cfg.async_scheduling and self.waiting and r.arrival[self.waiting[0]] > self._cutoff:
             horizon = now  # a request waits for the next batch: plan one iteration
         if (decode and not chunks and swap_s == 0.0 and r.preemptions == preemptions and cost.speculation is None
                 and not cost.on_host):
@@ -357,7 +358,7 @@ class Engine:
                                            self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
                                            prefill_tokens + n_dec, cached, draft_s)
         attention -= moved
-        host = cost.host(device, graphed=cost.graphed(dec_tokens + prefill_tokens))
+        host = cost.host(device, graphed=0 < dec_tokens + prefill_tokens <= cost.graph_max_tokens)
         duration = device + host
         self._account(gemm, ew, comm, attention, host, wait)
         self.iterations += 1
@@ -458,7 +459,7 @@ class Engine:
             if r.arrival[rid] > self._cutoff:
                 break
             target = r.target[rid]
-            hit = self.prefix.hit(rid)
+            hit = self.prefix.hit(rid) if cfg.prefix_caching else 0
             c = min(target - hit, budget) if chunked else target - hit
             if c > budget:
                 break
@@ -520,8 +521,9 @@ class Engine:
             if r.done[rid] < r.target[rid]:
                 continue
             self.prefilling.remove(rid)
-            self.prefix.add(rid)
-            self.prefix.shrink_to(self.free)
+            if self.cfg.prefix_caching:
+                self.prefix.add(rid)
+                self.prefix.shrink_to(self.free)
             if r.first[rid] < 0:
                 r.first[rid] = end
             r.gen[rid] += 1

@@ -120,8 +120,14 @@ class IterationCost:
         if tokens <= 0:
             return 0.0, 0.0, 0.0
         if tokens <= self.graph_max_tokens:
-            return _lookup(self._graph_blocks, self.model, self._graph_lay, self._graph_pad[tokens])
-        return _lookup(self._blocks, self.model, self.lay, tokens)
+            blocks, lay, tokens = self._graph_blocks, self._graph_lay, self._graph_pad[tokens]
+        else:
+            blocks, lay = self._blocks, self.lay
+        block, i = divmod(tokens - 1, TABLE_BLOCK)
+        rows = blocks.get(block)
+        if rows is None:
+            rows = _tabulate(blocks, self.model, lay, block)
+        return rows[i]
 
     def head(self, sequences: int) -> float:
         if sequences < len(self._head):
@@ -205,7 +211,7 @@ class IterationCost:
         top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
         tg, tew, tcomm = self.token_parts(seqs)
         gemm = tg + self.head(seqs)
-        graphed = self.graphed(seqs)
+        graphed = 0 < seqs <= self.graph_max_tokens
         attention = self.decode_attention(context, seqs, graphed)
         device, moved, wait, busy = self.charge(gemm + tew + tcomm + attention, seqs, context, seqs, seqs, 0.0,
                                                 top=top, bottom=bottom)
@@ -215,18 +221,15 @@ class IterationCost:
                            attention=attention, host=host, wait=wait, busy=busy)
 
 
-def _lookup(blocks: dict[int, list[tuple[float, float, float]]], model: ModelSpec, lay: Layout,
-            tokens: int) -> tuple[float, float, float]:
-    """(GEMM, element-wise, communication) seconds over ``tokens`` tokens from a token table,
-    tabulating the block of TABLE_BLOCK counts that holds it the first time it is needed."""
-    block, i = divmod(tokens - 1, TABLE_BLOCK)
-    rows = blocks.get(block)
-    if rows is None:
-        counts = np.arange(block * TABLE_BLOCK + 1, (block + 1) * TABLE_BLOCK + 1, dtype=float)
-        parts = token_time(model, lay, counts, 0.0)
-        rows = list(zip(parts["gemm"].tolist(), parts["elementwise"].tolist(), parts["communication"].tolist()))
-        blocks[block] = rows
-    return rows[i]
+def _tabulate(blocks: dict[int, list[tuple[float, float, float]]], model: ModelSpec, lay: Layout,
+              block: int) -> list[tuple[float, float, float]]:
+    """Tabulate (GEMM, element-wise, communication) seconds for the ``block``-th TABLE_BLOCK token
+    counts into ``blocks`` (the first time an iteration needs one of them)."""
+    counts = np.arange(block * TABLE_BLOCK + 1, (block + 1) * TABLE_BLOCK + 1, dtype=float)
+    parts = token_time(model, lay, counts, 0.0)
+    rows = list(zip(parts["gemm"].tolist(), parts["elementwise"].tolist(), parts["communication"].tolist()))
+    blocks[block] = rows
+    return rows
 
 
 @dataclass(frozen=True)
