@@ -185,3 +185,23 @@ def test_the_fitted_graph_kernel_cost_is_the_one_the_profiles_ship():
     for root, value in record["values_s"].items():
         assert profiles[root]["graph_kernel_overhead_s"] == pytest.approx(value, rel=1e-6)
     assert set(record["held_out"]) >= {"itl", "e2e", "ttft"}
+
+
+def test_requests_out_writes_each_request_and_matches_the_summary(tmp_path, capsys):
+    import csv
+    import json
+
+    from sextant.cli.app import main
+
+    out = tmp_path / "requests.csv"
+    assert main(["predict", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--concurrency", "4",
+                 "--num-requests", "40", "--input-len", "300", "--output-len", "50", "--requests-out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 40 and rows[0]["arrival_s"] == "0.000000"
+    ttft = [float(r["ttft_ms"]) for r in rows]
+    assert sum(ttft) / len(ttft) == pytest.approx(summary["ttft_ms"]["mean"], rel=1e-4)
+    assert main(["predict", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--num-requests", "4",
+                 "--requests-out", str(tmp_path)]) == 2
+    assert "cannot write" in capsys.readouterr().err

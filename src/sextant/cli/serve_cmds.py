@@ -148,6 +148,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     arrival: Optional[str] = Opt(None, help="poisson or gamma."),
     burstiness: Optional[float] = Opt(None, help="Gamma shape (1 = Poisson, < 1 burstier)."),
     num_requests: Optional[int] = Opt(None, help="Requests to simulate."),
+    concurrency: Optional[int] = Opt(None, help="Closed loop: keep this many requests in flight, each next one "
+                                                "sent when one finishes (vllm bench serve --max-concurrency)."),
     ttft_slo: Optional[float] = Opt(None, help="Time-to-first-token objective, ms."),
     tpot_slo: Optional[float] = Opt(None, help="Time-per-output-token objective, ms."),
     seed: Optional[int] = Opt(None, help="Random seed of synthetic arrivals and lengths."),
@@ -176,6 +178,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     routing_trace: Optional[Path] = ROUTING_TRACE,
     profile: Optional[Path] = PROFILE,
     trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
+    requests_out: Optional[Path] = Opt(None, help="Write each request's arrival, first-token and finish times and "
+                                                  "token counts here (CSV)."),
     as_json: bool = AS_JSON,
 ) -> None:
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
@@ -196,7 +200,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         _put(tree, "scheduler", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("trace", str(trace) if trace else None),
                        ("rate", rate), ("arrival", arrival), ("burstiness", burstiness),
-                       ("num_requests", num_requests), ("seed", seed)):
+                       ("num_requests", num_requests), ("concurrency", concurrency), ("seed", seed)):
         _put(tree, "workload", key, value)
     _put(tree, "slo", "ttft_ms", ttft_slo)
     _put(tree, "slo", "tpot_ms", tpot_slo)
@@ -204,8 +208,10 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     put_gpus(tree, gpus)
     sc: ServeScenario = parse_serve_scenario(tree, from_flags=scenario is None)
     console = Console(stderr=True)
+    from sextant.serve.requests import request_count
+
     with _progress_bar(console, "simulating requests") as bar:
-        task = bar.add_task("sim", total=sc.workload.num_requests)
+        task = bar.add_task("sim", total=None if sc.workload.trace else request_count(sc.workload))
 
         def tick(done: int, total: int) -> None:
             if done % 512 == 0 or done == total:
@@ -217,10 +223,16 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         from sextant.serve.trace import write_trace
 
         write_trace(out, trace_out)
+    if requests_out is not None:
+        from sextant.serve.trace import write_requests
+
+        write_requests(reqs, out, requests_out)
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return
     _render(result, trace_out)
+    if requests_out is not None:
+        report_console().print(f"{len(reqs)} requests written to {requests_out}")
 
 
 def _render(r, trace_out: Path | None) -> None:
@@ -251,6 +263,13 @@ def _render(r, trace_out: Path | None) -> None:
         console.print(f"  assumes: {a}")
     if trace_out is not None:
         console.print(f"trace written to {trace_out} (open in https://ui.perfetto.dev)")
+    if r.stages:
+        t = Table("stage", "rate/s", "requests", "TTFT mean", "TTFT p99", "ITL mean", "e2e mean", "e2e p99",
+                  title="per load stage (ms)", title_justify="left")
+        for s in r.stages:
+            t.add_row(str(s.stage), f"{s.rate:g}", str(s.requests), f"{s.ttft_ms.mean:.1f}", f"{s.ttft_ms.p99:.1f}",
+                      f"{s.itl_mean_ms:.2f}", f"{s.e2e_ms.mean:.0f}", f"{s.e2e_ms.p99:.0f}")
+        console.print(t)
 
 
 def validate_serve_cmd(

@@ -14,34 +14,55 @@ Opt = typer.Option
 def validate_all_cmd(
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the summary."),
 ) -> None:
-    """Run every built-in ledger (training, training offload, serving, serving offload, planner
-    rediscovery, measured sweeps) and print one line per ledger: rows, median and worst error. Each ledger's own
-    command (`sextant validate train`, ...) prints its rows."""
+    """Run every built-in ledger (training, training offload, serving, serving latency, serving
+    offload, planner rediscovery, measured sweeps, memory) and print one line per ledger: rows,
+    median and worst error. Each ledger's own command (`sextant validate train`, ...) prints its
+    rows."""
+    reports = collect_reports()
+    if as_json:
+        typer.echo(json.dumps({k: r.model_dump() for k, r in reports.items()}, indent=2))
+        return
+    report_console().print(summary_table(reports))
+
+
+def collect_reports() -> dict:
+    """Every ledger's report, by the key ``validate all --json`` prints it under."""
+    from rich.console import Console
+
+    from sextant.cli.render import search_progress
     from sextant.validate.crossval import validate_training_cv
     from sextant.validate.kv_capacity import cross_validate_kv
     from sextant.validate.memory import validate_memory
     from sextant.validate.offload_ledger import validate_offload
     from sextant.validate.rediscover import rediscover
     from sextant.validate.serve import validate_serving
+    from sextant.validate.serve_latency import validate_serving_latency
     from sextant.validate.sweep import validate_sweeps
 
-    reports = {
+    with search_progress(Console(stderr=True), "replaying the serving-latency ledger", quiet=False) as bar:
+        task = bar.add_task("rows", total=None)
+        latency = validate_serving_latency(progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return {
         "train": validate_training_cv(None),
         "offload (training)": validate_offload(None),
         "serve": validate_serving(None),
+        "serve latency": latency,
         "offload (serving)": validate_serving(None, builtin="serving-offload.yaml"),
+        "plan": rediscover(None),
+        "sweep": validate_sweeps(None),
+        "memory": validate_memory(None),
+        "kv_capacity": cross_validate_kv(),
     }
-    plan = rediscover(None)
-    sweeps = validate_sweeps(None)
-    memory, kv = validate_memory(None), cross_validate_kv()
-    if as_json:
-        typer.echo(json.dumps({**{k: r.model_dump() for k, r in reports.items()}, "plan": plan.model_dump(),
-                               "sweep": sweeps.model_dump(), "memory": memory.model_dump(),
-                               "kv_capacity": kv.model_dump()}, indent=2))
-        return
+
+
+def summary_table(reports: dict):
+    """One line per ledger."""
+    from sextant.validate.serve_latency import load_fit_record
+
     table = listing("every ledger: predicted vs published", ("ledger", "rows", "median error", "worst row", "command"),
                     text={"ledger", "worst row", "command"})
-    for name, r in reports.items():
+    for name in ("train", "offload (training)", "serve", "offload (serving)"):
+        r = reports[name]
         command = "sextant validate " + ("offload" if name.startswith("offload") else name)
         cross_validation = getattr(r, "cross_validation", None)  # the serving reports have none
         if cross_validation is not None:
@@ -50,6 +71,17 @@ def validate_all_cmd(
                           f"p90 {h.p90:.1%}, max {h.max:.1%}", command)
             name += " (in sample)"
         table.add_row(name, str(len(r.rows)), f"{r.median_ape:.1%}", f"{r.max_ape_id} ({r.max_ape:.1%})", command)
+    latency, record = reports["serve latency"], load_fit_record()
+    held = record.get("held_out", {})
+    for family in ("itl", "e2e", "ttft"):
+        f = latency.families.get(family)
+        if f is None:
+            continue
+        h = held.get(family)
+        table.add_row(f"serve latency: {family} (as shipped)", str(f.rows), f"{f.median:.1%}",
+                      f"{f.max_id} ({f.max:.0%})" + (f"; held out by source {h['median']:.1%}" if h else ""),
+                      "sextant validate serve-latency")
+    plan, sweeps, memory, kv = reports["plan"], reports["sweep"], reports["memory"], reports["kv_capacity"]
     n = len(plan.rows)
     table.add_row("plan (rediscovery)", str(n), "-", f"{plan.in_top_10_percent}/{n} in the top 10% "
                   f"({plan.chosen_in_top_10_percent}/{plan.chosen_rows} of the authors' choices, the rest baselines); "
@@ -67,4 +99,4 @@ def validate_all_cmd(
     table.add_row("memory (KV-cache capacity)", str(len(kv.rows)), f"{kv.as_shipped.median:.1%}",
                   f"{kv.as_shipped.max_id} ({kv.as_shipped.max:.1%}); held out by source {kv.held_out.median:.1%}",
                   "sextant validate memory")
-    report_console().print(table)
+    return table

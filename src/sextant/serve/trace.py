@@ -7,10 +7,37 @@ Requests beyond ``max_requests`` are left out to keep the file openable; the met
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+from sextant.errors import SpecError
+from sextant.serve.requests import Requests
 from sextant.serve.simulator import SimulationOutput
+
+#: Columns of ``predict serve --requests-out``: one row per request, times in seconds from the
+#: first arrival, latencies in milliseconds.
+REQUEST_COLUMNS = ("request", "stage", "arrival_s", "first_token_s", "finish_s", "input_tokens", "output_tokens",
+                   "ttft_ms", "e2e_ms", "tpot_ms")
+
+
+def write_requests(requests: Requests, out: SimulationOutput, path: str | Path) -> int:
+    """Write each request's arrival, first-token and finish times and token counts as CSV (the
+    per-request view a benchmark client records); returns the number of rows."""
+    t = out.table
+    try:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(REQUEST_COLUMNS)
+            for rid in range(len(requests)):
+                arrival, first, finish, n = float(requests.arrival_s[rid]), t.first[rid], t.finish[rid], t.out[rid]
+                tpot = (finish - first) / (n - 1) * 1e3 if n > 1 else ""
+                w.writerow((rid, "" if requests.stage is None else int(requests.stage[rid]), f"{arrival:.6f}",
+                            f"{first:.6f}", f"{finish:.6f}", t.inp[rid], n, f"{(first - arrival) * 1e3:.3f}",
+                            f"{(finish - arrival) * 1e3:.3f}", tpot if tpot == "" else f"{tpot:.3f}"))
+    except OSError as err:
+        raise SpecError(f"cannot write {path}: {err.strerror or err}", field="requests_out") from None
+    return len(requests)
 
 
 def write_trace(out: SimulationOutput, path: str | Path, *, max_requests: int = 5000) -> int:
