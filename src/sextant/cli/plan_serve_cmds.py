@@ -33,6 +33,7 @@ from sextant.cli.serve_cmds import (
     scenario_tree,
 )
 from sextant.cost.tiers import RESOURCE_LABELS
+from sextant.errors import SpecError
 from sextant.spec.scenario import flag_of
 from sextant.spec.serving import ServeOffload, parse_serve_scenario
 
@@ -58,6 +59,13 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     num_requests: Optional[int] = Opt(None, help="Requests, all at time 0 (the largest batch searched)."),
     tpot_slo: Optional[float] = Opt(None, help="Time-per-output-token objective, ms: the best throughput whose "
                                                "every request decodes within it."),
+    rate: Optional[float] = Opt(None, help="Live traffic, requests/s: plan the fewest (or cheapest) GPUs that serve it "
+                                           "within --ttft-slo/--tpot-slo at --slo-percentile; --gpu may list several "
+                                           "types (h100-sxm,a10g,l4)."),
+    ttft_slo: Optional[float] = Opt(None, help="With --rate: time-to-first-token objective, ms."),
+    slo_percentile: float = Opt(99, help="With --rate: the percentile the objectives hold at (50, 90 or 99)."),
+    price: Optional[list[str]] = Opt(None, help="With --rate: dollars per GPU-hour, GPU=DOLLARS (repeat per GPU "
+                                                "type); ranks by cost and reports dollars per million tokens."),
     pageable: Optional[bool] = PAGEABLE,
     expert_popularity: Optional[str] = EXPERT_POPULARITY,
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
@@ -73,6 +81,13 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     the tensor-parallel and pipeline degrees of the replicas, for offline throughput."""
     from sextant.plan.serve_search import plan_serve
 
+    if rate is not None:
+        _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len, rate, ttft_slo, tpot_slo,
+                   slo_percentile, price, as_json)
+        return
+    for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
+        if value is not None:
+            raise SpecError(f"{name} applies to live traffic: give --rate", field=name.lstrip("-"))
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
@@ -90,6 +105,72 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         typer.echo(json.dumps(plan.model_dump(), indent=2))
         return
     render_plan_serve(plan, top, report_console())
+
+
+def _prices(items: list[str] | None) -> dict[str, float]:
+    prices = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        try:
+            dollars = float(value)
+        except ValueError:
+            raise SpecError(f"--price {item!r}: write GPU=DOLLARS per GPU-hour, e.g. h100-sxm=6.88",
+                            field="price") from None
+        if not dollars > 0 or dollars == float("inf"):
+            raise SpecError(f"--price {item!r}: dollars per GPU-hour must be a positive number", field="price")
+        prices[name.strip()] = dollars
+    return prices
+
+
+def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len,  # noqa: PLR0913
+               rate, ttft_slo, tpot_slo, percentile, price, as_json) -> None:
+    """``plan serve --rate``: the fewest or cheapest GPUs per type for live traffic within objectives."""
+    from sextant.plan.serve_capacity import plan_capacity
+
+    gpus = [g.strip() for g in (gpu or "h100-sxm").split(",") if g.strip()]
+    tree = scenario_tree(scenario, model, framework or "vllm-v1-0.15", gpus[0], None, None)
+    for key, value in (("tp", tp), ("precision", precision)):
+        _put(tree, "deployment", key, value)
+    for key, value in (("input_len", input_len), ("output_len", output_len)):
+        _put(tree, "workload", key, value)
+    _put(tree, "slo", "ttft_ms", ttft_slo)
+    _put(tree, "slo", "tpot_ms", tpot_slo)
+    base = parse_serve_scenario(tree, from_flags=scenario is None)
+    if not rate > 0 or rate == float("inf"):
+        raise SpecError(f"--rate must be a positive number of requests per second (got {rate})", field="rate")
+    console = Console(stderr=True)
+    with search_progress(console, "measuring each layout's capacity", quiet=as_json) as bar:
+        task = bar.add_task("plan", total=None)
+        plan = plan_capacity(base, rate, gpus, percentile=percentile / 100, prices=_prices(price),
+                             progress=lambda done: bar.update(task, completed=done))
+    if as_json:
+        typer.echo(json.dumps(plan.model_dump(), indent=2))
+        return
+    out = report_console()
+    objectives = " and ".join(f"{name} p{percentile:g} within {v:g} ms" for name, v in
+                              (("TTFT", plan.ttft_slo_ms), ("TPOT", plan.tpot_slo_ms)) if v is not None)
+    out.print(f"[bold]{plan.model}[/bold] at {plan.rate:g} requests/s, {objectives} ({plan.framework}); "
+              f"{plan.simulations} simulations")
+    table = listing("cheapest deployment of each GPU type (replicas behind one router, simulated whole)",
+                    ("GPU", "tp", "replica capacity req/s", "replicas", "GPUs", "$/hour", "$/M output tokens",
+                     f"TTFT p{percentile:g} ms", f"TPOT p{percentile:g} ms", "meets"), text={"GPU", "meets"})
+    for e in plan.entries:
+        table.add_row(e.gpu, str(e.tp), f"{e.capacity_rps:.2f}", str(e.replicas), str(e.gpus),
+                      "-" if e.dollars_per_hour is None else f"{e.dollars_per_hour:,.2f}",
+                      "-" if e.dollars_per_million_output_tokens is None else f"{e.dollars_per_million_output_tokens:.3f}",
+                      f"{e.ttft_ms:.0f}", f"{e.tpot_ms:.1f}", "yes" if e.meets_slo else "no")
+    out.print(table)
+    for name, why in plan.rejected.items():
+        out.print(f"  {name}: {why}")
+    if plan.entries:
+        b = plan.entries[0]
+        w = base.workload
+        lengths = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (("input_len", w.input_len),
+                                                                        ("output_len", w.output_len))
+                          if isinstance(v, int))
+        out.print(f"best: {b.replicas} x {b.gpu} tp {b.tp}; as `sextant predict serve` flags: --gpu {b.gpu} "
+                  f"--gpus {b.gpus} --tp {b.tp} --replicas {b.replicas} --rate {plan.rate:g}{lengths}"
+                  + (f" --framework {plan.framework}" if plan.framework else ""))
 
 
 def render_plan_serve(plan, shown: int, console) -> None:

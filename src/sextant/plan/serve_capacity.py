@@ -1,0 +1,163 @@
+"""``plan serve --rate``: the fewest GPUs, and the cheapest, that serve live traffic within its
+latency objectives, on each GPU type asked about.
+
+For each GPU type and each tensor-parallel degree whose replica holds the model, the capacity of
+one replica is the highest Poisson arrival rate at which the chosen percentile of TTFT and TPOT
+stays within the objectives (and the queue stays bounded): found by bisection between 0 and the
+replica's offline throughput, each probe a ``predict serve`` simulation of the same requests at
+that rate (Mélange, Griggs et al. 2024, profiles each GPU type's capacity under an SLO the same
+way, from measurements). ``ceil(rate / capacity)`` replicas of the cheapest degree serve the
+traffic; the chosen deployment is simulated once more whole, its replicas behind the router at
+the full rate, and reported with the latency that simulation gives. With a price per GPU-hour
+(``--price GPU=DOLLARS``) the plan ranks by dollars per hour and reports dollars per million output
+tokens; without one, by GPUs.
+
+Not yet searched: precision (an input), pipeline stages, disaggregation, a mix of GPU types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from sextant.errors import SextantError, SpecError
+from sextant.resolve.hardware import cluster_and_profile
+from sextant.serve.predict import ServeResult, predict_serve
+from sextant.spec.scenario import HardwareRef
+from sextant.spec.serving import ServeScenario
+
+#: Bisection steps on the per-replica rate: capacity to 1/2^7 of the offline throughput.
+BISECTION_STEPS = 7
+#: Requests per capacity probe (each a simulation at one rate).
+PROBE_REQUESTS = 600
+
+
+class CapacityEntry(BaseModel):
+    gpu: str
+    tp: int
+    capacity_rps: float  # per replica, within the objectives
+    replicas: int
+    gpus: int
+    dollars_per_hour: float | None
+    dollars_per_million_output_tokens: float | None
+    ttft_ms: float  # the percentile, whole deployment at the full rate
+    tpot_ms: float
+    meets_slo: bool
+
+
+class CapacityPlan(BaseModel):
+    model: str
+    rate: float
+    percentile: float
+    ttft_slo_ms: float | None
+    tpot_slo_ms: float | None
+    framework: str | None
+    entries: list[CapacityEntry]  # the cheapest degree of each GPU type, best first
+    layouts: dict[str, dict[int, float]]  # GPU -> tp -> per-replica capacity (requests/s)
+    simulations: int
+    rejected: dict[str, str]  # GPU/tp -> why it cannot serve
+
+
+def _percentile(r: ServeResult, q: float) -> tuple[float, float]:
+    pick = {0.5: "p50", 0.9: "p90", 0.99: "p99"}[q]
+    return getattr(r.ttft_ms, pick), getattr(r.tpot_ms, pick)
+
+
+def _meets(base: ServeScenario, r: ServeResult, q: float) -> bool:
+    ttft, tpot = _percentile(r, q)
+    slo = base.slo
+    return ((slo.ttft_ms is None or ttft <= slo.ttft_ms) and (slo.tpot_ms is None or tpot <= slo.tpot_ms))
+
+
+def _with(base: ServeScenario, gpu: str, tp: int, replicas: int, rate: float | None, requests: int) -> ServeScenario:
+    """The base scenario on ``replicas`` replicas of ``tp`` GPUs of type ``gpu``, with ``requests``
+    requests at ``rate`` (None: all at time 0)."""
+    tree = base.model_dump(exclude_none=True)
+    tree["hardware"] = {"gpu": gpu, "gpus": tp * replicas}  # the GPU's usual node
+    tree["deployment"] = {**tree.get("deployment", {}), "tp": tp, "replicas": replicas}
+    workload = {k: v for k, v in tree.get("workload", {}).items() if k not in ("rate", "stages", "concurrency")}
+    workload["num_requests"] = requests
+    if rate is not None:
+        workload["rate"] = rate
+    tree["workload"] = workload
+    return ServeScenario.model_validate(tree)
+
+
+def _degrees(gpu: str, base: ServeScenario) -> list[int]:
+    """Tensor-parallel degrees to try: the scenario's, else 1, 2, 4, 8 within one node."""
+    if "tp" in base.deployment.model_fields_set:
+        return [base.deployment.tp]
+    cluster, _ = cluster_and_profile(HardwareRef(gpu=gpu, gpus=1))  # the GPU's usual node
+    return [t for t in (1, 2, 4, 8) if t <= cluster.node.gpus_per_node]
+
+
+class _Search:
+    def __init__(self, base: ServeScenario, q: float, progress: Callable[[int], None] | None) -> None:
+        self.base, self.q, self.progress, self.simulations = base, q, progress, 0
+
+    def simulate(self, sc: ServeScenario) -> ServeResult:
+        self.simulations += 1
+        if self.progress is not None:
+            self.progress(self.simulations)
+        return predict_serve(sc)
+
+    def capacity(self, gpu: str, tp: int) -> float:
+        """Highest per-replica Poisson rate within the objectives (0 if even a trickle misses)."""
+        offline = self.simulate(_with(self.base, gpu, tp, 1, None, PROBE_REQUESTS))
+        lo, hi = 0.0, offline.requests_per_s
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            if _meets(self.base, self.simulate(_with(self.base, gpu, tp, 1, mid, PROBE_REQUESTS)), self.q):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percentile: float = 0.99,
+                  prices: dict[str, float] | None = None,
+                  progress: Callable[[int], None] | None = None) -> CapacityPlan:
+    if base.slo.ttft_ms is None and base.slo.tpot_ms is None:
+        raise SpecError("a live-traffic plan needs an objective: --ttft-slo and/or --tpot-slo", field="slo")
+    if percentile not in (0.5, 0.9, 0.99):
+        raise SpecError(f"--slo-percentile must be 50, 90 or 99 (got {percentile * 100:g})", field="slo_percentile")
+    prices = prices or {}
+    for name in prices:
+        if name not in gpus:
+            raise SpecError(f"a price for {name}, which is not among --gpu {','.join(gpus)}", field="price")
+    search = _Search(base, percentile, progress)
+    layouts: dict[str, dict[int, float]] = {}
+    rejected: dict[str, str] = {}
+    entries: list[CapacityEntry] = []
+    for gpu in gpus:
+        layouts[gpu] = {}
+        for tp in _degrees(gpu, base):
+            try:
+                cap = search.capacity(gpu, tp)
+            except SextantError as err:
+                rejected[f"{gpu} tp{tp}"] = str(err).splitlines()[0]
+                continue
+            if cap > 0:
+                layouts[gpu][tp] = cap
+            else:
+                rejected[f"{gpu} tp{tp}"] = "misses the objectives even at a trickle"
+        if not layouts[gpu]:
+            continue
+        tp = min(layouts[gpu], key=lambda t: t * math.ceil(rate / layouts[gpu][t]))
+        replicas = math.ceil(rate / layouts[gpu][tp])
+        whole = search.simulate(_with(base, gpu, tp, replicas, rate, max(PROBE_REQUESTS, int(20 * rate))))
+        ttft, tpot = _percentile(whole, percentile)
+        price = prices.get(gpu)
+        per_hour = None if price is None else price * tp * replicas
+        per_million = None if per_hour is None else per_hour / (whole.output_tokens_per_s * 3600 / 1e6)
+        entries.append(CapacityEntry(gpu=gpu, tp=tp, capacity_rps=layouts[gpu][tp], replicas=replicas,
+                                     gpus=tp * replicas, dollars_per_hour=per_hour,
+                                     dollars_per_million_output_tokens=per_million, ttft_ms=ttft, tpot_ms=tpot,
+                                     meets_slo=_meets(base, whole, percentile)))
+    entries.sort(key=lambda e: (not e.meets_slo, e.dollars_per_hour if e.dollars_per_hour is not None else math.inf,
+                                e.gpus))
+    return CapacityPlan(model=str(base.model), rate=rate, percentile=percentile, ttft_slo_ms=base.slo.ttft_ms,
+                        tpot_slo_ms=base.slo.tpot_ms, framework=base.framework, entries=entries, layouts=layouts,
+                        simulations=search.simulations, rejected=rejected)

@@ -1,0 +1,58 @@
+"""``plan serve --rate``: the fewest and cheapest GPUs per type for live traffic within objectives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sextant.cli.app import main
+from sextant.errors import SpecError
+from sextant.plan.serve_capacity import _with, plan_capacity
+from sextant.serve.predict import predict_serve
+from sextant.spec.serving import ServeScenario
+
+
+def base(**slo) -> ServeScenario:
+    return ServeScenario.model_validate({"model": "llama-3.1-8b", "framework": "vllm-v1-0.15",
+                                         "hardware": {"gpu": "h100-sxm", "gpus": 1},
+                                         "workload": {"input_len": 512, "output_len": 128}, "slo": slo})
+
+
+def test_the_plan_meets_its_objectives_when_simulated_again_and_slower_gpus_need_more():
+    plan = plan_capacity(base(ttft_ms=400, tpot_ms=60), 12, ["h100-sxm", "a10g"],
+                         prices={"h100-sxm": 6.0, "a10g": 1.0})
+    by_gpu = {e.gpu: e for e in plan.entries}
+    assert set(by_gpu) == {"h100-sxm", "a10g"} and all(e.meets_slo for e in plan.entries)
+    assert by_gpu["a10g"].gpus > by_gpu["h100-sxm"].gpus
+    for e in plan.entries:  # capacity within the objectives, and the replicas it takes
+        assert e.replicas * e.capacity_rps >= 12 > (e.replicas - 1) * e.capacity_rps
+        assert e.dollars_per_hour == pytest.approx({"h100-sxm": 6.0, "a10g": 1.0}[e.gpu] * e.gpus)
+    assert [e.dollars_per_hour for e in plan.entries] == sorted(e.dollars_per_hour for e in plan.entries)
+    best = plan.entries[0]
+    again = predict_serve(_with(base(ttft_ms=400, tpot_ms=60), best.gpu, best.tp, best.replicas, 12, 600))
+    assert again.ttft_ms.p99 <= 400 and again.tpot_ms.p99 <= 60
+    wider = [plan.layouts["h100-sxm"][t] for t in sorted(plan.layouts["h100-sxm"])]
+    assert wider == sorted(wider)  # a wider replica serves more
+
+
+@pytest.mark.parametrize("slo,kw,message", [
+    ({}, {}, "needs an objective"),
+    ({"tpot_ms": 50}, {"percentile": 0.95}, "50, 90 or 99"),
+    ({"tpot_ms": 50}, {"prices": {"l4": 1.0}}, "not among"),
+])
+def test_bad_plans_are_one_line_errors(slo, kw, message):
+    with pytest.raises(SpecError, match=message):
+        plan_capacity(base(**slo), 5, ["h100-sxm"], **kw)
+
+
+def test_the_cli_answers_the_live_traffic_question(capsys):
+    assert main(["plan", "serve", "--model", "llama-3.1-8b", "--rate", "8", "--gpu", "h100-sxm,l4",
+                 "--input-len", "256", "--output-len", "64", "--tpot-slo", "80", "--price", "l4=0.8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert {e["gpu"] for e in plan["entries"]} == {"h100-sxm", "l4"}
+    assert main(["plan", "serve", "--model", "llama-3.1-8b", "--rate", "8", "--tpot-slo", "80",
+                 "--price", "h100-sxm=abc"]) == 2
+    assert "GPU=DOLLARS" in capsys.readouterr().err
+    assert main(["plan", "serve", "--model", "llama-3.1-8b", "--ttft-slo", "100"]) == 2
+    assert "give --rate" in capsys.readouterr().err
