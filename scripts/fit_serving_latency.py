@@ -7,7 +7,7 @@ its weights take to stream (Qwen3-8B at one sequence on an H100: 7.3 ms measured
 16 GB at 80% of the bandwidth). What remains is per kernel: the GPU starts each node of the graph
 after the previous one ends, and a small kernel ramps up to the bandwidth and drains its last wave
 (hundreds of kernels a step). It is one number per root profile (ampere, hopper; the other
-architectures inherit theirs), fitted on the ITL and TPOT of the ledger's rows on GPUs of that root.
+architectures inherit theirs), fitted on the ITL and TPOT of the ledger's decode-dominated rows on GPUs of that root.
 
 How: the ledger is simulated at three values of the parameter; each prediction is interpolated
 quadratically in between (the ITL of a run moves smoothly with it), and the value minimising the
@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from sextant.catalog.hardware import get_profile
-from sextant.validate.serve_latency import FAMILIES, validate_serving_latency
+from sextant.validate.serve_latency import FAMILIES, load_latency_ledger, validate_serving_latency
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "src/sextant/catalog/data/profiles.yaml"
@@ -53,6 +53,20 @@ def root_profile(gpu: str) -> str:
     while "inherit" in profiles[key]:
         key = profiles[key]["inherit"]
     return key
+
+
+def decode_dominated() -> set[str]:
+    """Rows whose time is mostly decode (output at least a quarter of the input, 64 tokens or
+    more): the per-kernel cost of graphed decode steps is fitted on them. Prefill-heavy bursts
+    (thousands of prompt tokens for a hundred output) measure the scheduler and the prefill, and
+    barely move with it."""
+    rows = set()
+    for row in load_latency_ledger():
+        w = row.workload
+        inp, out = w.get("input_len", 512), w.get("output_len", 256)
+        if isinstance(inp, int) and isinstance(out, int) and out >= 64 and 4 * out >= inp:
+            rows.add(row.id)
+    return rows
 
 
 def simulate(value: float) -> dict[tuple[str, int, str], tuple[float, float, str, str]]:
@@ -125,9 +139,12 @@ def main() -> None:
     values: dict[str, float] = {}
     inside: dict[str, list[float]] = {f: [] for f in FAMILIES}
     held: dict[str, list[float]] = {f: [] for f in FAMILIES}
+    held_decode: dict[str, list[float]] = {f: [] for f in FAMILIES}
+    decode_rows = decode_dominated()
+    record["fitted_rows"] = sorted(decode_rows)
     for name in ROOT_PROFILES:
         mine_root = [k for k in keys if root[k] == name]
-        fitted_keys = [k for k in mine_root if k[2] in FITTED_METRICS]
+        fitted_keys = [k for k in mine_root if k[2] in FITTED_METRICS and k[0] in decode_rows]
         if not fitted_keys:
             continue
         values[name] = fit(curves, measured, fitted_keys)
@@ -142,12 +159,16 @@ def main() -> None:
             record["per_source"].setdefault(src, {})[name] = v
             for family, errs in errors_at(curves, measured, mine, v).items():
                 held[family].extend(errs)
+            decode_mine = [k for k in mine if k[0] in decode_rows]
+            for family, errs in errors_at(curves, measured, decode_mine, v).items():
+                held_decode[family].extend(errs)
     for family, errs in inside.items():
         if errs:
             record["in_sample"][family] = summary(errs)
     for family, errs in held.items():
         if errs:
             record["held_out"][family] = summary(errs)
+    record["held_out_decode_dominated"] = {f: summary(e) for f, e in held_decode.items() if e}
     print(yaml.safe_dump(record, sort_keys=False))
     if not args.dry_run:
         write_profiles(values)

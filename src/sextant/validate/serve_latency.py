@@ -40,6 +40,7 @@ FAMILIES = {
     "ttft": ("ttft_mean_ms", "ttft_p90_ms", "ttft_p99_ms"),
     "itl": ("itl_mean_ms", "tpot_mean_ms"),
     "e2e": ("e2e_mean_ms", "e2e_p90_ms", "e2e_p99_ms"),
+    "throughput": ("output_tokens_per_s",),
 }
 
 
@@ -56,6 +57,8 @@ class StageMeasurement(Spec):
     e2e_mean_ms: float | None = Field(default=None, gt=0)
     e2e_p90_ms: float | None = Field(default=None, gt=0)
     e2e_p99_ms: float | None = Field(default=None, gt=0)
+    #: Output tokens per second of the whole run (all replicas).
+    output_tokens_per_s: float | None = Field(default=None, gt=0)
 
     @property
     def kept_up(self) -> bool:
@@ -132,7 +135,8 @@ class ServeLatencyReport(BaseModel):
 def _predicted(stage: StageLatency | ServeResult) -> dict[str, float]:
     return {"ttft_mean_ms": stage.ttft_ms.mean, "ttft_p90_ms": stage.ttft_ms.p90, "ttft_p99_ms": stage.ttft_ms.p99,
             "tpot_mean_ms": stage.tpot_ms.mean, "itl_mean_ms": stage.itl_mean_ms, "e2e_mean_ms": stage.e2e_ms.mean,
-            "e2e_p90_ms": stage.e2e_ms.p90, "e2e_p99_ms": stage.e2e_ms.p99}
+            "e2e_p90_ms": stage.e2e_ms.p90, "e2e_p99_ms": stage.e2e_ms.p99,
+            "output_tokens_per_s": getattr(stage, "output_tokens_per_s", float("nan"))}
 
 
 def regime_of(row: ServeLatencyRow) -> dict[str, str]:
