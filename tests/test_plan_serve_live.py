@@ -56,3 +56,38 @@ def test_the_cli_answers_the_live_traffic_question(capsys):
     assert "GPU=DOLLARS" in capsys.readouterr().err
     assert main(["plan", "serve", "--model", "llama-3.1-8b", "--ttft-slo", "100"]) == 2
     assert "give --rate" in capsys.readouterr().err
+
+
+def test_the_cheapest_mix_is_the_exhaustive_optimum():
+    import itertools
+    import math
+    import random
+
+    from sextant.plan.serve_capacity import cheapest_mix
+
+    rng = random.Random(7)
+    for _ in range(40):
+        types = {f"g{i}": (rng.uniform(1, 30), rng.uniform(0.5, 20)) for i in range(rng.randint(1, 3))}
+        rate = rng.uniform(1, 60)
+        capacity = {t: c for t, (c, _) in types.items()}
+        cost = {t: p for t, (_, p) in types.items()}
+        counts, dollars = cheapest_mix(rate, capacity, cost)
+        assert sum(n * capacity[t] for t, n in counts.items()) >= rate - 1e-9
+        brute = min(sum(n * cost[t] for t, n in zip(types, ns)) for ns in itertools.product(
+            *(range(math.ceil(rate / capacity[t]) + 1) for t in types))
+            if sum(n * capacity[t] for t, n in zip(types, ns)) >= rate - 1e-9)
+        assert dollars == pytest.approx(brute)
+
+
+def test_a_mix_of_gpu_types_is_reported_when_it_is_cheaper():
+    plan = plan_capacity(base(tpot_ms=60), 35, ["h100-sxm", "a10g"], prices={"h100-sxm": 6.88, "a10g": 1.006})
+    single = min(e.dollars_per_hour for e in plan.entries)
+    if plan.mix is not None:
+        assert plan.mix.dollars_per_hour < single and len(plan.mix.parts) == 2
+        assert sum(p.rate for p in plan.mix.parts) == pytest.approx(35)
+        assert all(p.meets_slo for p in plan.mix.parts)
+    else:  # no mix beats one type: then none exists below the single-type cost
+        from sextant.plan.serve_capacity import cheapest_mix
+        capacity = {e.gpu: e.capacity_rps for e in plan.entries}
+        cost = {e.gpu: {"h100-sxm": 6.88, "a10g": 1.006}[e.gpu] * e.tp for e in plan.entries}
+        assert cheapest_mix(35, capacity, cost)[1] >= single - 1e-9

@@ -162,6 +162,13 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     out.print(table)
     for name, why in plan.rejected.items():
         out.print(f"  {name}: {why}")
+    if plan.mix is not None:
+        m = plan.mix
+        parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "
+                           f"TPOT {p.tpot_ms:.1f} ms)" for p in m.parts)
+        missed = "" if all(p.meets_slo for p in m.parts) else " [red](a part misses the objectives)[/red]"
+        out.print(f"cheaper as a mix: {parts}: ${m.dollars_per_hour:,.2f}/hour, "
+                  f"{m.saves_over_cheapest_single:.0%} less than one type{missed}")
     if plan.entries:
         b = plan.entries[0]
         w = base.workload

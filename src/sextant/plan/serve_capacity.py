@@ -12,7 +12,12 @@ the full rate, and reported with the latency that simulation gives. With a price
 (``--price GPU=DOLLARS``) the plan ranks by dollars per hour and reports dollars per million output
 tokens; without one, by GPUs.
 
-Not yet searched: precision (an input), pipeline stages, disaggregation, a mix of GPU types.
+With a price for every GPU type, the cheapest *mix* of types is found too (Mélange's integer
+program: minimise the fleet's dollars per hour with its summed capacity at least the rate, solved
+exactly by a bounded search), the traffic split in proportion to capacity and each part
+simulated at its share.
+
+Not yet searched: precision (an input), pipeline stages, disaggregation.
 """
 
 from __future__ import annotations
@@ -47,6 +52,25 @@ class CapacityEntry(BaseModel):
     meets_slo: bool
 
 
+class MixPart(BaseModel):
+    gpu: str
+    tp: int
+    replicas: int
+    rate: float  # the share of the traffic routed to this type (in proportion to capacity)
+    ttft_ms: float
+    tpot_ms: float
+    meets_slo: bool
+
+
+class CapacityMix(BaseModel):
+    """The cheapest fleet of several GPU types: replicas of each type's best degree, traffic split
+    in proportion to their capacity (Mélange's integer program, solved exactly here)."""
+
+    parts: list[MixPart]
+    dollars_per_hour: float
+    saves_over_cheapest_single: float  # fraction of the cheapest one-type deployment's cost
+
+
 class CapacityPlan(BaseModel):
     model: str
     rate: float
@@ -58,6 +82,33 @@ class CapacityPlan(BaseModel):
     layouts: dict[str, dict[int, float]]  # GPU -> tp -> per-replica capacity (requests/s)
     simulations: int
     rejected: dict[str, str]  # GPU/tp -> why it cannot serve
+    #: With a price for every GPU type that can serve: the cheapest mix, when it beats one type.
+    mix: CapacityMix | None = None
+
+
+def cheapest_mix(rate: float, capacity: dict[str, float], cost: dict[str, float]) -> tuple[dict[str, int], float]:
+    """Replicas per type minimising total cost with total capacity at least ``rate``: an exact
+    search over the covering integer program (each type at most ceil(rate / capacity) replicas)."""
+    types = sorted(capacity, key=lambda t: cost[t] / capacity[t])
+    best: tuple[float, dict[str, int]] = (math.inf, {})
+
+    def search(i: int, left: float, spent: float, chosen: dict[str, int]) -> None:
+        nonlocal best
+        if left <= 1e-9:
+            if spent < best[0]:
+                best = (spent, dict(chosen))
+            return
+        if i == len(types) or spent + left * cost[types[i]] / capacity[types[i]] >= best[0]:
+            return  # the cheapest rate per dollar left cannot beat the best found
+        t = types[i]
+        most = math.ceil(left / capacity[t] - 1e-9)
+        for n in range(most, -1, -1):
+            chosen[t] = n
+            search(i + 1, left - n * capacity[t], spent + n * cost[t], chosen)
+        chosen.pop(t, None)
+
+    search(0, rate, 0.0, {})
+    return {t: n for t, n in best[1].items() if n}, best[0]
 
 
 def _percentile(r: ServeResult, q: float) -> tuple[float, float]:
@@ -158,6 +209,32 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
                                      meets_slo=_meets(base, whole, percentile)))
     entries.sort(key=lambda e: (not e.meets_slo, e.dollars_per_hour if e.dollars_per_hour is not None else math.inf,
                                 e.gpus))
+    mix = _mix(base, rate, entries, prices, search) if len(entries) > 1 else None
     return CapacityPlan(model=str(base.model), rate=rate, percentile=percentile, ttft_slo_ms=base.slo.ttft_ms,
                         tpot_slo_ms=base.slo.tpot_ms, framework=base.framework, entries=entries, layouts=layouts,
-                        simulations=search.simulations, rejected=rejected)
+                        simulations=search.simulations, rejected=rejected, mix=mix)
+
+
+def _mix(base: ServeScenario, rate: float, entries: list[CapacityEntry], prices: dict[str, float],
+         search: _Search) -> CapacityMix | None:
+    """The cheapest fleet over the GPU types' best degrees, each part simulated at its share."""
+    if any(e.gpu not in prices for e in entries):
+        return None
+    capacity = {e.gpu: e.capacity_rps for e in entries}
+    cost = {e.gpu: prices[e.gpu] * e.tp for e in entries}
+    counts, dollars = cheapest_mix(rate, capacity, cost)
+    single = min(e.dollars_per_hour for e in entries if e.meets_slo) if any(e.meets_slo for e in entries) else math.inf
+    if len(counts) < 2 or dollars >= single:
+        return None
+    total = sum(n * capacity[g] for g, n in counts.items())
+    parts = []
+    for e in entries:
+        n = counts.get(e.gpu, 0)
+        if not n:
+            continue
+        share = rate * n * capacity[e.gpu] / total
+        r = search.simulate(_with(base, e.gpu, e.tp, n, share, max(PROBE_REQUESTS, int(20 * share))))
+        ttft, tpot = _percentile(r, search.q)
+        parts.append(MixPart(gpu=e.gpu, tp=e.tp, replicas=n, rate=share, ttft_ms=ttft, tpot_ms=tpot,
+                             meets_slo=_meets(base, r, search.q)))
+    return CapacityMix(parts=parts, dollars_per_hour=dollars, saves_over_cheapest_single=1 - dollars / single)
