@@ -73,7 +73,7 @@ def summary_table(reports: dict):
         table.add_row(name, str(len(r.rows)), f"{r.median_ape:.1%}", f"{r.max_ape_id} ({r.max_ape:.1%})", command)
     latency, record = reports["serve latency"], load_fit_record()
     held = record.get("held_out", {})
-    for family in ("itl", "e2e", "ttft"):
+    for family in ("itl", "e2e", "ttft", "throughput"):
         f = latency.families.get(family)
         if f is None:
             continue
