@@ -110,10 +110,6 @@ class IterationCost:
             self._graph_pad = graph_padding(self.graph_max_tokens)
             self.graph_launch_s = attention_rates(model, glay).launch_s
 
-    def graphed(self, tokens: int) -> bool:
-        """Whether an iteration over ``tokens`` tokens replays a captured CUDA graph."""
-        return 0 < tokens <= self.graph_max_tokens
-
     def token_parts(self, tokens: int) -> tuple[float, float, float]:
         """(GEMM, element-wise, communication) seconds of an iteration over ``tokens`` tokens;
         from a CUDA graph of the padded size where one is captured."""

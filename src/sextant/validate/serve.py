@@ -31,15 +31,20 @@ class ServeLedgerRow(PublishedRow):
     metric: Metric
 
     def scenario(self) -> ServeScenario:
-        get_serving_framework(self.framework)
-        hardware = {"gpu": self.gpu, "gpus": self.gpus, **({"node": self.node} if self.node else {})}
-        try:
-            return ServeScenario.model_validate({
-                "model": self.model, "framework": self.framework, "hardware": hardware,
-                "deployment": self.deployment, "scheduler": self.scheduler, "workload": self.workload,
-                "offload": self.offload})
-        except ValidationError as err:
-            raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
+        return serve_scenario_of(self)
+
+
+def serve_scenario_of(row: Any) -> ServeScenario:
+    """The serving scenario a ledger row states (its model, hardware, framework preset,
+    deployment, scheduler, workload and offload)."""
+    get_serving_framework(row.framework)
+    hardware = {"gpu": row.gpu, "gpus": row.gpus, **({"node": row.node} if row.node else {})}
+    try:
+        return ServeScenario.model_validate({
+            "model": row.model, "framework": row.framework, "hardware": hardware, "deployment": row.deployment,
+            "scheduler": row.scheduler, "workload": row.workload, "offload": row.offload})
+    except ValidationError as err:
+        raise ScenarioError(format_validation_error(err), field=f"ledger row {row.id}") from None
 
 
 def load_serve_ledger(path: str | Path | None = None, builtin: str = "serving.yaml") -> list[ServeLedgerRow]:

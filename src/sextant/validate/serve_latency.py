@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from sextant.catalog.frameworks import get_serving_framework
 from sextant.catalog.models import get_model
 from sextant.errors import ScenarioError, SextantError
 from sextant.serve.predict import ServeResult, StageLatency, predict_serve
 from sextant.spec.base import Spec
-from sextant.spec.scenario import format_validation_error
 from sextant.spec.serving import ServeScenario
 from sextant.validate.ledger import CitedRow, load_rows
 from sextant.validate.reports import NamedErrorSummary
+from sextant.validate.serve import serve_scenario_of
 
 #: A stage whose mean TTFT exceeds this queued its requests: the engine did not keep up.
 OVERLOAD_TTFT_MS = 2000.0
@@ -74,20 +73,14 @@ class ServeLatencyRow(CitedRow):
     deployment: dict[str, Any] = {}
     scheduler: dict[str, Any] = {}
     workload: dict[str, Any]
+    offload: dict[str, Any] = {}
     #: The source's ITL is the stage's mean decode time over the output tokens its harness
     #: counted, (mean e2e - mean TTFT) / (count - 1): the prediction's ITL uses the same count.
     itl_from_means: bool = False
     measured: list[StageMeasurement] = Field(min_length=1)
 
     def scenario(self) -> ServeScenario:
-        get_serving_framework(self.framework)
-        hardware = {"gpu": self.gpu, "gpus": self.gpus, **({"node": self.node} if self.node else {})}
-        try:
-            return ServeScenario.model_validate({
-                "model": self.model, "framework": self.framework, "hardware": hardware,
-                "deployment": self.deployment, "scheduler": self.scheduler, "workload": self.workload})
-        except ValidationError as err:
-            raise ScenarioError(format_validation_error(err), field=f"ledger row {self.id}") from None
+        return serve_scenario_of(self)
 
 
 def load_fit_record() -> dict[str, Any]:
