@@ -137,7 +137,7 @@ def test_a_moe_layer_launches_each_projection_once_whatever_the_experts_touched(
         return float(token_time(sc_model(sc), slow, tokens, 0.0)["gemm"] - token_time(sc_model(sc), free, tokens,
                                                                                       0.0)["gemm"])
 
-    assert launches(1.0) == launches(64.0)  # two experts touched, or all eight: the same launches
+    assert launches(1.0) == pytest.approx(launches(64.0), rel=1e-9)  # two experts touched or all eight: alike
 
 
 def sc_model(sc):

@@ -44,7 +44,7 @@ detokenization) is the ``iteration_overhead_s`` of the layout, added to every it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from sextant.cost.layer import (
     _attention_projections,
     _mlp_gemms,
     device_gemm,
+    grouped_gemm,
     elementwise_bytes,
     mlp_matmuls,
 )
@@ -169,9 +170,8 @@ def _moe_time(model: ModelSpec, lay: Layout, tokens) -> tuple[np.ndarray, np.nda
     pairs = tokens * moe.top_k / ep
     touched = np.clip(expected_experts_touched(moe.num_experts, moe.top_k, tokens) / ep, 1e-9, local)
     router = device_gemm(tokens, moe.num_experts, h, dev)
-    grouped = replace(dev, profile=dev.profile.model_copy(update={"kernel_overhead_s": 0.0}))
-    experts, _ = _mlp_gemms(model, pairs / touched, moe.expert_ffn_hidden_size, ffn_split, grouped, count=touched)
-    experts = experts + len(mlp_matmuls(model, moe.expert_ffn_hidden_size, ffn_split)) * dev.profile.kernel_overhead_s
+    experts = sum(grouped_gemm(pairs, touched, n, k, dev)
+                  for k, n in mlp_matmuls(model, moe.expert_ffn_hidden_size, ffn_split))
     shared = 0.0
     if moe.num_shared_experts:
         shared, _ = _mlp_gemms(model, tokens, moe.shared_expert_ffn_hidden_size * moe.num_shared_experts, lay.tp, dev)

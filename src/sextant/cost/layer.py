@@ -191,6 +191,28 @@ def device_gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
                      weight_bytes_per_element=dev.weight_bytes)
 
 
+def grouped_gemm(rows, groups, n, k, dev: Device) -> np.ndarray:
+    """Seconds of one grouped GEMM: ``groups`` weight matrices (k x n) and ``rows`` rows in all,
+    spread evenly over them, in one kernel (the experts of an MoE layer: vLLM's and SGLang's
+    fused_moe, TensorRT-LLM's MoE GEMM, MegaBlocks' block-sparse GEMM, Gale et al. 2023). The
+    thread blocks of every group fill the GPU together, so the tile efficiency is that of the
+    stacked rows, not of one group's; the weights of every group are read once, the activations
+    of every row once. Weight-only quantization dequantizes per tile of one group's rows."""
+    rows = np.asarray(rows, float)
+    groups = np.asarray(groups, float)
+    p = dev.profile
+    peak = dev.gemm_peak * dev.gemm_scale
+    eff = gemm_efficiency(rows, n, k, p, dev.gemm_table)
+    if dev.dequant_flops:
+        tensor_s = 2.0 * rows / (peak * eff)
+        dequant_s = groups * np.ceil(rows / groups / DEQUANT_TILE_ROWS) * DEQUANT_OPS_PER_WEIGHT / dev.dequant_flops
+        peak = peak * tensor_s / (tensor_s + dequant_s)
+    w_bytes = dev.gemm_bytes if dev.weight_bytes is None else dev.weight_bytes
+    traffic = dev.gemm_bytes * rows * (k + n) + w_bytes * groups * k * n
+    compute = 2.0 * rows * n * k / (peak * eff)
+    return np.maximum(compute, traffic / (dev.mem_bw * p.memory_bw_efficiency)) + p.kernel_overhead_s
+
+
 def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bool, dropout: bool):
     """Forward and backward seconds of softmax(QK^T)V for one layer, and its forward FLOPs.
 
