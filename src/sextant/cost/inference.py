@@ -56,8 +56,8 @@ from sextant.cost.layer import (
     _attention_projections,
     _mlp_gemms,
     device_gemm,
-    grouped_gemm,
     elementwise_bytes,
+    grouped_gemm,
     mlp_matmuls,
 )
 from sextant.cost.params import attention_qk_dim, attention_v_dim, count_params
