@@ -155,7 +155,7 @@ def test_stage_latency_is_reported_per_stage():
 
 def test_every_latency_row_builds_a_scenario_and_states_its_citation():
     rows = load_latency_ledger()
-    assert len(rows) >= 70 and len({r.group for r in rows}) >= 3
+    assert len(rows) >= 100 and len({r.group for r in rows}) >= 5
     for row in rows:
         row.scenario()
         assert row.source and row.url and row.measured

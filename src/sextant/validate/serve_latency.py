@@ -36,8 +36,8 @@ from sextant.validate.serve import serve_scenario_of
 OVERLOAD_TTFT_MS = 2000.0
 #: Metric families the report summarises, and the metrics of each.
 FAMILIES = {
-    "ttft": ("ttft_mean_ms", "ttft_p90_ms", "ttft_p99_ms"),
-    "itl": ("itl_mean_ms", "tpot_mean_ms"),
+    "ttft": ("ttft_mean_ms", "ttft_median_ms", "ttft_p90_ms", "ttft_p99_ms"),
+    "itl": ("itl_mean_ms", "tpot_mean_ms", "tpot_p99_ms"),
     "e2e": ("e2e_mean_ms", "e2e_p90_ms", "e2e_p99_ms"),
     "throughput": ("output_tokens_per_s",),
 }
@@ -49,9 +49,11 @@ class StageMeasurement(Spec):
 
     stage: int = Field(ge=0)
     ttft_mean_ms: float | None = Field(default=None, gt=0)
+    ttft_median_ms: float | None = Field(default=None, gt=0)
     ttft_p90_ms: float | None = Field(default=None, gt=0)
     ttft_p99_ms: float | None = Field(default=None, gt=0)
     tpot_mean_ms: float | None = Field(default=None, gt=0)
+    tpot_p99_ms: float | None = Field(default=None, gt=0)
     itl_mean_ms: float | None = Field(default=None, gt=0)
     e2e_mean_ms: float | None = Field(default=None, gt=0)
     e2e_p90_ms: float | None = Field(default=None, gt=0)
@@ -126,8 +128,8 @@ class ServeLatencyReport(BaseModel):
 
 
 def _predicted(stage: StageLatency | ServeResult) -> dict[str, float]:
-    return {"ttft_mean_ms": stage.ttft_ms.mean, "ttft_p90_ms": stage.ttft_ms.p90, "ttft_p99_ms": stage.ttft_ms.p99,
-            "tpot_mean_ms": stage.tpot_ms.mean, "itl_mean_ms": stage.itl_mean_ms, "e2e_mean_ms": stage.e2e_ms.mean,
+    return {"ttft_mean_ms": stage.ttft_ms.mean, "ttft_median_ms": stage.ttft_ms.p50, "ttft_p90_ms": stage.ttft_ms.p90,
+            "ttft_p99_ms": stage.ttft_ms.p99, "tpot_mean_ms": stage.tpot_ms.mean, "tpot_p99_ms": stage.tpot_ms.p99, "itl_mean_ms": stage.itl_mean_ms, "e2e_mean_ms": stage.e2e_ms.mean,
             "e2e_p90_ms": stage.e2e_ms.p90, "e2e_p99_ms": stage.e2e_ms.p99,
             "output_tokens_per_s": getattr(stage, "output_tokens_per_s", float("nan"))}
 
