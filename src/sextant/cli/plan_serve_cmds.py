@@ -128,7 +128,8 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     from sextant.plan.serve_capacity import plan_capacity
 
     gpus = [g.strip() for g in (gpu or "h100-sxm").split(",") if g.strip()]
-    tree = scenario_tree(scenario, model, framework or "vllm-v1-0.15", gpus[0], None, None)
+    tree = scenario_tree(scenario, model, framework, gpus[0], None, None)
+    tree.setdefault("framework", "vllm-v1-0.15")  # the engine people serve live traffic with, unless stated
     for key, value in (("tp", tp), ("precision", precision)):
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len)):
