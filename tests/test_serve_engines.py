@@ -205,3 +205,11 @@ def test_requests_out_writes_each_request_and_matches_the_summary(tmp_path, caps
     assert main(["predict", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--num-requests", "4",
                  "--requests-out", str(tmp_path)]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_more_distinct_prompts_than_requests_stay_cheap_to_draw():
+    r = synthetic(ServeWorkload(num_requests=50, shared_prefix={"tokens": 16, "groups": 1_000_000,
+                                                               "prompts_per_group": 1_000_000}))
+    assert len(r) == 50 and r.prompt_id.max() < 10**12
+    with pytest.raises(ValidationError, match="less than or equal"):
+        ServeWorkload(shared_prefix={"tokens": 16, "groups": 10**7})

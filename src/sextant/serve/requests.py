@@ -145,8 +145,10 @@ def synthetic(workload: ServeWorkload) -> Requests:
         return Requests(arrivals, np.maximum(inputs, prefix.tokens + 1), outputs, stage, groups, prefix.tokens)
     # A fixed set of prompts (with their lengths: the first draws), sent in turn in a shuffled order.
     distinct = prefix.groups * prefix.prompts_per_group
-    order = rng.permutation(distinct)
-    prompt = order[np.arange(n) % distinct]
+    if distinct <= n:
+        prompt = rng.permutation(distinct)[np.arange(n) % distinct]
+    else:  # more prompts than requests: each request draws one (a repeat is then rare)
+        prompt = rng.integers(0, distinct, n, dtype=np.int64)
     return Requests(arrivals, np.maximum(inputs[prompt % n], prefix.tokens + 1), outputs[prompt % n], stage,
                     prompt // prefix.prompts_per_group, prefix.tokens, prompt)
 

@@ -244,10 +244,11 @@ class SharedPrefix(Spec):
     their number, in a shuffled order). None: every request's text after the prefix is new, and
     requests pick their group at random."""
 
-    tokens: int = Field(gt=0, description="Tokens of the shared prefix, counted in input_len.")
-    groups: int = Field(default=1, gt=0, description="Distinct prefixes.")
+    tokens: int = Field(gt=0, le=10_000_000, description="Tokens of the shared prefix, counted in input_len.")
+    groups: int = Field(default=1, gt=0, le=1_000_000, description="Distinct prefixes.")
     prompts_per_group: int | None = Field(
-        default=None, gt=0, description="Distinct whole prompts per group, sent in turn (None: every prompt new).")
+        default=None, gt=0, le=1_000_000,
+        description="Distinct whole prompts per group, sent in turn (None: every prompt new).")
 
 
 class ServeWorkload(Spec):
