@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -104,10 +105,10 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
         raise SpecError(f"must be positive, got {top}", field="--top")
     if not 0.0 <= headroom < 0.5:
         raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
-    if tokens is not None and tokens <= 0:
-        raise SpecError(f"must be positive, got {tokens}", field="--tokens")
-    if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
-        raise SpecError(f"must not be negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
+    if tokens is not None and not 0 < tokens < math.inf:
+        raise SpecError(f"must be a positive finite number, got {tokens}", field="--tokens")
+    if price_per_gpu_hour is not None and not 0 <= price_per_gpu_hour < math.inf:
+        raise SpecError(f"must be a finite number, not negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
     parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
     from sextant.resolve.intervals import memory_bound as memory_bound_of
 

@@ -88,6 +88,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
         if value is not None:
             raise SpecError(f"{name} applies to live traffic: give --rate", field=name.lstrip("-"))
+    if top <= 0:
+        raise SpecError(f"must be positive, got {top}", field="--top")
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)

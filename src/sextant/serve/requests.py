@@ -209,7 +209,7 @@ def load_trace(path: str, *, limit: int | None = None) -> Requests:
             raise SpecError(f"{path}:{line}: arrivals are not sorted ({t} after {previous}); sort the trace "
                             "by arrival time", field="trace")
         for name, v in (("input_tokens", i_tok), ("output_tokens", o_tok)):
-            if v < 1 or v != int(v):
+            if not np.isfinite(v) or v < 1 or v != int(v):
                 raise SpecError(f"{path}:{line}: {name} must be a whole number >= 1 (got {v:g})", field="trace")
         previous = t
         arrivals.append(t)

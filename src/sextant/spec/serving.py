@@ -223,12 +223,18 @@ class LengthSpec(Spec):
     max: int | None = Field(default=None, gt=0)
 
 
+#: Arrival rates a simulation accepts (requests per second): one request a day at the least (a
+#: slower rate is a typo, and rates near zero overflow the arrival times), a billion at the most.
+MIN_RATE = 1.0 / 86_400
+MAX_RATE = 1e9
+
+
 class LoadStage(Spec):
     """One stage of a load test: ``rate`` requests per second for ``duration_s`` seconds
     (inference-perf's ``load.stages``, GuideLLM's constant-rate sweeps)."""
 
-    rate: float = Field(gt=0, description="Arrivals per second in this stage.")
-    duration_s: float = Field(gt=0, description="Seconds the stage sends requests for.")
+    rate: float = Field(ge=MIN_RATE, le=MAX_RATE, description="Arrivals per second in this stage.")
+    duration_s: float = Field(gt=0, le=1e9, description="Seconds the stage sends requests for.")
 
 
 class SharedPrefix(Spec):
@@ -261,20 +267,21 @@ class ServeWorkload(Spec):
     input_len: int | LengthSpec = 512
     output_len: int | LengthSpec = 256
     trace: str | None = Field(default=None, description="CSV or JSONL with arrival_s, input_tokens, output_tokens.")
-    rate: float | None = Field(default=None, gt=0, description="Mean arrivals per second.")
+    rate: float | None = Field(default=None, ge=MIN_RATE, le=MAX_RATE, description="Mean arrivals per second.")
     stages: list[LoadStage] = Field(
         default=[], max_length=1000,
         description="Load stages run in turn (rate, duration_s); replaces rate and num_requests.")
     arrival: Arrival = Field(
         default="poisson", description="poisson, gamma (with burstiness) or constant (evenly spaced, 1/rate apart).")
-    burstiness: float = Field(default=1.0, gt=0, description="Gamma arrivals: shape k (1 = Poisson; < 1 burstier).")
+    burstiness: float = Field(default=1.0, ge=0.01, le=100.0,
+                              description="Gamma arrivals: shape k (1 = Poisson; < 1 burstier).")
     num_requests: int = Field(default=1000, gt=0)
     concurrency: int | None = Field(
         default=None, gt=0,
         description="Closed loop: this many clients, each sending its next request when its last one finishes "
                     "(vllm bench serve --max-concurrency, AIPerf/genai-perf concurrency mode).")
     shared_prefix: SharedPrefix | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Random seed of the synthetic requests.")
 
     @model_validator(mode="after")
     def _check_load(self) -> ServeWorkload:

@@ -1,0 +1,34 @@
+"""Bad serving input is one line and exit 2: non-finite numbers, rates that would overflow the
+arrival times, negative seeds, non-finite trace lengths, an empty top list (issue 26)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sextant.cli.app import main
+
+BASE = ["predict", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--num-requests", "8"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (BASE + ["--rate", "nan"], "--rate: Input should be a finite number"),
+    (BASE + ["--rate", "1e-320"], "--rate: Input should be greater than or equal to"),
+    (BASE + ["--iteration-overhead-ms", "inf"], "--iteration-overhead-ms: Input should be a finite number"),
+    (BASE + ["--rate", "5", "--arrival", "gamma", "--burstiness", "inf"], "--burstiness"),
+    (BASE + ["--seed", "-1"], "--seed"),
+    (["plan", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--top", "0"], "--top: must be positive"),
+    (["plan", "train", "--tokens", "nan"], "--tokens: must be a positive finite number"),
+    (["plan", "train", "--tokens", "1e9", "--price-per-gpu-hour", "inf"], "--price-per-gpu-hour"),
+])
+def test_bad_flags_are_one_line_errors(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("length", ["inf", "nan", "-inf"])
+def test_a_trace_with_a_non_finite_length_is_a_one_line_error(tmp_path, capsys, length):
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"arrival_s,input_tokens,output_tokens\n0,{length},10\n")
+    assert main(BASE[:6] + ["--trace", str(trace)]) == 2
+    assert "input_tokens must be a whole number" in capsys.readouterr().err
