@@ -32,3 +32,26 @@ def test_a_trace_with_a_non_finite_length_is_a_one_line_error(tmp_path, capsys, 
     trace.write_text(f"arrival_s,input_tokens,output_tokens\n0,{length},10\n")
     assert main(BASE[:6] + ["--trace", str(trace)]) == 2
     assert "input_tokens must be a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (BASE + ["--gpus", "1000000000000"], "gpus: 1,000,000,000,000 GPUs is more than"),
+    (BASE + ["--gpus", "2", "--prefill-replicas", "0", "--decode-replicas", "1"], "--prefill-replicas"),
+    (BASE + ["--draft-model", "llama-3.2-1b", "--spec-tokens", "0"], "--spec-tokens"),
+])
+def test_values_the_model_cannot_honour_are_refused_not_substituted(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [(None, "is a directory"), (b"\x00\xff\xfe", "is not UTF-8")])
+@pytest.mark.parametrize("command", ["serve", "train"])
+def test_unreadable_scenario_files_are_one_line_errors(tmp_path, capsys, content, message, command):
+    path = tmp_path / "scenario.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main(["predict", command, "--scenario", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -92,7 +92,8 @@ def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: 
                     decode_replicas: int | None) -> None:
     """Speculative decoding and disaggregation from their flags, when any is given."""
     if draft_model is not None:
-        tree["speculative"] = {"draft_model": draft_model, **({"num_tokens": spec_tokens} if spec_tokens else {}),
+        tree["speculative"] = {"draft_model": draft_model,
+                               **({"num_tokens": spec_tokens} if spec_tokens is not None else {}),
                                **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {}),
                                **({"target_device": spec_target} if spec_target else {})}
     elif spec_target is not None:
@@ -100,7 +101,9 @@ def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: 
             raise SpecError("--spec-target needs speculative decoding: give --draft-model", field="target_device")
         tree["speculative"]["target_device"] = spec_target
     if prefill_replicas is not None or decode_replicas is not None:
-        tree["disaggregation"] = {"prefill_replicas": prefill_replicas or 1, "decode_replicas": decode_replicas or 1}
+        # One side given: the other is one instance (stated in the help); a 0 is refused by the spec.
+        tree["disaggregation"] = {"prefill_replicas": 1 if prefill_replicas is None else prefill_replicas,
+                                  "decode_replicas": 1 if decode_replicas is None else decode_replicas}
 
 
 def _progress_bar(console: Console, total_hint: str):

@@ -17,7 +17,7 @@ from sextant.serve.engine import EngineConfig
 from sextant.serve.iteration import IterationCost, Speculation
 from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
-from sextant.spec.serving import Scheduler, ServeScenario
+from sextant.spec.serving import MAX_SERVING_GPUS, Scheduler, ServeScenario
 from sextant.units import GB
 
 PART_LABELS = {
@@ -175,6 +175,10 @@ def graph_max_tokens(sched: Scheduler) -> int:
 
 def run(scenario: ServeScenario, requests: Requests | None = None, *, trace: bool = False,
         progress: Callable[[int, int], None] | None = None) -> tuple[Deployment, Requests, SimulationOutput]:
+    if scenario.hardware.gpus > MAX_SERVING_GPUS:
+        raise SpecError(f"{scenario.hardware.gpus:,} GPUs is more than the {MAX_SERVING_GPUS:,} a serving simulation "
+                        "models replica by replica; simulate one group of replicas and scale its throughput",
+                        field="gpus")
     requests = requests if requests is not None else requests_for(scenario.workload)
     longest = int((requests.input_tokens + requests.output_tokens).max())
     res = deploy_scenario(scenario, longest, int(requests.input_tokens.max()))

@@ -120,14 +120,22 @@ def read_tree(path: str | Path, keys: str) -> dict[str, Any]:
     """The mapping a scenario YAML file holds; ``keys`` names its sections for the error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScenarioError(f"no such file {path}", field="scenario") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{path} is a directory, not a scenario file", field="scenario") from None
+    except PermissionError:
+        raise ScenarioError(f"cannot read {path}: permission denied", field="scenario") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path} is not UTF-8 text (a YAML scenario is)", field="scenario") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ScenarioError(f"{path} is not valid YAML{where}", field="scenario") from None
-    if data is None:
+    except OSError as err:
+        raise ScenarioError(f"cannot read {path}: {err.strerror or err}", field="scenario") from None
+    if data is None:  # an empty file: every default (tests/test_scenario.py)
         data = {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path} must hold a mapping of keys ({keys})", field="scenario")

@@ -330,6 +330,11 @@ class ServeScenario(Spec):
     offload: ServeOffload = ServeOffload()
 
 
+
+#: GPUs a serving simulation models replica by replica (each replica is an engine of its own).
+MAX_SERVING_GPUS = 65_536
+
+
 def parse_serve_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> ServeScenario:
     return validate_tree(ServeScenario, data, source, from_flags=from_flags)
 
