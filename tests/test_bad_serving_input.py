@@ -55,3 +55,14 @@ def test_unreadable_scenario_files_are_one_line_errors(tmp_path, capsys, content
     assert main(["predict", command, "--scenario", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_under_json_an_error_is_one_json_object_on_stdout(capsys):
+    import json
+
+    assert main(BASE + ["--rate", "nan", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": {"field": "--rate", "message": "Input should be a finite number (got nan)"}}
+    assert err == ""
+    assert main(["predict", "serve", "--no-such-flag", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["message"].startswith("No such option")

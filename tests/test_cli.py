@@ -202,9 +202,15 @@ def assert_one_line_error(rc: int, out: str, err: str, words) -> None:
 @pytest.mark.parametrize("argv_of, words", [pytest.param(a, w, id=i) for i, a, w in ERRORS])
 def test_predict_train_user_errors(capsys, tmp_path, argv_of, words):
     argv = argv_of(tmp_path)
-    rc, out, err = run(capsys, "predict", "train", *argv, "--json")
+    rc, out, err = run(capsys, "predict", "train", *argv)
     assert_one_line_error(rc, out, err, words)
     assert out == ""
+    # Under --json the same error is one JSON object on stdout, for scripts (issue 26).
+    rc, out, err = run(capsys, "predict", "train", *argv, "--json")
+    assert rc == 2 and err == ""
+    error = json.loads(out)["error"]
+    line = f"error: {error['field']}: {error['message']}" if error["field"] else f"error: {error['message']}"
+    assert_one_line_error(rc, "", line, words)
 
 
 def test_unknown_catalog_kind(capsys):

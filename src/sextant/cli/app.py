@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -42,14 +43,24 @@ app.command("calibrate")(device_cmds.calibrate_cmd)
 app.command("measure")(device_cmds.measure_cmd)
 
 
+def _user_error(message: str, field: str | None, as_json: bool) -> int:
+    """Report a user error: one line on stderr, or under ``--json`` one JSON object on stdout
+    (``{"error": {"field": ..., "message": ...}}``) that a script can parse; exit code 2."""
+    if as_json:
+        print(json.dumps({"error": {"field": field, "message": message}}))
+    else:
+        print(f"error: {field}: {message}" if field else f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 validation gate failed, 2 user error)."""
     command = typer.main.get_command(app)
+    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
         rc = command.main(args=argv, prog_name="sextant", standalone_mode=False)
     except SextantError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _user_error(Exception.__str__(err), err.field, as_json)
     except Exit as done:
         return done.exit_code
     except Abort:
@@ -59,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(err).__name__ == "NoArgsIsHelpError":  # help was asked for by giving nothing
             print(err.format_message())
             return 0
-        print(f"error: {err.format_message()}", file=sys.stderr)
-        return 2
+        return _user_error(err.format_message(), None, as_json)
     return rc if isinstance(rc, int) else 0
 
 
