@@ -1,11 +1,27 @@
-"""Hypothesis strategies shared by the serving tests: schedulers over a small KV cache, so that
-queueing, preemption (recompute or swap) and admission limits all happen."""
+"""Helpers shared by the serving tests: a scenario from a base tree with sections overridden, and
+Hypothesis schedulers over a small KV cache, so that queueing, preemption (recompute or swap) and
+admission limits all happen."""
 
 from __future__ import annotations
 
+import copy
+
 from hypothesis import strategies as st
 
+from sextant.spec.serving import ServeScenario
+
 BASE = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1}}
+
+
+def scenario_over(base: dict, **kw) -> ServeScenario:
+    """``base`` with each keyword's section updated (a dict) or replaced (anything else)."""
+    tree = copy.deepcopy(base)
+    for key, value in kw.items():
+        if isinstance(value, dict):
+            tree.setdefault(key, {}).update(value)
+        else:
+            tree[key] = value
+    return ServeScenario.model_validate(tree)
 
 
 @st.composite

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from serve_strategies import tight_schedulers
+from serve_strategies import scenario_over, tight_schedulers
 
 from sextant.cli.app import main
 from sextant.cost.inference import decode_time, prefill_time
@@ -24,14 +24,8 @@ REQUIRED_KEYS = {"output_tokens_per_s", "output_tokens_per_s_per_gpu", "requests
 
 
 def scenario(**kw) -> ServeScenario:
-    base = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
-            "workload": {"input_len": 256, "output_len": 64, "num_requests": 64}}
-    for key, value in kw.items():
-        if isinstance(value, dict):
-            base.setdefault(key, {}).update(value)
-        else:
-            base[key] = value
-    return ServeScenario.model_validate(base)
+    return scenario_over({"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
+                          "workload": {"input_len": 256, "output_len": 64, "num_requests": 64}}, **kw)
 
 
 @pytest.mark.parametrize("model,tp,precision", [("llama-3.1-8b", 1, "bf16"), ("llama-2-70b", 4, "fp8"),

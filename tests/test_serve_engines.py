@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
+from serve_strategies import scenario_over
 
 from sextant.catalog.hardware import get_profile
 from sextant.cost.inference import token_time
@@ -22,15 +23,9 @@ from sextant.validate.serve_latency import compare_row, load_fit_record, load_la
 
 
 def scenario(**kw) -> ServeScenario:
-    base = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
-            "scheduler": {"batching": "chunked", "max_batch": 64, "token_budget": 2048},
-            "workload": {"input_len": 512, "output_len": 64}}
-    for key, value in kw.items():
-        if isinstance(value, dict):
-            base.setdefault(key, {}).update(value)
-        else:
-            base[key] = value
-    return ServeScenario.model_validate(base)
+    return scenario_over({"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm", "gpus": 1},
+                          "scheduler": {"batching": "chunked", "max_batch": 64, "token_budget": 2048},
+                          "workload": {"input_len": 512, "output_len": 64}}, **kw)
 
 
 def test_stages_send_rate_times_duration_each_evenly_spaced():

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from sextant.cli.render import listing, report_console, search_progress
+from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
 from sextant.spec.scenario import base_tree, parse_scenario
 
@@ -115,12 +115,9 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     bound_ratio = memory_bound_of(parsed.framework).upper_ratio if memory_bound else 1.0
     space = SearchSpace(headroom=headroom, memory_bound_ratio=bound_ratio, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
                         offload=offload)
-    console = Console(stderr=True)
-    with search_progress(console, "searching", quiet=as_json) as bar:
-        task = bar.add_task("search", total=None)
-        result = plan_train(parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
-                            price_per_gpu_hour=price_per_gpu_hour,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    result = with_progress("searching", as_json, lambda progress: plan_train(
+        parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
+        price_per_gpu_hour=price_per_gpu_hour, progress=progress))
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
         return

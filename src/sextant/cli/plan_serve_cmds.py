@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from sextant.cli.render import listing, report_console, search_progress
+from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
     EXPERT_POPULARITY,
@@ -99,10 +98,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     _put(tree, "slo", "tpot_ms", tpot_slo)
     put_gpus(tree, gpus)
     base = parse_serve_scenario(tree, from_flags=scenario is None)
-    console = Console(stderr=True)
-    with search_progress(console, "searching placements", quiet=as_json) as bar:
-        task = bar.add_task("plan", total=None)
-        plan = plan_serve(base, top=top, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    plan = with_progress("searching placements", as_json, lambda progress: plan_serve(base, top=top, progress=progress))
     if as_json:
         typer.echo(json.dumps(plan.model_dump(), indent=2))
         return
@@ -141,11 +137,9 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     if not rate > 0 or rate == float("inf"):
         raise SpecError(f"--rate must be a positive number of requests per second (got {rate})", field="rate")
-    console = Console(stderr=True)
-    with search_progress(console, "measuring each layout's capacity", quiet=as_json) as bar:
-        task = bar.add_task("plan", total=None)
-        plan = plan_capacity(base, rate, gpus, percentile=percentile / 100, prices=_prices(price),
-                             progress=lambda done: bar.update(task, completed=done))
+    prices = _prices(price)
+    plan = with_progress("measuring each layout's capacity", as_json, lambda progress: plan_capacity(
+        base, rate, gpus, percentile=percentile / 100, prices=prices, progress=lambda done: progress(done, None)))
     if as_json:
         typer.echo(json.dumps(plan.model_dump(), indent=2))
         return

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from rich import box
 from rich.console import Console
@@ -12,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
+
+T = TypeVar("T")
 
 
 def _bar(fraction: float, width: int = 24) -> str:
@@ -121,6 +124,14 @@ def render_train(result: TrainResult, console: Console) -> None:
     console.print(Text("FLOPs: " + r.flop_convention, style="dim"))
     for line in r.assumptions:
         console.print(Text("assumes " + line, style="dim"))
+
+
+def with_progress(label: str, quiet: bool, work: Callable[[Callable[[int, int], None]], T]) -> T:
+    """``work(progress)`` under a progress bar on stderr (:func:`search_progress`), ``progress``
+    taking (done, total)."""
+    with search_progress(Console(stderr=True), label, quiet) as bar:
+        task = bar.add_task(label, total=None)
+        return work(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def search_progress(console: Console, label: str, quiet: bool) -> Progress:

@@ -292,16 +292,12 @@ def validate_serve_latency_cmd(
 ) -> None:
     """Replay every published run of the serving-latency ledger (rates, stages, shared prompts,
     closed loops) and compare TTFT, ITL/TPOT and end-to-end latency per load stage."""
-    from rich.console import Console
-
-    from sextant.cli.render import listing, search_progress
+    from sextant.cli.render import listing, with_progress
     from sextant.validate.serve_latency import load_fit_record, validate_serving_latency
 
     ids = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
-    with search_progress(Console(stderr=True), "replaying the serving-latency ledger", quiet=as_json) as bar:
-        task = bar.add_task("rows", total=None)
-        report = validate_serving_latency(ledger, ids=ids,
-                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    report = with_progress("replaying the serving-latency ledger", as_json,
+                           lambda progress: validate_serving_latency(ledger, ids=ids, progress=progress))
     record = load_fit_record()
     if as_json:
         typer.echo(json.dumps({**report.model_dump(), "cross_validation": record}, indent=2))

@@ -129,12 +129,11 @@ def validate_train_cmd(
     """Predict every published run of the training ledger and report the error per row, in sample
     and leave-one-source-out (each source's rows predicted by the profile and preset values fitted
     without that source)."""
-    from sextant.cli.render import search_progress
+    from sextant.cli.render import with_progress
     from sextant.validate.crossval import validate_training_cv
 
-    with search_progress(Console(stderr=True), "cross-validating, one fold per source", quiet=as_json) as bar:
-        task = bar.add_task("folds", total=None)
-        report = validate_training_cv(ledger, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    report = with_progress("cross-validating, one fold per source", as_json,
+                           lambda progress: validate_training_cv(ledger, progress=progress))
     _print_report(report, "training ledger", as_json)
     if not as_json:
         print_cross_validation(report.cross_validation)
@@ -293,13 +292,11 @@ def validate_memory_cmd(
 ) -> None:
     """Predict the peak GPU memory of every measured run (the memory ledger and the sweeps'
     nvidia-smi readings), each for the counter its source reports: allocated, reserved or device."""
-    from sextant.cli.render import search_progress
+    from sextant.cli.render import with_progress
     from sextant.validate.memory import validate_memory
 
-    with search_progress(Console(stderr=True), "predicting the memory ledger", quiet=as_json) as bar:
-        task = bar.add_task("rows", total=None)
-        report = validate_memory(ledger, with_sweeps=sweeps,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    report = with_progress("predicting the memory ledger", as_json,
+                           lambda progress: validate_memory(ledger, with_sweeps=sweeps, progress=progress))
     from sextant.validate.kv_capacity import cross_validate_kv
 
     kv = cross_validate_kv()

@@ -18,18 +18,16 @@ def validate_all_cmd(
     offload, planner rediscovery, measured sweeps, memory) and print one line per ledger: rows,
     median and worst error. Each ledger's own command (`sextant validate train`, ...) prints its
     rows."""
-    reports = collect_reports()
+    reports = collect_reports(quiet=as_json)
     if as_json:
         typer.echo(json.dumps({k: r.model_dump() for k, r in reports.items()}, indent=2))
         return
     report_console().print(summary_table(reports))
 
 
-def collect_reports() -> dict:
+def collect_reports(quiet: bool = False) -> dict:
     """Every ledger's report, by the key ``validate all --json`` prints it under."""
-    from rich.console import Console
-
-    from sextant.cli.render import search_progress
+    from sextant.cli.render import with_progress
     from sextant.validate.crossval import validate_training_cv
     from sextant.validate.kv_capacity import cross_validate_kv
     from sextant.validate.memory import validate_memory
@@ -39,9 +37,8 @@ def collect_reports() -> dict:
     from sextant.validate.serve_latency import validate_serving_latency
     from sextant.validate.sweep import validate_sweeps
 
-    with search_progress(Console(stderr=True), "replaying the serving-latency ledger", quiet=False) as bar:
-        task = bar.add_task("rows", total=None)
-        latency = validate_serving_latency(progress=lambda done, total: bar.update(task, completed=done, total=total))
+    latency = with_progress("replaying the serving-latency ledger", quiet,
+                            lambda progress: validate_serving_latency(progress=progress))
     return {
         "train": validate_training_cv(None),
         "offload (training)": validate_offload(None),

@@ -47,17 +47,22 @@ def gemm_time(
     count: ArrayLike = 1.0,
     table: EfficiencyTable | None = None,
     weight_bytes_per_element: float | None = None,
+    efficiency_rows: ArrayLike | None = None,
+    launches: ArrayLike | None = None,
 ) -> np.ndarray:
     """Seconds for ``count`` GEMMs of (m x k) @ (k x n); operands and output read/written once.
     ``weight_bytes_per_element`` sets the width of the (k x n) operand where it differs from the
-    activations' (quantized weights)."""
+    activations' (quantized weights). A grouped GEMM runs its ``count`` GEMMs in ``launches``
+    kernels (default: one each) at the tile efficiency of ``efficiency_rows`` rows (default ``m``:
+    the groups' thread blocks share the GPU, so a grouped kernel is as efficient as its stacked
+    rows)."""
     flops = 2.0 * np.asarray(m, float) * n * k
     w_bytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
     traffic = (bytes_per_element * (np.asarray(m, float) * k + np.asarray(m, float) * n)
                + w_bytes * np.asarray(k, float) * n)
-    eff = gemm_efficiency(m, n, k, profile, table)
+    eff = gemm_efficiency(m if efficiency_rows is None else efficiency_rows, n, k, profile, table)
     t = np.maximum(flops / (peak_flops * eff), traffic / (mem_bw * profile.memory_bw_efficiency))
-    return count * (t + profile.kernel_overhead_s)
+    return count * t + (count if launches is None else launches) * profile.kernel_overhead_s
 
 
 def memory_bound_time(bytes_moved: ArrayLike, *, mem_bw: float, profile: HardwareProfile, kernels: ArrayLike = 1.0,

@@ -177,40 +177,31 @@ DEQUANT_TILE_ROWS = 64.0
 DEQUANT_OPS_PER_WEIGHT = 4.0
 
 
-def device_gemm(m, n, k, dev: Device, count=1.0) -> np.ndarray:
+def device_gemm(m, n, k, dev: Device, count=1.0, *, efficiency_rows=None, launches=None) -> np.ndarray:
+    """Seconds of ``count`` GEMMs on the device (:func:`sextant.cost.compute.gemm_time` at the
+    precision's peak; weight-only quantization dequantizes each weight once per tile of rows)."""
     peak = dev.gemm_peak * dev.gemm_scale
     if dev.dequant_flops:
         # Dequantization runs on the vector units beside the tensor-core math: it lowers the
         # effective peak by the ratio of the two times.
         m_ = np.asarray(m, float)
-        tensor_s = 2.0 * m_ / (peak * gemm_efficiency(m, n, k, dev.profile, dev.gemm_table))
+        eff = gemm_efficiency(m if efficiency_rows is None else efficiency_rows, n, k, dev.profile, dev.gemm_table)
+        tensor_s = 2.0 * m_ / (peak * eff)
         dequant_s = np.ceil(m_ / DEQUANT_TILE_ROWS) * DEQUANT_OPS_PER_WEIGHT / dev.dequant_flops
         peak = peak * tensor_s / (tensor_s + dequant_s)
     return gemm_time(m, n, k, peak_flops=peak, mem_bw=dev.mem_bw,
                      bytes_per_element=dev.gemm_bytes, profile=dev.profile, count=count, table=dev.gemm_table,
-                     weight_bytes_per_element=dev.weight_bytes)
+                     weight_bytes_per_element=dev.weight_bytes, efficiency_rows=efficiency_rows, launches=launches)
 
 
 def grouped_gemm(rows, groups, n, k, dev: Device) -> np.ndarray:
     """Seconds of one grouped GEMM: ``groups`` weight matrices (k x n) and ``rows`` rows in all,
     spread evenly over them, in one kernel (the experts of an MoE layer: vLLM's and SGLang's
-    fused_moe, TensorRT-LLM's MoE GEMM, MegaBlocks' block-sparse GEMM, Gale et al. 2023). The
-    thread blocks of every group fill the GPU together, so the tile efficiency is that of the
-    stacked rows, not of one group's; the weights of every group are read once, the activations
-    of every row once. Weight-only quantization dequantizes per tile of one group's rows."""
+    fused_moe, TensorRT-LLM's MoE GEMM, MegaBlocks' block-sparse GEMM, Gale et al. 2023): the
+    ``groups`` GEMMs of :func:`device_gemm` in one launch, at the tile efficiency of the stacked
+    rows (the groups' thread blocks fill the GPU together); every group's weights read once."""
     rows = np.asarray(rows, float)
-    groups = np.asarray(groups, float)
-    p = dev.profile
-    peak = dev.gemm_peak * dev.gemm_scale
-    eff = gemm_efficiency(rows, n, k, p, dev.gemm_table)
-    if dev.dequant_flops:
-        tensor_s = 2.0 * rows / (peak * eff)
-        dequant_s = groups * np.ceil(rows / groups / DEQUANT_TILE_ROWS) * DEQUANT_OPS_PER_WEIGHT / dev.dequant_flops
-        peak = peak * tensor_s / (tensor_s + dequant_s)
-    w_bytes = dev.gemm_bytes if dev.weight_bytes is None else dev.weight_bytes
-    traffic = dev.gemm_bytes * rows * (k + n) + w_bytes * groups * k * n
-    compute = 2.0 * rows * n * k / (peak * eff)
-    return np.maximum(compute, traffic / (dev.mem_bw * p.memory_bw_efficiency)) + p.kernel_overhead_s
+    return device_gemm(rows / groups, n, k, dev, count=groups, efficiency_rows=rows, launches=1.0)
 
 
 def _attention_core(model: ModelSpec, b, s_q, s_kv, t, dev: Device, *, flash: bool, dropout: bool):
