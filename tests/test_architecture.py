@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "sextant"
 
 #: Each package and the packages of Sextant's it may import (besides itself and the leaf modules
-#: ``errors`` and ``units``). Data flows one way, from the bottom up:
+#: ``errors``, ``units`` and ``files``). Data flows one way, from the bottom up:
 #:   spec <- catalog, cost <- resolve <- train, serve <- plan <- validate <- cli
 #: A scenario is resolved in ``resolve`` alone: train, serve and plan never read the catalog;
 #: serving never depends on training. The PyTorch side: ``reference`` (the reference model) <-
@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "calibrate": {"spec", "catalog", "cost", "resolve", "reference"},
     "measure": {"spec", "cost", "resolve", "train", "reference"},
 }
-LEAVES = {"errors", "units"}
+LEAVES = {"errors", "units", "files"}
 #: The only packages that may import PyTorch (an optional extra: everything else runs without it).
 TORCH_PACKAGES = {"calibrate", "measure", "reference"}
 UI_LIBRARIES = {"typer", "rich", "click"}

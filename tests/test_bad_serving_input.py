@@ -35,7 +35,8 @@ def test_a_trace_with_a_non_finite_length_is_a_one_line_error(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("args,message", [
-    (BASE + ["--gpus", "1000000000000"], "gpus: 1,000,000,000,000 GPUs is more than"),
+    (BASE + ["--gpus", "1000000000000"], "--gpus: Input should be less than or equal to 1048576"),
+    (BASE + ["--gpus", "131072"], "gpus: 131,072 GPUs is more than the 65,536"),
     (BASE + ["--gpus", "2", "--prefill-replicas", "0", "--decode-replicas", "1"], "--prefill-replicas"),
     (BASE + ["--draft-model", "llama-3.2-1b", "--spec-tokens", "0"], "--spec-tokens"),
 ])

@@ -14,7 +14,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ import torch
 from sextant import __version__
 from sextant.calibrate import benchmarks, collectives
 from sextant.calibrate.fit import attention_table, fit_affine, fit_gemm_curve, gemm_table
+from sextant.calibrate.trust import LoadMeter, assess
 from sextant.catalog import get_gpu, get_profile
 from sextant.cost.layer import CAUSAL_FRACTION, FLASH_BWD_FLOP_RATIO, LOSS_BYTES_PER_LOGIT, elementwise_bytes
 from sextant.errors import SpecError
+from sextant.files import write_atomic
 from sextant.resolve.hardware import catalog_gpu_for
 from sextant.spec.hardware import GPUSpec, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.model import ModelSpec
@@ -223,6 +224,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
             progress(done, total, label)
 
     torch.manual_seed(0)
+    load = LoadMeter().start()
     gemms = {d: benchmarks.gemm(dev, d, grid.gemm_shapes(), tick, grid.budget_s) for d in gemm_dtypes}
     primary = "fp32" if device == "cpu" else "bf16"
     att = benchmarks.attention(dev, primary, grid.attention_shapes(), tick, grid.budget_s)
@@ -241,6 +243,8 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     backend, world = ("nccl", min(torch.cuda.device_count(), 8)) if nccl else ("gloo", collectives_world)
     ar = collectives.all_reduce(backend, world, list(grid.allreduce))
     tick(f"all-reduce ({backend}, {world} ranks)")
+    layer_again = benchmarks.layer_overhead(dev, grid.budget_s)  # the same probe at the end: a repeat
+    foreign_load = load.share()
 
     # ---- fit ---------------------------------------------------------------------------------
     date = dt.datetime.now(dt.timezone.utc).date().isoformat()
@@ -321,7 +325,14 @@ def calibrate(device: str = "cpu", *, quick: bool = False, gpu: str | None = Non
     }
     info = provenance(device, grid, quick)
     info["duration_s"] = round(time.perf_counter() - started, 1)
-    return ProfileFile(profile=profile, device=device_spec, node=node_spec, provenance=info, fit=fit, measured=measured,
+    trust = assess(gemm_r2=curve["r_squared"], elementwise_r2=ew_r2,
+                   repeats={"per_layer_overhead": (overhead["layer_forward_s"], layer_again)},
+                   foreign_load=foreign_load)
+    if not trust.trusted:
+        profile = profile.model_copy(update={"fitted": False,
+                                             "provenance": f"UNTRUSTED calibration ({'; '.join(trust.problems)}). "
+                                                           + profile.provenance})
+    return ProfileFile(profile=profile, trust=trust, device=device_spec, node=node_spec, provenance=info, fit=fit, measured=measured,
                        measurements={"gemm": [r for d in gemm_dtypes for r in gemms[d]], "attention": att,
                                      "elementwise": ew, "layer_elementwise": layer_ew, "cross_entropy": loss,
                                      "op_overhead": overhead, "copies": copy_records, "disk": disk,
@@ -334,21 +345,34 @@ def cpu_device_name() -> str:
 
 def cpu_profile_path() -> str:
     """Where ``sextant calibrate --device cpu`` writes this CPU's profile by default."""
-    return os.path.join("profiles", f"{cpu_device_name()}.json")
+    return os.path.join(DEFAULT_PROFILE_DIR, f"{cpu_device_name()}.json")
 
 
 def default_output(profile: ProfileFile) -> str:
-    return os.path.join("profiles", f"{profile.profile.gpu}.json")
+    return os.path.join(DEFAULT_PROFILE_DIR, f"{profile.profile.gpu}.json")
 
 
 def write(profile: ProfileFile, path: str) -> str:
+    """Write the profile file atomically; the default folder (``profiles/``) is made if missing,
+    a folder the user named must exist (:func:`sextant.files.check_output_path`)."""
     directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory or ".", delete=False, suffix=".tmp") as f:
-        f.write(profile.model_dump_json(indent=1))
-    os.replace(f.name, path)
+    if directory == DEFAULT_PROFILE_DIR:
+        make_profile_dir()
+    write_atomic(path, profile.model_dump_json(indent=1), field="--out")
     return path
+
+
+#: Where calibrated profiles go unless ``--out`` says otherwise.
+DEFAULT_PROFILE_DIR = "profiles"
+
+
+def make_profile_dir() -> None:
+    """Create ``profiles/`` (before the benchmarks run, so that a failure costs nothing)."""
+    try:
+        os.makedirs(DEFAULT_PROFILE_DIR, exist_ok=True)
+    except OSError as err:
+        raise SpecError(f"cannot create the folder {DEFAULT_PROFILE_DIR}/ for the profile: {err.strerror or err}; "
+                        "pass --out", field="--out") from None
 
 
 __all__ = ["Grid", "calibrate", "default_output", "grid_for", "write"]

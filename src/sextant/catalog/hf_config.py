@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sextant.errors import ConfigImportError
+from sextant.files import read_user_text
 from sextant.spec.model import MLASpec, ModelSpec, MoESpec
 
 _MISSING: Any = object()
@@ -435,14 +436,13 @@ def _read(path: Path) -> tuple[dict[str, Any], Path]:
     def fail(message: str) -> ConfigImportError:
         return ConfigImportError(f"{path}: {message}", field="model")
 
-    if not path.is_file():
+    if not path.exists():
         raise fail("file not found; give the path of a HuggingFace config.json")
+    text = read_user_text(path, field="model", kind="config.json", error=ConfigImportError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise fail(f"invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); fix the file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise fail(f"cannot read the file ({exc}); check its permissions and encoding") from None
     if not isinstance(data, dict):
         raise fail(f"must hold a JSON object (a HuggingFace config.json), got a {type(data).__name__}")
     return data, path

@@ -18,6 +18,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from sextant import __version__
+
+        typer.echo(f"sextant {__version__}")
+        raise Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                       callback=_print_version, is_eager=True)) -> None:
+    """Predict how large models train and serve on given hardware, before you rent it."""
+
+
 predict_app = typer.Typer(help="Predict one configuration.", no_args_is_help=True)
 validate_app = typer.Typer(help="Compare predictions with published measurements.", no_args_is_help=True)
 plan_app = typer.Typer(help="Search for the best configuration.", no_args_is_help=True)
@@ -47,7 +63,7 @@ def _user_error(message: str, field: str | None, as_json: bool) -> int:
     """Report a user error: one line on stderr, or under ``--json`` one JSON object on stdout
     (``{"error": {"field": ..., "message": ...}}``) that a script can parse; exit code 2."""
     if as_json:
-        print(json.dumps({"error": {"field": field, "message": message}}))
+        print(json.dumps({"error": {"field": field, "message": message}}, allow_nan=False))
     else:
         print(f"error: {field}: {message}" if field else f"error: {message}", file=sys.stderr)
     return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -13,8 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import report_console
 from sextant.errors import SpecError
+from sextant.files import check_output_path
 
 Opt = typer.Option
 
@@ -46,8 +47,12 @@ def calibrate_cmd(
     """Run microbenchmarks (GEMMs, attention, memory, copies, disk, optimizer, all-reduce) and fit
     a hardware profile that `--profile` then feeds to predict, plan and measure."""
     _require_torch()
-    from sextant.calibrate.runner import calibrate, default_output, write
+    from sextant.calibrate.runner import calibrate, default_output, make_profile_dir, write
 
+    if out is not None:
+        check_output_path(out, field="--out")
+    else:
+        make_profile_dir()
     console = Console(stderr=True)
     with Progress(TextColumn("calibrating {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
@@ -56,6 +61,9 @@ def calibrate_cmd(
                             progress=lambda done, total, label: bar.update(task, completed=done, total=total,
                                                                            description=label))
     path = write(profile, str(out) if out else default_output(profile))
+    if profile.trust is not None and not profile.trust.trusted:
+        console.print(f"[yellow]warning:[/yellow] {path} is marked untrusted (predictions made with it say so): "
+                      + "; ".join(profile.trust.problems))
     if as_json:
         typer.echo(profile.model_dump_json(indent=1))
         return
@@ -81,6 +89,8 @@ def calibrate_cmd(
         if key in m:
             summary.add_row(key.replace("_bytes_per_s", "").replace("_", " "), f"{m[key] / 1e9:.1f} GB/s")
     summary.add_row("took", f"{profile.provenance['duration_s']:.0f} s")
+    if profile.trust is not None:
+        summary.add_row("trusted", "yes" if profile.trust.trusted else "NO: " + "; ".join(profile.trust.problems))
     report_console().print(summary)
 
 
@@ -110,7 +120,7 @@ def measure_cmd(
         result = measure_serve(device.value, profile=profile_path, gpu=gpu, batch=batch, prompt_len=seq_len,
                                output_len=output_len, repeats=steps)
     if as_json:
-        typer.echo(json.dumps(result.model_dump(), indent=2))
+        emit_json(result.model_dump())
         return
     render_measure(result, report_console())
 

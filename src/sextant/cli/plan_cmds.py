@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from enum import Enum
 from pathlib import Path
@@ -11,9 +10,11 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
-from sextant.spec.scenario import base_tree, parse_scenario
+from sextant.spec.limits import MAX_GPUS
+from sextant.spec.scenario import base_tree, parse_scenario, validate_tree
 
 Opt = typer.Option
 
@@ -45,7 +46,15 @@ def parse_gpu_counts(text: str) -> list[int]:
         raise SpecError(f"'{text}' is not a GPU count, a list (256,512) or a range (256-4096)", field="--gpus") from None
     if not counts or min(counts) <= 0:
         raise SpecError(f"'{text}' must name positive GPU counts", field="--gpus")
+    if max(counts) > MAX_GPUS:
+        raise SpecError(f"{max(counts):,} GPUs is more than the {MAX_GPUS:,} a plan accepts", field="--gpus")
+    if len(set(counts)) > MAX_GPU_COUNTS:
+        raise SpecError(f"{len(set(counts))} GPU counts; a plan searches at most {MAX_GPU_COUNTS}", field="--gpus")
     return sorted(set(counts))
+
+
+#: GPU counts one ``plan train`` searches (each is a whole search of its own).
+MAX_GPU_COUNTS = 64
 
 
 def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
@@ -113,13 +122,14 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     from sextant.resolve.intervals import memory_bound as memory_bound_of
 
     bound_ratio = memory_bound_of(parsed.framework).upper_ratio if memory_bound else 1.0
-    space = SearchSpace(headroom=headroom, memory_bound_ratio=bound_ratio, max_micro_batch=max_micro_batch, tp_within_node=not cross_node_tp,
-                        offload=offload)
+    space = validate_tree(SearchSpace, {"headroom": headroom, "memory_bound_ratio": bound_ratio,
+                                        "max_micro_batch": max_micro_batch, "tp_within_node": not cross_node_tp,
+                                        "offload": offload}, "options", from_flags=True)
     result = with_progress("searching", as_json, lambda progress: plan_train(
         parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
         price_per_gpu_hour=price_per_gpu_hour, progress=progress))
     if as_json:
-        typer.echo(json.dumps(result.model_dump(), indent=2))
+        emit_json(result.model_dump())
         return
     render_plan(result, report_console())
 
@@ -201,7 +211,7 @@ def validate_plan_cmd(
 
     report = rediscover(ledger)
     if as_json:
-        typer.echo(json.dumps(report.model_dump(), indent=2))
+        emit_json(report.model_dump())
         return
     console = report_console()
     table = listing("published configuration's rank in the planner's search",

@@ -3,12 +3,12 @@ how to split them into replicas of tensor-parallel and pipeline stages."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
@@ -100,7 +100,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     plan = with_progress("searching placements", as_json, lambda progress: plan_serve(base, top=top, progress=progress))
     if as_json:
-        typer.echo(json.dumps(plan.model_dump(), indent=2))
+        emit_json(plan.model_dump())
         return
     render_plan_serve(plan, top, report_console())
 
@@ -141,7 +141,7 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     plan = with_progress("measuring each layout's capacity", as_json, lambda progress: plan_capacity(
         base, rate, gpus, percentile=percentile / 100, prices=prices, progress=lambda done: progress(done, None)))
     if as_json:
-        typer.echo(json.dumps(plan.model_dump(), indent=2))
+        emit_json(plan.model_dump())
         return
     out = report_console()
     objectives = " and ".join(f"{name} p{percentile:g} within {v:g} ms" for name, v in

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -12,9 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import report_console
 from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
+from sextant.files import check_output_path
+from sextant.spec.scenario import flag_of
 from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
@@ -90,16 +92,17 @@ def put_host_and_routing(tree: dict[str, Any], pageable: bool | None, expert_pop
 def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: int | None,
                     acceptance_rate: float | None, spec_target: str | None, prefill_replicas: int | None,
                     decode_replicas: int | None) -> None:
-    """Speculative decoding and disaggregation from their flags, when any is given."""
+    """Speculative decoding and disaggregation from their flags, when any is given; a speculative
+    flag without a draft model (from --draft-model or the scenario) is an error, not ignored."""
+    given = {key: value for key, value in (("num_tokens", spec_tokens), ("acceptance_rate", acceptance_rate),
+                                           ("target_device", spec_target)) if value is not None}
     if draft_model is not None:
-        tree["speculative"] = {"draft_model": draft_model,
-                               **({"num_tokens": spec_tokens} if spec_tokens is not None else {}),
-                               **({"acceptance_rate": acceptance_rate} if acceptance_rate is not None else {}),
-                               **({"target_device": spec_target} if spec_target else {})}
-    elif spec_target is not None:
+        tree["speculative"] = {"draft_model": draft_model, **given}
+    elif given:
         if "speculative" not in tree:
-            raise SpecError("--spec-target needs speculative decoding: give --draft-model", field="target_device")
-        tree["speculative"]["target_device"] = spec_target
+            flag = flag_of("speculative", next(iter(given)))
+            raise SpecError("needs speculative decoding: give --draft-model", field=flag)
+        tree["speculative"].update(given)
     if prefill_replicas is not None or decode_replicas is not None:
         # One side given: the other is one instance (stated in the help); a 0 is refused by the spec.
         tree["disaggregation"] = {"prefill_replicas": 1 if prefill_replicas is None else prefill_replicas,
@@ -210,6 +213,9 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, spec_target, prefill_replicas, decode_replicas)
     put_gpus(tree, gpus)
     sc: ServeScenario = parse_serve_scenario(tree, from_flags=scenario is None)
+    for target, flag in ((trace_out, "--trace-out"), (requests_out, "--requests-out")):
+        if target is not None:
+            check_output_path(target, field=flag)
     console = Console(stderr=True)
     from sextant.serve.requests import request_count
 
@@ -231,7 +237,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
 
         write_requests(reqs, out, requests_out)
     if as_json:
-        typer.echo(json.dumps(result.model_dump(), indent=2))
+        emit_json(result.model_dump())
         return
     _render(result, trace_out)
     if requests_out is not None:
@@ -300,7 +306,7 @@ def validate_serve_latency_cmd(
                            lambda progress: validate_serving_latency(ledger, ids=ids, progress=progress))
     record = load_fit_record()
     if as_json:
-        typer.echo(json.dumps({**report.model_dump(), "cross_validation": record}, indent=2))
+        emit_json({**report.model_dump(), "cross_validation": record})
         return
     console = report_console()
     table = Table(title="serving latency: predicted vs measured, per load stage", title_justify="left")
@@ -347,7 +353,7 @@ def validate_serve_latency_cmd(
 
 def print_serve_report(report, title: str, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(report.model_dump(), indent=2))
+        emit_json(report.model_dump())
         return
     console = report_console()
     table = Table(title=f"{title}: predicted vs published", title_justify="left")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import listing, report_console
+from sextant.files import check_output_path
 from sextant.spec.scenario import base_tree, parse_scenario
 from sextant.train.predict import predict_train
 
@@ -112,10 +113,12 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
                        ("dropout", dropout), ("expert_imbalance", expert_imbalance), ("method", method),
                        ("adapter_rank", adapter_rank)):
         _set(tree, "workload", key, value)
+    if trace_out is not None:
+        check_output_path(trace_out, field="--trace-out")
     result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None),
                            trace_out=str(trace_out) if trace_out else None)
     if as_json:
-        typer.echo(json.dumps(result.model_dump(), indent=2))
+        emit_json(result.model_dump())
         return
     from sextant.cli.render import render_train
 
@@ -172,7 +175,7 @@ def validate_offload_cmd(
     training = validate_offload(ledger)
     serving = validate_serving(serve_ledger, builtin="serving-offload.yaml")
     if as_json:
-        typer.echo(json.dumps({"training": training.model_dump(), "serving": serving.model_dump()}, indent=2))
+        emit_json({"training": training.model_dump(), "serving": serving.model_dump()})
         return
     _print_report(training, "training offload ledger", False)
     print_serve_report(serving, "serving offload ledger", False)
@@ -180,7 +183,7 @@ def validate_offload_cmd(
 
 def _print_report(report, title: str, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(report.model_dump(), indent=2))
+        emit_json(report.model_dump())
         return
     console = report_console()
     table = Table(title=f"{title}: predicted vs published", title_justify="left")
@@ -261,7 +264,7 @@ def validate_sweep_cmd(
 
     report = validate_sweeps(ledger)
     if as_json:
-        typer.echo(json.dumps(report.model_dump(), indent=2))
+        emit_json(report.model_dump())
         return
     console = report_console()
     for s in report.sweeps:
@@ -301,7 +304,7 @@ def validate_memory_cmd(
 
     kv = cross_validate_kv()
     if as_json:
-        typer.echo(json.dumps({**report.model_dump(), "kv_capacity": kv.model_dump()}, indent=2))
+        emit_json({**report.model_dump(), "kv_capacity": kv.model_dump()})
         return
     console = report_console()
     table = listing("memory ledger: peak GiB per GPU, measured vs predicted",

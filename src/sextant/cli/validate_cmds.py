@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
+from sextant.cli.output import emit_json
 from sextant.cli.render import listing, report_console
 
 Opt = typer.Option
@@ -20,7 +19,7 @@ def validate_all_cmd(
     rows."""
     reports = collect_reports(quiet=as_json)
     if as_json:
-        typer.echo(json.dumps({k: r.model_dump() for k, r in reports.items()}, indent=2))
+        emit_json({k: r.model_dump() for k, r in reports.items()})
         return
     report_console().print(summary_table(reports))
 

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from sextant.errors import SpecError
+from sextant.files import read_user_text
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,9 @@ def trace_popularity(path: str | Path, moe_layers: int, experts: int) -> np.ndar
 
 @functools.lru_cache(maxsize=8)
 def _count_trace(path: str, size: int, mtime_ns: int, moe_layers: int, experts: int) -> np.ndarray:
+    text = read_user_text(path, field="routing_trace", kind="routing trace")
     try:
-        with open(path, newline="") as f:
-            rows = [(int(r["layer"]), int(r["expert"])) for r in csv.DictReader(f)]
-    except FileNotFoundError:
-        raise SpecError(f"no such routing trace {path}", field="routing_trace") from None
+        rows = [(int(r["layer"]), int(r["expert"])) for r in csv.DictReader(text.splitlines())]
     except (KeyError, ValueError, TypeError):
         raise SpecError(f"routing trace {path} needs integer columns layer, expert", field="routing_trace") from None
     if not rows:

@@ -326,7 +326,8 @@ def _check(base: ServeScenario) -> None:
         raise SpecError("plan serve searches offline throughput (every request at time 0): drop --rate and --trace",
                         field="workload")
     if base.speculative or base.disaggregation:
-        raise SpecError("plan serve searches replicas without speculation or disaggregation", field="deployment")
+        raise SpecError("plan serve searches replicas without speculation or disaggregation",
+                        field="speculative" if base.speculative else "disaggregation")
     if base.slo.ttft_ms is not None:
         raise SpecError("plan serve puts every request at time 0, so time to first token is mostly queueing: "
                         "bound the time per output token instead (--tpot-slo)", field="slo")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sextant.catalog import build_cluster, get_model, get_profile
 from sextant.errors import SpecError
+from sextant.files import read_user_text
 from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile, ProfileFile
@@ -47,15 +48,12 @@ def load_profile_file(path: str) -> ProfileFile:
 
 @lru_cache(maxsize=16)
 def _read_profile_file(resolved: str, mtime_ns: int, size: int, path: str) -> ProfileFile:
+    text = read_user_text(path, field="profile", kind="hardware profile")
     try:
-        data = json.loads(Path(resolved).read_text())
+        data = json.loads(text)
         if isinstance(data, dict) and "format" not in data and "profile" not in data:
             data = {"profile": data}
         return ProfileFile.model_validate(data)
-    except FileNotFoundError:
-        raise SpecError(f"no such file {path}", field="profile") from None
-    except OSError as err:
-        raise SpecError(f"cannot read {path}: {err.strerror}", field="profile") from None
     except (json.JSONDecodeError, ValueError) as err:
         first = str(err).splitlines()
         detail = " ".join(first[:3]) if first else str(err)
@@ -93,4 +91,9 @@ def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]
         cluster = ClusterSpec(node=loaded.node, gpu=loaded.device, num_gpus=hw.gpus)
     if loaded.profile.gpu != cluster.gpu.name:
         raise SpecError(f"{hw.profile} was measured on {loaded.profile.gpu}, not {cluster.gpu.name}", field="profile")
+    if loaded.trust is not None and not loaded.trust.trusted:  # never used as if it were a good fit
+        untrusted = f"UNTRUSTED calibration ({'; '.join(loaded.trust.problems)})"
+        if not loaded.profile.provenance.startswith("UNTRUSTED"):
+            untrusted += ". " + loaded.profile.provenance
+        return cluster, loaded.profile.model_copy(update={"fitted": False, "provenance": untrusted})
     return cluster, loaded.profile

@@ -288,10 +288,10 @@ def check_training(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, w
     check(SHAPE_RULES, case)
     columns.dp = dp = resolve_dp(s, cluster.num_gpus)
     check(TRAINING_RULES[len(SHAPE_RULES):], case)
-    if "nvme" in (s.offload_optimizer, s.offload_params, s.offload_activations) and cluster.node.nvme is None:
-        raise SpecError(f"node {cluster.node.name} has no NVMe drives to offload to", field="offload")
-    if workload.seq_len > 10_000_000:
-        raise SpecError(f"seq_len={workload.seq_len} is beyond any model's context", field="seq_len")
+    to_nvme = [k for k in ("offload_optimizer", "offload_params", "offload_activations") if getattr(s, k) == "nvme"]
+    if to_nvme and cluster.node.nvme is None:
+        raise SpecError(f"node {cluster.node.name} has no NVMe drives to offload to; offload to cpu or pick a node "
+                        "with NVMe (--node)", field=to_nvme[0])
     return dp
 
 

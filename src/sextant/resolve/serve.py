@@ -86,8 +86,10 @@ def _replicas(scenario: ServeScenario) -> tuple[int, int]:
     else:
         replicas = dep.replicas if dep.replicas is not None else max(gpus // dep.gpus_per_replica, 1)
     needed = replicas * dep.gpus_per_replica
-    if needed > gpus:
-        raise SpecError(f"{replicas} replica(s) x tp {dep.tp} x pp {dep.pp} need {needed} GPUs; {gpus} given",
+    if needed != gpus:  # never leave GPUs idle without a word
+        fix = (f"give --gpus {needed}" if needed > gpus or dep.replicas is not None or disagg is not None
+               else f"give --gpus {needed} or a multiple of tp x pp = {dep.gpus_per_replica}")
+        raise SpecError(f"{replicas} replica(s) x tp {dep.tp} x pp {dep.pp} need {needed} GPUs; {gpus} given: {fix}",
                         field="gpus")
     if scenario.speculative is not None and (disagg is not None or scenario.scheduler.batching == "static"):
         raise SpecError("speculative decoding is modelled with continuous or chunked batching on aggregated "

@@ -17,7 +17,8 @@ from sextant.serve.engine import EngineConfig
 from sextant.serve.iteration import IterationCost, Speculation
 from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
-from sextant.spec.serving import MAX_SERVING_GPUS, Scheduler, ServeScenario
+from sextant.spec.limits import MAX_SERVING_GPUS
+from sextant.spec.serving import Scheduler, ServeScenario
 from sextant.units import GB
 
 PART_LABELS = {
@@ -280,7 +281,7 @@ def _memory(res: Deployment) -> tuple[dict[str, float], dict[str, float], dict[s
     return memory, tiers, capacity
 
 
-def _assumptions(res: Deployment) -> list[str]:
+def _assumptions(res: Deployment, longest_request: int) -> list[str]:
     sc, off = res.scenario, res.instance.offload
     dep, sched = sc.deployment, sc.scheduler
     assumptions = [
@@ -291,6 +292,12 @@ def _assumptions(res: Deployment) -> list[str]:
         f"{res.profile.layer_overhead_s * 1e6:g} us (0 where kernels are issued ahead or replayed as CUDA graphs)",
         "embedding and output projection in 16 bits; decode attention at the profile's memory-bandwidth efficiency",
     ]
+    if not res.profile.fitted:
+        assumptions.append(f"profile {res.profile.name} is not fitted to measured runs of the {res.cluster.gpu.name}: "
+                           f"{res.profile.provenance.split('. ')[0]}")
+    context = res.model.context_note(longest_request, "the longest request (prompt and output)")
+    if context:
+        assumptions.append(context)
     if dep.pp > 1:
         assumptions.append(f"pipeline parallelism: each replica runs {dep.pp} batches in flight (vLLM virtual "
                            "engines), each with 1/pp of the KV cache")
@@ -353,7 +360,8 @@ def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> Ser
         tier_capacity_gb=capacity, time_breakdown_s=parts, bottleneck=_gpu_seconds_label(parts),
         binding_resource=max(busy, key=busy.get) if inst.offload.offloaded else "gpu",
         resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
-        profile=res.profile.name, profile_fitted=res.profile.fitted, assumptions=_assumptions(res),
+        profile=res.profile.name, profile_fitted=res.profile.fitted,
+        assumptions=_assumptions(res, int((requests.input_tokens + requests.output_tokens).max())),
         stages=_stages(sc, requests, lat),
     )
 

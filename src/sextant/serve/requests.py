@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sextant.errors import SpecError
+from sextant.files import read_user_text
 from sextant.spec.serving import LengthSpec, ServeWorkload
 
 ALIASES = {
@@ -166,7 +167,7 @@ def _columns(header: list[str], path: str) -> dict[str, str]:
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
-    text = path.read_text()
+    text = read_user_text(path, field="trace", kind="trace")
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -187,8 +188,6 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
 def load_trace(path: str, *, limit: int | None = None) -> Requests:
     """Requests from a CSV or JSONL trace; ``limit`` keeps the first ``limit`` requests."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"no such file {path}", field="trace")
     rows = _rows(p)
     if not rows:
         raise SpecError(f"{path}: no requests", field="trace")

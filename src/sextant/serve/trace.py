@@ -8,10 +8,11 @@ Requests beyond ``max_requests`` are left out to keep the file openable; the met
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
-from sextant.errors import SpecError
+from sextant.files import write_atomic
 from sextant.serve.requests import Requests
 from sextant.serve.simulator import SimulationOutput
 
@@ -25,18 +26,16 @@ def write_requests(requests: Requests, out: SimulationOutput, path: str | Path) 
     """Write each request's arrival, first-token and finish times and token counts as CSV (the
     per-request view a benchmark client records); returns the number of rows."""
     t = out.table
-    try:
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(REQUEST_COLUMNS)
-            for rid in range(len(requests)):
-                arrival, first, finish, n = float(requests.arrival_s[rid]), t.first[rid], t.finish[rid], t.out[rid]
-                tpot = (finish - first) / (n - 1) * 1e3 if n > 1 else ""
-                w.writerow((rid, "" if requests.stage is None else int(requests.stage[rid]), f"{arrival:.6f}",
-                            f"{first:.6f}", f"{finish:.6f}", t.inp[rid], n, f"{(first - arrival) * 1e3:.3f}",
-                            f"{(finish - arrival) * 1e3:.3f}", tpot if tpot == "" else f"{tpot:.3f}"))
-    except OSError as err:
-        raise SpecError(f"cannot write {path}: {err.strerror or err}", field="requests_out") from None
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(REQUEST_COLUMNS)
+    for rid in range(len(requests)):
+        arrival, first, finish, n = float(requests.arrival_s[rid]), t.first[rid], t.finish[rid], t.out[rid]
+        tpot = (finish - first) / (n - 1) * 1e3 if n > 1 else ""
+        w.writerow((rid, "" if requests.stage is None else int(requests.stage[rid]), f"{arrival:.6f}",
+                    f"{first:.6f}", f"{finish:.6f}", t.inp[rid], n, f"{(first - arrival) * 1e3:.3f}",
+                    f"{(finish - arrival) * 1e3:.3f}", tpot if tpot == "" else f"{tpot:.3f}"))
+    write_atomic(path, buffer.getvalue(), field="--requests-out")
     return len(requests)
 
 
@@ -67,5 +66,6 @@ def write_trace(out: SimulationOutput, path: str | Path, *, max_requests: int = 
         events.append({**common, "ph": "b", "ts": start * 1e6})
         events.append({**common, "ph": "e", "ts": end * 1e6})
     meta = {"requests_in_trace": shown, "requests_total": len(t.arrival)}
-    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))
+    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
+                 field="--trace-out")
     return len(events)

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a bool (``bool``, ``bool | None``, ``Any``...)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_takes_bool(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
+    return False
 
 
 class Spec(BaseModel):
     """Base of every spec: frozen, ``extra="forbid"`` so that a misspelt key is an error, and no
-    float may be NaN or infinite (a rate, a length, a price that is not a number is a user error)."""
+    float may be NaN or infinite (a rate, a length, a price that is not a number is a user error).
+    A YAML ``true`` where a number belongs (``gpus: true``) is refused too: pydantic would read
+    it as 1."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(field.alias or name)
+                if isinstance(value, bool) and not _takes_bool(field.annotation):
+                    raise ValueError(f"{name} must be a number or a name, not {str(value).lower()}")
+        return data

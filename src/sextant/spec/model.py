@@ -12,6 +12,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
+from sextant.spec.limits import (
+    MAX_EXPERTS,
+    MAX_FFN_HIDDEN_SIZE,
+    MAX_HEADS,
+    MAX_HIDDEN_SIZE,
+    MAX_LAYERS,
+    MAX_SEQUENCE_TOKENS,
+    MAX_VOCAB_SIZE,
+)
 
 
 class MoESpec(Spec):
@@ -21,9 +30,9 @@ class MoESpec(Spec):
     (DeepSeek-V3's ``first_k_dense_replace``); every ``layer_freq``-th layer after them is MoE.
     """
 
-    num_experts: int = Field(gt=0)
+    num_experts: int = Field(gt=0, le=MAX_EXPERTS)
     top_k: int = Field(gt=0)
-    expert_ffn_hidden_size: int = Field(gt=0)
+    expert_ffn_hidden_size: int = Field(gt=0, le=MAX_FFN_HIDDEN_SIZE)
     num_shared_experts: int = Field(default=0, ge=0)
     shared_expert_ffn_hidden_size: int = Field(default=0, ge=0)
     first_dense_layers: int = Field(default=0, ge=0)
@@ -63,14 +72,14 @@ class ModelSpec(Spec):
 
     name: str
     source: str = Field(description="Where the architecture comes from (paper, config.json).")
-    hidden_size: int = Field(gt=0)
-    num_layers: int = Field(gt=0)
-    num_heads: int = Field(gt=0)
-    num_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
-    ffn_hidden_size: int = Field(gt=0, description="Dense MLP intermediate size.")
-    vocab_size: int = Field(gt=0)
-    max_seq_len: int = Field(default=4096, gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_HIDDEN_SIZE)
+    num_layers: int = Field(gt=0, le=MAX_LAYERS)
+    num_heads: int = Field(gt=0, le=MAX_HEADS)
+    num_kv_heads: int = Field(gt=0, le=MAX_HEADS)
+    head_dim: int = Field(gt=0, le=MAX_HIDDEN_SIZE)
+    ffn_hidden_size: int = Field(gt=0, le=MAX_FFN_HIDDEN_SIZE, description="Dense MLP intermediate size.")
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB_SIZE)
+    max_seq_len: int = Field(default=4096, gt=0, le=MAX_SEQUENCE_TOKENS)
     #: Gated MLPs (SwiGLU, GeGLU) have three matrices, plain ones (GeLU, ReLU) two.
     mlp: Literal["swiglu", "geglu", "gelu", "relu"] = "swiglu"
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
@@ -94,6 +103,19 @@ class ModelSpec(Spec):
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
         return self
+
+    def context_note(self, tokens: int, what: str) -> str | None:
+        """The report's line when ``what`` (a sequence, a request) of ``tokens`` tokens is longer
+        than the model's context (``max_position_embeddings``), else None. Not an error: published
+        runs train and serve past the declared context (context extension, RoPE scaling; NeMo's
+        Llama 2 7B at 128k, TensorRT-LLM's GPT-J at 2048 + 2048), so the prediction goes on and
+        says so."""
+        if tokens <= self.max_seq_len:
+            return None
+        table = (f"; the learned position table is counted at {self.max_seq_len:,} rows"
+                 if self.position_embedding == "learned" else "")
+        return (f"{what} of {tokens:,} tokens is longer than {self.name}'s context of {self.max_seq_len:,}: "
+                f"predicted as if the context were extended, at no cost for the extension{table}")
 
     @property
     def gated_mlp(self) -> bool:

@@ -190,6 +190,15 @@ class HardwareProfile(Spec):
 PROFILE_FORMAT = "sextant-profile/1"
 
 
+class CalibrationTrust(Spec):
+    """How far a calibration can be trusted (``sextant.calibrate.trust``): the checks it passed or
+    failed, each problem in words."""
+
+    trusted: bool
+    problems: list[str] = []
+    checks: dict[str, float] = {}
+
+
 class ProfileFile(Spec):
     """A hardware profile as ``sextant calibrate`` writes it: the profile the cost model uses,
     the device itself where the catalog lacks it (a CPU, a new GPU), where the numbers come from,
@@ -203,6 +212,8 @@ class ProfileFile(Spec):
     fit: dict[str, Any] = Field(default_factory=dict, description="Fit quality per quantity.")
     measured: dict[str, Any] = Field(default_factory=dict, description="Bandwidths, latencies, throughputs.")
     measurements: dict[str, Any] = Field(default_factory=dict, description="Raw benchmark records.")
+    #: The calibration's own verdict; None for profiles written by hand or before the checks.
+    trust: CalibrationTrust | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ProfileFile:

@@ -10,7 +10,9 @@ import yaml
 from pydantic import Field, ValidationError
 
 from sextant.errors import ScenarioError
+from sextant.files import read_user_text
 from sextant.spec.base import Spec
+from sextant.spec.limits import MAX_GPUS
 from sextant.spec.model import ModelSpec
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
@@ -22,7 +24,7 @@ class HardwareRef(Spec):
     """Hardware by catalog names: the GPU implies its usual node unless ``node`` names one."""
 
     gpu: str = "h100-sxm"
-    gpus: int = Field(default=8, gt=0)
+    gpus: int = Field(default=8, gt=0, le=MAX_GPUS)
     gpus_per_node: int | None = Field(default=None, gt=0)
     node: str | None = None
     network: str | None = None
@@ -67,6 +69,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; see docs/scenarios.md for the keys)"
+    elif first["type"] == "value_error":  # a check across keys: its message names them
+        msg = msg.removeprefix("Value error, ")
     elif "input" in first and first["type"] not in ("missing",):
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
@@ -93,7 +97,8 @@ def base_tree(scenario: Path | None, model: str | None, gpu: str | None) -> dict
 #: CLI flags whose names differ from their scenario keys, by (section, key).
 RENAMED_FLAGS = {("offload", "weights"): "--offload-weights", ("offload", "kv_cache"): "--offload-kv",
                  ("offload", "micro_batches"): "--offload-micro-batches", ("offload", "pinned"): "--pageable",
-                 ("speculative", "num_tokens"): "--spec-tokens", ("speculative", "target_device"): "--spec-target"}
+                 ("speculative", "num_tokens"): "--spec-tokens", ("speculative", "target_device"): "--spec-target",
+                 ("slo", "ttft_ms"): "--ttft-slo", ("slo", "tpot_ms"): "--tpot-slo"}
 
 
 def flag_of(section: str, key: str) -> str:
@@ -110,6 +115,9 @@ def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario"
         if from_flags:
             first = err.errors()[0]
             loc = tuple(str(p) for p in first["loc"])
+            if first["type"] == "value_error" and loc and isinstance(data.get(loc[0]), dict) and len(loc) == 1:
+                # a check across a section's keys (no single flag): name the section
+                raise ScenarioError(first["msg"].removeprefix("Value error, "), field=loc[0]) from None
             flag = flag_of(*loc[-2:]) if len(loc) >= 2 else ("--" + loc[-1].replace("_", "-") if loc else source)
             got = f" (got {first['input']!r})" if "input" in first else ""
             raise ScenarioError(f"{first['msg']}{got}", field=flag) from None
@@ -119,22 +127,13 @@ def validate_tree(model: type[S], data: dict[str, Any], source: str = "scenario"
 def read_tree(path: str | Path, keys: str) -> dict[str, Any]:
     """The mapping a scenario YAML file holds; ``keys`` names its sections for the error."""
     path = Path(path)
+    text = read_user_text(path, field="scenario", kind="scenario", error=ScenarioError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"no such file {path}", field="scenario") from None
-    except IsADirectoryError:
-        raise ScenarioError(f"{path} is a directory, not a scenario file", field="scenario") from None
-    except PermissionError:
-        raise ScenarioError(f"cannot read {path}: permission denied", field="scenario") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{path} is not UTF-8 text (a YAML scenario is)", field="scenario") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ScenarioError(f"{path} is not valid YAML{where}", field="scenario") from None
-    except OSError as err:
-        raise ScenarioError(f"cannot read {path}: {err.strerror or err}", field="scenario") from None
     if data is None:  # an empty file: every default (tests/test_scenario.py)
         data = {}
     if not isinstance(data, dict):

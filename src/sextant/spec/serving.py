@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
+from sextant.spec.limits import MAX_SEQUENCE_TOKENS
 from sextant.spec.model import ModelSpec
 from sextant.spec.scenario import HardwareRef, read_tree, validate_tree
 
@@ -217,10 +218,10 @@ class LengthSpec(Spec):
     """A token-length distribution: ``mean`` (and ``stdev`` / bounds where the shape needs them)."""
 
     distribution: LengthDistribution = "fixed"
-    mean: float = Field(gt=0)
-    stdev: float = Field(default=0.0, ge=0)
-    min: int = Field(default=1, gt=0)
-    max: int | None = Field(default=None, gt=0)
+    mean: float = Field(gt=0, le=MAX_SEQUENCE_TOKENS)
+    stdev: float = Field(default=0.0, ge=0, le=MAX_SEQUENCE_TOKENS)
+    min: int = Field(default=1, gt=0, le=MAX_SEQUENCE_TOKENS)
+    max: int | None = Field(default=None, gt=0, le=MAX_SEQUENCE_TOKENS)
 
 
 #: Arrival rates a simulation accepts (requests per second): one request a day at the least (a
@@ -292,6 +293,11 @@ class ServeWorkload(Spec):
                 raise ValueError("stages set the number of requests (rate x duration_s of each); drop num_requests")
             if self.trace is not None:
                 raise ValueError("a trace carries its own arrival times; stages apply to synthetic requests")
+        ignored = sorted({"input_len", "output_len", "rate", "arrival", "burstiness", "shared_prefix"}
+                         & self.model_fields_set) if self.trace is not None else []
+        if ignored:
+            raise ValueError(f"a trace gives each request's arrival time and lengths; {', '.join(ignored)} would be "
+                             "ignored: drop " + ("it" if len(ignored) == 1 else "them") + " or the trace")
         if self.concurrency is not None and (self.rate is not None or self.stages or self.trace is not None):
             raise ValueError("concurrency keeps that many requests in flight (a closed loop); it replaces rate, "
                              "stages and trace arrival times")
@@ -329,10 +335,6 @@ class ServeScenario(Spec):
     disaggregation: Disaggregation | None = None
     offload: ServeOffload = ServeOffload()
 
-
-
-#: GPUs a serving simulation models replica by replica (each replica is an engine of its own).
-MAX_SERVING_GPUS = 65_536
 
 
 def parse_serve_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> ServeScenario:

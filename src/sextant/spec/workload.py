@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from sextant.spec.base import Spec
+from sextant.spec.limits import MAX_GLOBAL_BATCH, MAX_SEQUENCE_TOKENS
 
 Optimizer = Literal["adamw", "adam", "sgd", "adam8bit"]
 #: Full-parameter training, or a memory-saving method (cost/finetune.py).
@@ -16,8 +17,8 @@ Method = Literal["full", "lora", "qlora", "galore", "zo"]
 class TrainWorkload(Spec):
     """``global_batch`` counts sequences of ``seq_len`` tokens per optimizer step."""
 
-    global_batch: int = Field(default=128, gt=0)
-    seq_len: int = Field(default=4096, gt=0)
+    global_batch: int = Field(default=128, gt=0, le=MAX_GLOBAL_BATCH)
+    seq_len: int = Field(default=4096, gt=0, le=MAX_SEQUENCE_TOKENS)
     optimizer: Optimizer = "adamw"
     #: Tokens the busiest expert-parallel rank receives, as a multiple of the mean (MoE only).
     #: DeepSeek-V3 and Mixtral report near-balanced routing with auxiliary losses; 1.2 by default.

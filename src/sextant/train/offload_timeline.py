@@ -56,6 +56,7 @@ import numpy as np
 
 from sextant.cost.memory import OFFLOAD_BUFFERS as BUFFERS
 from sextant.cost.tiers import RESOURCE_LABELS, TierRates
+from sextant.files import write_atomic
 from sextant.resolve.train import TrainContext
 
 if TYPE_CHECKING:
@@ -344,7 +345,6 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
     micro-batch with its overlapped optimizer (the micro-batches in between repeat the first).
     Returns the number of events."""
     import json
-    from pathlib import Path
 
     events: list[dict] = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "training step (one GPU)"}}]
     for tid, r in enumerate(RESOURCES, start=1):
@@ -362,7 +362,8 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
              else "micro-batch 1 and the optimizer step after the last")
     meta = {"microbatches": microbatches, "shown": shown,
             "microbatch_s": float(times.microbatch_s[0]), "optimizer_s": float(times.optimizer_s[0])}
-    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))
+    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
+                 field="--trace-out")
     return len(events)
 
 

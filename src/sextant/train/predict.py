@@ -70,9 +70,12 @@ def _assumptions(ctx: TrainContext, offloads: bool) -> list[str]:
         + (f" (hiding {ctx.overlap.efficiency:.0%} of the overlappable time)" if ctx.overlap.efficiency < 1 else ""),
         f"data-parallel collectives: {ctx.dp_collective}",
     ]
+    context = ctx.model.context_note(ctx.workload.seq_len, "a sequence")
+    if context:
+        assumptions.append(context)
     if not ctx.profile.fitted:
         assumptions.append(f"profile {ctx.profile.name} is not fully fitted to measured runs of the {ctx.cluster.gpu.name}: "
-                           f"{ctx.profile.provenance.split('.')[0]}; expect a larger error than docs/validation.md "
+                           f"{ctx.profile.provenance.split('. ')[0]}; expect a larger error than docs/validation.md "
                            "reports for fitted GPUs")
     if ctx.selective_recompute != "attention_core":
         assumptions.append("selective recomputation: every second matmul and all element-wise ops of a block "
@@ -147,7 +150,7 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         if trace_out:
             write_trace(ev.offload, float(ev.num_microbatches[0]), trace_out)
     elif trace_out:
-        raise SpecError("--trace-out draws the offload timeline; this configuration offloads nothing", field="trace_out")
+        raise SpecError("--trace-out draws the offload timeline; this configuration offloads nothing", field="--trace-out")
     memory, tiers, tier_capacity = _memory(ctx, ev, offloads)
     capacity = ev.capacity_bytes / GiB
     gpus = ctx.cluster.num_gpus

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
+from sextant.files import read_user_text
 from sextant.resolve.layout import resolve_dp
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario, format_validation_error
@@ -131,14 +132,18 @@ def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[
         text = resources.files("sextant.validate").joinpath("data", builtin).read_text()
         where = f"built-in ledger {builtin}"
     else:
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ScenarioError(f"no such file {path}", field="ledger") from None
+        text = read_user_text(path, field="ledger", kind="ledger", error=ScenarioError)
         where = str(path)
-    data = yaml.safe_load(text) or []
+    try:
+        data = yaml.safe_load(text) or []
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ScenarioError(f"{where} is not valid YAML" + (f" at line {mark.line + 1}" if mark else ""),
+                            field="ledger") from None
     if not isinstance(data, list):
         raise ScenarioError(f"{where} must be a YAML list of rows", field="ledger")
+    if not data:
+        raise ScenarioError(f"{where} holds no rows", field="ledger")
     rows = []
     for i, item in enumerate(data):
         try:

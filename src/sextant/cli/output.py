@@ -1,0 +1,26 @@
+"""JSON output for scripts: strict JSON that any parser reads."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import typer
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON ``null``): bare ``NaN``
+    and ``Infinity`` tokens are not JSON, and strict parsers (``jq``, Go, JavaScript) reject them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Print ``value`` as indented, strict JSON on standard output."""
+    typer.echo(json.dumps(finite(value), indent=2, allow_nan=False))
