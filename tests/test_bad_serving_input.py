@@ -16,7 +16,7 @@ BASE = ["predict", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--n
     (BASE + ["--iteration-overhead-ms", "inf"], "--iteration-overhead-ms: Input should be a finite number"),
     (BASE + ["--rate", "5", "--arrival", "gamma", "--burstiness", "inf"], "--burstiness"),
     (BASE + ["--seed", "-1"], "--seed"),
-    (["plan", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--top", "0"], "--top: must be positive"),
+    (["plan", "serve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--top", "0"], "--top: must be 1 to 100"),
     (["plan", "train", "--tokens", "nan"], "--tokens: must be a positive finite number"),
     (["plan", "train", "--tokens", "1e9", "--price-per-gpu-hour", "inf"], "--price-per-gpu-hour"),
 ])

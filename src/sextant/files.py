@@ -31,6 +31,8 @@ def read_user_text(path: str | Path, *, field: str, kind: str, error: type[SpecE
     try:
         if p.is_dir():
             raise fail(f"{p} is a directory, not a {kind} file")
+        if not p.exists():
+            raise FileNotFoundError
         size = p.stat().st_size
         if size > MAX_USER_FILE_BYTES:
             raise fail(f"{p} is {size / 2**30:.1f} GiB; a {kind} file is read whole, at most 1 GiB")
@@ -41,14 +43,21 @@ def read_user_text(path: str | Path, *, field: str, kind: str, error: type[SpecE
         raise fail(f"cannot read {p}: permission denied") from None
     except UnicodeDecodeError:
         raise fail(f"{p} is not UTF-8 text (a {kind} file is)") from None
-    except OSError as err:
-        raise fail(f"cannot read {p}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:
+        raise fail(f"cannot read {str(p)[:200]}: {getattr(err, 'strerror', None) or err}") from None
 
 
 def check_output_path(path: str | Path, *, field: str) -> Path:
     """Check, before any work, that ``path`` can be written: not a directory, in a folder that
     exists and is writable. Returns the path; raises one :class:`SpecError` line otherwise."""
-    p = Path(path)
+    try:
+        return _check_output_path(Path(path), str(path), field)
+    except (OSError, ValueError) as err:  # a name the OS refuses: too long, a NUL byte
+        raise SpecError(f"cannot write {str(path)[:200]!r}: {getattr(err, 'strerror', None) or err}",
+                        field=field) from None
+
+
+def _check_output_path(p: Path, path: str, field: str) -> Path:
     if str(path) == "" or p.name in ("", ".", ".."):
         raise SpecError(f"{str(path)!r} is not a file name", field=field)
     if p.is_dir():

@@ -10,6 +10,7 @@ with ``trust.trusted = False`` and its problems, and a prediction made with it s
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -89,4 +90,5 @@ def assess(*, gemm_r2: float, elementwise_r2: float, repeats: dict[str, tuple[fl
               **{f"{k}_spread": v for k, v in spreads.items()}}
     if foreign_load is not None:
         checks["foreign_cpu_load"] = foreign_load
+    checks = {k: v for k, v in checks.items() if math.isfinite(v)}  # a failed fit's NaN is a problem above
     return CalibrationTrust(trusted=not problems, problems=problems, checks=checks)

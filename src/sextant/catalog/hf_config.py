@@ -128,12 +128,12 @@ def _moe(  # noqa: PLR0913
     if not moe_layers:
         return None
     first, freq = _moe_layout(moe_layers, num_layers)
-    groups = cfg.data.get("n_group") or 1  # DeepSeek-V3's group-limited routing
+    groups = cfg.integer("n_group", default=1)  # DeepSeek-V3's group-limited routing
     return MoESpec(
         num_experts=cfg.integer(experts_key), top_k=cfg.integer("num_experts_per_tok"),
         expert_ffn_hidden_size=expert_ffn, num_shared_experts=shared, shared_expert_ffn_hidden_size=shared_ffn,
         first_dense_layers=first, layer_freq=freq,
-        expert_groups=int(groups), groups_per_token=int(cfg.data.get("topk_group") or 0) if groups > 1 else 0,
+        expert_groups=groups, groups_per_token=cfg.integer("topk_group", default=0, minimum=0) if groups > 1 else 0,
     )
 
 
@@ -430,13 +430,16 @@ def _first_error(exc: ValidationError) -> str:
 
 def _read(path: Path) -> tuple[dict[str, Any], Path]:
     """The parsed config.json at ``path`` (a file, or a folder holding ``config.json``)."""
-    if path.is_dir():
-        path = path / "config.json"
-
     def fail(message: str) -> ConfigImportError:
         return ConfigImportError(f"{path}: {message}", field="model")
 
-    if not path.exists():
+    try:
+        if path.is_dir():
+            path = path / "config.json"
+        found = path.exists()
+    except (OSError, ValueError) as err:
+        raise fail(f"not a usable path ({getattr(err, 'strerror', None) or err})") from None
+    if not found:
         raise fail("file not found; give the path of a HuggingFace config.json")
     text = read_user_text(path, field="model", kind="config.json", error=ConfigImportError)
     try:

@@ -133,6 +133,14 @@ def get_model(name_or_path: str | Path) -> ModelSpec:
     if not isinstance(name_or_path, Path) and key in _catalog():
         return _builtin(key)
     path = Path(text).expanduser()
-    if key.endswith(".json") or path.is_file() or (path / "config.json").is_file():
+    if key.endswith(".json") or is_file(path) or is_file(path / "config.json"):
         return model_from_hf_config(path)
     return _builtin(key)
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the OS refuses the name (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

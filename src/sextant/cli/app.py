@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -69,9 +70,16 @@ def _user_error(message: str, field: str | None, as_json: bool) -> int:
     return 2
 
 
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command tree, built once per process (building it costs ~15 ms, more than most
+    commands that fail on their input; tests call :func:`main` thousands of times)."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 validation gate failed, 2 user error)."""
-    command = typer.main.get_command(app)
+    command = _command()
     as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
         rc = command.main(args=argv, prog_name="sextant", standalone_mode=False)

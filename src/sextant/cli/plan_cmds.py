@@ -13,7 +13,7 @@ from rich.console import Console
 from sextant.cli.output import emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
-from sextant.spec.limits import MAX_GPUS
+from sextant.spec.limits import MAX_GPUS, MAX_TOP
 from sextant.spec.scenario import base_tree, parse_scenario, validate_tree
 
 Opt = typer.Option
@@ -110,8 +110,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
             tree.setdefault("workload", {})[key] = value
     if precision is not None:
         tree.setdefault("strategy", {})["precision"] = precision
-    if top <= 0:
-        raise SpecError(f"must be positive, got {top}", field="--top")
+    if not 0 < top <= MAX_TOP:
+        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
     if not 0.0 <= headroom < 0.5:
         raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
     if tokens is not None and not 0 < tokens < math.inf:

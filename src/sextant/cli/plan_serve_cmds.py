@@ -33,6 +33,7 @@ from sextant.cli.serve_cmds import (
 )
 from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
+from sextant.spec.limits import MAX_TOP
 from sextant.spec.scenario import flag_of
 from sextant.spec.serving import ServeOffload, parse_serve_scenario
 
@@ -87,8 +88,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
         if value is not None:
             raise SpecError(f"{name} applies to live traffic: give --rate", field=name.lstrip("-"))
-    if top <= 0:
-        raise SpecError(f"must be positive, got {top}", field="--top")
+    if not 0 < top <= MAX_TOP:
+        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)

@@ -43,6 +43,9 @@ def load_profile_file(path: str) -> ProfileFile:
         stat = os.stat(path)
     except FileNotFoundError:
         raise SpecError(f"no such file {path}", field="profile") from None
+    except (OSError, ValueError) as err:
+        raise SpecError(f"cannot read {str(path)[:200]}: {getattr(err, 'strerror', None) or err}",
+                        field="profile") from None
     return _read_profile_file(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, path)
 
 

@@ -156,12 +156,12 @@ def synthetic(workload: ServeWorkload) -> Requests:
 
 def _columns(header: list[str], path: str) -> dict[str, str]:
     found = {}
-    lower = {h.strip().lower(): h for h in header}
+    lower = {h.strip().lower(): h for h in header if isinstance(h, str)}
     for key, names in ALIASES.items():
         match = next((lower[n] for n in names if n in lower), None)
         if match is None:
             raise SpecError(f"{path}: missing column {key!r} (or one of {', '.join(names[1:])}); "
-                            f"found {', '.join(header) or 'none'}", field="trace")
+                            f"found {', '.join(lower) or 'none'}", field="trace")
         found[key] = match
     return found
 

@@ -25,3 +25,9 @@ MAX_FFN_HIDDEN_SIZE = 1 << 22
 MAX_VOCAB_SIZE = 1 << 24
 MAX_HEADS = 1 << 14
 MAX_EXPERTS = 1 << 16
+#: Ranked results a plan lists and explains (each is a full prediction with its breakdown).
+MAX_TOP = 100
+#: Memory sizes given in GiB (a GPU's usable memory, swap space, runtime reserves): 1 PiB.
+MAX_MEMORY_GIB = float(1 << 20)
+#: Engine CPU work per serving iteration: one second (engines spend 1 to 30 ms).
+MAX_ITERATION_OVERHEAD_MS = 1000.0

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 from sextant.errors import ScenarioError
 from sextant.files import read_user_text
 from sextant.spec.base import Spec
-from sextant.spec.limits import MAX_GPUS
+from sextant.spec.limits import MAX_GPUS, MAX_MEMORY_GIB
 from sextant.spec.model import ModelSpec
 from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
@@ -32,7 +32,7 @@ class HardwareRef(Spec):
     profile: str | None = Field(default=None, description="Path of a hardware profile JSON.")
     #: Usable device memory per GPU, when less than the datasheet's (a MIG slice, a budget, or a
     #: published "fits in X GB" claim to check).
-    gpu_memory_gib: float | None = Field(default=None, gt=0)
+    gpu_memory_gib: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GIB)
 
 
 class TrainScenario(Spec):

@@ -10,12 +10,12 @@ tokens, TTFT/TPOT service-level objectives.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
-from sextant.spec.limits import MAX_SEQUENCE_TOKENS
+from sextant.spec.limits import MAX_ITERATION_OVERHEAD_MS, MAX_MEMORY_GIB, MAX_SEQUENCE_TOKENS
 from sextant.spec.model import ModelSpec
 from sextant.spec.scenario import HardwareRef, read_tree, validate_tree
 
@@ -152,10 +152,10 @@ class Scheduler(Spec):
                     "prompt + output reserved at admission, never preempts (TensorRT-LLM "
                     "GUARANTEED_NO_EVICT, static batching).")
     preemption: Preemption = "recompute"
-    swap_space_gb: float = Field(default=4.0, ge=0, description="Host memory per GPU for swapped KV (vLLM default).")
+    swap_space_gb: float = Field(default=4.0, ge=0, le=MAX_MEMORY_GIB, description="Host memory per GPU for swapped KV (vLLM default).")
     router: Router = "least_loaded"
     iteration_overhead_ms: float | None = Field(
-        default=None, ge=0, description="Engine work per iteration (scheduling, sampling); default: the framework's.")
+        default=None, ge=0, le=MAX_ITERATION_OVERHEAD_MS, description="Engine work per iteration (scheduling, sampling); default: the framework's.")
     cuda_graphs: bool = Field(
         default=False,
         description="Iterations of up to cuda_graph_max_tokens tokens replay captured CUDA graphs (vLLM V1, SGLang, "
@@ -180,15 +180,15 @@ class Scheduler(Spec):
                     "outside PyTorch) or static_fraction (SGLang: mem_fraction_static x the memory free at start, "
                     "less the weights; activations and CUDA graphs live in the rest).")
     sampler_profile_bytes: float = Field(
-        default=4.0, ge=0,
+        default=4.0, ge=0, le=64,
         description="Bytes per logit (max_batch x vocab) the profiling run's sampler holds at its peak: the fp32 "
                     "logits (vLLM V0); vLLM V1 runs dummy logits through top-k/top-p and logprobs.")
     runtime_gib: float = Field(
-        default=0.0, ge=0,
+        default=0.0, ge=0, le=MAX_MEMORY_GIB,
         description="GiB the engine's process holds outside PyTorch before it sizes the cache: CUDA context, "
                     "cuBLAS workspaces (vLLM's non_torch_memory on one GPU).")
     collective_runtime_gib: float = Field(
-        default=0.0, ge=0,
+        default=0.0, ge=0, le=MAX_MEMORY_GIB,
         description="GiB more outside PyTorch with tensor parallelism: NCCL communicators, custom all-reduce "
                     "buffers.")
 
@@ -212,6 +212,10 @@ class Disaggregation(Spec):
     decode_replicas: int = Field(gt=0)
     link: Literal["intra_node", "network"] = Field(
         default="network", description="What carries the KV cache from prefill to decode instances.")
+
+
+#: A fixed length in tokens, 1 to MAX_SEQUENCE_TOKENS.
+TokenCount = Annotated[int, Field(gt=0, le=MAX_SEQUENCE_TOKENS)]
 
 
 class LengthSpec(Spec):
@@ -265,8 +269,8 @@ class ServeWorkload(Spec):
     as MLPerf Offline and trtllm-bench measure). With ``stages`` the load runs each stage in turn,
     ``rate x duration_s`` requests apiece, and latency is also reported per stage."""
 
-    input_len: int | LengthSpec = 512
-    output_len: int | LengthSpec = 256
+    input_len: TokenCount | LengthSpec = 512
+    output_len: TokenCount | LengthSpec = 256
     trace: str | None = Field(default=None, description="CSV or JSONL with arrival_s, input_tokens, output_tokens.")
     rate: float | None = Field(default=None, ge=MIN_RATE, le=MAX_RATE, description="Mean arrivals per second.")
     stages: list[LoadStage] = Field(
