@@ -8,7 +8,14 @@ from typing import TypeVar
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -137,5 +144,6 @@ def with_progress(label: str, quiet: bool, work: Callable[[Callable[[int, int], 
 def search_progress(console: Console, label: str, quiet: bool) -> Progress:
     """The progress bar of a search, on stderr; off for ``--json`` and when stderr is not a
     terminal (a bar in a log or a pipe is noise)."""
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console,
                     transient=True, disable=quiet or not console.is_terminal)

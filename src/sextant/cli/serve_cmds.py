@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sextant.cli.output import emit_json
@@ -111,7 +111,7 @@ def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: 
 
 def _progress_bar(console: Console, total_hint: str):
     bar = Progress(TextColumn(total_hint), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=console, transient=True)
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
     return bar
 
 
