@@ -33,6 +33,8 @@ def odd(tmp_path):
 
 EXAMPLES = [
     (["plan", "train", "--global-batch", "1000000000000"], "--global-batch"),
+    (["plan", "train", "--model", "deepseek-v3", "--gpus", "1048576", "--global-batch", "16384"],
+     "candidate configurations, more than the 33,554,432"),
     (SERVE + ["--gpus", "1000000000000"], "--gpus"),
     (SERVE + ["--num-requests", "1000000000000"], "num_requests"),
     (["plan", "train", "--tokens", "nan"], "--tokens"),

@@ -18,9 +18,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from sextant.errors import InfeasibleError
-from sextant.plan.space import SearchSpace, Space, enumerate_space, restrict_to_framework
+from sextant.errors import InfeasibleError, SpecError
+from sextant.plan.space import SearchSpace, Space, enumerate_space, restrict_to_framework, space_size
 from sextant.resolve.train import TrainContext, resolve_train
+from sextant.spec.limits import MAX_SEARCH_ROWS, MAX_SEARCH_ROWS_PER_COUNT
 from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import RECOMPUTE_NAMES
 from sextant.train.candidates import Candidates
@@ -327,6 +328,21 @@ def _costs(summaries: list[GpuCountSummary], tokens: float | None, price_per_gpu
                 summary.dollars = seconds / 3600 * summary.gpus * price_per_gpu_hour
 
 
+def _check_size(space: SearchSpace, gpu_counts: list[int], resolved: list) -> None:
+    """Refuse, before enumerating anything, a search too large for memory or reasonable time."""
+    sizes = [space_size(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space)
+             for gpus, (_, ctx) in zip(gpu_counts, resolved)]
+    largest = max(sizes)
+    if largest > MAX_SEARCH_ROWS_PER_COUNT:
+        gpus = gpu_counts[sizes.index(largest)]
+        raise SpecError(f"the search on {gpus:,} GPUs has {largest:,} candidate configurations, more than the "
+                        f"{MAX_SEARCH_ROWS_PER_COUNT:,} one GPU count may enumerate; plan fewer GPUs or narrow the "
+                        "space (--max-micro-batch, a smaller --global-batch)", field="--gpus")
+    if sum(sizes) > MAX_SEARCH_ROWS:
+        raise SpecError(f"the search over {len(gpu_counts)} GPU counts has {sum(sizes):,} candidate configurations, "
+                        f"more than {MAX_SEARCH_ROWS:,}; plan fewer GPU counts", field="--gpus")
+
+
 def plan_train(  # noqa: PLR0913 - the search's options
     scenario: TrainScenario,
     gpu_counts: list[int],
@@ -344,6 +360,7 @@ def plan_train(  # noqa: PLR0913 - the search's options
     resolved = [resolve_train(with_gpus(scenario, gpus)) for gpus in gpu_counts]
     scenario = resolved[0][0]
     space = restrict_to_framework(space or SearchSpace(), scenario.framework)
+    _check_size(space, gpu_counts, resolved)
     spaces = [(gpus, ctx, enumerate_space(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space,
                                           has_nvme=ctx.cluster.node.nvme is not None))
               for gpus, (_, ctx) in zip(gpu_counts, resolved)]

@@ -108,10 +108,22 @@ def offload_combos(has_nvme: bool, zeroth_order: bool) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
+def space_size(model: ModelSpec, num_gpus: int, gpus_per_node: int, workload: TrainWorkload,
+               space: SearchSpace) -> int:
+    """Rows :func:`enumerate_space` builds before its rules (offload rows aside), counted without
+    building them: the check that a search fits in time and memory before it starts."""
+    return (len(_layouts(model, num_gpus, space, gpus_per_node)) * len(_micro_batches(workload, space))
+            * len(space.recompute) * len(space.sequence_parallel) * len(space.zero) * space.max_vpp)
+
+
+def _micro_batches(workload: TrainWorkload, space: SearchSpace) -> list[int]:
+    return space.micro_batches or [d for d in divisors(workload.global_batch) if d <= space.max_micro_batch]
+
+
 def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workload: TrainWorkload,
                     space: SearchSpace, *, has_nvme: bool = False) -> Space:
     layouts = _layouts(model, num_gpus, space, gpus_per_node)
-    mbs = np.array(space.micro_batches or [d for d in divisors(workload.global_batch) if d <= space.max_micro_batch])
+    mbs = np.array(_micro_batches(workload, space))
     rcs = np.array([RECOMPUTE_CODES[r] for r in space.recompute])
     sps = np.array(space.sequence_parallel, dtype=bool)
     zeros = np.array(space.zero)
