@@ -17,7 +17,7 @@ from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
 from sextant.files import check_output_path
 from sextant.spec.scenario import flag_of
-from sextant.spec.serving import ServeScenario, load_serve_scenario, parse_serve_scenario
+from sextant.spec.serving import ServeScenario, default_gpus, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
 
@@ -116,15 +116,11 @@ def _progress_bar(console: Console, total_hint: str):
 
 
 def put_gpus(tree: dict, gpus: int | None) -> None:
-    """``hardware.gpus``: as given, else as the scenario sets it, else what its replicas need
-    (tp x pp GPUs each)."""
+    """``hardware.gpus``: as given, else as the scenario sets it, else what its replicas need."""
     if gpus is not None:
         _put(tree, "hardware", "gpus", gpus)
-    elif "gpus" not in tree.get("hardware", {}):
-        dep = tree.get("deployment", {})
-        count = (tree["disaggregation"]["prefill_replicas"] + tree["disaggregation"]["decode_replicas"]
-                 if "disaggregation" in tree else dep.get("replicas", 1))
-        _put(tree, "hardware", "gpus", dep.get("tp", 1) * dep.get("pp", 1) * count)
+    else:
+        default_gpus(tree)
 
 
 def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts call

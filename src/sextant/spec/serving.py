@@ -341,6 +341,22 @@ class ServeScenario(Spec):
 
 
 
+def default_gpus(tree: dict[str, Any]) -> None:
+    """Fill ``hardware.gpus``, when the tree leaves it out, with what its replicas need (tp x pp
+    GPUs each), so that ``tp: 2`` alone asks for two GPUs rather than one too few."""
+    if "gpus" in tree.get("hardware", {}):
+        return
+    dep, disagg = tree.get("deployment", {}), tree.get("disaggregation")
+    try:
+        count = (disagg["prefill_replicas"] + disagg["decode_replicas"] if isinstance(disagg, dict)
+                 else dep.get("replicas") or 1)
+        gpus = int(dep.get("tp", 1)) * int(dep.get("pp", 1)) * int(count)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # a malformed tree: validation names the key
+    if gpus > 0:
+        tree.setdefault("hardware", {})["gpus"] = gpus
+
+
 def parse_serve_scenario(data: dict[str, Any], source: str = "scenario", *, from_flags: bool = False) -> ServeScenario:
     return validate_tree(ServeScenario, data, source, from_flags=from_flags)
 
