@@ -286,3 +286,13 @@ def test_only_alike_requests_are_folded(monkeypatch):
                                       "output_len": 128, "num_requests": 64}}
     predict_serve(ServeScenario.model_validate(tree))
     assert calls == []
+
+
+def test_the_result_echoes_the_workload_it_simulated(capsys):
+    from sextant.spec.serving import ServeWorkload
+
+    assert main(["predict", "serve", "--model", "llama-3.2-1b", "--gpu", "h100-sxm", "--num-requests", "12",
+                 "--rate", "3", "--input-len", "300", "--json"]) == 0
+    echoed = json.loads(capsys.readouterr().out)["workload"]
+    workload = ServeWorkload.model_validate(echoed)
+    assert (workload.num_requests, workload.rate, workload.input_len, workload.output_len) == (12, 3.0, 300, 256)

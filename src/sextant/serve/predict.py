@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -129,6 +130,9 @@ class ServeResult(BaseModel):
     assumptions: list[str]
     #: Per load stage, when the workload runs in stages.
     stages: list[StageLatency] = []
+    #: The workload simulated, every key with its value (defaults included), so that a saved
+    #: result can be read on its own.
+    workload: dict[str, Any] = {}
 
 
 def _gpu_seconds_label(parts: dict[str, float]) -> str:
@@ -362,7 +366,7 @@ def summarise(res: Deployment, requests: Requests, out: SimulationOutput) -> Ser
         resource_busy_s=busy, iterations=sum(e.iterations for e in engines),
         profile=res.profile.name, profile_fitted=res.profile.fitted,
         assumptions=_assumptions(res, int((requests.input_tokens + requests.output_tokens).max())),
-        stages=_stages(sc, requests, lat),
+        stages=_stages(sc, requests, lat), workload=sc.workload.model_dump(mode="json"),
     )
 
 

@@ -3,7 +3,7 @@
 Each bound sits far above anything built or published (so no real run is refused) and below what
 would make a prediction run out of time or memory, or overflow an integer: a value beyond one is
 a one-line error naming the bound, never a hang. The specs enforce them where each field is
-declared; the CLI help and docs/scenarios.md quote them.
+declared; docs/scenario-keys.md (generated from the specs) shows each bound beside its key.
 """
 
 from __future__ import annotations

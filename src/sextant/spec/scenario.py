@@ -68,7 +68,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     loc = f"{prefix}{loc}" if loc else prefix.rstrip(".")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see docs/scenarios.md for the keys)"
+        msg = "unknown key (check the spelling; docs/scenario-keys.md lists the keys)"
     elif first["type"] == "value_error":  # a check across keys: its message names them
         msg = msg.removeprefix("Value error, ")
     elif "input" in first and first["type"] not in ("missing",):
