@@ -13,6 +13,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # a calibration (about 20 s) and real runs
 
 from sextant.cli.app import main  # noqa: E402
 from sextant.resolve.hardware import load_profile_file  # noqa: E402

@@ -44,6 +44,7 @@ def everything():
     return cross_validate(load_training_ledgers())
 
 
+@pytest.mark.slow
 def test_every_built_in_row_is_predicted_held_out(everything):
     h = everything.held_out
     assert h.rows >= 150 and len(everything.sources) >= 18
@@ -70,6 +71,7 @@ def test_catalog_values_reproduce_the_catalog_prediction(ledger):
         assert with_values(obs.ctx, {}) is obs.ctx
 
 
+@pytest.mark.slow
 def test_the_fitter_finds_the_catalogs_values_from_the_priors():
     """The H100 entry's three parameters (GEMM curve height and half-dimension, FP8 factor) are
     correlated: from the priors, the restarted simplex still lands on the catalog's values."""
@@ -84,6 +86,7 @@ def test_the_fitter_finds_the_catalogs_values_from_the_priors():
     assert fit(h100, []) == h100.priors
 
 
+@pytest.mark.slow
 def test_each_fold_refits_what_its_source_fed(report):
     by_id = {r.id: r for r in report.rows}
     # SC21's two tables are one source: their fold refits the A100 profile and, with no ZeRO-3

@@ -85,6 +85,7 @@ def test_zero3_makes_a_large_model_fit() -> None:
     assert not no_shard.fits and sharded.fits
 
 
+@pytest.mark.slow
 def test_validate_all_runs_every_ledger_and_prints_one_line_each(capsys):
     from rich.console import Console
 
