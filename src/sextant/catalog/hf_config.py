@@ -223,6 +223,79 @@ def _qwen3_moe(cfg: _Config) -> dict[str, Any]:
     return spec
 
 
+def _phi3(cfg: _Config) -> dict[str, Any]:
+    """Phi-3/Phi-3.5/Phi-4 (``Phi3ForCausalLM``): Llama's layers with q, k, v fused into one
+    ``qkv_proj`` and gate and up into one ``gate_up_proj`` (the same parameters, fewer GEMMs)."""
+    return _llama(cfg, max_pos=4096)
+
+
+def _gemma(cfg: _Config, *, max_pos: int = 8192) -> dict[str, Any]:
+    """Gemma 2 and 3 text models: GeGLU MLP (``hidden_activation``, the tanh GeLU), an explicit
+    ``head_dim``, tied embeddings (``tie_word_embeddings`` defaults to true in Gemma2Config).
+
+    Not counted: the two extra RMSNorms a layer (pre- and post-feed-forward norms beside the
+    input and post-attention ones, 2 * hidden_size parameters a layer) and Gemma 3's per-head
+    q/k norms (2 * head_dim); logit soft-capping and sliding windows change no parameter.
+    """
+    spec = _llama(cfg, max_pos=max_pos)
+    key = "hidden_activation" if cfg.data.get("hidden_activation") is not None else "hidden_act"
+    spec.update(mlp=cfg.activation(key, "gelu_pytorch_tanh", gated=True),
+                tie_embeddings=cfg.flag("tie_word_embeddings", True))
+    return spec
+
+
+def _nested_text(cfg: _Config) -> _Config:
+    """The language model's config of a multimodal checkpoint (``text_config``), or the config."""
+    text = cfg.data.get("text_config")
+    if text is None:
+        return cfg
+    if not isinstance(text, Mapping):
+        raise cfg.fail(f"key 'text_config' must be an object, got {text!r}")
+    return _Config(text, f"{cfg.where} text_config")
+
+
+def _gemma3(cfg: _Config) -> dict[str, Any]:
+    """Gemma 3 (``Gemma3ForConditionalGeneration``: the text model in ``text_config``; the
+    vision tower, SigLIP, is not counted) and ``gemma3_text`` (1B)."""
+    return _gemma(_nested_text(cfg), max_pos=131072)
+
+
+def _gpt_oss(cfg: _Config) -> dict[str, Any]:
+    """gpt-oss (OpenAI 2025): every layer MoE, ``num_local_experts`` experts of
+    ``intermediate_size`` (SwiGLU), top ``num_experts_per_tok``, grouped-query attention with
+    biases on q, k, v (``attention_bias``), untied embeddings.
+
+    Not counted: the o_proj bias and the attention sinks (hidden_size + heads a layer), the
+    experts' own biases (3 * intermediate_size a layer and expert: 0.03% of gpt-oss-20b) and the
+    router bias; alternating sliding-window layers change no parameter.
+    """
+    spec = _llama(cfg, max_pos=131072)
+    spec.update(qkv_bias=cfg.flag("attention_bias", True), linear_bias=False)
+    layers = spec["num_layers"]
+    spec["moe"] = _moe(cfg, list(range(layers)), layers, "num_local_experts", spec["ffn_hidden_size"])
+    return spec
+
+
+def _llama4(cfg: _Config) -> dict[str, Any]:
+    """Llama 4 (``Llama4ForConditionalGeneration``; the text model in ``text_config``, the vision
+    encoder not counted): MoE every ``interleave_moe_layer_step``-th layer (layer i when
+    (i + 1) % step == 0, as Llama4TextDecoderLayer), ``num_local_experts`` routed experts of
+    ``intermediate_size`` plus one shared expert of the same size, and dense layers of
+    ``intermediate_size_mlp``.
+
+    Not counted: the router of each MoE layer (hidden_size x experts) is counted by the MoE
+    terms; the per-head q/k L2 norms have no parameters; chunked attention changes no parameter.
+    """
+    text = _nested_text(cfg)
+    spec = _llama(text, max_pos=131072)
+    layers, expert_ffn = spec["num_layers"], spec["ffn_hidden_size"]
+    step = text.integer("interleave_moe_layer_step", default=1)
+    moe_layers = [i for i in range(layers) if (i + 1) % step == 0]
+    spec["ffn_hidden_size"] = text.integer("intermediate_size_mlp", default=expert_ffn)
+    spec["moe"] = _moe(text, moe_layers, layers, "num_local_experts", expert_ffn, 1, expert_ffn)
+    return spec
+
+
 def _deepseek(cfg: _Config) -> dict[str, Any]:
     """DeepSeek-V2/V3: MLA attention, ``first_k_dense_replace`` dense layers, then MoE layers.
 
@@ -401,6 +474,12 @@ _BUILDERS: dict[str, Callable[[_Config], dict[str, Any]]] = {
     "qwen2_moe": _qwen2_moe,
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
+    "phi3": _phi3,
+    "gemma2": _gemma,
+    "gemma3": _gemma3,
+    "gemma3_text": _gemma3,
+    "gpt_oss": _gpt_oss,
+    "llama4": _llama4,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
     "gpt2": _gpt2,
