@@ -145,9 +145,13 @@ def test_config_json(tmp_path_factory):
     models = Path(__file__).resolve().parents[1] / "src" / "sextant" / "catalog" / "data" / "models"
     path = tmp_path_factory.mktemp("config") / "config.json"
 
+    hub = Path(__file__).parent / "data" / "hf_configs"
+    sources = [models / "llama-3.2-1b.json", models / "qwen3-30b-a3b.json", models / "deepseek-v3.json",
+               hub / "gemma-2-9b.json", hub / "gpt-oss-20b.json", hub / "llama-4-scout.json"]
+
     @fuzz(EXAMPLES["config_json"])
-    @given(st.sampled_from(["llama-3.2-1b.json", "qwen3-30b-a3b.json", "deepseek-v3.json"]).flatmap(
-        lambda name: json_config(json.loads((models / name).read_text()))), st.booleans())
+    @given(st.sampled_from(sources).flatmap(lambda source: json_config(json.loads(source.read_text()))),
+           st.booleans())
     def check(text, serve):
         path.write_text(text)
         argv = (["predict", "serve", "--model", str(path), "--gpu", "h100-sxm", "--gpus", "8", "--tp", "8",
