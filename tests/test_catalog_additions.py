@@ -65,3 +65,24 @@ def test_gb200_nvl72_is_one_72_gpu_nvlink_domain():
     cluster = build_cluster("gb200", 144)
     assert cluster.gpus_per_node == 72 and cluster.num_gpus // cluster.gpus_per_node == 2
     assert cluster.node.intra_node_link.bandwidth_bytes_per_s == 900e9
+
+
+def test_fp4_serving_runs_where_the_gpu_has_fp4_tensor_cores():
+    from sextant.errors import SpecError
+    from sextant.serve.predict import predict_serve
+    from sextant.spec.serving import ServeScenario
+
+    def serve(gpu, precision):
+        return predict_serve(ServeScenario.model_validate({
+            "model": "llama-3.1-70b", "hardware": {"gpu": gpu, "gpus": 4},
+            "deployment": {"tp": 4, "precision": precision}, "workload": {"num_requests": 32}}))
+
+    fp4, fp8 = serve("b200", "fp4"), serve("b200", "fp8")
+    # NVFP4 stores 0.5 + 1/16 bytes per decoder weight, 0.5625 of FP8's; the embedding and the
+    # output head stay in 16 bits in both, so the whole is a little above that ratio.
+    ratio = fp4.memory_gb_per_gpu["weights"] / fp8.memory_gb_per_gpu["weights"]
+    assert 0.5625 < ratio < 0.6
+    assert fp4.output_tokens_per_s > fp8.output_tokens_per_s and fp4.kv_precision == "fp8"
+    assert any("NVFP4" in a for a in fp4.assumptions)
+    with pytest.raises(SpecError, match="no fp4 tensor cores"):
+        serve("h100-sxm", "fp4")

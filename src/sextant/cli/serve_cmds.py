@@ -28,6 +28,7 @@ class ServePrecision(str, Enum):
     fp8 = "fp8"
     int8 = "int8"
     w4a16 = "w4a16"
+    fp4 = "fp4"
 
 
 class KVChoice(str, Enum):

@@ -63,7 +63,9 @@ def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attentio
     """The device a workload's kernels see on ``gpu``: GEMMs at the peak of ``gemm_dtype``,
     attention at that of ``attention_dtype``, each with the profile's measured table for its
     dtype where calibrated (else the profile's curve, scaled by its ``gemm_dtype_efficiency``, or
-    in ``training`` by its ``training_gemm_dtype_efficiency`` where it states the dtype)."""
+    in ``training`` by its ``training_gemm_dtype_efficiency`` where it states the dtype). FP4 with
+    no scale of its own takes FP8's: a prior (narrower formats reach a smaller fraction of their
+    peak), not a fit; no FP4 measurement is in the ledgers yet."""
     table = profile.gemm_tables.get(gemm_dtype)
     scales = profile.gemm_dtype_efficiency
     if training and gemm_dtype in profile.training_gemm_dtype_efficiency:
@@ -78,7 +80,8 @@ def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attentio
         gemm_table=table,
         attention_table=profile.attention_tables.get(attention_dtype),
         host_synchronous=gpu.architecture.startswith("cpu"),
-        gemm_scale=1.0 if table is not None else scales.get(gemm_dtype, 1.0),
+        gemm_scale=1.0 if table is not None else scales.get(gemm_dtype, scales.get("fp8", 1.0) if gemm_dtype == "fp4"
+                                                            else 1.0),
         weight_bytes=weight_bytes,
         dequant_flops=dequant_flops,
     )

@@ -4,6 +4,9 @@ weight precisions and the KV-cache precisions are views of it.
 
 - Element widths: IEEE 754 binary32/binary16, bfloat16, the OCP 8-bit floating-point formats
   (E4M3/E5M2) and int8; tf32 is stored as fp32 (it changes only the tensor-core math).
+- FP4 (NVFP4, NVIDIA's Blackwell format: E2M1 values with one E4M3 scale per block of 16,
+  plus one fp32 scale per tensor; NVIDIA, "Introducing NVFP4", 2025) stores 0.5 + 1/16 bytes per
+  element; weights and activations both run through the FP4 tensor cores (W4A4).
 - Four-bit formats store an fp16 scale (and, asymmetric, an fp16 zero point) per group of
   elements: weights W4A16 with groups of 128 (AWQ, Lin et al. 2024; GPTQ, Frantar et al. 2023);
   KV caches with groups of 64 (KIVI, Liu et al. 2024).
@@ -19,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Bytes per element of each storage format.
-ELEMENT_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}
+NVFP4_BLOCK = 16
+ELEMENT_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0,
+                 "fp4": 0.5 + 1.0 / NVFP4_BLOCK}
 #: Elements sharing one fp16 scale: W4A16 weights (AWQ/GPTQ default) and int4 KV caches (KIVI).
 WEIGHT_GROUP_SIZE = 128
 KV_GROUP_SIZE = 64
@@ -36,7 +41,7 @@ def four_bit_bytes(group_size: int, zero_point: bool = False) -> float:
 #: Bytes per cached KV element, by KV-cache precision.
 KV_BYTES = {**{p: ELEMENT_BYTES[p] for p in ("bf16", "fp16", "fp8", "int8")}, "int4": four_bit_bytes(KV_GROUP_SIZE)}
 #: Tensor-core dtype the GEMMs run in, by serving weight precision (W4A16 dequantizes to fp16).
-GEMM_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "w4a16": "fp16"}
+GEMM_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "w4a16": "fp16", "fp4": "fp4"}
 
 
 def weight_bytes(precision: str, group_size: int = WEIGHT_GROUP_SIZE, zero_point: bool = False) -> float:
@@ -48,9 +53,10 @@ def weight_bytes(precision: str, group_size: int = WEIGHT_GROUP_SIZE, zero_point
 
 
 def gemm_operand_bytes(precision: str) -> float:
-    """Bytes per GEMM operand element of a serving weight precision: W8A8 formats read 1-byte
-    operands, every other GEMM runs on 16-bit operands (W4A16 dequantizes its weights first)."""
-    return ELEMENT_BYTES[precision] if precision in ("fp8", "int8") else ELEMENT_BYTES["fp16"]
+    """Bytes per GEMM operand element of a serving weight precision: W8A8 and W4A4 (NVFP4) formats
+    read their own narrow operands, every other GEMM runs on 16-bit operands (W4A16 dequantizes
+    its weights first)."""
+    return ELEMENT_BYTES[precision] if precision in ("fp8", "int8", "fp4") else ELEMENT_BYTES["fp16"]
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,10 @@ def _assumptions(res: Deployment, longest_request: int) -> list[str]:
     if not res.profile.fitted:
         assumptions.append(f"profile {res.profile.name} is not fitted to measured runs of the {res.cluster.gpu.name}: "
                            f"{res.profile.provenance.split('. ')[0]}")
+    if dep.precision == "fp4":
+        assumptions.append("fp4 is NVFP4 (E2M1 with an E4M3 scale per 16 elements) for weights and activations; "
+                           "its GEMMs run at the FP8 efficiency's fraction of the FP4 peak, a prior: no FP4 run "
+                           "is fitted yet")
     context = res.model.context_note(longest_request, "the longest request (prompt and output)")
     if context:
         assumptions.append(context)

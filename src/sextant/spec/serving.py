@@ -20,7 +20,7 @@ from sextant.spec.model import ModelSpec
 from sextant.spec.scenario import HardwareRef, read_tree, validate_tree
 
 Batching = Literal["static", "continuous", "chunked"]
-WeightPrecision = Literal["bf16", "fp16", "fp8", "int8", "w4a16"]
+WeightPrecision = Literal["bf16", "fp16", "fp8", "int8", "w4a16", "fp4"]
 KVPrecision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 Router = Literal["round_robin", "least_loaded"]
 Preemption = Literal["recompute", "swap"]
@@ -44,7 +44,7 @@ class Deployment(Spec):
     replicas: int | None = Field(default=None, gt=0, description="Default: GPUs / (tp * pp).")
     precision: WeightPrecision = "bf16"
     kv_precision: KVPrecision | None = Field(
-        default=None, description="Default: fp8 with fp8 weights (TensorRT-LLM's default), else 16-bit.")
+        default=None, description="Default: fp8 with fp8 or fp4 weights (TensorRT-LLM's default), else 16-bit.")
     #: How decode attention reads a grouped-query KV cache: ``grouped`` reads each KV head once
     #: for all the query heads that share it (TensorRT-LLM's XQA kernel, FlashInfer, FlashDecoding);
     #: ``per_head`` lets every query head read its KV head itself (TensorRT-LLM's masked MHA kernel
@@ -69,7 +69,7 @@ class Deployment(Spec):
     def resolved_kv_precision(self) -> str:
         if self.kv_precision is not None:
             return self.kv_precision
-        return "fp8" if self.precision == "fp8" else ("bf16" if self.precision == "bf16" else "fp16")
+        return "fp8" if self.precision in ("fp8", "fp4") else ("bf16" if self.precision == "bf16" else "fp16")
 
 
 class ServeOffload(Spec):
