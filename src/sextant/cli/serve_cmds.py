@@ -258,9 +258,9 @@ def _render(r, trace_out: Path | None) -> None:
     console.print(f"SLO attainment {r.slo_attainment:.1%}, goodput {r.goodput_requests_per_s:.2f} requests/s")
     console.print(f"KV cache: {r.kv_cache_capacity_tokens:,} tokens per engine, peak use {r.kv_cache_peak_fraction:.0%}"
                   f", {r.preemptions} preemption(s)")
-    console.print("memory per GPU (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in r.memory_gb_per_gpu.items()))
+    console.print("memory per GPU (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in r.memory_gb_per_gpu.items()))
     if r.binding_resource != "gpu" or r.memory_gb_per_tier["host"] or r.memory_gb_per_tier["nvme"]:
-        console.print("memory per tier (GB, per GPU): " + ", ".join(
+        console.print("memory per tier (GiB, per GPU): " + ", ".join(
             f"{k} {v:.1f} of {r.tier_capacity_gb[k]:.0f}" for k, v in r.memory_gb_per_tier.items()))
         console.print(f"bound by: {RESOURCE_LABELS.get(r.binding_resource, r.binding_resource)}; busy "
                       + ", ".join(f"{RESOURCE_LABELS.get(k, k)} {v:.1f} s" for k, v in r.resource_busy_s.items() if v))

@@ -15,7 +15,7 @@ from sextant.spec.hardware import ClusterSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import HardwareProfile
 from sextant.spec.serving import ServeScenario
-from sextant.units import GB, GiB
+from sextant.units import GiB
 
 
 @dataclass(frozen=True)
@@ -104,16 +104,16 @@ def _instance(ctx: ServeContext, offload: OffloadPlan, iteration_tokens: int, lo
     free = gpu_free = budget - weights - outside_kv
     if weights > budget:
         raise InfeasibleError(
-            f"{model.name} weights need {weights / GB:.1f} GB per GPU at {dep.precision} with tp={dep.tp} pp={dep.pp}; "
-            f"{gpu.name} offers {budget / GB:.1f} GB ({sched.gpu_memory_utilization:.0%} of "
-            f"{gpu.memory.capacity_bytes / GB:.1f}); raise tp or pp, quantize the weights, or stream them from "
+            f"{model.name} weights need {weights / GiB:.1f} GiB per GPU at {dep.precision} with tp={dep.tp} pp={dep.pp}; "
+            f"{gpu.name} offers {budget / GiB:.1f} GiB ({sched.gpu_memory_utilization:.0%} of "
+            f"{gpu.memory.capacity_bytes / GiB:.1f}); raise tp or pp, quantize the weights, or stream them from "
             "host memory (--offload-weights cpu)")
     engines = dep.pp
     if offload.kv_off_gpu:
         if free < 0:
             raise InfeasibleError(
-                f"{weights / GB:.1f} GB of weights and buffers and {activations / GB:.1f} GB of activations exceed "
-                f"the {budget / GB:.1f} GB budget of one {gpu.name}; lower the batch or the token budget")
+                f"{weights / GiB:.1f} GiB of weights and buffers and {activations / GiB:.1f} GiB of activations exceed "
+                f"the {budget / GiB:.1f} GiB budget of one {gpu.name}; lower the batch or the token budget")
         free = offload.kv_capacity_bytes
     if offload.target_on_cpu:  # the target's cache in host memory, the draft's on the GPU
         tokens_total = max(int(min(free // target_kv, gpu_free // draft_kv)), 0)
@@ -122,8 +122,8 @@ def _instance(ctx: ServeContext, offload: OffloadPlan, iteration_tokens: int, lo
     blocks = tokens_total // sched.block_size // engines
     if blocks * sched.block_size < longest_request:
         raise InfeasibleError(
-            f"the KV cache holds {blocks * sched.block_size} tokens per engine after {weights / GB:.1f} GB of weights "
-            f"and {activations / GB:.1f} GB of activations; the longest request needs {longest_request}; "
+            f"the KV cache holds {blocks * sched.block_size} tokens per engine after {weights / GiB:.1f} GiB of weights "
+            f"and {activations / GiB:.1f} GiB of activations; the longest request needs {longest_request}; "
             "raise tp, quantize the KV cache, lower the token budget or keep the cache in host memory "
             "(--offload-kv cpu)", resource="KV cache")
     return Instance(layout=ctx.layout, kv_bytes_per_token=kv_per_token, kv_capacity_tokens=blocks * sched.block_size,

@@ -29,7 +29,7 @@ from sextant.errors import InfeasibleError, SpecError
 from sextant.resolve.serve import ServeContext
 from sextant.spec.model import ModelSpec
 from sextant.spec.serving import ServeOffload, ServeScenario
-from sextant.units import GB, TFLOPS
+from sextant.units import GB, TFLOPS, GiB
 
 
 @dataclass(frozen=True)
@@ -186,18 +186,18 @@ def plan_offload(ctx: ServeContext, max_tokens: int) -> OffloadPlan:
     if off.weights != "none":
         rate = 1.0 / max(link_s_per_byte, nvme_s_per_byte)
         source = ("NVMe" if w.nvme_share == 1.0 else "host DRAM" if w.nvme_share == 0.0
-                  else f"host DRAM ({host_weights / GB:.1f} GB) and NVMe ({nvme_weights / GB:.1f} GB)")
+                  else f"host DRAM ({host_weights / GiB:.1f} GiB) and NVMe ({nvme_weights / GiB:.1f} GiB)")
         description.append(
-            f"weights: {w.streamed / GB:.1f} GB per GPU streamed from {source} at {rate / GB:.1f} GB/s "
-            f"({'pinned' if off.pinned or w.nvme_share == 1.0 else 'pageable'}), {w.resident / GB:.1f} GB resident "
+            f"weights: {w.streamed / GiB:.1f} GiB per GPU streamed from {source} at {rate / GiB:.1f} GiB/s "
+            f"({'pinned' if off.pinned or w.nvme_share == 1.0 else 'pageable'}), {w.resident / GiB:.1f} GiB resident "
             "on the GPU" + (f"; expert cache hit rate {w.hits:.0%}" if off.streamed == "experts" else ""))
     kv = _kv_stream(ctx, off, link, description)
     if host_weights > tiers.host_capacity:
-        raise InfeasibleError(f"{host_weights / GB:.1f} GB of weights per GPU exceed the host memory share of "
-                              f"{tiers.host_capacity / GB:.1f} GB; stream from NVMe or add GPUs", resource="host memory")
+        raise InfeasibleError(f"{host_weights / GiB:.1f} GiB of weights per GPU exceed the host memory share of "
+                              f"{tiers.host_capacity / GiB:.1f} GiB; stream from NVMe or add GPUs", resource="host memory")
     if nvme_weights > tiers.nvme_capacity:
-        raise InfeasibleError(f"{nvme_weights / GB:.1f} GB of weights per GPU exceed the NVMe share of "
-                              f"{tiers.nvme_capacity / GB:.1f} GB", resource="NVMe")
+        raise InfeasibleError(f"{nvme_weights / GiB:.1f} GiB of weights per GPU exceed the NVMe share of "
+                              f"{tiers.nvme_capacity / GiB:.1f} GiB", resource="NVMe")
     stream = Streaming(
         layers=ctx.model.num_layers, micro_batches=off.micro_batches,
         dense_fetch_s=w.dense_stream * link_s_per_byte,
@@ -224,12 +224,12 @@ def plan_cpu_target(ctx: ServeContext) -> OffloadPlan:
                         "offload settings", field="target_device")
     host_weights = weight_bytes_per_gpu(model, target)
     if host_weights > tiers.host_capacity:
-        raise InfeasibleError(f"the target's {host_weights / GB:.1f} GB of weights exceed the host memory share of "
-                              f"{tiers.host_capacity / GB:.1f} GB", resource="host memory")
+        raise InfeasibleError(f"the target's {host_weights / GiB:.1f} GiB of weights exceed the host memory share of "
+                              f"{tiers.host_capacity / GiB:.1f} GiB", resource="host memory")
     target_kv = kv_cache_bytes_per_token(model, target.kv_bytes, 1)
     draft_kv = kv_cache_bytes_per_token(draft, draft_layout.kv_bytes, 1)
     dev = target.dev
-    description = [f"target {model.name} on the CPU: {host_weights / GB:.1f} GB of weights and its KV cache in host "
+    description = [f"target {model.name} on the CPU: {host_weights / GiB:.1f} GiB of weights and its KV cache in host "
                    f"memory, {dev.mem_bw / GB:.0f} GB/s of DRAM and "
                    f"{dev.gemm_peak / TFLOPS:.1f} TFLOP/s vector peak; draft {draft.name} on the GPU (Dovetail)"]
     return OffloadPlan(None, 0.0, host_weights, 0.0, "host", tiers.host_capacity - host_weights, tiers, description,

@@ -20,7 +20,7 @@ from sextant.serve.requests import Requests, requests_for
 from sextant.serve.simulator import SimulationOutput, simulate
 from sextant.spec.limits import MAX_SERVING_GPUS
 from sextant.spec.serving import Scheduler, ServeScenario
-from sextant.units import GB
+from sextant.units import GiB
 
 PART_LABELS = {
     "gemm": "weight GEMMs (incl. output head)",
@@ -112,8 +112,10 @@ class ServeResult(BaseModel):
     kv_cache_peak_fraction: float
     kv_cache_capacity_tokens: int
     preemptions: int
+    #: GiB per GPU by part (the key says gb for the scripts that read it; every memory figure Sextant
+    #: reports, training and serving, is in GiB).
     memory_gb_per_gpu: dict[str, float]
-    #: Per GPU: bytes held in GPU memory, host DRAM and NVMe (offloaded serving), with each tier's
+    #: Per GPU: GiB held in GPU memory, host DRAM and NVMe (offloaded serving), with each tier's
     #: capacity share in ``tier_capacity_gb``.
     memory_gb_per_tier: dict[str, float]
     tier_capacity_gb: dict[str, float]
@@ -269,19 +271,19 @@ def _stages(sc: ServeScenario, requests: Requests, lat: _Latencies) -> list[Stag
 
 
 def _memory(res: Deployment) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """GB per GPU by part, per memory tier, and each tier's capacity share."""
+    """GiB per GPU by part, per memory tier, and each tier's capacity share."""
     inst = res.instance
     off = inst.offload
     kv_gb = (inst.kv_capacity_blocks * res.scenario.scheduler.block_size * inst.kv_bytes_per_token
-             * inst.engines_per_replica / GB)
+             * inst.engines_per_replica / GiB)
     off_gpu_kv_gb = kv_gb * off.kv_host_share if off.kv_off_gpu else 0.0
-    memory = {"weights": inst.weights_bytes_per_gpu / GB, "activations": inst.activation_bytes_per_gpu / GB,
-              "kv_cache": kv_gb - off_gpu_kv_gb, "budget": inst.memory_budget_bytes / GB}
+    memory = {"weights": inst.weights_bytes_per_gpu / GiB, "activations": inst.activation_bytes_per_gpu / GiB,
+              "kv_cache": kv_gb - off_gpu_kv_gb, "budget": inst.memory_budget_bytes / GiB}
     tiers = {"gpu": memory["weights"] + memory["activations"] + memory["kv_cache"],
-             "host": off.host_weight_bytes / GB + (off_gpu_kv_gb if off.kv_tier == "host" else 0.0),
-             "nvme": off.nvme_weight_bytes / GB + (off_gpu_kv_gb if off.kv_tier == "nvme" else 0.0)}
-    capacity = {"gpu": inst.memory_budget_bytes / GB, "host": off.tiers.host_capacity / GB,
-                "nvme": off.tiers.nvme_capacity / GB}
+             "host": off.host_weight_bytes / GiB + (off_gpu_kv_gb if off.kv_tier == "host" else 0.0),
+             "nvme": off.nvme_weight_bytes / GiB + (off_gpu_kv_gb if off.kv_tier == "nvme" else 0.0)}
+    capacity = {"gpu": inst.memory_budget_bytes / GiB, "host": off.tiers.host_capacity / GiB,
+                "nvme": off.tiers.nvme_capacity / GiB}
     return memory, tiers, capacity
 
 
