@@ -8,6 +8,10 @@ from typing import Any
 
 import typer
 
+#: ``--plot FILE``: the picture of a result (sextant.plots), shared by the commands that draw one.
+PLOT = typer.Option(None, "--plot", help="Draw the result into this PNG, SVG or PDF file (needs matplotlib: "
+                                         "pip install 'sextant[plot]').")
+
 
 def finite(value: Any) -> Any:
     """``value`` with every NaN or infinite float replaced by None (JSON ``null``): bare ``NaN``

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from sextant.cli.output import emit_json
+from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
 from sextant.spec.limits import MAX_GPUS, MAX_TOP
@@ -57,6 +57,18 @@ def parse_gpu_counts(text: str) -> list[int]:
 MAX_GPU_COUNTS = 64
 
 
+def _check_numbers(top: int, headroom: float, tokens: float | None, price_per_gpu_hour: float | None) -> None:
+    """The plan's own flags, refused before the search when out of range."""
+    if not 0 < top <= MAX_TOP:
+        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
+    if not 0.0 <= headroom < 0.5:
+        raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
+    if tokens is not None and not 0 < tokens < math.inf:
+        raise SpecError(f"must be a positive finite number, got {tokens}", field="--tokens")
+    if price_per_gpu_hour is not None and not 0 <= price_per_gpu_hour < math.inf:
+        raise SpecError(f"must be a finite number, not negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
+
+
 def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     scenario: Optional[Path] = Opt(None, "--scenario", "-s", help="YAML scenario; flags override its values."),
     model: Optional[str] = Opt(None, help="Catalog model name or path to a HuggingFace config.json."),
@@ -81,6 +93,7 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
                                   help="Search offloading to host memory and NVMe (default: when the job fits in one node)."),
     max_micro_batch: int = Opt(16, help="Largest micro-batch searched."),
     cross_node_tp: bool = Opt(False, "--cross-node-tp", help="Let tensor parallelism span nodes."),
+    plot: Optional[Path] = PLOT,
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
     """Find the best way to train: search every dp/tp/pp/cp(/ep) factorization, micro-batch,
@@ -110,15 +123,12 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
             tree.setdefault("workload", {})[key] = value
     if precision is not None:
         tree.setdefault("strategy", {})["precision"] = precision
-    if not 0 < top <= MAX_TOP:
-        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
-    if not 0.0 <= headroom < 0.5:
-        raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
-    if tokens is not None and not 0 < tokens < math.inf:
-        raise SpecError(f"must be a positive finite number, got {tokens}", field="--tokens")
-    if price_per_gpu_hour is not None and not 0 <= price_per_gpu_hour < math.inf:
-        raise SpecError(f"must be a finite number, not negative, got {price_per_gpu_hour}", field="--price-per-gpu-hour")
+    _check_numbers(top, headroom, tokens, price_per_gpu_hour)
     parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
+    if plot is not None:
+        from sextant.plots import check_plot_path
+
+        check_plot_path(plot)
     from sextant.resolve.intervals import memory_bound as memory_bound_of
 
     bound_ratio = memory_bound_of(parsed.framework).upper_ratio if memory_bound else 1.0
@@ -128,6 +138,10 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     result = with_progress("searching", as_json, lambda progress: plan_train(
         parsed, counts, objective=objective.value, space=space, top_k=top, tokens=tokens,
         price_per_gpu_hour=price_per_gpu_hour, progress=progress))
+    if plot is not None:
+        from sextant.plots import plot_plan_train
+
+        plot_plan_train(result, plot)
     if as_json:
         emit_json(result.model_dump())
         return

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from sextant.cli.output import emit_json
+from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
@@ -73,6 +73,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     profile: Optional[Path] = PROFILE,
     top: int = Opt(5, help="How many placements to list, each at its best batch (the JSON's `top` holds as many "
                            "fastest configurations, simulated over the whole workload)."),
+    plot: Optional[Path] = PLOT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Search where each replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
@@ -81,9 +82,13 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     the tensor-parallel and pipeline degrees of the replicas, for offline throughput."""
     from sextant.plan.serve_search import plan_serve
 
+    if plot is not None:
+        from sextant.plots import check_plot_path
+
+        check_plot_path(plot)
     if rate is not None:
         _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len, rate, ttft_slo, tpot_slo,
-                   slo_percentile, price, as_json)
+                   slo_percentile, price, as_json, plot)
         return
     for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
         if value is not None:
@@ -100,6 +105,10 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     put_gpus(tree, gpus)
     base = parse_serve_scenario(tree, from_flags=scenario is None)
     plan = with_progress("searching placements", as_json, lambda progress: plan_serve(base, top=top, progress=progress))
+    if plot is not None:
+        from sextant.plots import plot_plan_serve
+
+        plot_plan_serve(plan, plot)
     if as_json:
         emit_json(plan.model_dump())
         return
@@ -122,7 +131,7 @@ def _prices(items: list[str] | None) -> dict[str, float]:
 
 
 def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len,  # noqa: PLR0913
-               rate, ttft_slo, tpot_slo, percentile, price, as_json) -> None:
+               rate, ttft_slo, tpot_slo, percentile, price, as_json, plot=None) -> None:
     """``plan serve --rate``: the fewest or cheapest GPUs per type for live traffic within objectives."""
     from sextant.plan.serve_capacity import plan_capacity
 
@@ -141,6 +150,10 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     prices = _prices(price)
     plan = with_progress("measuring each layout's capacity", as_json, lambda progress: plan_capacity(
         base, rate, gpus, percentile=percentile / 100, prices=prices, progress=lambda done: progress(done, None)))
+    if plot is not None:
+        from sextant.plots import plot_plan_serve
+
+        plot_plan_serve(plan, plot)
     if as_json:
         emit_json(plan.model_dump())
         return

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sextant.cli.output import emit_json
+from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import report_console
 from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
@@ -183,6 +183,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     trace_out: Optional[Path] = Opt(None, help="Write a Perfetto/Chrome trace of the simulation here."),
     requests_out: Optional[Path] = Opt(None, help="Write each request's arrival, first-token and finish times and "
                                                   "token counts here (CSV)."),
+    plot: Optional[Path] = PLOT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
@@ -213,6 +214,10 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     for target, flag in ((trace_out, "--trace-out"), (requests_out, "--requests-out")):
         if target is not None:
             check_output_path(target, field=flag)
+    if plot is not None:
+        from sextant.plots import check_plot_path
+
+        check_plot_path(plot)
     console = Console(stderr=True)
     from sextant.serve.requests import request_count
 
@@ -233,6 +238,11 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         from sextant.serve.trace import write_requests
 
         write_requests(reqs, out, requests_out)
+    if plot is not None:
+        from sextant.plots import plot_serve
+        from sextant.serve.predict import request_latencies
+
+        plot_serve(result, *request_latencies(sc, reqs, out), plot)
     if as_json:
         emit_json(result.model_dump())
         return

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sextant.cli.output import emit_json
+from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console
 from sextant.files import check_output_path
 from sextant.spec.scenario import base_tree, parse_scenario
@@ -85,6 +85,7 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     adapter_rank: Optional[int] = Opt(None, help="LoRA/QLoRA adapter rank, GaLore projection rank (default 64)."),
     trace_out: Optional[Path] = Opt(None, help="Write the offload timeline as a Perfetto/Chrome trace (JSON)."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
+    plot: Optional[Path] = PLOT,
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
     """Predict step time, throughput, MFU and memory of one training configuration.
@@ -115,8 +116,16 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         _set(tree, "workload", key, value)
     if trace_out is not None:
         check_output_path(trace_out, field="--trace-out")
+    if plot is not None:
+        from sextant.plots import check_plot_path
+
+        check_plot_path(plot)
     result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None),
                            trace_out=str(trace_out) if trace_out else None)
+    if plot is not None:
+        from sextant.plots import plot_train
+
+        plot_train(result, plot)
     if as_json:
         emit_json(result.model_dump())
         return

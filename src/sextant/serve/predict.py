@@ -236,6 +236,13 @@ class _Latencies:
         return float(d.sum()) / gaps if gaps else 0.0
 
 
+def request_latencies(sc: ServeScenario, requests: Requests, out: SimulationOutput) -> tuple[np.ndarray, ...]:
+    """Each request's TTFT, TPOT (requests of more than one output token) and end-to-end
+    latency, ms: the distributions the percentiles summarise."""
+    lat = _latencies(sc, requests, out)
+    return lat.ttft, lat.tpot, lat.e2e
+
+
 def _latencies(sc: ServeScenario, requests: Requests, out: SimulationOutput) -> _Latencies:
     arrival = requests.arrival_s
     first, finish = np.asarray(out.table.first), np.asarray(out.table.finish)

@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
-from sextant.spec.limits import MAX_ITERATION_OVERHEAD_MS, MAX_MEMORY_GIB, MAX_SEQUENCE_TOKENS
+from sextant.spec.limits import (
+    MAX_ITERATION_OVERHEAD_MS,
+    MAX_MEMORY_GIB,
+    MAX_SEQUENCE_TOKENS,
+    MAX_SERVING_GPUS,
+)
 from sextant.spec.model import ModelSpec
 from sextant.spec.scenario import HardwareRef, read_tree, validate_tree
 
@@ -38,10 +43,10 @@ LengthDistribution = Literal["fixed", "uniform", "exponential", "lognormal"]
 class Deployment(Spec):
     """How one replica of the model is split over GPUs, and how many replicas serve."""
 
-    tp: int = Field(default=1, gt=0)
-    pp: int = Field(default=1, gt=0)
-    ep: int = Field(default=1, gt=0, description="Expert parallelism inside the tp group (MoE).")
-    replicas: int | None = Field(default=None, gt=0, description="Default: GPUs / (tp * pp).")
+    tp: int = Field(default=1, gt=0, le=MAX_SERVING_GPUS)
+    pp: int = Field(default=1, gt=0, le=MAX_SERVING_GPUS)
+    ep: int = Field(default=1, gt=0, le=MAX_SERVING_GPUS, description="Expert parallelism inside the tp group (MoE).")
+    replicas: int | None = Field(default=None, gt=0, le=MAX_SERVING_GPUS, description="Default: GPUs / (tp * pp).")
     precision: WeightPrecision = "bf16"
     kv_precision: KVPrecision | None = Field(
         default=None, description="Default: fp8 with fp8 or fp4 weights (TensorRT-LLM's default), else 16-bit.")
@@ -52,7 +57,7 @@ class Deployment(Spec):
     decode_attention: Literal["grouped", "per_head"] = "grouped"
     #: W4A16 quantization groups: weights per fp16 scale (AWQ and GPTQ use 128; ZeRO-Inference 64),
     #: and whether each group also stores an fp16 zero point (asymmetric quantization).
-    weight_group_size: int = Field(default=128, gt=0)
+    weight_group_size: int = Field(default=128, gt=0, le=MAX_SEQUENCE_TOKENS)
     weight_zero_point: bool = False
 
     @model_validator(mode="after")
@@ -104,7 +109,7 @@ class ServeOffload(Spec):
     kv_cache: KVHome = "gpu"
     kv_attention: AttentionDevice = Field(
         default="cpu", description="Where decode attention runs when the KV cache is off the GPU.")
-    micro_batches: int = Field(default=1, gt=0)
+    micro_batches: int = Field(default=1, gt=0, le=1 << 16)
     pinned: bool = Field(default=True, description="Host copies of the weights in pinned memory (else pageable).")
     expert_popularity: ExpertPopularity = Field(
         default="uniform", description="Routing distribution over each layer's experts, when no routing trace.")
@@ -136,14 +141,14 @@ class Scheduler(Spec):
     """Batching policy of every engine (vLLM / TensorRT-LLM / Sarathi-Serve)."""
 
     batching: Batching = "continuous"
-    max_batch: int = Field(default=256, gt=0, description="Sequences running at once (max_num_seqs).")
+    max_batch: int = Field(default=256, gt=0, le=1 << 20, description="Sequences running at once (max_num_seqs).")
     token_budget: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_SEQUENCE_TOKENS,
         description="Tokens per iteration (max_num_batched_tokens). Default: 8192 when chunked; "
                     "max(8192, longest prompt + output) for continuous batching, whose preempted "
                     "requests are prefilled again whole (a smaller one is refused when KV blocks are "
                     "allocated on demand); max(8192, longest prompt) for static batches.")
-    block_size: int = Field(default=16, gt=0, description="Tokens per paged KV block.")
+    block_size: int = Field(default=16, gt=0, le=1 << 16, description="Tokens per paged KV block.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1,
                                           description="Fraction of GPU memory the engine may use.")
     kv_allocation: KVAllocation = Field(
@@ -162,7 +167,7 @@ class Scheduler(Spec):
                     "TensorRT-LLM): no launch per kernel; decode-only iterations replay the whole step, mixed ones "
                     "all but attention (vLLM's FULL_AND_PIECEWISE). Batches are padded to a captured size.")
     cuda_graph_max_tokens: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_SEQUENCE_TOKENS,
         description="Largest captured batch in tokens; default vLLM's min(2 x max_batch, 512).")
     async_scheduling: bool = Field(
         default=False,
@@ -208,8 +213,8 @@ class Speculative(Spec):
 class Disaggregation(Spec):
     """Prefill and decode on separate instances with KV transfer (Splitwise, DistServe)."""
 
-    prefill_replicas: int = Field(gt=0)
-    decode_replicas: int = Field(gt=0)
+    prefill_replicas: int = Field(gt=0, le=MAX_SERVING_GPUS)
+    decode_replicas: int = Field(gt=0, le=MAX_SERVING_GPUS)
     link: Literal["intra_node", "network"] = Field(
         default="network", description="What carries the KV cache from prefill to decode instances.")
 
@@ -282,7 +287,7 @@ class ServeWorkload(Spec):
                               description="Gamma arrivals: shape k (1 = Poisson; < 1 burstier).")
     num_requests: int = Field(default=1000, gt=0)
     concurrency: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=10_000_000,
         description="Closed loop: this many clients, each sending its next request when its last one finishes "
                     "(vllm bench serve --max-concurrency, AIPerf/genai-perf concurrency mode).")
     shared_prefix: SharedPrefix | None = None

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sextant.spec.base import Spec
+from sextant.spec.limits import MAX_GLOBAL_BATCH, MAX_GPUS
 
 Recompute = Literal["none", "selective", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
@@ -85,20 +86,20 @@ class Overlap(Spec):
 class Strategy(Spec):
     """Parallel degrees and execution choices. ``dp`` may be left out: gpus / (tp*pp*cp)."""
 
-    dp: int | None = Field(default=None, gt=0)
-    tp: int = Field(default=1, gt=0)
-    pp: int = Field(default=1, gt=0)
-    cp: int = Field(default=1, gt=0)
-    ep: int = Field(default=1, gt=0)
+    dp: int | None = Field(default=None, gt=0, le=MAX_GPUS)
+    tp: int = Field(default=1, gt=0, le=MAX_GPUS)
+    pp: int = Field(default=1, gt=0, le=MAX_GPUS)
+    cp: int = Field(default=1, gt=0, le=MAX_GPUS)
+    ep: int = Field(default=1, gt=0, le=MAX_GPUS)
     etp: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_GPUS,
         description="Expert tensor parallelism: the ranks one expert's GEMMs are split over. Default: tp. "
                     "Megatron-Core's MoE parallel folding lays the expert layers' etp x ep x expert-dp over the "
                     "same tp x cp x dp ranks as the attention layers, so ep may exceed dp*cp (etp 1, ep 64 on "
                     "tp 2 x dp 32).")
-    vpp: int = Field(default=1, gt=0, description="Virtual pipeline stages per rank.")
+    vpp: int = Field(default=1, gt=0, le=MAX_GPUS, description="Virtual pipeline stages per rank.")
     zero: int = Field(default=1, ge=0, le=3, description="ZeRO stage; 3 is FSDP full shard.")
-    micro_batch: int = Field(default=1, gt=0)
+    micro_batch: int = Field(default=1, gt=0, le=MAX_GLOBAL_BATCH)
     recompute: Recompute = "none"
     sequence_parallel: bool = False
     schedule: Schedule | None = Field(default=None, description="Default: interleaved if vpp>1 else 1f1b.")

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from sextant.spec.base import Spec
-from sextant.spec.limits import MAX_GLOBAL_BATCH, MAX_SEQUENCE_TOKENS
+from sextant.spec.limits import MAX_GLOBAL_BATCH, MAX_HIDDEN_SIZE, MAX_SEQUENCE_TOKENS
 
 Optimizer = Literal["adamw", "adam", "sgd", "adam8bit"]
 #: Full-parameter training, or a memory-saving method (cost/finetune.py).
@@ -29,4 +29,4 @@ class TrainWorkload(Spec):
     #: QLoRA adapters of rank ``adapter_rank`` on every linear layer; GaLore with projection rank
     #: ``adapter_rank``; or zeroth-order SGD (MeZO/ZO2: forward passes only).
     method: Method = "full"
-    adapter_rank: int = Field(default=64, gt=0)
+    adapter_rank: int = Field(default=64, gt=0, le=MAX_HIDDEN_SIZE)
