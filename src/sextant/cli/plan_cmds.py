@@ -14,7 +14,6 @@ from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
 from sextant.spec.limits import MAX_GPUS, MAX_TOP
-from sextant.spec.scenario import base_tree, parse_scenario, validate_tree
 
 Opt = typer.Option
 
@@ -103,6 +102,7 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     """
     from sextant.plan.search import plan_train
     from sextant.plan.space import SearchSpace
+    from sextant.spec.scenario import base_tree, parse_scenario, validate_tree
 
     tree: dict[str, Any] = base_tree(scenario, model, gpu)
     if scenario is None:

@@ -31,11 +31,8 @@ from sextant.cli.serve_cmds import (
     put_host_and_routing,
     scenario_tree,
 )
-from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
 from sextant.spec.limits import MAX_TOP
-from sextant.spec.scenario import flag_of
-from sextant.spec.serving import ServeOffload, parse_serve_scenario
 
 Opt = typer.Option
 
@@ -81,6 +78,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     and KV cache (GPU, DRAM, NVMe; attention on the CPU or GPU), its batch, and on several GPUs
     the tensor-parallel and pipeline degrees of the replicas, for offline throughput."""
     from sextant.plan.serve_search import plan_serve
+    from sextant.spec.serving import parse_serve_scenario
 
     if plot is not None:
         from sextant.plots import check_plot_path
@@ -134,6 +132,7 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
                rate, ttft_slo, tpot_slo, percentile, price, as_json, plot=None) -> None:
     """``plan serve --rate``: the fewest or cheapest GPUs per type for live traffic within objectives."""
     from sextant.plan.serve_capacity import plan_capacity
+    from sextant.spec.serving import parse_serve_scenario
 
     gpus = [g.strip() for g in (gpu or "h100-sxm").split(",") if g.strip()]
     tree = scenario_tree(scenario, model, framework, gpus[0], None, None)
@@ -192,6 +191,8 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
 
 
 def render_plan_serve(plan, shown: int, console) -> None:
+    from sextant.cost.tiers import RESOURCE_LABELS
+
     b = plan.best
     bound = f", each token within {plan.tpot_slo_ms:g} ms" if plan.tpot_slo_ms is not None else ""
     console.print(f"[bold]{plan.model}[/bold] on {b.gpus} x {plan.gpu} ({plan.node}): {b.num_requests} requests of "
@@ -222,6 +223,9 @@ def render_plan_serve(plan, shown: int, console) -> None:
 
 def _flags(p) -> str:
     """The placement as ``predict serve`` flags (settings at their defaults left out)."""
+    from sextant.spec.scenario import flag_of
+    from sextant.spec.serving import ServeOffload
+
     flags = [f"--max-batch {p.max_batch}"] + ([f"--gpus {p.gpus} --tp {p.tp}" + (f" --pp {p.pp}" if p.pp > 1 else "")
                                                + f" --replicas {p.replicas}"] if p.gpus > 1 else [])
     for key, value in p.offload().items():

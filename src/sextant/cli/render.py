@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -19,7 +19,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
+if TYPE_CHECKING:
+    from sextant.train.result import TrainResult
 
 T = TypeVar("T")
 
@@ -63,6 +64,8 @@ def listing(title: str, columns: Iterable[str], text: Iterable[str] = ()) -> Tab
 
 
 def render_train(result: TrainResult, console: Console) -> None:
+    from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS
+
     r = result
     title = (f"{r.model} on {r.gpus}x {r.gpu}: dp={r.dp} tp={r.tp} pp={r.pp} cp={r.cp} ep={r.ep}"
              f"{f' etp={r.etp}' if r.etp != r.tp else ''}{f' vpp={r.vpp}' if r.vpp > 1 else ''} zero={r.zero}")

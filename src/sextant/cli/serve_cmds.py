@@ -13,11 +13,8 @@ from rich.table import Table
 
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import report_console
-from sextant.cost.tiers import RESOURCE_LABELS
 from sextant.errors import SpecError
 from sextant.files import check_output_path
-from sextant.spec.scenario import flag_of
-from sextant.spec.serving import ServeScenario, default_gpus, load_serve_scenario, parse_serve_scenario
 
 Opt = typer.Option
 
@@ -53,6 +50,8 @@ def _put(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
 def scenario_tree(scenario: Path | None, model: str | None, framework: str | None, gpu: str | None,
                   node: str | None, profile: Path | None) -> dict[str, Any]:
     """The serving scenario file's values (or none) with the model, preset and hardware flags over them."""
+    from sextant.spec.serving import load_serve_scenario
+
     tree: dict[str, Any] = load_serve_scenario(scenario).model_dump(exclude_unset=True) if scenario else {}
     if model is not None:
         tree["model"] = model
@@ -95,6 +94,8 @@ def _put_strategies(tree: dict[str, Any], draft_model: str | None, spec_tokens: 
                     decode_replicas: int | None) -> None:
     """Speculative decoding and disaggregation from their flags, when any is given; a speculative
     flag without a draft model (from --draft-model or the scenario) is an error, not ignored."""
+    from sextant.spec.scenario import flag_of
+
     given = {key: value for key, value in (("num_tokens", spec_tokens), ("acceptance_rate", acceptance_rate),
                                            ("target_device", spec_target)) if value is not None}
     if draft_model is not None:
@@ -118,6 +119,8 @@ def _progress_bar(console: Console, total_hint: str):
 
 def put_gpus(tree: dict, gpus: int | None) -> None:
     """``hardware.gpus``: as given, else as the scenario sets it, else what its replicas need."""
+    from sextant.spec.serving import default_gpus
+
     if gpus is not None:
         _put(tree, "hardware", "gpus", gpus)
     else:
@@ -188,6 +191,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
 ) -> None:
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
     from sextant.serve.predict import run, summarise
+    from sextant.spec.serving import parse_serve_scenario
 
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("weights", offload_weights), ("streamed", streamed), ("resident_fraction", resident_fraction),
@@ -210,7 +214,7 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     _put(tree, "slo", "tpot_ms", tpot_slo)
     _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, spec_target, prefill_replicas, decode_replicas)
     put_gpus(tree, gpus)
-    sc: ServeScenario = parse_serve_scenario(tree, from_flags=scenario is None)
+    sc = parse_serve_scenario(tree, from_flags=scenario is None)
     for target, flag in ((trace_out, "--trace-out"), (requests_out, "--requests-out")):
         if target is not None:
             check_output_path(target, field=flag)
@@ -252,6 +256,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
 
 
 def _render(r, trace_out: Path | None) -> None:
+    from sextant.cost.tiers import RESOURCE_LABELS
+
     console = report_console()
     console.print(f"[bold]{r.model}[/bold] on {r.gpus} x {r.gpu}: tp {r.tp} pp {r.pp}, {r.replicas} replica(s)"
                   + (f" ({r.prefill_replicas} prefill)" if r.prefill_replicas else "")

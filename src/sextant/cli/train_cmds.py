@@ -13,8 +13,6 @@ from rich.table import Table
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console
 from sextant.files import check_output_path
-from sextant.spec.scenario import base_tree, parse_scenario
-from sextant.train.predict import predict_train
 
 # Typer needs Optional[...] on Python 3.10 for options that may be absent.
 Opt = typer.Option
@@ -93,6 +91,9 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     With no arguments: the built-in default scenario (src/sextant/scenarios/default-train.yaml),
     Llama 3.1 8B on one 8x H100 node; flags override any of its values.
     """
+    from sextant.spec.scenario import base_tree, parse_scenario
+    from sextant.train.predict import predict_train
+
     tree: dict[str, Any] = base_tree(scenario, model, gpu)
     if model is not None:
         tree["model"] = model
