@@ -19,9 +19,15 @@ from pydantic import ValidationError
 
 from sextant.errors import ConfigImportError
 from sextant.files import read_user_text
+from sextant.spec.limits import MAX_LAYERS
 from sextant.spec.model import MLASpec, ModelSpec, MoESpec
 
 _MISSING: Any = object()
+#: Keys that count layers (the importer loops over them), bounded as ModelSpec bounds num_layers.
+_LAYER_KEYS = {"num_hidden_layers", "n_layer", "first_k_dense_replace", "moe_layer_freq",
+               "interleave_moe_layer_step", "decoder_sparse_step"}
+#: Any other integer of a config.json: sizes and counts far beyond a real model are refused.
+_MAX_CONFIG_INT = 1 << 40
 
 #: HuggingFace ``hidden_act`` / ``activation_function`` names, for gated and plain MLPs.
 _GELUS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_10", "quick_gelu")
@@ -60,6 +66,9 @@ class _Config:
             raise self.fail(f"key '{key}' must be an integer, got {value!r}; write it as a plain number")
         if value < minimum:
             raise self.fail(f"key '{key}' must be at least {minimum}, got {value}; fix the value")
+        limit = MAX_LAYERS if key in _LAYER_KEYS else _MAX_CONFIG_INT
+        if value > limit:  # before any loop over it: range(1e308) never ends
+            raise self.fail(f"key '{key}' must be at most {limit:,}, got {value:g}; fix the value")
         return value
 
     def flag(self, key: str, default: bool) -> bool:
