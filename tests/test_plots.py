@@ -10,7 +10,8 @@ pytest.importorskip("matplotlib")
 from matplotlib import image  # noqa: E402
 
 from sextant.cli.app import main  # noqa: E402
-from sextant.plots import one_f_one_b, plot_plan_train, plot_serve, plot_train  # noqa: E402
+from sextant.plots import plot_plan_train, plot_serve, plot_train  # noqa: E402
+from sextant.train.pipeline_schedule import one_f_one_b  # noqa: E402
 
 
 def _drawn(path) -> bool:
@@ -93,3 +94,16 @@ def test_a_bad_picture_target_is_refused_before_the_work(tmp_path, capsys, targe
     assert main(["predict", "train", "--plot", str(tmp_path / target)]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_trace_out_writes_the_pipeline_schedule_of_a_job_that_offloads_nothing(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "pipeline.json"
+    assert main(["predict", "train", "--model", "llama-3.1-70b", "--gpus", "32", "--tp", "8", "--pp", "4",
+                 "--global-batch", "32", "--trace-out", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    events = json.loads(path.read_text())["traceEvents"]
+    work = [e for e in events if e.get("ph") == "X" and e["cat"] in ("forward", "backward")]
+    assert len(work) == 2 * 4 * int(result["num_microbatches"])
+    assert {e["tid"] for e in work} == {0, 1, 2, 3}

@@ -2,15 +2,11 @@
 
 Each ``plot_*`` function draws one result into a PNG, SVG or PDF file (by the name's suffix) and
 returns the numbers it drew, so that a test can hold the picture to the result it came from.
-The pipeline schedule of a training step is built here from the prediction: the 1F1B order
-(PipeDream-Flush; Narayanan et al., "Efficient Large-Scale Language Model Training on GPU
-Clusters Using Megatron-LM", SC 2021, section 2.2) played out stage by stage, so the bubbles
-appear where the order puts them.
+The pipeline schedule of a training step comes from sextant.train.pipeline_schedule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ import numpy as np
 
 from sextant.errors import SpecError
 from sextant.files import check_output_path
+from sextant.train.pipeline_schedule import step_schedule
 
 #: File types a picture may be written as.
 FORMATS = (".png", ".svg", ".pdf")
@@ -53,61 +50,6 @@ def _save(fig, path: str | Path) -> None:
         _pyplot().close(fig)
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One micro-batch's forward (``F``) or backward (``B``) on one pipeline stage."""
-
-    stage: int
-    kind: str
-    microbatch: int
-    start: float
-    end: float
-
-
-def one_f_one_b(stages: int, microbatches: int, forward_s: float, backward_s: float) -> list[Slot]:
-    """The 1F1B schedule: stage s runs ``stages - s - 1`` warm-up forwards, then alternates one
-    forward and one backward, then drains its backwards. A forward waits for the previous stage's
-    forward of that micro-batch, a backward for the next stage's backward."""
-    order = []
-    for s in range(stages):
-        warm = min(stages - s - 1, microbatches)
-        ops = [("F", m) for m in range(warm)]
-        f, b = warm, 0
-        while f < microbatches or b < microbatches:
-            if f < microbatches:
-                ops.append(("F", f))
-                f += 1
-            if b < f:
-                ops.append(("B", b))
-                b += 1
-        order.append(ops)
-    done: dict[tuple[int, str, int], float] = {}
-    free = [0.0] * stages
-    position = [0] * stages
-    slots = []
-    while any(position[s] < len(order[s]) for s in range(stages)):
-        progressed = False
-        for s in range(stages):
-            if position[s] == len(order[s]):
-                continue
-            kind, m = order[s][position[s]]
-            after = (s - 1, "F", m) if kind == "F" else (s + 1, "B", m)
-            first = (kind == "F" and s == 0) or (kind == "B" and s == stages - 1)
-            if kind == "B" and first:
-                after = (s, "F", m)
-            if after not in done and not (kind == "F" and s == 0):
-                continue
-            start = max(free[s], done.get(after, 0.0))
-            end = start + (forward_s if kind == "F" else backward_s)
-            done[(s, kind, m)] = free[s] = end
-            slots.append(Slot(s, kind, m, start, end))
-            position[s] += 1
-            progressed = True
-        if not progressed:  # pragma: no cover - the order above always has a runnable head
-            raise RuntimeError("1F1B schedule deadlocked")
-    return slots
-
-
 def plot_train(result, path: str | Path) -> dict[str, Any]:
     """Time and memory breakdown of one training step; with pipeline parallelism, the 1F1B
     schedule of the step's micro-batches on each stage (forward:backward as 1:2 of the predicted
@@ -127,7 +69,7 @@ def plot_train(result, path: str | Path) -> dict[str, Any]:
     axes[1].legend(loc="lower right")
     data: dict[str, Any] = {"time_ms": {k: v * 1e3 for k, v in times.items()}, "memory_gib": memory}
     if pipelined:
-        slots = _schedule(result)
+        slots = step_schedule(result)
         for slot in slots:
             axes[2].barh(slot.stage, (slot.end - slot.start) * 1e3, left=slot.start * 1e3,
                          color="tab:green" if slot.kind == "F" else "tab:purple", edgecolor="white", linewidth=0.3)
@@ -140,14 +82,6 @@ def plot_train(result, path: str | Path) -> dict[str, Any]:
     fig.suptitle(f"{result.model} on {result.gpus}x {result.gpu}: dp {result.dp} tp {result.tp} pp {result.pp}")
     _save(fig, path)
     return data
-
-
-def _schedule(result) -> list[Slot]:
-    parts = result.time_breakdown_s
-    outside = sum(parts.get(k, 0.0) for k in ("pipeline_bubble", "dp_comm", "optimizer", "offload_wait"))
-    microbatches = max(int(round(result.num_microbatches)), 1)
-    per_microbatch = max(result.step_time_s - outside, 0.0) / microbatches
-    return one_f_one_b(result.pp, microbatches, per_microbatch / 3, 2 * per_microbatch / 3)
 
 
 def plot_plan_train(plan, path: str | Path) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from sextant.cost.tiers import RESOURCE_LABELS
-from sextant.errors import SpecError
 from sextant.resolve.intervals import interval_band, memory_bound
 from sextant.resolve.layout import check_training
 from sextant.resolve.train import TrainContext, resolve_train
@@ -13,6 +12,7 @@ from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import OFFLOAD_NAMES, RECOMPUTE_NAMES, SCHEDULE_NAMES
 from sextant.train.candidates import Candidates
 from sextant.train.offload_timeline import write_trace
+from sextant.train.pipeline_schedule import write_schedule_trace
 from sextant.train.result import MEMORY_PART_LABELS, TIME_PART_LABELS, TrainResult
 from sextant.train.step import StepEvaluation, evaluate
 from sextant.units import GiB
@@ -137,8 +137,9 @@ def fits_statement(total_gib: float, upper_gib: float, capacity_gib: float, leve
 
 
 def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None) -> TrainResult:
-    """The full report of the one configuration in ``cand`` (a checked one-row table), with an
-    offload timeline written to ``trace_out`` where asked."""
+    """The full report of the one configuration in ``cand`` (a checked one-row table), with its
+    timeline written to ``trace_out`` where asked: the offload timeline when it offloads, else
+    the step's 1F1B pipeline schedule."""
     ev = evaluate(ctx, cand)
     row = cand.row(0)
     offloads = bool(cand.offloads[0])
@@ -149,8 +150,6 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         busy = {k: float(v[0]) for k, v in ev.offload.busy_step(ev.num_microbatches[0]).items()}
         if trace_out:
             write_trace(ev.offload, float(ev.num_microbatches[0]), trace_out)
-    elif trace_out:
-        raise SpecError("--trace-out draws the offload timeline; this configuration offloads nothing", field="--trace-out")
     memory, tiers, tier_capacity = _memory(ctx, ev, offloads)
     capacity = ev.capacity_bytes / GiB
     gpus = ctx.cluster.num_gpus
@@ -162,7 +161,7 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
     assumptions = [*_assumptions(ctx, offloads), f"interval: {basis}",
                    f"memory bound: {bound.upper_ratio:.2f}x the estimate, the {bound.level:.0%} split-conformal bound of "
                    f"{bound.rows} measured peaks of {pool} (sextant validate memory)"]
-    return TrainResult(
+    result = TrainResult(
         model=ctx.model.name, framework=ctx.framework, gpu=ctx.cluster.gpu.name, gpus=gpus,
         dp=row["dp"], tp=row["tp"], pp=row["pp"], cp=row["cp"], ep=row["ep"], etp=row["etp"], vpp=row["vpp"], zero=row["zero"],
         micro_batch=row["micro_batch"], global_batch=ctx.workload.global_batch, seq_len=ctx.workload.seq_len,
@@ -184,6 +183,9 @@ def explain(ctx: TrainContext, cand: Candidates, *, trace_out: str | None = None
         memory_gb_per_tier=tiers, tier_capacity_gb=tier_capacity,
         binding_resource=binding_resource(parts, busy), resource_busy_s=busy or {},
     )
+    if trace_out and not offloads:  # the offload timeline above, else the pipeline schedule
+        write_schedule_trace(result, trace_out)
+    return result
 
 
 __all__ = ["MEMORY_PART_LABELS", "TIME_PART_LABELS", "build_context", "explain", "predict_train"]
