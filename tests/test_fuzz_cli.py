@@ -23,7 +23,7 @@ from sextant.spec.scenario import HardwareRef, Strategy, TrainWorkload
 from sextant.spec.serving import Deployment, Scheduler, ServeWorkload
 
 EXAMPLES = {"predict_train": 700, "predict_serve": 800, "plan_train": 120, "plan_serve": 60, "train_yaml": 350,
-            "serve_yaml": 350, "config_json": 300, "trace": 250, "ledger": 50}
+            "serve_yaml": 350, "config_json": 300, "trace": 250, "ledger": 80}
 
 
 #: A longer or fresh hunt, by environment (the default run is fixed: CI must not flake).
@@ -184,21 +184,28 @@ def test_traces(tmp_path_factory):
     ran(check, "trace")
 
 
+#: Each ledger command and the built-in ledger whose first row the fuzz mutates.
+LEDGERS = {"train": "training.yaml", "serve": "serving.yaml", "memory": "memory.yaml", "offload": "offload.yaml",
+           "sweep": "sweeps.yaml", "serve-latency": "serving-latency.yaml"}
+
+
 def test_ledgers(tmp_path_factory):
     path = tmp_path_factory.mktemp("ledger") / "ledger.yaml"
-    builtin = Path(__file__).resolve().parents[1] / "src" / "sextant" / "validate" / "data" / "training.yaml"
-    row = yaml.safe_load(builtin.read_text())[0]
-    keys = sorted(row)
+    data = Path(__file__).resolve().parents[1] / "src" / "sextant" / "validate" / "data"
+    rows = {command: yaml.safe_load((data / name).read_text())[0] for command, name in LEDGERS.items()}
 
     @fuzz(EXAMPLES["ledger"])
-    @given(st.lists(st.tuples(st.sampled_from(keys + ["bogus"]), st.sampled_from(
-        [None, -1, 0, 1.5, "x", float("nan"), [], {}, True])), min_size=1, max_size=3))
-    def check(changes):
-        mutated = dict(row)
+    @given(st.sampled_from(sorted(LEDGERS)).flatmap(lambda command: st.tuples(st.just(command), st.lists(
+        st.tuples(st.sampled_from(sorted(rows[command]) + ["bogus"]),
+                  st.sampled_from([None, -1, 0, 1.5, "x", float("nan"), [], {}, True, 10**30])),
+        min_size=1, max_size=3))))
+    def check(case):
+        command, changes = case
+        mutated = dict(rows[command])
         for key, value in changes:
             mutated[key] = value
         path.write_text(yaml.safe_dump([mutated]))
-        run_and_check(["validate", "train", "--ledger", str(path)])
+        run_and_check(["validate", command, "--ledger", str(path)])
 
     ran(check, "ledger")
 
