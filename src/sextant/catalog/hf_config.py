@@ -68,7 +68,8 @@ class _Config:
             raise self.fail(f"key '{key}' must be at least {minimum}, got {value}; fix the value")
         limit = MAX_LAYERS if key in _LAYER_KEYS else _MAX_CONFIG_INT
         if value > limit:  # before any loop over it: range(1e308) never ends
-            raise self.fail(f"key '{key}' must be at most {limit:,}, got {value:g}; fix the value")
+            shown = f"{value:,}" if value < 10**15 else f"{float(value):.3g}"
+            raise self.fail(f"key '{key}' must be at most {limit:,}, got {shown}; fix the value")
         return value
 
     def flag(self, key: str, default: bool) -> bool:
