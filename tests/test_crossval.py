@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sextant.validate.crossval import cross_validate
+from sextant.validate.crossval import cross_validate, validate_training_cv
 from sextant.validate.fitting import (
     catalog_values,
     fit,
@@ -41,7 +41,8 @@ def report(ledger):
 
 @pytest.fixture(scope="module")
 def everything():
-    return cross_validate(load_training_ledgers())
+    # The same cross-validation `validate train` runs (computed once per process).
+    return validate_training_cv(None).cross_validation
 
 
 @pytest.mark.slow

@@ -133,5 +133,22 @@ def validate_training_cv(path: str | Path | None = None, builtins: tuple[str, ..
     """``validate train``: every ledger row predicted in sample, and held out by source
     (``progress``: see :func:`cross_validate`)."""
     report = validate_training(path, builtins)
-    cv = cross_validate(load_training_ledgers(path, builtins), progress)
+    if path is None:  # the built-in rows and fits are package data: one cross-validation per process
+        cv = _builtin_cross_validation(builtins, progress)
+    else:
+        cv = cross_validate(load_training_ledgers(path, builtins), progress)
     return report.model_copy(update={"cross_validation": cv})
+
+
+_BUILTIN_CV: dict[tuple[str, ...], CrossValidationReport] = {}
+
+
+def _builtin_cross_validation(builtins: tuple[str, ...], progress: Callable[[int, int], None] | None
+                              ) -> CrossValidationReport:
+    """:func:`cross_validate` of the built-in ledgers, computed once per process (about 20 s: a
+    script or a test run that asks twice waits once); a copy each time, so no caller shares it."""
+    if builtins not in _BUILTIN_CV:
+        _BUILTIN_CV[builtins] = cross_validate(load_training_ledgers(None, builtins), progress)
+    elif progress is not None:
+        progress(1, 1)
+    return _BUILTIN_CV[builtins].model_copy(deep=True)
