@@ -117,3 +117,15 @@ def test_version(capsys):
 def test_json_output_never_holds_nan_or_infinity():
     assert finite({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf"), "e": 2}}) == {
         "a": None, "b": [1.0, None], "c": {"d": None, "e": 2}}
+
+
+def test_a_failed_calibration_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: calibrating it would succeed")
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from sextant.calibrate.trust import LoadMeter, assess
 from sextant.catalog import get_gpu, get_profile
 from sextant.cost.layer import CAUSAL_FRACTION, FLASH_BWD_FLOP_RATIO, LOSS_BYTES_PER_LOGIT, elementwise_bytes
 from sextant.errors import SpecError
-from sextant.files import write_atomic
+from sextant.files import check_output_path, write_atomic
 from sextant.resolve.hardware import catalog_gpu_for
 from sextant.spec.hardware import GPUSpec, LinkSpec, MemoryTier, NodeSpec
 from sextant.spec.model import ModelSpec
@@ -366,8 +367,18 @@ def write(profile: ProfileFile, path: str) -> str:
 DEFAULT_PROFILE_DIR = "profiles"
 
 
+def check_profile_dir() -> None:
+    """Before the benchmarks run: ``profiles/`` is a writable folder, or can be made here (it is
+    made only when the profile is written, so a failed command leaves nothing behind)."""
+    folder = Path(DEFAULT_PROFILE_DIR)
+    if folder.exists() and not folder.is_dir():
+        raise SpecError(f"{DEFAULT_PROFILE_DIR} is a file, not the folder profiles go to; pass --out", field="--out")
+    probe = folder / "calibrated.json" if folder.is_dir() else Path(f"{DEFAULT_PROFILE_DIR}-folder-probe.json")
+    check_output_path(probe, field="--out")
+
+
 def make_profile_dir() -> None:
-    """Create ``profiles/`` (before the benchmarks run, so that a failure costs nothing)."""
+    """Create ``profiles/`` when the profile is written there."""
     try:
         os.makedirs(DEFAULT_PROFILE_DIR, exist_ok=True)
     except OSError as err:

@@ -47,12 +47,12 @@ def calibrate_cmd(
     """Run microbenchmarks (GEMMs, attention, memory, copies, disk, optimizer, all-reduce) and fit
     a hardware profile that `--profile` then feeds to predict, plan and measure."""
     _require_torch()
-    from sextant.calibrate.runner import calibrate, default_output, make_profile_dir, write
+    from sextant.calibrate.runner import calibrate, check_profile_dir, default_output, write
 
     if out is not None:
         check_output_path(out, field="--out")
     else:
-        make_profile_dir()
+        check_profile_dir()
     console = Console(stderr=True)
     with Progress(TextColumn("calibrating {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
