@@ -9,6 +9,7 @@ checks its target with :func:`check_output_path` before the work starts, and wri
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,13 @@ def read_user_text(path: str | Path, *, field: str, kind: str, error: type[SpecE
         raise fail(f"{p} is not UTF-8 text (a {kind} file is)") from None
     except (OSError, ValueError) as err:
         raise fail(f"cannot read {str(p)[:200]}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def write_trace_events(path: str | Path, events: list[dict], meta: dict) -> None:
+    """Write a Chrome trace-event file (the JSON object format that ui.perfetto.dev and
+    chrome://tracing open: ``traceEvents``, times in microseconds) for ``--trace-out``."""
+    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
+                 field="--trace-out")
 
 
 def check_output_path(path: str | Path, *, field: str) -> Path:

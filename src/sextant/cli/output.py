@@ -13,6 +13,15 @@ PLOT = typer.Option(None, "--plot", help="Draw the result into this PNG, SVG or 
                                          "pip install 'sextant[plot]').")
 
 
+def check_top(top: int) -> None:
+    """``--top``: how many ranked results a plan lists and explains (1 to MAX_TOP)."""
+    from sextant.errors import SpecError
+    from sextant.spec.limits import MAX_TOP
+
+    if not 0 < top <= MAX_TOP:
+        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
+
+
 def finite(value: Any) -> Any:
     """``value`` with every NaN or infinite float replaced by None (JSON ``null``): bare ``NaN``
     and ``Infinity`` tokens are not JSON, and strict parsers (``jq``, Go, JavaScript) reject them."""

@@ -10,10 +10,10 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from sextant.cli.output import PLOT, emit_json
+from sextant.cli.output import PLOT, check_top, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
-from sextant.spec.limits import MAX_GPUS, MAX_TOP
+from sextant.spec.limits import MAX_GPUS
 
 Opt = typer.Option
 
@@ -58,8 +58,7 @@ MAX_GPU_COUNTS = 64
 
 def _check_numbers(top: int, headroom: float, tokens: float | None, price_per_gpu_hour: float | None) -> None:
     """The plan's own flags, refused before the search when out of range."""
-    if not 0 < top <= MAX_TOP:
-        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
+    check_top(top)
     if not 0.0 <= headroom < 0.5:
         raise SpecError(f"must be in [0, 0.5), got {headroom}", field="--headroom")
     if tokens is not None and not 0 < tokens < math.inf:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from sextant.cli.output import PLOT, emit_json
+from sextant.cli.output import PLOT, check_top, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
@@ -32,7 +32,6 @@ from sextant.cli.serve_cmds import (
     scenario_tree,
 )
 from sextant.errors import SpecError
-from sextant.spec.limits import MAX_TOP
 
 Opt = typer.Option
 
@@ -91,8 +90,7 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
         if value is not None:
             raise SpecError(f"{name} applies to live traffic: give --rate", field=name.lstrip("-"))
-    if not 0 < top <= MAX_TOP:
-        raise SpecError(f"must be 1 to {MAX_TOP}, got {top}", field="--top")
+    check_top(top)
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
     for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)

@@ -20,6 +20,7 @@ import numpy as np
 
 from sextant.cost.compute import gemm_efficiency, gemm_time, memory_bound_time
 from sextant.cost.params import attention_qk_dim, attention_v_dim
+from sextant.cost.precision import dtype_scale
 from sextant.spec.hardware import GPUSpec
 from sextant.spec.model import ModelSpec
 from sextant.spec.profile import EfficiencyTable, HardwareProfile
@@ -63,9 +64,8 @@ def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attentio
     """The device a workload's kernels see on ``gpu``: GEMMs at the peak of ``gemm_dtype``,
     attention at that of ``attention_dtype``, each with the profile's measured table for its
     dtype where calibrated (else the profile's curve, scaled by its ``gemm_dtype_efficiency``, or
-    in ``training`` by its ``training_gemm_dtype_efficiency`` where it states the dtype). FP4 with
-    no scale of its own takes FP8's: a prior (narrower formats reach a smaller fraction of their
-    peak), not a fit; no FP4 measurement is in the ledgers yet."""
+    in ``training`` by its ``training_gemm_dtype_efficiency`` where it states the dtype; a dtype
+    the profile does not state takes its wider neighbour's scale, ``precision.SCALE_FALLBACK``)."""
     table = profile.gemm_tables.get(gemm_dtype)
     scales = profile.gemm_dtype_efficiency
     if training and gemm_dtype in profile.training_gemm_dtype_efficiency:
@@ -80,8 +80,7 @@ def device_for(gpu: GPUSpec, profile: HardwareProfile, gemm_dtype: str, attentio
         gemm_table=table,
         attention_table=profile.attention_tables.get(attention_dtype),
         host_synchronous=gpu.architecture.startswith("cpu"),
-        gemm_scale=1.0 if table is not None else scales.get(gemm_dtype, scales.get("fp8", 1.0) if gemm_dtype == "fp4"
-                                                            else 1.0),
+        gemm_scale=1.0 if table is not None else dtype_scale(scales, gemm_dtype),
         weight_bytes=weight_bytes,
         dequant_flops=dequant_flops,
     )

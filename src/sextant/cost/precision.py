@@ -44,6 +44,20 @@ KV_BYTES = {**{p: ELEMENT_BYTES[p] for p in ("bf16", "fp16", "fp8", "int8")}, "i
 GEMM_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "w4a16": "fp16", "fp4": "fp4"}
 
 
+#: A GEMM dtype whose efficiency scale no profile states yet takes that of the next wider format:
+#: a prior (narrower formats reach a smaller fraction of their peak), not a fit; no FP4
+#: measurement is in the ledgers yet.
+SCALE_FALLBACK = {"fp4": "fp8"}
+
+
+def dtype_scale(scales: dict[str, float], dtype: str) -> float:
+    """The profile's efficiency scale for GEMMs in ``dtype`` (1 where neither it nor its
+    :data:`SCALE_FALLBACK` is stated)."""
+    while dtype not in scales and dtype in SCALE_FALLBACK:
+        dtype = SCALE_FALLBACK[dtype]
+    return scales.get(dtype, 1.0)
+
+
 def weight_bytes(precision: str, group_size: int = WEIGHT_GROUP_SIZE, zero_point: bool = False) -> float:
     """Bytes per stored weight element of a serving weight precision; W4A16 adds its group scales
     (AWQ and GPTQ: groups of 128, symmetric; ZeRO-Inference: 64 with a minimum)."""

@@ -10,6 +10,7 @@ the better choice.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -83,18 +84,26 @@ class Space:
 
 def _layouts(model: ModelSpec, num_gpus: int, space: SearchSpace, gpus_per_node: int) -> np.ndarray:
     """(dp, tp, pp, cp, ep, etp) with dp*tp*pp*cp = num_gpus; for MoE, etp = tp (and 1 when
-    folding) and ep over the divisors of tp*cp*dp / etp."""
+    folding) and ep over the divisors of tp*cp*dp / etp. Read-only: cached, so that sizing a
+    search (:func:`space_size`) and enumerating it build the layouts once."""
+    return _layout_table(model.moe is not None, num_gpus, space.cp, space.fold_experts)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_table(moe: bool, num_gpus: int, cp_search: bool, fold_experts: bool) -> np.ndarray:
     rows = []
     for tp in divisors(num_gpus):
-        for cp in divisors(num_gpus // tp) if space.cp else [1]:
+        for cp in divisors(num_gpus // tp) if cp_search else [1]:
             for pp in divisors(num_gpus // (tp * cp)):
                 dp = num_gpus // (tp * cp * pp)
-                if model.moe is None:
+                if not moe:
                     rows.append((dp, tp, pp, cp, 1, tp))
                     continue
-                for etp in sorted({tp, 1} if space.fold_experts else {tp}):
+                for etp in sorted({tp, 1} if fold_experts else {tp}):
                     rows.extend((dp, tp, pp, cp, ep, etp) for ep in divisors(tp * cp * dp // etp))
-    return np.array(rows, dtype=np.int64)
+    table = np.array(rows, dtype=np.int64)
+    table.flags.writeable = False
+    return table
 
 
 def offload_combos(has_nvme: bool, zeroth_order: bool) -> np.ndarray:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-from sextant.files import write_atomic
+from sextant.files import write_atomic, write_trace_events
 from sextant.serve.requests import Requests
 from sextant.serve.simulator import SimulationOutput
 
@@ -66,6 +65,5 @@ def write_trace(out: SimulationOutput, path: str | Path, *, max_requests: int = 
         events.append({**common, "ph": "b", "ts": start * 1e6})
         events.append({**common, "ph": "e", "ts": end * 1e6})
     meta = {"requests_in_trace": shown, "requests_total": len(t.arrival)}
-    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
-                 field="--trace-out")
+    write_trace_events(path, events, meta)
     return len(events)

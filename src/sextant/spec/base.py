@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Any
@@ -33,8 +34,15 @@ class Spec(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name, field in cls.model_fields.items():
-                value = data.get(field.alias or name)
-                if isinstance(value, bool) and not _takes_bool(field.annotation):
-                    raise ValueError(f"{name} must be a number or a name, not {str(value).lower()}")
+            for key, name in _keys_without_bool(cls):
+                if isinstance(data.get(key), bool):
+                    raise ValueError(f"{name} must be a number or a name, not {str(data[key]).lower()}")
         return data
+
+
+@functools.lru_cache(maxsize=None)
+def _keys_without_bool(kind: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(input key, field name) of every field of ``kind`` whose type admits no bool, worked out
+    once per class: the check runs on every spec built."""
+    return tuple((field.alias or name, name) for name, field in kind.model_fields.items()
+                 if not _takes_bool(field.annotation))

@@ -56,7 +56,7 @@ import numpy as np
 
 from sextant.cost.memory import OFFLOAD_BUFFERS as BUFFERS
 from sextant.cost.tiers import RESOURCE_LABELS, TierRates
-from sextant.files import write_atomic
+from sextant.files import write_trace_events
 from sextant.resolve.train import TrainContext
 
 if TYPE_CHECKING:
@@ -344,7 +344,6 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
     resource, the first micro-batch and the optimizer phase after the last, or the last
     micro-batch with its overlapped optimizer (the micro-batches in between repeat the first).
     Returns the number of events."""
-    import json
 
     events: list[dict] = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "training step (one GPU)"}}]
     for tid, r in enumerate(RESOURCES, start=1):
@@ -362,8 +361,7 @@ def write_trace(times: OffloadTimes, microbatches: float, path: str) -> int:
              else "micro-batch 1 and the optimizer step after the last")
     meta = {"microbatches": microbatches, "shown": shown,
             "microbatch_s": float(times.microbatch_s[0]), "optimizer_s": float(times.optimizer_s[0])}
-    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
-                 field="--trace-out")
+    write_trace_events(path, events, meta)
     return len(events)
 
 

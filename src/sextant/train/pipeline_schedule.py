@@ -12,11 +12,10 @@ backward, the backward carrying any recomputation; interleaved schedules are dra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sextant.files import write_atomic
+from sextant.files import write_trace_events
 
 if TYPE_CHECKING:
     from sextant.train.result import TrainResult
@@ -104,6 +103,5 @@ def write_schedule_trace(result: TrainResult, path: str) -> int:
                        "ts": end * 1e6, "dur": optimizer * 1e6})
     meta = {"microbatches": int(round(result.num_microbatches)), "step_time_s": result.step_time_s,
             "drawn": "forward:backward 1:2 of the predicted work per micro-batch; interleaving drawn as plain 1F1B"}
-    write_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}),
-                 field="--trace-out")
+    write_trace_events(path, events, meta)
     return len(events)
