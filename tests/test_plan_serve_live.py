@@ -91,3 +91,18 @@ def test_a_mix_of_gpu_types_is_reported_when_it_is_cheaper():
         capacity = {e.gpu: e.capacity_rps for e in plan.entries}
         cost = {e.gpu: {"h100-sxm": 6.88, "a10g": 1.006}[e.gpu] * e.tp for e in plan.entries}
         assert cheapest_mix(35, capacity, cost)[1] >= single - 1e-9
+
+
+def test_the_deployments_a_live_plan_simulates_keep_the_serving_presets_scheduler():
+    """A plan's candidate is the scenario on other GPUs: the preset still fills what the user left
+    unset (the candidates once ran with the spec's defaults: no CUDA graphs, continuous batching)."""
+    from sextant.plan.serve_capacity import _with
+    from sextant.resolve.framework import apply_serving_framework
+    from sextant.spec.serving import parse_serve_scenario
+
+    base = parse_serve_scenario({"model": "llama-3.1-8b", "framework": "vllm-v1-0.15", "slo": {"tpot_ms": 50},
+                                 "scheduler": {"max_batch": 64}, "workload": {"input_len": 512, "output_len": 128}})
+    candidate = apply_serving_framework(_with(base, "a10g", 1, 2, 5.0, 100))
+    assert candidate.scheduler.cuda_graphs and candidate.scheduler.batching == "chunked"
+    assert candidate.scheduler.max_batch == 64  # what the user set stays
+    assert (candidate.hardware.gpu, candidate.hardware.gpus, candidate.deployment.replicas) == ("a10g", 2, 2)

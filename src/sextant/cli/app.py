@@ -9,7 +9,7 @@ import sys
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from sextant.cli import device_cmds, plan_cmds, plan_serve_cmds, serve_cmds, train_cmds, validate_cmds
+from sextant.cli import device_cmds, emit, plan_cmds, plan_serve_cmds, serve_cmds, train_cmds, validate_cmds
 from sextant.errors import SextantError
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ validate_app.command("serve")(serve_cmds.validate_serve_cmd)
 validate_app.command("serve-latency")(serve_cmds.validate_serve_latency_cmd)
 validate_app.command("all")(validate_cmds.validate_all_cmd)
 catalog_app.command("list")(train_cmds.catalog_list_cmd)
+app.command("export")(emit.export_cmd)
 app.command("calibrate")(device_cmds.calibrate_cmd)
 app.command("measure")(device_cmds.measure_cmd)
 

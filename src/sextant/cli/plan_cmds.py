@@ -10,9 +10,11 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, export_train_plan, finish
 from sextant.cli.output import PLOT, check_top, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
+from sextant.export import TRAIN_FORMATS
 from sextant.spec.limits import MAX_GPUS
 
 Opt = typer.Option
@@ -92,6 +94,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     max_micro_batch: int = Opt(16, help="Largest micro-batch searched."),
     cross_node_tp: bool = Opt(False, "--cross-node-tp", help="Let tensor parallelism span nodes."),
     plot: Optional[Path] = PLOT,
+    emit: Optional[str] = EMIT_TRAIN,
+    emit_out: Optional[Path] = EMIT_OUT,
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
     """Find the best way to train: search every dp/tp/pp/cp(/ep) factorization, micro-batch,
@@ -128,6 +132,7 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
         from sextant.plots import check_plot_path
 
         check_plot_path(plot)
+    check_emit(emit, emit_out, TRAIN_FORMATS)
     from sextant.resolve.intervals import memory_bound as memory_bound_of
 
     bound_ratio = memory_bound_of(parsed.framework).upper_ratio if memory_bound else 1.0
@@ -141,10 +146,12 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
         from sextant.plots import plot_plan_train
 
         plot_plan_train(result, plot)
-    if as_json:
-        emit_json(result.model_dump())
-        return
-    render_plan(result, report_console())
+    launch = None
+    if emit is not None:
+        from sextant.plan.search import chosen_scenario
+
+        launch = export_train_plan(chosen_scenario(parsed, result.best), emit)
+    finish(result, launch, emit_out, as_json, lambda: render_plan(result, report_console()))
 
 
 OFFLOAD_ROWS_SHOWN = 6

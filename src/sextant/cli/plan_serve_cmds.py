@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from sextant.cli.output import PLOT, check_top, emit_json
+from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish
+from sextant.cli.output import PLOT, check_top
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
     AS_JSON,
@@ -32,6 +33,7 @@ from sextant.cli.serve_cmds import (
     scenario_tree,
 )
 from sextant.errors import SpecError
+from sextant.export import SERVE_FORMATS
 
 Opt = typer.Option
 
@@ -70,6 +72,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     top: int = Opt(5, help="How many placements to list, each at its best batch (the JSON's `top` holds as many "
                            "fastest configurations, simulated over the whole workload)."),
     plot: Optional[Path] = PLOT,
+    emit: Optional[str] = EMIT_SERVE,
+    emit_out: Optional[Path] = EMIT_OUT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Search where each replica keeps its weights (GPU, host DRAM, NVMe, or a split; for a
@@ -83,9 +87,10 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         from sextant.plots import check_plot_path
 
         check_plot_path(plot)
+    check_emit(emit, emit_out, SERVE_FORMATS)
     if rate is not None:
         _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len, rate, ttft_slo, tpot_slo,
-                   slo_percentile, price, as_json, plot)
+                   slo_percentile, price, as_json, plot, (emit, emit_out))
         return
     for name, value in (("--ttft-slo", ttft_slo), ("--price", price)):
         if value is not None:
@@ -105,10 +110,13 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         from sextant.plots import plot_plan_serve
 
         plot_plan_serve(plan, plot)
-    if as_json:
-        emit_json(plan.model_dump())
-        return
-    render_plan_serve(plan, top, report_console())
+    launch = None
+    if emit is not None:
+        from sextant.export import export_serve
+        from sextant.plan.serve_search import chosen_scenario
+
+        launch = export_serve(chosen_scenario(base, plan.best_policy), emit)
+    finish(plan, launch, emit_out, as_json, lambda: render_plan_serve(plan, top, report_console()))
 
 
 def _prices(items: list[str] | None) -> dict[str, float]:
@@ -127,7 +135,7 @@ def _prices(items: list[str] | None) -> dict[str, float]:
 
 
 def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output_len,  # noqa: PLR0913
-               rate, ttft_slo, tpot_slo, percentile, price, as_json, plot=None) -> None:
+               rate, ttft_slo, tpot_slo, percentile, price, as_json, plot=None, emit=(None, None)) -> None:
     """``plan serve --rate``: the fewest or cheapest GPUs per type for live traffic within objectives."""
     from sextant.plan.serve_capacity import plan_capacity
     from sextant.spec.serving import parse_serve_scenario
@@ -151,9 +159,16 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
         from sextant.plots import plot_plan_serve
 
         plot_plan_serve(plan, plot)
-    if as_json:
-        emit_json(plan.model_dump())
-        return
+    launch = None
+    if emit[0] is not None:
+        from sextant.export import export_serve
+        from sextant.plan.serve_capacity import chosen_scenario
+
+        launch = export_serve(chosen_scenario(base, plan), emit[0])
+    finish(plan, launch, emit[1], as_json, lambda: _render_live(plan, base, percentile))
+
+
+def _render_live(plan, base, percentile: float) -> None:
     out = report_console()
     objectives = " and ".join(f"{name} p{percentile:g} within {v:g} ms" for name, v in
                               (("TTFT", plan.ttft_slo_ms), ("TPOT", plan.tpot_slo_ms)) if v is not None)

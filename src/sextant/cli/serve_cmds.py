@@ -11,9 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import report_console
 from sextant.errors import SpecError
+from sextant.export import SERVE_FORMATS
 from sextant.files import check_output_path
 
 Opt = typer.Option
@@ -187,6 +189,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     requests_out: Optional[Path] = Opt(None, help="Write each request's arrival, first-token and finish times and "
                                                   "token counts here (CSV)."),
     plot: Optional[Path] = PLOT,
+    emit: Optional[str] = EMIT_SERVE,
+    emit_out: Optional[Path] = EMIT_OUT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Simulate a serving deployment: throughput, TTFT/TPOT/end-to-end percentiles, SLO goodput."""
@@ -215,13 +219,13 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     _put_strategies(tree, draft_model, spec_tokens, acceptance_rate, spec_target, prefill_replicas, decode_replicas)
     put_gpus(tree, gpus)
     sc = parse_serve_scenario(tree, from_flags=scenario is None)
-    for target, flag in ((trace_out, "--trace-out"), (requests_out, "--requests-out")):
-        if target is not None:
-            check_output_path(target, field=flag)
-    if plot is not None:
-        from sextant.plots import check_plot_path
+    _check_outputs(trace_out, requests_out, plot)
+    check_emit(emit, emit_out, SERVE_FORMATS)
+    launch = None
+    if emit is not None:  # before the simulation: a deployment the engine cannot run fails fast
+        from sextant.export import export_serve
 
-        check_plot_path(plot)
+        launch = export_serve(sc, emit)
     console = Console(stderr=True)
     from sextant.serve.requests import request_count
 
@@ -247,12 +251,24 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         from sextant.serve.predict import request_latencies
 
         plot_serve(result, *request_latencies(sc, reqs, out), plot)
-    if as_json:
-        emit_json(result.model_dump())
-        return
-    _render(result, trace_out)
-    if requests_out is not None:
-        report_console().print(f"{len(reqs)} requests written to {requests_out}")
+
+    def render() -> None:
+        _render(result, trace_out)
+        if requests_out is not None:
+            report_console().print(f"{len(reqs)} requests written to {requests_out}")
+
+    finish(result, launch, emit_out, as_json, render)
+
+
+def _check_outputs(trace_out: Path | None, requests_out: Path | None, plot: Path | None) -> None:
+    """Refuse, before the simulation, an output file that cannot be written."""
+    for target, flag in ((trace_out, "--trace-out"), (requests_out, "--requests-out")):
+        if target is not None:
+            check_output_path(target, field=flag)
+    if plot is not None:
+        from sextant.plots import check_plot_path
+
+        check_plot_path(plot)
 
 
 def _render(r, trace_out: Path | None) -> None:

@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, finish
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console
+from sextant.export import TRAIN_FORMATS
 from sextant.files import check_output_path
 
 # Typer needs Optional[...] on Python 3.10 for options that may be absent.
@@ -84,6 +86,8 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     trace_out: Optional[Path] = Opt(None, help="Write the offload timeline as a Perfetto/Chrome trace (JSON)."),
     profile: Optional[Path] = Opt(None, help="Hardware profile JSON (default: the built-in one)."),
     plot: Optional[Path] = PLOT,
+    emit: Optional[str] = EMIT_TRAIN,
+    emit_out: Optional[Path] = EMIT_OUT,
     as_json: bool = Opt(False, "--json", help="Print one JSON object instead of the report."),
 ) -> None:
     """Predict step time, throughput, MFU and memory of one training configuration.
@@ -121,18 +125,21 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         from sextant.plots import check_plot_path
 
         check_plot_path(plot)
-    result = predict_train(parse_scenario(tree, source="options", from_flags=scenario is None),
-                           trace_out=str(trace_out) if trace_out else None)
+    check_emit(emit, emit_out, TRAIN_FORMATS)
+    parsed = parse_scenario(tree, source="options", from_flags=scenario is None)
+    result = predict_train(parsed, trace_out=str(trace_out) if trace_out else None)
     if plot is not None:
         from sextant.plots import plot_train
 
         plot_train(result, plot)
-    if as_json:
-        emit_json(result.model_dump())
-        return
+    launch = None
+    if emit is not None:
+        from sextant.export import export_train
+
+        launch = export_train(parsed, emit)
     from sextant.cli.render import render_train
 
-    render_train(result, report_console())
+    finish(result, launch, emit_out, as_json, lambda: render_train(result, report_console()))
 
 
 def validate_train_cmd(

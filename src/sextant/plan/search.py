@@ -202,6 +202,16 @@ def with_gpus(scenario: TrainScenario, gpus: int) -> TrainScenario:
     return scenario.model_copy(update={"hardware": scenario.hardware.model_copy(update={"gpus": gpus})})
 
 
+def chosen_scenario(scenario: TrainScenario, row: TrainResult) -> TrainScenario:
+    """``scenario`` with the configuration of a plan's ``row`` (its GPUs and strategy), as
+    ``predict train`` or ``sextant export`` take it."""
+    strategy = scenario.strategy.model_dump(exclude_unset=True)
+    strategy.update({k: getattr(row, k) for k in ("dp", "tp", "pp", "cp", "ep", "etp", "vpp", "zero", "micro_batch",
+                                                  "recompute", "sequence_parallel", "schedule", "precision",
+                                                  "offload_optimizer", "offload_params", "offload_activations")})
+    return with_gpus(scenario, row.gpus).model_copy(update={"strategy": type(scenario.strategy).model_validate(strategy)})
+
+
 def _infeasible_message(scenario: TrainScenario, counts: list[int], closest: tuple | None) -> str:
     if closest is None:
         return (f"no configuration of {scenario.model if isinstance(scenario.model, str) else scenario.model.name} "

@@ -125,7 +125,9 @@ def _meets(base: ServeScenario, r: ServeResult, q: float) -> bool:
 def _with(base: ServeScenario, gpu: str, tp: int, replicas: int, rate: float | None, requests: int) -> ServeScenario:
     """The base scenario on ``replicas`` replicas of ``tp`` GPUs of type ``gpu``, with ``requests``
     requests at ``rate`` (None: all at time 0)."""
-    tree = base.model_dump(exclude_none=True)
+    # Only what the scenario set: a field dumped at its default would count as set and keep the
+    # serving preset from filling it (CUDA graphs, chunked batching, the KV sizing of its engine).
+    tree = base.model_dump(exclude_unset=True)
     tree["hardware"] = {"gpu": gpu, "gpus": tp * replicas}  # the GPU's usual node
     tree["deployment"] = {**tree.get("deployment", {}), "tp": tp, "replicas": replicas}
     workload = {k: v for k, v in tree.get("workload", {}).items() if k not in ("rate", "stages", "concurrency")}
@@ -134,6 +136,15 @@ def _with(base: ServeScenario, gpu: str, tp: int, replicas: int, rate: float | N
         workload["rate"] = rate
     tree["workload"] = workload
     return ServeScenario.model_validate(tree)
+
+
+def chosen_scenario(base: ServeScenario, plan: CapacityPlan) -> ServeScenario:
+    """``base`` as the cheapest deployment of ``plan`` serves it: its GPU type, degree and
+    replicas, at the planned rate."""
+    if not plan.entries:
+        raise SpecError("no GPU type serves this traffic within the objectives: nothing to export", field="emit")
+    best = plan.entries[0]
+    return _with(base, best.gpu, best.tp, best.replicas, plan.rate, base.workload.num_requests)
 
 
 def _degrees(gpu: str, base: ServeScenario) -> list[int]:

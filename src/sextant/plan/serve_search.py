@@ -242,6 +242,11 @@ def _scenario(tree: dict[str, Any], p: ServePolicy, num_requests: int) -> ServeS
     return parse_serve_scenario(tree, "plan serve candidate")
 
 
+def chosen_scenario(base: ServeScenario, p: ServePolicy) -> ServeScenario:
+    """``base`` with a plan's placement ``p`` (as ``predict serve`` or ``sextant export`` take it)."""
+    return _scenario(base.model_dump(exclude_unset=True), p, base.workload.num_requests)
+
+
 def _entry(p: ServePolicy, r: ServeResult) -> ServePlanEntry:
     return ServePlanEntry(policy=p, strategy=p.strategy, output_tokens_per_s=r.output_tokens_per_s,
                           tpot_ms=r.tpot_ms.p99, binding_resource=r.binding_resource, memory_gb_per_tier=r.memory_gb_per_tier,
