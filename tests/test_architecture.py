@@ -27,13 +27,14 @@ ALLOWED: dict[str, set[str]] = {
     "reference": {"spec"},
     "calibrate": {"spec", "catalog", "cost", "resolve", "reference"},
     "measure": {"spec", "cost", "resolve", "train", "reference"},
+    "export": {"spec", "catalog", "cost", "resolve", "train"},
 }
 LEAVES = {"errors", "units", "files"}
 #: The only packages that may import PyTorch (an optional extra: everything else runs without it).
 TORCH_PACKAGES = {"calibrate", "measure", "reference"}
 UI_LIBRARIES = {"typer", "rich", "click"}
 #: Packages whose functions stay short enough to read at once.
-SHORT_FUNCTION_PACKAGES = ("cost", "resolve", "train", "serve", "plan")
+SHORT_FUNCTION_PACKAGES = ("cost", "resolve", "train", "serve", "plan", "export")
 MAX_FUNCTION_LINES = 80
 
 

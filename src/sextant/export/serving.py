@@ -12,6 +12,7 @@ serves one replica per command.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -21,8 +22,8 @@ from sextant.resolve.serve import ServeContext, resolve_serve
 from sextant.spec.serving import ServeScenario
 
 VLLM = "vLLM 0.34"
-SGLANG = "SGLang 0.5"
-TRTLLM = "TensorRT-LLM (trtllm-serve, PyTorch backend)"
+SGLANG = "SGLang (server_args.py, main 001067f)"
+TRTLLM = "TensorRT-LLM (trtllm-serve, PyTorch backend, main 44373a3)"
 TRTLLM_CONFIG = "extra-llm-api-config.yml"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 #: The serving preset (serving_frameworks.yaml) that predicts each engine.
@@ -182,11 +183,13 @@ def _sglang(job: ServeJob) -> LaunchConfig:
     o += ["--chunked-prefill-size", str(sch.token_budget or 8192) if sch.batching == "chunked" else "-1"]
     flag(o, "--disable-radix-cache", when=not sch.prefix_caching)
     flag(o, "--disable-overlap-schedule", when=not sch.async_scheduling)
+    # Deprecated on main for --cuda-graph-backend-{decode,prefill} disabled, which releases up to
+    # 0.5.18 lack; the old flag is accepted by both.
     flag(o, "--disable-cuda-graph", when=not sch.cuda_graphs)
     flag(o, "--dtype", _DTYPE.get(dep.precision), when=dep.precision in _DTYPE)
     flag(o, "--quantization", "fp8", when=dep.precision == "fp8")
     flag(o, "--kv-cache-dtype", "fp8_e4m3", when=dep.resolved_kv_precision == "fp8")
-    flag(o, "--cpu-offload-gb", _offloaded_gib(job), when=s.offload.weights == "cpu")
+    flag(o, "--cpu-offload-gb", math.ceil(_offloaded_gib(job)), when=s.offload.weights == "cpu")  # an int
     flag(o, "--context-length", job.longest_request,
          when=job.longest_request is not None and job.longest_request > job.ctx.model.max_seq_len)
     if s.speculative is not None:
