@@ -31,7 +31,7 @@ TIME_LIMIT_S = 10.0
 INTS = [-(2**63), -1, 0, 1, 2, 3, 7, 8, 64, 1000, 2**31, 2**63, 10**30]
 FLOATS = ["nan", "-nan", "inf", "-inf", "1e-320", "1e308", "-1", "0", "-0.0", "0.5", "1", "2.5", "1e9", "1e-9"]
 STRINGS = ["", " ", "x", "llama-3.1-8b", "h100-sxm", "none", "cpu", "nvme", "8", "-1", "nan", "é\u0301", "a" * 300,
-           "../../etc/passwd", "1-1048576", "8,16", "0,8", "1e3", "1.5", "--json"]
+           "../../etc/passwd", "1-1048576", "8,16", "0,8", "1e3", "1.5", "--json", "megatron", "vllm"]
 #: Values of a YAML scenario, config.json or ledger key.
 VALUES = [None, True, False, -1, 0, 1, 3, 2**31, 2**70, -(2**70), 0.5, 1e308, -1e-300, float("nan"), float("inf"),
           "x", "", "8", "1e3", [], [1, 2], {}, {"a": 1}, "llama-3.1-8b", "h100-sxm"]

@@ -19,6 +19,7 @@ from fuzz_inputs import RUNS, argv_for, json_config, run_and_check, trace_text, 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sextant.export import SERVE_FORMATS, TRAIN_FORMATS
 from sextant.spec.scenario import HardwareRef, Strategy, TrainWorkload
 from sextant.spec.serving import Deployment, Scheduler, ServeWorkload
 
@@ -123,10 +124,10 @@ def test_train_scenarios(files, tmp_path_factory):
                 "workload": _keys(TrainWorkload)}
 
     @fuzz(EXAMPLES["train_yaml"])
-    @given(yaml_tree(base, sections), st.sampled_from(["predict", "plan"]))
+    @given(yaml_tree(base, sections), st.sampled_from(["predict", "plan", "megatron", "torchtitan", "deepspeed"]))
     def check(text, group):
         path.write_text(text)
-        run_and_check([group, "train", "-s", str(path)])
+        run_and_check(["export", group, "-s", str(path)] if group in TRAIN_FORMATS else [group, "train", "-s", str(path)])
 
     ran(check, "train_yaml")
 
@@ -140,10 +141,11 @@ def test_serve_scenarios(files, tmp_path_factory):
                 "disaggregation": ["prefill_replicas", "decode_replicas"]}
 
     @fuzz(EXAMPLES["serve_yaml"])
-    @given(yaml_tree(base, sections))
-    def check(text):
+    @given(yaml_tree(base, sections), st.sampled_from(["predict", "predict", "vllm", "sglang", "trtllm"]))
+    def check(text, command):
         path.write_text(text)
-        run_and_check(["predict", "serve", "-s", str(path)])
+        run_and_check(["export", command, "-s", str(path)] if command in SERVE_FORMATS else
+                      ["predict", "serve", "-s", str(path)])
 
     ran(check, "serve_yaml")
 

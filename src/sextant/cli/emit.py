@@ -55,18 +55,20 @@ def finish(result: Any, launch, out: Path | None, as_json: bool, render) -> None
 PLAN_PRESETS = {"megatron": "megatron-core-2024", "torchtitan": "torchtitan-2024", "deepspeed": "deepspeed-zero3-2024"}
 
 
-def export_train_plan(chosen, fmt: str):
-    """The launch of a plan's best configuration; a refusal names the preset to plan with."""
-    from sextant.export import export_train
+def launch_for(scenario, fmt: str, *, planned: bool = False):
+    """The ``--emit`` launch of ``scenario`` (training or serving, by ``fmt``); a refusal names
+    ``--emit``, and for a plan's choice the preset that searches what the framework runs."""
+    from sextant.export import export_serve, export_train
     from sextant.export.launch import ExportError
 
     try:
-        return export_train(chosen, fmt)
+        return export_train(scenario, fmt) if fmt in TRAIN_FORMATS else export_serve(scenario, fmt)
     except ExportError as err:
-        if chosen.framework == PLAN_PRESETS[fmt]:
-            raise
-        raise ExportError(fmt, f"{Exception.__str__(err).split(': ', 1)[-1]} (the plan's best configuration); plan "
-                               f"with --framework {PLAN_PRESETS[fmt]} to search what it runs") from None
+        err.field = "emit"
+        if planned and fmt in PLAN_PRESETS and scenario.framework != PLAN_PRESETS[fmt]:
+            err.args = (f"{err.args[0]} (the plan's best configuration); plan with --framework "
+                        f"{PLAN_PRESETS[fmt]} to search what it runs",)
+        raise
 
 
 def _write(launch, out: Path) -> None:
@@ -95,14 +97,19 @@ def export_cmd(
         from sextant.files import check_output_path
 
         check_output_path(out, field="--out")
-    if fmt in TRAIN_FORMATS:
-        from sextant.spec.scenario import base_tree, parse_scenario
+    kind = "training" if fmt in TRAIN_FORMATS else "serving"
+    try:
+        if fmt in TRAIN_FORMATS:
+            from sextant.spec.scenario import base_tree, parse_scenario
 
-        launch = export_train(parse_scenario(base_tree(scenario, None, None), source=str(scenario or "default")), fmt)
-    else:
-        from sextant.spec.serving import ServeScenario, load_serve_scenario
+            parsed = parse_scenario(base_tree(scenario, None, None), source=str(scenario or "default"))
+        else:
+            from sextant.spec.serving import ServeScenario, load_serve_scenario
 
-        launch = export_serve(load_serve_scenario(scenario) if scenario else ServeScenario(), fmt)
+            parsed = load_serve_scenario(scenario) if scenario else ServeScenario()
+    except SpecError as err:
+        raise SpecError(f"{Exception.__str__(err)} ({fmt} exports a {kind} scenario)", field=err.field) from None
+    launch = export_train(parsed, fmt) if fmt in TRAIN_FORMATS else export_serve(parsed, fmt)
     if as_json:
         emit_json(launch.model_dump())
     elif out is None:

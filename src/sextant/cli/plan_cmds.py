@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, export_train_plan, finish
+from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, finish, launch_for
 from sextant.cli.output import PLOT, check_top, emit_json
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.errors import SpecError
@@ -150,7 +150,7 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     if emit is not None:
         from sextant.plan.search import chosen_scenario
 
-        launch = export_train_plan(chosen_scenario(parsed, result.best), emit)
+        launch = launch_for(chosen_scenario(parsed, result.best), emit, planned=True)
     finish(result, launch, emit_out, as_json, lambda: render_plan(result, report_console()))
 
 

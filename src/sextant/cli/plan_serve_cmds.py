@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish
+from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish, launch_for
 from sextant.cli.output import PLOT, check_top
 from sextant.cli.render import listing, report_console, with_progress
 from sextant.cli.serve_cmds import (
@@ -112,10 +112,9 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
         plot_plan_serve(plan, plot)
     launch = None
     if emit is not None:
-        from sextant.export import export_serve
         from sextant.plan.serve_search import chosen_scenario
 
-        launch = export_serve(chosen_scenario(base, plan.best_policy), emit)
+        launch = launch_for(chosen_scenario(base, plan.best_policy), emit, planned=True)
     finish(plan, launch, emit_out, as_json, lambda: render_plan_serve(plan, top, report_console()))
 
 
@@ -161,10 +160,9 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
         plot_plan_serve(plan, plot)
     launch = None
     if emit[0] is not None:
-        from sextant.export import export_serve
         from sextant.plan.serve_capacity import chosen_scenario
 
-        launch = export_serve(chosen_scenario(base, plan), emit[0])
+        launch = launch_for(chosen_scenario(base, plan), emit[0], planned=True)
     finish(plan, launch, emit[1], as_json, lambda: _render_live(plan, base, percentile))
 
 

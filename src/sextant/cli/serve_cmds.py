@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish
+from sextant.cli.emit import EMIT_OUT, EMIT_SERVE, check_emit, finish, launch_for
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import report_console
 from sextant.errors import SpecError
@@ -223,9 +223,8 @@ def predict_serve_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
     check_emit(emit, emit_out, SERVE_FORMATS)
     launch = None
     if emit is not None:  # before the simulation: a deployment the engine cannot run fails fast
-        from sextant.export import export_serve
 
-        launch = export_serve(sc, emit)
+        launch = launch_for(sc, emit)
     console = Console(stderr=True)
     from sextant.serve.requests import request_count
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, finish
+from sextant.cli.emit import EMIT_OUT, EMIT_TRAIN, check_emit, finish, launch_for
 from sextant.cli.output import PLOT, emit_json
 from sextant.cli.render import listing, report_console
 from sextant.export import TRAIN_FORMATS
@@ -134,9 +134,8 @@ def predict_train_cmd(  # noqa: PLR0913 - the flags are the interface scripts ca
         plot_train(result, plot)
     launch = None
     if emit is not None:
-        from sextant.export import export_train
 
-        launch = export_train(parsed, emit)
+        launch = launch_for(parsed, emit)
     from sextant.cli.render import render_train
 
     finish(result, launch, emit_out, as_json, lambda: render_train(result, report_console()))

@@ -29,8 +29,8 @@ from sextant.errors import SpecError
 class ExportError(SpecError):
     """The configuration cannot be expressed in the requested framework; the message says why."""
 
-    def __init__(self, framework: str, why: str) -> None:
-        super().__init__(f"{framework} cannot run this configuration: {why}", field="format")
+    def __init__(self, framework: str, why: str, *, field: str = "format") -> None:
+        super().__init__(f"{framework} cannot run this configuration: {why}", field=field)
 
 
 class LaunchConfig(BaseModel):
