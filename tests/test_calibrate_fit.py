@@ -22,9 +22,27 @@ def synthetic_records(e_max: float, half: float, dims=(64, 256, 1024, 4096)) -> 
 
 def test_gemm_curve_fit_recovers_the_generating_parameters():
     fit = fit_gemm_curve(synthetic_records(0.8, 100.0), PEAK)
-    assert fit["gemm_max_efficiency"] == pytest.approx(0.8, rel=0.02)
-    assert fit["gemm_half_dim"] == pytest.approx(100.0, rel=0.05)
-    assert fit["r_squared"] > 0.999
+    assert fit["gemm_max_efficiency"] == pytest.approx(0.8, rel=1e-6)
+    assert fit["gemm_half_dim"] == pytest.approx(100.0, rel=1e-5)
+    assert fit["r_squared"] > 0.999999
+    assert fit["gemm_half_dim_stderr"] < 1e-3  # an exact curve leaves no uncertainty
+
+
+def test_gemm_curve_fit_reports_an_uncertainty_that_covers_the_truth_under_noise():
+    rng = np.random.default_rng(7)
+    records = synthetic_records(0.75, 300.0, dims=(32, 64, 128, 256, 512, 1024, 4096))
+    for r in records:  # 5% timing noise, as a shared GPU gives
+        r["seconds"] *= float(np.exp(rng.normal(0.0, 0.05)))
+    fit = fit_gemm_curve(records, PEAK)
+    assert 0 < fit["gemm_half_dim_stderr"] < 0.2 * fit["gemm_half_dim"]
+    assert abs(fit["gemm_half_dim"] - 300.0) < 3 * fit["gemm_half_dim_stderr"]
+    assert abs(fit["gemm_max_efficiency"] - 0.75) < 3 * fit["gemm_max_efficiency_stderr"]
+
+
+def test_gemm_curve_fit_holds_the_half_size_at_its_bound_for_saturated_kernels():
+    fit = fit_gemm_curve(synthetic_records(0.9, 0.0), PEAK)
+    assert fit["gemm_half_dim"] < 0.01  # a fraction of one row: no under-filling
+    assert fit["gemm_max_efficiency"] == pytest.approx(0.9, rel=1e-4)
 
 
 def test_gemm_table_reproduces_measured_points_and_interpolates_between_them():

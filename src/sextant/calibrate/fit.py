@@ -1,9 +1,9 @@
-"""Fitting microbenchmark records into profile parameters (NumPy only; no PyTorch here).
+"""Fitting microbenchmark records into profile parameters (NumPy and SciPy; no PyTorch here).
 
 * GEMMs: the measured efficiencies on the grid become a :class:`EfficiencyTable` per dtype (the cost
   model interpolates it), and the saturating curve ``e_max * s(m) s(n) s(k)``, ``s(x) = x/(x+h)``,
-  is fitted by least squares in log space for the profile's scalar fields (a grid search over h,
-  e_max in closed form), with its R^2 reported.
+  is fitted by least squares in log space for the profile's scalar fields (SciPy's
+  ``least_squares``, part of the calibrate extra), with its R^2 and the parameters' standard errors.
 * Element-wise kernels and collectives: the affine alpha-beta model ``t = alpha + bytes / beta``
   (Hockney 1994), fitted by least squares.
 """
@@ -37,24 +37,41 @@ def gemm_table(records: Sequence[dict], peak_flops: float) -> EfficiencyTable:
     return EfficiencyTable(dims=["m", "n", "k"], axes=[ms, ns, ks], efficiency=eff)
 
 
+#: The half-efficiency size searched: 0 (no under-filling) to a GEMM dimension of 8192.
+MAX_HALF_DIM = 8192.0
+
+
 def fit_gemm_curve(records: Sequence[dict], peak_flops: float) -> dict[str, float]:
-    """Least-squares fit of ``e_max * s(m) s(n) s(k)`` to measured efficiencies (log space)."""
-    m = np.array([r["m"] for r in records], float)
-    n = np.array([r["n"] for r in records], float)
-    k = np.array([r["k"] for r in records], float)
-    eff = 2.0 * m * n * k / np.array([r["seconds"] for r in records]) / peak_flops
+    """Least-squares fit of ``e_max * s(m) s(n) s(k)`` to measured efficiencies, in log space
+    (over- and under-prediction weigh alike), by SciPy's trust-region reflective ``least_squares``
+    with ``h`` bounded to [0, MAX_HALF_DIM]. Also returns each parameter's standard error from the
+    Jacobian at the optimum (``s^2 (J^T J)^-1``, ``s^2`` the residual variance; ``e_max``'s by the
+    delta method), the fit's R^2 and its point count."""
+    from scipy.optimize import least_squares
+
+    dims = np.array([[r["m"], r["n"], r["k"]] for r in records], float)
+    eff = 2.0 * dims.prod(axis=1) / np.array([r["seconds"] for r in records]) / peak_flops
     log_eff = np.log(eff)
-    best: tuple[float, float, float] | None = None
-    for half in np.concatenate([[0.0], np.geomspace(1.0, 8192.0, 200)]):
-        log_shape = np.log(m / (m + half)) + np.log(n / (n + half)) + np.log(k / (k + half))
-        log_max = float(np.mean(log_eff - log_shape))
-        sse = float(np.sum((log_eff - log_shape - log_max) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, float(half), log_max)
-    assert best is not None
-    _, half, log_max = best
-    predicted = np.exp(log_max) * (m / (m + half)) * (n / (n + half)) * (k / (k + half))
-    return {"gemm_max_efficiency": float(min(1.0, np.exp(log_max))), "gemm_half_dim": half,
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        log_max, half = p
+        return log_max + np.log(dims / (dims + half)).sum(axis=1) - log_eff
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.ones(len(dims)), -(1.0 / (dims + p[1])).sum(axis=1)])
+
+    start = np.array([float(np.max(log_eff)), 64.0])
+    solution = least_squares(residuals, start, jac=jacobian, bounds=([-np.inf, 0.0], [np.inf, MAX_HALF_DIM]),
+                             method="trf", x_scale=[1.0, 64.0])
+    log_max, half = (float(v) for v in solution.x)
+    free = len(dims) - 2
+    covariance = (np.linalg.pinv(solution.jac.T @ solution.jac) * (2.0 * solution.cost / free)
+                  if free > 0 else np.full((2, 2), np.nan))
+    stderr_log_max, stderr_half = np.sqrt(np.maximum(np.diag(covariance), 0.0))
+    e_max = float(np.exp(log_max))
+    predicted = e_max * (dims / (dims + half)).prod(axis=1)
+    return {"gemm_max_efficiency": min(1.0, e_max), "gemm_half_dim": half,
+            "gemm_max_efficiency_stderr": e_max * float(stderr_log_max), "gemm_half_dim_stderr": float(stderr_half),
             "r_squared": r_squared(eff, predicted), "points": float(len(records))}
 
 

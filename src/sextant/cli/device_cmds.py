@@ -73,8 +73,11 @@ def calibrate_cmd(
         for dtype, peak in profile.device.peak_flops.items():
             summary.add_row(f"fastest GEMM {dtype}", f"{peak / 1e12:.3f} TFLOP/s")
     curve = profile.fit["gemm_curve"]
-    summary.add_row("GEMM curve", f"max {p.gemm_max_efficiency:.3f}, half-dim {p.gemm_half_dim:.0f} "
-                                  f"(R^2 {curve['r_squared']:.2f}; tables per dtype: {', '.join(p.gemm_tables)})")
+    errors = (f" ± {curve['gemm_max_efficiency_stderr']:.3f}", f" ± {curve['gemm_half_dim_stderr']:.0f}") \
+        if "gemm_half_dim_stderr" in curve else ("", "")  # profiles calibrated before the errors were kept
+    summary.add_row("GEMM curve", f"max {p.gemm_max_efficiency:.3f}{errors[0]}, half-dim {p.gemm_half_dim:.0f}"
+                                  f"{errors[1]} (R^2 {curve['r_squared']:.2f}; tables per dtype: "
+                                  f"{', '.join(p.gemm_tables)})")
     summary.add_row("attention (SDPA) efficiency", f"{p.flash_attention_efficiency:.3f}")
     summary.add_row("memory bandwidth", f"{m['memory_bw_bytes_per_s'] / 1e9:.1f} GB/s; element-wise efficiency "
                                         f"{p.memory_bw_efficiency:.2f}, loss {p.loss_bw_efficiency:.2f}")
