@@ -152,11 +152,11 @@ def render_measure(r, console: Console) -> None:
         e = r.extra
         table.add_row("prefill", f"{e['measured_prefill_s'] * 1e3:.2f} ms", f"{e['predicted_prefill_s'] * 1e3:.2f} ms",
                       f"{e['prefill_error']:+.1%}")
-    table.add_row("peak memory", f"{r.measured_peak_memory_gb:.4f} GB", f"{r.predicted_peak_memory_gb:.4f} GB",
+    table.add_row("peak memory", f"{r.measured_peak_memory_gb:.4f} GiB", f"{r.predicted_peak_memory_gb:.4f} GiB",
                   f"{r.memory_error:+.1%}")
     for part in r.measured_memory_gb:
-        table.add_row(f"  {part}", f"{r.measured_memory_gb[part]:.4f} GB",
-                      f"{r.predicted_memory_gb.get(part, float('nan')):.4f} GB", "")
+        table.add_row(f"  {part}", f"{r.measured_memory_gb[part]:.4f} GiB",
+                      f"{r.predicted_memory_gb.get(part, float('nan')):.4f} GiB", "")
     console.print(table)
     console.print("predicted time: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in r.predicted_breakdown_s.items()))
     console.print(f"memory measured as: {r.memory_method}")

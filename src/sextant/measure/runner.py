@@ -37,7 +37,7 @@ from sextant.spec.strategy import Strategy
 from sextant.spec.workload import TrainWorkload
 from sextant.train.predict import predict_train
 from sextant.train.step import ALLOCATED_PARTS
-from sextant.units import GB, GiB
+from sextant.units import GiB
 
 #: Sizes that suit each device: a few seconds per iteration at most on a 2-core CPU; about 1B
 #: parameters on a GPU (Llama 3.2 1B's shape with a 32k vocabulary).
@@ -64,6 +64,7 @@ class MeasureResult(BaseModel):
     measured_step_time_s: float
     predicted_step_time_s: float
     error: float  # (predicted - measured) / measured
+    #: Memory in GiB (2^30 bytes), as every Sextant report (the keys keep their names).
     measured_peak_memory_gb: float
     predicted_peak_memory_gb: float
     memory_error: float
@@ -100,10 +101,10 @@ def _tensor_bytes(tensors) -> int:
 
 
 def _measured_peak(dev: str, parts: dict[str, float], cuda_span: str, cpu_what: str) -> tuple[float, str]:
-    """The measured peak (GB) and how it was measured: the allocator's high-water mark on CUDA,
+    """The measured peak (GiB) and how it was measured: the allocator's high-water mark on CUDA,
     the sum of the observable tensors on a CPU (PyTorch keeps no CPU allocation peak)."""
     if dev != "cpu":
-        return torch.cuda.max_memory_allocated() / GB, f"torch.cuda.max_memory_allocated {cuda_span}"
+        return torch.cuda.max_memory_allocated() / GiB, f"torch.cuda.max_memory_allocated {cuda_span}"
     return sum(parts.values()), f"{cpu_what} (CPU: no allocator peak)"
 
 
@@ -187,8 +188,8 @@ def measure_train(device: str = "cpu", *, profile: str | None = None, gpu: str |
 
     params = list(model.parameters())
     states = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
-    measured_parts = {"weights": _tensor_bytes(params) / GB, "gradients": _tensor_bytes(p.grad for p in params) / GB,
-                      "optimizer": _tensor_bytes(states) / GB}
+    measured_parts = {"weights": _tensor_bytes(params) / GiB, "gradients": _tensor_bytes(p.grad for p in params) / GiB,
+                      "optimizer": _tensor_bytes(states) / GiB}
     saved: dict[int, int] = {}
     param_ptrs = {t.untyped_storage().data_ptr() for t in [*params, *model.buffers()]}
 
@@ -202,14 +203,14 @@ def measure_train(device: str = "cpu", *, profile: str | None = None, gpu: str |
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits = model(inputs)
         loss = F.cross_entropy(logits.reshape(-1, spec.vocab_size), targets.reshape(-1))
-    measured_parts["activations"] = sum(saved.values()) / GB
+    measured_parts["activations"] = sum(saved.values()) / GiB
     del loss, logits
     measured_peak, method = _measured_peak(dev, measured_parts, "over the timed steps",
                                            "parameters + gradients + optimizer states + autograd-saved activations")
     # The CPU keeps no allocator peak: compare the tensors it can see. On CUDA the allocated
     # peak counts the temporaries (loss, optimizer step) as well.
     compared = ("weights", "gradients", "optimizer", "activations") if dev == "cpu" else ALLOCATED_PARTS
-    pred_parts = {k: v * GiB / GB for k, v in predicted.memory_gb_per_gpu.items() if k in compared}
+    pred_parts = {k: v for k, v in predicted.memory_gb_per_gpu.items() if k in compared}
     predicted_peak = sum(pred_parts.values())
     return MeasureResult(
         kind="train", device=dev, device_name=_device_name(dev), model=spec.name,
@@ -274,9 +275,9 @@ def measure_serve(device: str = "cpu", *, profile: str | None = None, gpu: str |
 
     weights = _tensor_bytes(model.parameters())
     kv = _tensor_bytes(t for pair in cache for t in pair)
-    measured_parts = {"weights": weights / GB, "kv_cache": kv / GB}
-    pred_parts = {"weights": count_params(spec).total * precision_bytes(precision).weight / GB,
-                  "kv_cache": kv_cache_bytes_per_token(spec, dv.act_bytes) * batch * total / GB}
+    measured_parts = {"weights": weights / GiB, "kv_cache": kv / GiB}
+    pred_parts = {"weights": count_params(spec).total * precision_bytes(precision).weight / GiB,
+                  "kv_cache": kv_cache_bytes_per_token(spec, dv.act_bytes) * batch * total / GiB}
     measured_peak, method = _measured_peak(dev, measured_parts, "during prefill and decode",
                                            "weight tensors + KV-cache tensors")
     predicted_peak = sum(pred_parts.values())
