@@ -18,8 +18,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("predict_train", "plan_train", "predict_serve", "plan_serve", "validate_ledger", "train_scenario",
-        "serve_scenario", "LEDGERS")
+_API = ("predict_train", "plan_train", "predict_serve", "plan_serve", "export_train", "export_serve",
+        "validate_ledger", "train_scenario", "serve_scenario", "LEDGERS")
 
 
 def __getattr__(name: str) -> Any:

@@ -140,6 +140,40 @@ def plan_serve(scenario: ScenarioLike = None, *, rate: float | None = None, gpu_
     return plan_capacity(base, rate, gpu_types or [base.hardware.gpu], percentile=percentile, prices=prices or {})
 
 
+def export_train(fmt: str, scenario: ScenarioLike = None, *, choice=None, **overrides: Any):
+    """The launch of a training scenario in framework ``fmt`` (``megatron``, ``torchtitan``,
+    ``deepspeed``), as ``sextant export`` writes it; ``choice``: a row of a plan
+    (``plan.best``), whose GPUs and strategy replace the scenario's. Returns a
+    :class:`~sextant.export.launch.LaunchConfig` (``.script()`` is the bash script)."""
+    from sextant.export import export_train as export
+
+    parsed = train_scenario(scenario, **overrides)
+    if choice is not None:
+        from sextant.plan.search import chosen_scenario
+
+        parsed = chosen_scenario(parsed, choice)
+    return export(parsed, fmt)
+
+
+def export_serve(fmt: str, scenario: ScenarioLike = None, *, choice=None, **overrides: Any):
+    """The launch of a serving scenario in engine ``fmt`` (``vllm``, ``sglang``, ``trtllm``);
+    ``choice``: what a serving plan chose, its ``best_policy`` or (with a rate) the plan itself.
+    Returns a :class:`~sextant.export.launch.LaunchConfig`."""
+    from sextant.export import export_serve as export
+    from sextant.plan.serve_capacity import CapacityPlan
+
+    parsed = serve_scenario(scenario, **overrides)
+    if isinstance(choice, CapacityPlan):
+        from sextant.plan.serve_capacity import chosen_scenario
+
+        parsed = chosen_scenario(parsed, choice)
+    elif choice is not None:
+        from sextant.plan.serve_search import chosen_scenario
+
+        parsed = chosen_scenario(parsed, choice)
+    return export(parsed, fmt)
+
+
 #: The ledgers :func:`validate_ledger` replays, by the name ``sextant validate`` gives them.
 LEDGERS = ("train", "serve", "serve-latency", "memory", "offload", "plan", "sweep", "kv-capacity")
 
@@ -176,5 +210,5 @@ def validate_ledger(ledger: str = "train", path: str | Path | None = None):
     return runners[ledger]()
 
 
-__all__ = ["LEDGERS", "plan_serve", "plan_train", "predict_serve", "predict_train", "serve_scenario",
-           "train_scenario", "validate_ledger"]
+__all__ = ["LEDGERS", "export_serve", "export_train", "plan_serve", "plan_train", "predict_serve", "predict_train",
+           "serve_scenario", "train_scenario", "validate_ledger"]
