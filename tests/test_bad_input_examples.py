@@ -33,8 +33,8 @@ def odd(tmp_path):
 
 EXAMPLES = [
     (["plan", "train", "--global-batch", "1000000000000"], "--global-batch"),
-    (["plan", "train", "--model", "deepseek-v3", "--gpus", "1048576", "--global-batch", "16384"],
-     "candidate configurations, more than the 33,554,432"),
+    (["plan", "train", "--model", "deepseek-v3", "--gpus", "720720", "--global-batch", "16384"],
+     "10,643,850 parallel layouts, more than the 1,048,576"),
     (SERVE + ["--gpus", "1000000000000"], "--gpus"),
     (SERVE + ["--num-requests", "1000000000000"], "num_requests"),
     (["plan", "train", "--tokens", "nan"], "--tokens"),

@@ -74,3 +74,12 @@ def test_staged_enumeration_keeps_what_the_whole_cross_product_keeps(model, gpus
     # A reason counts only rows that fail it (it may take rows another rule would also refuse).
     assert set(staged.rejected) <= {r.reason for r in TRAINING_RULES} | {
         "layers do not split evenly over pp*vpp stages", "tp spans nodes"}
+
+
+@pytest.mark.parametrize("moe", [False, True])
+@pytest.mark.parametrize("gpus", [1, 12, 96, 360, 1024, 5040])
+@pytest.mark.parametrize("cp,fold", [(True, True), (False, True), (True, False)])
+def test_the_size_check_counts_the_layouts_it_would_build(moe, gpus, cp, fold):
+    from sextant.plan.space import _layout_table, layout_count
+
+    assert layout_count(moe, gpus, SearchSpace(cp=cp, fold_experts=fold)) == len(_layout_table(moe, gpus, cp, fold))

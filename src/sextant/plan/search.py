@@ -19,9 +19,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from sextant.errors import InfeasibleError, SpecError
-from sextant.plan.space import SearchSpace, Space, enumerate_space, restrict_to_framework, space_size
+from sextant.plan.space import SearchSpace, Space, enumerate_space, layout_count, restrict_to_framework
 from sextant.resolve.train import TrainContext, resolve_train
-from sextant.spec.limits import MAX_SEARCH_ROWS, MAX_SEARCH_ROWS_PER_COUNT
+from sextant.spec.limits import MAX_SEARCH_LAYOUTS, MAX_SEARCH_LAYOUTS_PER_COUNT
 from sextant.spec.scenario import TrainScenario
 from sextant.spec.strategy import RECOMPUTE_NAMES
 from sextant.train.candidates import Candidates
@@ -339,18 +339,18 @@ def _costs(summaries: list[GpuCountSummary], tokens: float | None, price_per_gpu
 
 
 def _check_size(space: SearchSpace, gpu_counts: list[int], resolved: list) -> None:
-    """Refuse, before enumerating anything, a search too large for memory or reasonable time."""
-    sizes = [space_size(ctx.model, gpus, ctx.cluster.gpus_per_node, ctx.workload, space)
-             for gpus, (_, ctx) in zip(gpu_counts, resolved)]
+    """Refuse, before enumerating anything, a search too large for memory or reasonable time: its
+    parallel layouts, counted (everything else is crossed only with the layouts that can run)."""
+    sizes = [layout_count(ctx.model.moe is not None, gpus, space) for gpus, (_, ctx) in zip(gpu_counts, resolved)]
     largest = max(sizes)
-    if largest > MAX_SEARCH_ROWS_PER_COUNT:
+    if largest > MAX_SEARCH_LAYOUTS_PER_COUNT:
         gpus = gpu_counts[sizes.index(largest)]
-        raise SpecError(f"the search on {gpus:,} GPUs has {largest:,} candidate configurations, more than the "
-                        f"{MAX_SEARCH_ROWS_PER_COUNT:,} one GPU count may enumerate; plan fewer GPUs or narrow the "
-                        "space (--max-micro-batch, a smaller --global-batch)", field="--gpus")
-    if sum(sizes) > MAX_SEARCH_ROWS:
-        raise SpecError(f"the search over {len(gpu_counts)} GPU counts has {sum(sizes):,} candidate configurations, "
-                        f"more than {MAX_SEARCH_ROWS:,}; plan fewer GPU counts", field="--gpus")
+        raise SpecError(f"the search on {gpus:,} GPUs has {largest:,} parallel layouts, more than the "
+                        f"{MAX_SEARCH_LAYOUTS_PER_COUNT:,} one GPU count may search; plan fewer GPUs or a count with "
+                        "fewer divisors (a power of two)", field="--gpus")
+    if sum(sizes) > MAX_SEARCH_LAYOUTS:
+        raise SpecError(f"the search over {len(gpu_counts)} GPU counts has {sum(sizes):,} parallel layouts, "
+                        f"more than {MAX_SEARCH_LAYOUTS:,}; plan fewer GPU counts", field="--gpus")
 
 
 def plan_train(  # noqa: PLR0913 - the search's options

@@ -84,8 +84,7 @@ class Space:
 
 def _layouts(model: ModelSpec, num_gpus: int, space: SearchSpace, gpus_per_node: int) -> np.ndarray:
     """(dp, tp, pp, cp, ep, etp) with dp*tp*pp*cp = num_gpus; for MoE, etp = tp (and 1 when
-    folding) and ep over the divisors of tp*cp*dp / etp. Read-only: cached, so that sizing a
-    search (:func:`space_size`) and enumerating it build the layouts once."""
+    folding) and ep over the divisors of tp*cp*dp / etp. Read-only: cached across searches."""
     return _layout_table(model.moe is not None, num_gpus, space.cp, space.fold_experts)
 
 
@@ -117,12 +116,23 @@ def offload_combos(has_nvme: bool, zeroth_order: bool) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def space_size(model: ModelSpec, num_gpus: int, gpus_per_node: int, workload: TrainWorkload,
-               space: SearchSpace) -> int:
-    """Rows :func:`enumerate_space` builds before its rules (offload rows aside), counted without
-    building them: the check that a search fits in time and memory before it starts."""
-    return (len(_layouts(model, num_gpus, space, gpus_per_node)) * len(_micro_batches(workload, space))
-            * len(space.recompute) * len(space.sequence_parallel) * len(space.zero) * space.max_vpp)
+def layout_count(moe: bool, num_gpus: int, space: SearchSpace) -> int:
+    """Rows :func:`_layout_table` would build, counted without building them (the check that a
+    search fits in time and memory before it starts): for each (tp, pp) the cp x dp splits of
+    the rest, and for MoE each expert tensor parallelism times the ep dividing tp*cp*dp/etp,
+    which does not depend on cp."""
+    divs = divisors(num_gpus)
+    count_of = {m: sum(1 for d in divs if d <= m and m % d == 0) for m in divs}  # divisors of each divisor
+    total = 0
+    for tp in divs:
+        for pp in divisors(num_gpus // tp):
+            splits = count_of[num_gpus // (tp * pp)] if space.cp else 1
+            if not moe:
+                total += splits
+                continue
+            etps = sorted({tp, 1} if space.fold_experts else {tp})
+            total += splits * sum(count_of[num_gpus // (pp * etp)] for etp in etps)
+    return total
 
 
 def _micro_batches(workload: TrainWorkload, space: SearchSpace) -> list[int]:

@@ -31,8 +31,8 @@ MAX_TOP = 100
 MAX_MEMORY_GIB = float(1 << 20)
 #: Engine CPU work per serving iteration: one second (engines spend 1 to 30 ms).
 MAX_ITERATION_OVERHEAD_MS = 1000.0
-#: Candidate configurations a training plan enumerates for one GPU count before its rules
-#: filter them (2^25: about 4 GB while they are filtered), and over all GPU counts (2^28:
-#: about a minute of search).
-MAX_SEARCH_ROWS_PER_COUNT = 1 << 25
-MAX_SEARCH_ROWS = 1 << 28
+#: Parallel layouts (dp x tp x pp x cp, and ep x etp for MoE) a training plan builds for one GPU
+#: count before its rules filter them (2^20: about a second and 50 MB; the rest of the space is
+#: crossed only with the layouts that can run, in bounded chunks), and over all GPU counts (2^22).
+MAX_SEARCH_LAYOUTS_PER_COUNT = 1 << 20
+MAX_SEARCH_LAYOUTS = 1 << 22
