@@ -28,6 +28,7 @@ host memory over PCIe) or ``reserve`` (prompt + output reserved at admission; ne
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -380,36 +381,60 @@ class Engine:
         planned one by one."""
         cfg, cost = self.cfg, self.cost
         n, first, g = self.n_dec, self.D + 1, cfg.tokens_per_step
-        one = cost.decode_steps(n, self.s0 + g * n * first)
-        end = now + one.duration
-        steps = 1 if self.trace is not None or end >= horizon else self.finish_heap[0][0] - self.D
-        if steps > 1 and horizon < math.inf:
-            # Decode iterations only lengthen as contexts grow, so no more than this many start
-            # before the horizon (a bound only: the run is cut exactly below).
-            steps = min(steps, 2 + int((horizon - now) / one.duration))
-        if steps > 1 and not cfg.reserve:
-            later = np.asarray(self.phase)[np.arange(first + 1, first + steps) % cfg.block_size]
-            steps = 1 + int(np.searchsorted(np.cumsum(later), self.free, side="right"))
+        steps = 1 if self.trace is not None else self.finish_heap[0][0] - self.D
+        blocks = None if steps == 1 or cfg.reserve else self._block_prefix(first)
+        if blocks is not None:
+            steps = 1 + self._steps_with_blocks(blocks, steps - 1)
         if steps == 1:
+            one = cost.decode_steps(n, self.s0 + g * n * first)
             self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait)
             for key, v in one.busy.items():
                 self.resource_busy[key] += v
             self.iterations += 1
-        else:
-            it = cost.decode_steps(n, self.s0 + g * n * np.arange(first, first + steps))
-            ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
-            steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
-            if not cfg.reserve:
-                self._use(int(later[:steps - 1].sum()))
-            self._account_steps(it, steps)
-            end = float(ends[steps - 1])
-            self.last_start = float(ends[steps - 2]) if steps > 1 else now
-        self._plan = ("step", steps, [])
-        if steps == 1:
+            self._plan = ("step", 1, [])
             self.last_start = now
-        if self.trace is not None:
-            self.trace.append(Iteration(now, one.duration, n, 0, 0))
-        return end
+            if self.trace is not None:
+                self.trace.append(Iteration(now, one.duration, n, 0, 0))
+            return now + one.duration
+        # Every iteration up to the next finish (the element-wise arithmetic of one iteration,
+        # over the run's contexts), then cut before the first that would start at the horizon.
+        it = cost.decode_steps(n, self.s0 + g * n * np.arange(first, first + steps))
+        ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
+        steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
+        if blocks is not None:
+            self._use(self._run_blocks(blocks, steps - 1))
+        self._account_steps(it, steps)
+        self._plan = ("step", steps, [])
+        self.last_start = float(ends[steps - 2]) if steps > 1 else now
+        return float(ends[steps - 1])
+
+    def _block_prefix(self, first: int) -> tuple[int, list[int]]:
+        """(blocks one whole cycle of ``block_size`` steps takes, blocks the first r steps after
+        step ``first`` take, for r < block_size): the steps' block needs repeat with the period of
+        the block size (:attr:`phase`)."""
+        bs, phase = self.cfg.block_size, self.phase
+        prefix = [0] * bs
+        for r in range(1, bs):
+            prefix[r] = prefix[r - 1] + phase[(first + r) % bs]
+        return prefix[-1] + phase[(first + bs) % bs], prefix
+
+    def _run_blocks(self, blocks: tuple[int, list[int]], later: int) -> int:
+        """Blocks the ``later`` steps after the run's first take (sequences crossing into a new
+        block); ``blocks`` is :meth:`_block_prefix` of the first."""
+        cycle, prefix = blocks
+        whole, rest = divmod(later, self.cfg.block_size)
+        return whole * cycle + prefix[rest]
+
+    def _steps_with_blocks(self, blocks: tuple[int, list[int]], later: int) -> int:
+        """How many of the ``later`` steps after the run's first find their blocks free, in order
+        (the free blocks only shrink while decoding); ``blocks`` is :meth:`_block_prefix`."""
+        cycle, prefix = blocks
+        if cycle == 0:
+            return later
+        whole = self.free // cycle  # whole cycles fit: every step inside them does
+        left = self.free - whole * cycle
+        rest = bisect.bisect_right(prefix, left) - 1  # the prefix sums only grow
+        return min(later, whole * self.cfg.block_size + rest)
 
     def _without_compute(self, now: float, swap_s: float) -> float | None:
         """An iteration with nothing to compute: swaps only, a new choice of batch for requests
@@ -582,5 +607,5 @@ def _summed(totals: list[float], values: list, count: int) -> list[float]:
     rows = np.empty((len(totals), count + 1))
     rows[:, 0] = totals
     for row, v in zip(rows, values):
-        row[1:] = v if np.ndim(v) == 0 else v[:count]
+        row[1:] = v[:count] if isinstance(v, np.ndarray) else v
     return rows.cumsum(axis=1)[:, -1].tolist()
