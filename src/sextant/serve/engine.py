@@ -381,12 +381,17 @@ class Engine:
         planned one by one."""
         cfg, cost = self.cfg, self.cost
         n, first, g = self.n_dec, self.D + 1, cfg.tokens_per_step
-        steps = 1 if self.trace is not None else self.finish_heap[0][0] - self.D
+        one = cost.decode_steps(n, self.s0 + g * n * first)
+        end = now + one.duration
+        steps = 1 if self.trace is not None or end >= horizon else self.finish_heap[0][0] - self.D
+        if steps > 1 and horizon < math.inf:
+            # Decode iterations only lengthen as contexts grow, so no more than this many start
+            # before the horizon (a bound only: the run is cut exactly below).
+            steps = min(steps, 2 + int((horizon - now) / one.duration))
         blocks = None if steps == 1 or cfg.reserve else self._block_prefix(first)
         if blocks is not None:
             steps = 1 + self._steps_with_blocks(blocks, steps - 1)
         if steps == 1:
-            one = cost.decode_steps(n, self.s0 + g * n * first)
             self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait)
             for key, v in one.busy.items():
                 self.resource_busy[key] += v
@@ -395,9 +400,7 @@ class Engine:
             self.last_start = now
             if self.trace is not None:
                 self.trace.append(Iteration(now, one.duration, n, 0, 0))
-            return now + one.duration
-        # Every iteration up to the next finish (the element-wise arithmetic of one iteration,
-        # over the run's contexts), then cut before the first that would start at the horizon.
+            return end
         it = cost.decode_steps(n, self.s0 + g * n * np.arange(first, first + steps))
         ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
         steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
