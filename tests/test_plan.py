@@ -196,3 +196,18 @@ def test_published_configuration_is_in_the_search_space():
         for key in Candidates.__dataclass_fields__:
             match &= getattr(table, key) == getattr(cand, key)[0]
         assert match.any(), f"{row.id}: published configuration not in the planner's space"
+
+
+def test_a_token_budget_is_costed_at_the_catalogs_list_price_unless_a_price_is_given():
+    from sextant.catalog.prices import gpu_price
+    from sextant.plan.search import plan_train
+    from sextant.spec.scenario import parse_scenario
+
+    job = parse_scenario({"model": "llama-3.2-1b", "hardware": {"gpu": "h100-sxm", "gpus": 8},
+                          "workload": {"global_batch": 64}})
+    listed = plan_train(job, [8], top_k=1, tokens=1e10)
+    assert listed.price_per_gpu_hour == gpu_price("h100-sxm").dollars_per_gpu_hour
+    assert listed.price_source.startswith("catalog: AWS")
+    given = plan_train(job, [8], top_k=1, tokens=1e10, price_per_gpu_hour=2.0)
+    assert given.price_source == "--price-per-gpu-hour"
+    assert given.dollars == pytest.approx(listed.dollars * 2.0 / listed.price_per_gpu_hour)

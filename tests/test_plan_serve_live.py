@@ -106,3 +106,27 @@ def test_the_deployments_a_live_plan_simulates_keep_the_serving_presets_schedule
     assert candidate.scheduler.cuda_graphs and candidate.scheduler.batching == "chunked"
     assert candidate.scheduler.max_batch == 64  # what the user set stays
     assert (candidate.hardware.gpu, candidate.hardware.gpus, candidate.deployment.replicas) == ("a10g", 2, 2)
+
+
+def test_unpriced_gpu_types_cost_the_catalogs_dated_list_price_and_a_given_price_wins():
+    from sextant.catalog.prices import gpu_price
+
+    plan = plan_capacity(base(tpot_ms=50), 4.0, ["h100-sxm", "l4"], prices={"l4": 0.5})
+    listed = gpu_price("h100-sxm")
+    assert plan.prices == {"h100-sxm": listed.dollars_per_gpu_hour, "l4": 0.5}
+    assert plan.price_sources["l4"] == "--price" and listed.as_of in plan.price_sources["h100-sxm"]
+    for entry in plan.entries:
+        assert entry.dollars_per_hour == pytest.approx(plan.prices[entry.gpu] * entry.gpus)
+
+
+def test_every_catalog_price_names_its_offering_date_and_source():
+    from sextant.catalog import gpu_names
+    from sextant.catalog.prices import gpu_price, priced_gpus
+
+    assert {"h100-sxm", "h200", "b200", "a100-80gb", "a10g", "l4"} <= set(priced_gpus())
+    for name in priced_gpus():
+        price = gpu_price(name)
+        assert name in gpu_names(), f"{name} is not a catalog GPU"
+        assert 0.1 < price.dollars_per_gpu_hour < 50
+        assert price.source.startswith("https://") and price.as_of and price.provider
+    assert gpu_price("rtx-4090") is None  # no cloud lists it: plans leave it unpriced

@@ -84,7 +84,8 @@ def plan_train_cmd(  # noqa: PLR0913 - the flags are the interface
     precision: Optional[str] = Opt(None, help="bf16, fp16, fp8, tf32 or fp32 (not searched)."),
     objective: ObjectiveChoice = Opt(ObjectiveChoice.throughput, help="What to optimize."),
     tokens: Optional[float] = Opt(None, help="Token budget: report days (and dollars with a price)."),
-    price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost."),
+    price_per_gpu_hour: Optional[float] = Opt(None, help="Dollars per GPU-hour, for cost (default: the catalog's "
+                                                         "dated on-demand list price of the GPU, where it has one)."),
     top: int = Opt(5, help="How many configurations to report."),
     headroom: float = Opt(0.0, help="Fraction of GPU memory to leave free (0-0.5)."),
     memory_bound: bool = Opt(True, "--memory-bound/--point-estimate",
@@ -219,6 +220,8 @@ def render_plan(result, console: Console) -> None:
     if r.days is not None:
         money = f", ${r.dollars:,.0f}" if r.dollars is not None else ""
         console.print(f"{r.tokens:.3g} tokens with the best configuration: {r.days:.1f} days{money}")
+        if r.dollars is not None and r.price_source:
+            console.print(f"  at ${r.price_per_gpu_hour:,.2f} per GPU-hour ({r.price_source})")
 
 
 def validate_plan_cmd(

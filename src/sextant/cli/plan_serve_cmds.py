@@ -63,7 +63,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
     ttft_slo: Optional[float] = Opt(None, help="With --rate: time-to-first-token objective, ms."),
     slo_percentile: float = Opt(99, help="With --rate: the percentile the objectives hold at (50, 90 or 99)."),
     price: Optional[list[str]] = Opt(None, help="With --rate: dollars per GPU-hour, GPU=DOLLARS (repeat per GPU "
-                                                "type); ranks by cost and reports dollars per million tokens."),
+                                                "type; default: the catalog's dated on-demand list prices); ranks by "
+                                                "cost and reports dollars per million tokens."),
     pageable: Optional[bool] = PAGEABLE,
     expert_popularity: Optional[str] = EXPERT_POPULARITY,
     zipf_exponent: Optional[float] = ZIPF_EXPONENT,
@@ -183,6 +184,9 @@ def _render_live(plan, base, percentile: float) -> None:
     out.print(table)
     for name, why in plan.rejected.items():
         out.print(f"  {name}: {why}")
+    if plan.prices:
+        out.print("  dollars per GPU-hour: " + "; ".join(f"{gpu} {plan.prices[gpu]:,.2f} ({plan.price_sources[gpu]})"
+                                                      for gpu in plan.prices))
     if plan.mix is not None:
         m = plan.mix
         parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "

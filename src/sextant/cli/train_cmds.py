@@ -227,7 +227,7 @@ def _print_report(report, title: str, as_json: bool) -> None:
         console.print(pairs)
 
 
-def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks or models")) -> None:
+def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks, models or prices")) -> None:
     """List catalog entries with their key figures and sources."""
     from sextant import catalog
     from sextant.errors import SpecError
@@ -263,8 +263,15 @@ def catalog_list_cmd(kind: str = typer.Argument(..., help="gpus, nodes, networks
             counts = count_params(m)
             table.add_row(name, f"{counts.total / 1e9:.2f}", f"{counts.active / 1e9:.2f}", str(m.num_layers),
                           str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", m.source)
+    elif kind == "prices":
+        from sextant.catalog.prices import gpu_price, priced_gpus
+
+        table = Table("GPU", "$/GPU-hour", "provider", "offering", "as of", "source")
+        for name in priced_gpus():
+            p = gpu_price(name)
+            table.add_row(name, f"{p.dollars_per_gpu_hour:,.2f}", p.provider, p.offering, p.as_of, p.source)
     else:
-        raise SpecError(f"unknown catalog '{kind}'; use gpus, nodes, networks or models", field="kind")
+        raise SpecError(f"unknown catalog '{kind}'; use gpus, nodes, networks, models or prices", field="kind")
     console.print(table)
 
 

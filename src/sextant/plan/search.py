@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from sextant.errors import InfeasibleError, SpecError
 from sextant.plan.space import SearchSpace, Space, enumerate_space, layout_count, restrict_to_framework
+from sextant.resolve.hardware import list_price
 from sextant.resolve.train import TrainContext, resolve_train
 from sextant.spec.limits import MAX_SEARCH_LAYOUTS, MAX_SEARCH_LAYOUTS_PER_COUNT
 from sextant.spec.scenario import TrainScenario
@@ -84,6 +85,8 @@ class PlanResult(BaseModel):
     by_gpu_count: list[GpuCountSummary]
     tokens: float | None = None
     price_per_gpu_hour: float | None = None
+    #: Where the price came from: ``--price-per-gpu-hour``, or the catalog's dated list price.
+    price_source: str | None = None
     days: float | None = None
     dollars: float | None = None
     assumptions: list[str] = Field(default_factory=list)
@@ -367,6 +370,9 @@ def plan_train(  # noqa: PLR0913 - the search's options
     """Search every configuration of ``scenario``'s model on each of ``gpu_counts`` GPUs (see the
     module docstring) and report the best, the top ``top_k`` and the best per offload choice."""
     start = time.perf_counter()
+    price_source = "--price-per-gpu-hour" if price_per_gpu_hour is not None else None
+    if price_per_gpu_hour is None and (listed := list_price(scenario.hardware.gpu)) is not None:
+        price_per_gpu_hour, price_source = listed.dollars_per_gpu_hour, f"catalog: {listed.label}"
     resolved = [resolve_train(with_gpus(scenario, gpus)) for gpus in gpu_counts]
     scenario = resolved[0][0]
     space = restrict_to_framework(space or SearchSpace(), scenario.framework)
@@ -399,7 +405,8 @@ def plan_train(  # noqa: PLR0913 - the search's options
         configs_feasible=sum(s.configs_feasible for s in summaries), rejected=search.rejected,
         search_seconds=search_seconds, evaluations_per_second=configs_evaluated / max(search.eval_seconds, 1e-9),
         best=best, top=top, why_best=explain_difference(best, top[1]) if len(top) > 1 else ["only one configuration fits"],
-        by_gpu_count=summaries, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour, days=days, dollars=dollars,
+        by_gpu_count=summaries, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour, price_source=price_source,
+        days=days, dollars=dollars,
         assumptions=[f"memory headroom {space.headroom:.0%}"
                      + (f"; fits only where {space.memory_bound_ratio:.2f}x the predicted peak (the 90% upper bound "
                         "of sextant validate memory) fits" if space.memory_bound_ratio > 1 else

@@ -9,8 +9,9 @@ that rate (Mélange, Griggs et al. 2024, profiles each GPU type's capacity under
 way, from measurements). ``ceil(rate / capacity)`` replicas of the cheapest degree serve the
 traffic; the chosen deployment is simulated once more whole, its replicas behind the router at
 the full rate, and reported with the latency that simulation gives. With a price per GPU-hour
-(``--price GPU=DOLLARS``) the plan ranks by dollars per hour and reports dollars per million output
-tokens; without one, by GPUs.
+(``--price GPU=DOLLARS``, else the catalog's dated on-demand list price, catalog/data/prices.yaml)
+the plan ranks by dollars per hour and reports dollars per million output tokens; a type with
+neither is ranked by GPUs.
 
 With a price for every GPU type, the cheapest *mix* of types is found too (Mélange's integer
 program: minimise the fleet's dollars per hour with its summed capacity at least the rate, solved
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from sextant.errors import SextantError, SpecError
-from sextant.resolve.hardware import cluster_and_profile
+from sextant.resolve.hardware import cluster_and_profile, list_price
 from sextant.serve.predict import ServeResult, predict_serve
 from sextant.spec.scenario import HardwareRef
 from sextant.spec.serving import ServeScenario
@@ -84,6 +85,10 @@ class CapacityPlan(BaseModel):
     rejected: dict[str, str]  # GPU/tp -> why it cannot serve
     #: With a price for every GPU type that can serve: the cheapest mix, when it beats one type.
     mix: CapacityMix | None = None
+    #: Dollars per GPU-hour used for each priced type, and where each came from (``--price``, or
+    #: the catalog's dated list price, catalog/data/prices.yaml).
+    prices: dict[str, float] = {}
+    price_sources: dict[str, str] = {}
 
 
 def cheapest_mix(rate: float, capacity: dict[str, float], cost: dict[str, float]) -> tuple[dict[str, int], float]:
@@ -185,10 +190,10 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
         raise SpecError("a live-traffic plan needs an objective: --ttft-slo and/or --tpot-slo", field="slo")
     if percentile not in (0.5, 0.9, 0.99):
         raise SpecError(f"--slo-percentile must be 50, 90 or 99 (got {percentile * 100:g})", field="slo_percentile")
-    prices = prices or {}
-    for name in prices:
+    for name in prices or {}:
         if name not in gpus:
             raise SpecError(f"a price for {name}, which is not among --gpu {','.join(gpus)}", field="price")
+    prices, price_sources = _prices(gpus, prices or {})
     search = _Search(base, percentile, progress)
     layouts: dict[str, dict[int, float]] = {}
     rejected: dict[str, str] = {}
@@ -223,7 +228,20 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
     mix = _mix(base, rate, entries, prices, search) if len(entries) > 1 else None
     return CapacityPlan(model=str(base.model), rate=rate, percentile=percentile, ttft_slo_ms=base.slo.ttft_ms,
                         tpot_slo_ms=base.slo.tpot_ms, framework=base.framework, entries=entries, layouts=layouts,
-                        simulations=search.simulations, rejected=rejected, mix=mix)
+                        simulations=search.simulations, rejected=rejected, mix=mix, prices=prices,
+                        price_sources=price_sources)
+
+
+def _prices(gpus: list[str], given: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """Dollars per GPU-hour of each type: the user's, else the catalog's list price (with where
+    each came from); a type with neither stays unpriced."""
+    prices, sources = {}, {}
+    for gpu in gpus:
+        if gpu in given:
+            prices[gpu], sources[gpu] = given[gpu], "--price"
+        elif (listed := list_price(gpu)) is not None:
+            prices[gpu], sources[gpu] = listed.dollars_per_gpu_hour, f"catalog: {listed.label}"
+    return prices, sources
 
 
 def _mix(base: ServeScenario, rate: float, entries: list[CapacityEntry], prices: dict[str, float],

@@ -100,3 +100,12 @@ def _cluster_and_profile(hw: HardwareRef) -> tuple[ClusterSpec, HardwareProfile]
             untrusted += ". " + loaded.profile.provenance
         return cluster, loaded.profile.model_copy(update={"fitted": False, "provenance": untrusted})
     return cluster, loaded.profile
+
+
+def list_price(gpu: str):
+    """The catalog's dated on-demand list price of a GPU type (a
+    :class:`~sextant.catalog.prices.GpuPrice`), or None: what a plan costs with when the user
+    names no price."""
+    from sextant.catalog.prices import gpu_price
+
+    return gpu_price(gpu)
