@@ -28,7 +28,6 @@ host memory over PCIe) or ``reserve`` (prompt + output reserved at admission; ne
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections import deque
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sextant.serve.iteration import DecodeSteps, IterationCost
+from sextant.serve.kv_blocks import BlockCycle
 from sextant.serve.prefix_cache import PrefixCache
 
 WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
@@ -388,9 +388,9 @@ class Engine:
             # Decode iterations only lengthen as contexts grow, so no more than this many start
             # before the horizon (a bound only: the run is cut exactly below).
             steps = min(steps, 2 + int((horizon - now) / one.duration))
-        blocks = None if steps == 1 or cfg.reserve else self._block_prefix(first)
+        blocks = None if steps == 1 or cfg.reserve else BlockCycle.after(self.phase, first)
         if blocks is not None:
-            steps = 1 + self._steps_with_blocks(blocks, steps - 1)
+            steps = 1 + blocks.steps_within(self.free, steps - 1)
         if steps == 1:
             self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait)
             for key, v in one.busy.items():
@@ -405,39 +405,11 @@ class Engine:
         ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
         steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
         if blocks is not None:
-            self._use(self._run_blocks(blocks, steps - 1))
+            self._use(blocks.taken(steps - 1))
         self._account_steps(it, steps)
         self._plan = ("step", steps, [])
         self.last_start = float(ends[steps - 2]) if steps > 1 else now
         return float(ends[steps - 1])
-
-    def _block_prefix(self, first: int) -> tuple[int, list[int]]:
-        """(blocks one whole cycle of ``block_size`` steps takes, blocks the first r steps after
-        step ``first`` take, for r < block_size): the steps' block needs repeat with the period of
-        the block size (:attr:`phase`)."""
-        bs, phase = self.cfg.block_size, self.phase
-        prefix = [0] * bs
-        for r in range(1, bs):
-            prefix[r] = prefix[r - 1] + phase[(first + r) % bs]
-        return prefix[-1] + phase[(first + bs) % bs], prefix
-
-    def _run_blocks(self, blocks: tuple[int, list[int]], later: int) -> int:
-        """Blocks the ``later`` steps after the run's first take (sequences crossing into a new
-        block); ``blocks`` is :meth:`_block_prefix` of the first."""
-        cycle, prefix = blocks
-        whole, rest = divmod(later, self.cfg.block_size)
-        return whole * cycle + prefix[rest]
-
-    def _steps_with_blocks(self, blocks: tuple[int, list[int]], later: int) -> int:
-        """How many of the ``later`` steps after the run's first find their blocks free, in order
-        (the free blocks only shrink while decoding); ``blocks`` is :meth:`_block_prefix`."""
-        cycle, prefix = blocks
-        if cycle == 0:
-            return later
-        whole = self.free // cycle  # whole cycles fit: every step inside them does
-        left = self.free - whole * cycle
-        rest = bisect.bisect_right(prefix, left) - 1  # the prefix sums only grow
-        return min(later, whole * self.cfg.block_size + rest)
 
     def _without_compute(self, now: float, swap_s: float) -> float | None:
         """An iteration with nothing to compute: swaps only, a new choice of batch for requests
