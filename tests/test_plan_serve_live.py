@@ -130,3 +130,23 @@ def test_every_catalog_price_names_its_offering_date_and_source():
         assert 0.1 < price.dollars_per_gpu_hour < 50
         assert price.source.startswith("https://") and price.as_of and price.provider
     assert gpu_price("rtx-4090") is None  # no cloud lists it: plans leave it unpriced
+
+
+def test_several_weight_precisions_keep_each_gpu_types_cheapest_and_refuse_what_a_gpu_cannot_run():
+    from sextant.plan.serve_capacity import chosen_scenario
+
+    plan = plan_capacity(base(tpot_ms=50), 8.0, ["h100-sxm", "a10g"], precisions=["bf16", "fp8"])
+    by_gpu = {e.gpu: e for e in plan.entries}
+    assert by_gpu["a10g"].precision == "bf16"  # no FP8 tensor cores
+    assert "fp8 tensor cores" in plan.rejected["a10g fp8"]
+    h100 = by_gpu["h100-sxm"]
+    assert set(plan.layouts) == {"h100-sxm bf16", "h100-sxm fp8", "a10g bf16", "a10g fp8"}
+    fp8, bf16 = plan.layouts["h100-sxm fp8"], plan.layouts["h100-sxm bf16"]
+    assert fp8[1] > bf16[1]  # FP8 weights halve the bytes each decode step reads
+    need = {p: min(t * -(-8.0 // cap) for t, cap in plan.layouts[f"h100-sxm {p}"].items()) for p in ("bf16", "fp8")}
+    # The fewest GPUs; a tie goes to the precision listed first (the user's preference).
+    assert h100.precision == min(("bf16", "fp8"), key=lambda p: (need[p], p != "bf16"))
+    best = chosen_scenario(base(tpot_ms=50), plan)
+    assert best.deployment.precision == plan.entries[0].precision
+    again = predict_serve(best)
+    assert again.tpot_ms.p99 <= 50

@@ -124,12 +124,14 @@ def predict_serve(scenario: ScenarioLike = None, **overrides: Any):
     return predict(serve_scenario(scenario, **overrides))
 
 
-def plan_serve(scenario: ScenarioLike = None, *, rate: float | None = None, gpu_types: list[str] | None = None,
-               percentile: float = 0.99, prices: dict[str, float] | None = None, top: int = 5, **overrides: Any):
+def plan_serve(scenario: ScenarioLike = None, *, rate: float | None = None,  # noqa: PLR0913
+               gpu_types: list[str] | None = None, percentile: float = 0.99, prices: dict[str, float] | None = None,
+               precisions: list[str] | None = None, top: int = 5, **overrides: Any):
     """Without ``rate``: the placements and batches with the highest offline throughput (a
     :class:`~sextant.plan.serve_search.ServePlan`). With ``rate`` (requests per second) and an SLO
     (``ttft_ms``/``tpot_ms``): the fewest or cheapest GPUs of ``gpu_types`` that serve it (a
-    :class:`~sextant.plan.serve_capacity.CapacityPlan`), as ``sextant plan serve --rate``."""
+    :class:`~sextant.plan.serve_capacity.CapacityPlan`), as ``sextant plan serve --rate``; with
+    ``precisions`` (e.g. ``["bf16", "fp8"]``) each GPU type's cheapest weight precision among them."""
     base = serve_scenario(scenario, **overrides)
     if rate is None:
         from sextant.plan.serve_search import plan_serve as plan
@@ -137,7 +139,8 @@ def plan_serve(scenario: ScenarioLike = None, *, rate: float | None = None, gpu_
         return plan(base, top=top)
     from sextant.plan.serve_capacity import plan_capacity
 
-    return plan_capacity(base, rate, gpu_types or [base.hardware.gpu], percentile=percentile, prices=prices or {})
+    return plan_capacity(base, rate, gpu_types or [base.hardware.gpu], percentile=percentile, prices=prices or {},
+                         precisions=precisions)
 
 
 def export_train(fmt: str, scenario: ScenarioLike = None, *, choice=None, **overrides: Any):

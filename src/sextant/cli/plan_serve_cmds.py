@@ -20,7 +20,6 @@ from sextant.cli.serve_cmds import (
     MODEL,
     OUTPUT_LEN,
     PAGEABLE,
-    PRECISION,
     PROFILE,
     ROUTING_TRACE,
     SCENARIO,
@@ -50,7 +49,8 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
                                        "is searched)."),
     pp: Optional[int] = Opt(None, help="Pipeline stages of each replica (default: every degree that divides the "
                                        "layers is searched, for replicas that hold the model on their GPUs)."),
-    precision: Optional[ServePrecision] = PRECISION,
+    precision: Optional[str] = Opt(None, help="Weight precision: bf16, fp16, fp8, int8, w4a16 or fp4; with --rate "
+                                              "a list searches each (bf16,fp8) and keeps each GPU type's cheapest."),
     kv_precision: Optional[KVChoice] = KV_PRECISION,
     input_len: Optional[int] = INPUT_LEN,
     output_len: Optional[int] = OUTPUT_LEN,
@@ -98,7 +98,12 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
             raise SpecError(f"{name} applies to live traffic: give --rate", field=name.lstrip("-"))
     check_top(top)
     tree = scenario_tree(scenario, model, framework, gpu, node, profile)
-    for key, value in (("tp", tp), ("pp", pp), ("precision", precision), ("kv_precision", kv_precision)):
+    precisions = _precisions(precision)
+    if len(precisions) > 1:
+        raise SpecError("several precisions are searched for live traffic (--rate); the offline plan takes one",
+                        field="precision")
+    for key, value in (("tp", tp), ("pp", pp), ("precision", precisions[0] if precisions else None),
+                       ("kv_precision", kv_precision)):
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len), ("num_requests", num_requests)):
         _put(tree, "workload", key, value)
@@ -117,6 +122,20 @@ def plan_serve_cmd(  # noqa: PLR0913 - the flags are the interface
 
         launch = launch_for(chosen_scenario(base, plan.best_policy), emit, planned=True)
     finish(plan, launch, emit_out, as_json, lambda: render_plan_serve(plan, top, report_console()))
+
+
+def _precisions(text: str | None) -> list[str]:
+    """``--precision``: one weight precision, or a comma list (live plans search each)."""
+    if text is None:
+        return []
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    known = [p.value for p in ServePrecision]
+    for name in names:
+        if name not in known:
+            raise SpecError(f"'{name}' is not a weight precision; choose from {', '.join(known)}", field="precision")
+    if not names:
+        raise SpecError(f"give a precision: {', '.join(known)}", field="precision")
+    return list(dict.fromkeys(names))
 
 
 def _prices(items: list[str] | None) -> dict[str, float]:
@@ -143,7 +162,8 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
     gpus = [g.strip() for g in (gpu or "h100-sxm").split(",") if g.strip()]
     tree = scenario_tree(scenario, model, framework, gpus[0], None, None)
     tree.setdefault("framework", "vllm-v1-0.15")  # the engine people serve live traffic with, unless stated
-    for key, value in (("tp", tp), ("precision", precision)):
+    precisions = _precisions(precision)
+    for key, value in (("tp", tp), ("precision", precisions[0] if precisions else None)):
         _put(tree, "deployment", key, value)
     for key, value in (("input_len", input_len), ("output_len", output_len)):
         _put(tree, "workload", key, value)
@@ -154,7 +174,8 @@ def _plan_live(scenario, model, framework, gpu, tp, precision, input_len, output
         raise SpecError(f"--rate must be a positive number of requests per second (got {rate})", field="rate")
     prices = _prices(price)
     plan = with_progress("measuring each layout's capacity", as_json, lambda progress: plan_capacity(
-        base, rate, gpus, percentile=percentile / 100, prices=prices, progress=lambda done: progress(done, None)))
+        base, rate, gpus, percentile=percentile / 100, prices=prices, precisions=precisions or None,
+        progress=lambda done: progress(done, None)))
     if plot is not None:
         from sextant.plots import plot_plan_serve
 
@@ -174,10 +195,11 @@ def _render_live(plan, base, percentile: float) -> None:
     out.print(f"[bold]{plan.model}[/bold] at {plan.rate:g} requests/s, {objectives} ({plan.framework}); "
               f"{plan.simulations} simulations")
     table = listing("cheapest deployment of each GPU type (replicas behind one router, simulated whole)",
-                    ("GPU", "tp", "replica capacity req/s", "replicas", "GPUs", "$/hour", "$/M output tokens",
-                     f"TTFT p{percentile:g} ms", f"TPOT p{percentile:g} ms", "meets"), text={"GPU", "meets"})
+                    ("GPU", "weights", "tp", "replica capacity req/s", "replicas", "GPUs", "$/hour",
+                     "$/M output tokens", f"TTFT p{percentile:g} ms", f"TPOT p{percentile:g} ms", "meets"),
+                    text={"GPU", "weights", "meets"})
     for e in plan.entries:
-        table.add_row(e.gpu, str(e.tp), f"{e.capacity_rps:.2f}", str(e.replicas), str(e.gpus),
+        table.add_row(e.gpu, e.precision, str(e.tp), f"{e.capacity_rps:.2f}", str(e.replicas), str(e.gpus),
                       "-" if e.dollars_per_hour is None else f"{e.dollars_per_hour:,.2f}",
                       "-" if e.dollars_per_million_output_tokens is None else f"{e.dollars_per_million_output_tokens:.3f}",
                       f"{e.ttft_ms:.0f}", f"{e.tpot_ms:.1f}", "yes" if e.meets_slo else "no")
@@ -189,7 +211,7 @@ def _render_live(plan, base, percentile: float) -> None:
                                                       for gpu in plan.prices))
     if plan.mix is not None:
         m = plan.mix
-        parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "
+        parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp} {p.precision} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "
                            f"TPOT {p.tpot_ms:.1f} ms)" for p in m.parts)
         missed = "" if all(p.meets_slo for p in m.parts) else " [red](a part misses the objectives)[/red]"
         out.print(f"cheaper as a mix: {parts}: ${m.dollars_per_hour:,.2f}/hour, "
@@ -200,9 +222,9 @@ def _render_live(plan, base, percentile: float) -> None:
         lengths = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (("input_len", w.input_len),
                                                                         ("output_len", w.output_len))
                           if isinstance(v, int))
-        out.print(f"best: {b.replicas} x {b.gpu} tp {b.tp}; as `sextant predict serve` flags: --gpu {b.gpu} "
-                  f"--gpus {b.gpus} --tp {b.tp} --replicas {b.replicas} --rate {plan.rate:g}{lengths}"
-                  + (f" --framework {plan.framework}" if plan.framework else ""))
+        out.print(f"best: {b.replicas} x {b.gpu} tp {b.tp} ({b.precision}); as `sextant predict serve` flags: "
+                  f"--gpu {b.gpu} --gpus {b.gpus} --tp {b.tp} --replicas {b.replicas} --precision {b.precision} "
+                  f"--rate {plan.rate:g}{lengths}" + (f" --framework {plan.framework}" if plan.framework else ""))
 
 
 def render_plan_serve(plan, shown: int, console) -> None:

@@ -18,7 +18,9 @@ program: minimise the fleet's dollars per hour with its summed capacity at least
 exactly by a bounded search), the traffic split in proportion to capacity and each part
 simulated at its share.
 
-Not yet searched: precision (an input), pipeline stages, disaggregation.
+With several weight precisions (``precisions``, e.g. bf16 and fp8), each GPU type's cheapest
+(precision, degree) is kept; a precision the GPU cannot run is rejected with its reason.
+Not yet searched: pipeline stages, disaggregation.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ PROBE_REQUESTS = 600
 class CapacityEntry(BaseModel):
     gpu: str
     tp: int
+    precision: str = "bf16"  # the weights' (the cheapest of those searched)
     capacity_rps: float  # per replica, within the objectives
     replicas: int
     gpus: int
@@ -56,6 +59,7 @@ class CapacityEntry(BaseModel):
 class MixPart(BaseModel):
     gpu: str
     tp: int
+    precision: str = "bf16"
     replicas: int
     rate: float  # the share of the traffic routed to this type (in proportion to capacity)
     ttft_ms: float
@@ -149,7 +153,8 @@ def chosen_scenario(base: ServeScenario, plan: CapacityPlan) -> ServeScenario:
     if not plan.entries:
         raise SpecError("no GPU type serves this traffic within the objectives: nothing to export", field="emit")
     best = plan.entries[0]
-    return _with(base, best.gpu, best.tp, best.replicas, plan.rate, base.workload.num_requests)
+    return _with(_at_precision(base, best.precision), best.gpu, best.tp, best.replicas, plan.rate,
+                 base.workload.num_requests)
 
 
 def _degrees(gpu: str, base: ServeScenario) -> list[int]:
@@ -161,8 +166,8 @@ def _degrees(gpu: str, base: ServeScenario) -> list[int]:
 
 
 class _Search:
-    def __init__(self, base: ServeScenario, q: float, progress: Callable[[int], None] | None) -> None:
-        self.base, self.q, self.progress, self.simulations = base, q, progress, 0
+    def __init__(self, q: float, progress: Callable[[int], None] | None) -> None:
+        self.q, self.progress, self.simulations = q, progress, 0
 
     def simulate(self, sc: ServeScenario) -> ServeResult:
         self.simulations += 1
@@ -170,21 +175,21 @@ class _Search:
             self.progress(self.simulations)
         return predict_serve(sc)
 
-    def capacity(self, gpu: str, tp: int) -> float:
+    def capacity(self, base: ServeScenario, gpu: str, tp: int) -> float:
         """Highest per-replica Poisson rate within the objectives (0 if even a trickle misses)."""
-        offline = self.simulate(_with(self.base, gpu, tp, 1, None, PROBE_REQUESTS))
+        offline = self.simulate(_with(base, gpu, tp, 1, None, PROBE_REQUESTS))
         lo, hi = 0.0, offline.requests_per_s
         for _ in range(BISECTION_STEPS):
             mid = (lo + hi) / 2
-            if _meets(self.base, self.simulate(_with(self.base, gpu, tp, 1, mid, PROBE_REQUESTS)), self.q):
+            if _meets(base, self.simulate(_with(base, gpu, tp, 1, mid, PROBE_REQUESTS)), self.q):
                 lo = mid
             else:
                 hi = mid
         return lo
 
 
-def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percentile: float = 0.99,
-                  prices: dict[str, float] | None = None,
+def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percentile: float = 0.99,  # noqa: PLR0913
+                  prices: dict[str, float] | None = None, precisions: list[str] | None = None,
                   progress: Callable[[int], None] | None = None) -> CapacityPlan:
     if base.slo.ttft_ms is None and base.slo.tpot_ms is None:
         raise SpecError("a live-traffic plan needs an objective: --ttft-slo and/or --tpot-slo", field="slo")
@@ -194,42 +199,66 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
         if name not in gpus:
             raise SpecError(f"a price for {name}, which is not among --gpu {','.join(gpus)}", field="price")
     prices, price_sources = _prices(gpus, prices or {})
-    search = _Search(base, percentile, progress)
+    search = _Search(percentile, progress)
+    variants = {p: _at_precision(base, p) for p in (precisions or [base.deployment.precision])}
     layouts: dict[str, dict[int, float]] = {}
     rejected: dict[str, str] = {}
     entries: list[CapacityEntry] = []
     for gpu in gpus:
-        layouts[gpu] = {}
-        for tp in _degrees(gpu, base):
-            try:
-                cap = search.capacity(gpu, tp)
-            except SextantError as err:
-                rejected[f"{gpu} tp{tp}"] = str(err).splitlines()[0]
-                continue
-            if cap > 0:
-                layouts[gpu][tp] = cap
-            else:
-                rejected[f"{gpu} tp{tp}"] = "misses the objectives even at a trickle"
-        if not layouts[gpu]:
+        best: tuple[int, str, int, float] | None = None  # (GPUs, precision, tp, capacity)
+        for precision, variant in variants.items():
+            name = gpu if len(variants) == 1 else f"{gpu} {precision}"
+            layouts[name] = {}
+            for tp in _degrees(gpu, variant):
+                try:
+                    cap = search.capacity(variant, gpu, tp)
+                except SextantError as err:
+                    if err.field == "precision":  # the GPU cannot run these weights at any degree
+                        rejected[name] = str(err).splitlines()[0]
+                        break
+                    rejected[f"{name} tp{tp}"] = str(err).splitlines()[0]
+                    continue
+                if cap <= 0:
+                    rejected[f"{name} tp{tp}"] = "misses the objectives even at a trickle"
+                    continue
+                layouts[name][tp] = cap
+                # One GPU type's price: the fewest GPUs cost least; a tie keeps the precision listed first.
+                need = tp * math.ceil(rate / cap)
+                if best is None or need < best[0]:
+                    best = (need, precision, tp, cap)
+        if best is None:
             continue
-        tp = min(layouts[gpu], key=lambda t: t * math.ceil(rate / layouts[gpu][t]))
-        replicas = math.ceil(rate / layouts[gpu][tp])
-        whole = search.simulate(_with(base, gpu, tp, replicas, rate, max(PROBE_REQUESTS, int(20 * rate))))
-        ttft, tpot = _percentile(whole, percentile)
-        price = prices.get(gpu)
-        per_hour = None if price is None else price * tp * replicas
-        per_million = None if per_hour is None else per_hour / (whole.output_tokens_per_s * 3600 / 1e6)
-        entries.append(CapacityEntry(gpu=gpu, tp=tp, capacity_rps=layouts[gpu][tp], replicas=replicas,
-                                     gpus=tp * replicas, dollars_per_hour=per_hour,
-                                     dollars_per_million_output_tokens=per_million, ttft_ms=ttft, tpot_ms=tpot,
-                                     meets_slo=_meets(base, whole, percentile)))
+        _, precision, tp, cap = best
+        entries.append(_entry(search, variants[precision], gpu, precision, tp, cap, rate, prices.get(gpu)))
     entries.sort(key=lambda e: (not e.meets_slo, e.dollars_per_hour if e.dollars_per_hour is not None else math.inf,
                                 e.gpus))
-    mix = _mix(base, rate, entries, prices, search) if len(entries) > 1 else None
+    mix = _mix(variants, rate, entries, prices, search) if len(entries) > 1 else None
     return CapacityPlan(model=str(base.model), rate=rate, percentile=percentile, ttft_slo_ms=base.slo.ttft_ms,
                         tpot_slo_ms=base.slo.tpot_ms, framework=base.framework, entries=entries, layouts=layouts,
                         simulations=search.simulations, rejected=rejected, mix=mix, prices=prices,
                         price_sources=price_sources)
+
+
+def _entry(search: _Search, base: ServeScenario, gpu: str, precision: str, tp: int, capacity: float, rate: float,
+           price: float | None) -> CapacityEntry:
+    """The deployment of ``ceil(rate / capacity)`` replicas, simulated whole at the full rate."""
+    replicas = math.ceil(rate / capacity)
+    whole = search.simulate(_with(base, gpu, tp, replicas, rate, max(PROBE_REQUESTS, int(20 * rate))))
+    ttft, tpot = _percentile(whole, search.q)
+    per_hour = None if price is None else price * tp * replicas
+    per_million = None if per_hour is None else per_hour / (whole.output_tokens_per_s * 3600 / 1e6)
+    return CapacityEntry(gpu=gpu, tp=tp, precision=precision, capacity_rps=capacity, replicas=replicas,
+                         gpus=tp * replicas, dollars_per_hour=per_hour, dollars_per_million_output_tokens=per_million,
+                         ttft_ms=ttft, tpot_ms=tpot, meets_slo=_meets(base, whole, search.q))
+
+
+def _at_precision(base: ServeScenario, precision: str) -> ServeScenario:
+    """``base`` with weights of ``precision`` (the KV cache follows them unless the scenario sets it)."""
+    if precision == base.deployment.precision:
+        return base
+    tree = base.model_dump(exclude_unset=True)
+    tree["deployment"] = {**tree.get("deployment", {}), "precision": precision}
+    return ServeScenario.model_validate(tree)
 
 
 def _prices(gpus: list[str], given: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
@@ -244,7 +273,7 @@ def _prices(gpus: list[str], given: dict[str, float]) -> tuple[dict[str, float],
     return prices, sources
 
 
-def _mix(base: ServeScenario, rate: float, entries: list[CapacityEntry], prices: dict[str, float],
+def _mix(variants: dict[str, ServeScenario], rate: float, entries: list[CapacityEntry], prices: dict[str, float],
          search: _Search) -> CapacityMix | None:
     """The cheapest fleet over the GPU types' best degrees, each part simulated at its share."""
     if any(e.gpu not in prices for e in entries):
@@ -262,8 +291,9 @@ def _mix(base: ServeScenario, rate: float, entries: list[CapacityEntry], prices:
         if not n:
             continue
         share = rate * n * capacity[e.gpu] / total
+        base = variants[e.precision]
         r = search.simulate(_with(base, e.gpu, e.tp, n, share, max(PROBE_REQUESTS, int(20 * share))))
         ttft, tpot = _percentile(r, search.q)
-        parts.append(MixPart(gpu=e.gpu, tp=e.tp, replicas=n, rate=share, ttft_ms=ttft, tpot_ms=tpot,
-                             meets_slo=_meets(base, r, search.q)))
+        parts.append(MixPart(gpu=e.gpu, tp=e.tp, precision=e.precision, replicas=n, rate=share, ttft_ms=ttft,
+                             tpot_ms=tpot, meets_slo=_meets(base, r, search.q)))
     return CapacityMix(parts=parts, dollars_per_hour=dollars, saves_over_cheapest_single=1 - dollars / single)
