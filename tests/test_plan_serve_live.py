@@ -150,3 +150,19 @@ def test_several_weight_precisions_keep_each_gpu_types_cheapest_and_refuse_what_
     assert best.deployment.precision == plan.entries[0].precision
     again = predict_serve(best)
     assert again.tpot_ms.p99 <= 50
+
+
+def test_a_model_no_node_holds_is_pipelined_over_whole_nodes():
+    from sextant.plan.serve_capacity import chosen_scenario
+
+    big = ServeScenario.model_validate({"model": "llama-3.1-405b", "framework": "vllm-v1-0.15",
+                                        "hardware": {"gpu": "h100-sxm", "gpus": 8},
+                                        "workload": {"input_len": 1024, "output_len": 128},
+                                        "slo": {"ttft_ms": 3000, "tpot_ms": 100}})
+    plan = plan_capacity(big, 2.0, ["h100-sxm"])
+    entry = plan.entries[0]
+    assert (entry.tp, entry.pp) == (8, 2) and entry.gpus == 16 * entry.replicas  # 126 layers: pp 2 divides them
+    assert "h100-sxm pp2" in plan.layouts and "weights need" in plan.rejected["h100-sxm tp8"]
+    again = predict_serve(chosen_scenario(big, plan))
+    assert (again.gpus, again.tp, again.pp) == (entry.gpus, 8, 2)
+    assert again.tpot_ms.p99 <= 100 and again.ttft_ms.p99 <= 3000

@@ -142,7 +142,7 @@ def plot_plan_serve(plan, path: str | Path) -> dict[str, Any]:
         ax.set_title(f"{plan.model} on {plan.gpu}: placements, fastest first")
     else:
         chosen = [e for e in plan.entries if e.meets_slo]
-        labels = [f"{e.gpu} tp{e.tp}" for e in chosen]
+        labels = [f"{e.gpu} tp{e.tp}" + (f" pp{e.pp}" if e.pp > 1 else "") for e in chosen]
         values = [e.gpus for e in chosen]
         ax.barh(labels, values, color="tab:green")
         ax.invert_yaxis()

@@ -199,7 +199,7 @@ def _render_live(plan, base, percentile: float) -> None:
                      "$/M output tokens", f"TTFT p{percentile:g} ms", f"TPOT p{percentile:g} ms", "meets"),
                     text={"GPU", "weights", "meets"})
     for e in plan.entries:
-        table.add_row(e.gpu, e.precision, str(e.tp), f"{e.capacity_rps:.2f}", str(e.replicas), str(e.gpus),
+        table.add_row(e.gpu, e.precision, str(e.tp) + (f" pp{e.pp}" if e.pp > 1 else ""), f"{e.capacity_rps:.2f}", str(e.replicas), str(e.gpus),
                       "-" if e.dollars_per_hour is None else f"{e.dollars_per_hour:,.2f}",
                       "-" if e.dollars_per_million_output_tokens is None else f"{e.dollars_per_million_output_tokens:.3f}",
                       f"{e.ttft_ms:.0f}", f"{e.tpot_ms:.1f}", "yes" if e.meets_slo else "no")
@@ -211,7 +211,7 @@ def _render_live(plan, base, percentile: float) -> None:
                                                       for gpu in plan.prices))
     if plan.mix is not None:
         m = plan.mix
-        parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp} {p.precision} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "
+        parts = " + ".join(f"{p.replicas} x {p.gpu} tp {p.tp}{f' pp {p.pp}' if p.pp > 1 else ''} {p.precision} ({p.rate:.1f} req/s, TTFT {p.ttft_ms:.0f} ms, "
                            f"TPOT {p.tpot_ms:.1f} ms)" for p in m.parts)
         missed = "" if all(p.meets_slo for p in m.parts) else " [red](a part misses the objectives)[/red]"
         out.print(f"cheaper as a mix: {parts}: ${m.dollars_per_hour:,.2f}/hour, "
@@ -222,8 +222,10 @@ def _render_live(plan, base, percentile: float) -> None:
         lengths = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (("input_len", w.input_len),
                                                                         ("output_len", w.output_len))
                           if isinstance(v, int))
-        out.print(f"best: {b.replicas} x {b.gpu} tp {b.tp} ({b.precision}); as `sextant predict serve` flags: "
-                  f"--gpu {b.gpu} --gpus {b.gpus} --tp {b.tp} --replicas {b.replicas} --precision {b.precision} "
+        pp = f" --pp {b.pp}" if b.pp > 1 else ""
+        out.print(f"best: {b.replicas} x {b.gpu} tp {b.tp}{pp.replace(' --', ' ')} ({b.precision}); as `sextant predict "
+                  f"serve` flags: --gpu {b.gpu} --gpus {b.gpus} --tp {b.tp}{pp} --replicas {b.replicas} --precision "
+                  f"{b.precision} "
                   f"--rate {plan.rate:g}{lengths}" + (f" --framework {plan.framework}" if plan.framework else ""))
 
 

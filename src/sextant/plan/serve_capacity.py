@@ -20,7 +20,9 @@ simulated at its share.
 
 With several weight precisions (``precisions``, e.g. bf16 and fp8), each GPU type's cheapest
 (precision, degree) is kept; a precision the GPU cannot run is rejected with its reason.
-Not yet searched: pipeline stages, disaggregation.
+Where no replica within a node serves (a model too large for one node, or too slow there),
+whole nodes of tensor parallelism are pipelined in 2, 4 or 8 stages. Not yet searched:
+disaggregation, attention data parallelism.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from sextant.errors import SextantError, SpecError
-from sextant.resolve.hardware import cluster_and_profile, list_price
+from sextant.resolve.hardware import cluster_and_profile, list_price, model_of
 from sextant.serve.predict import ServeResult, predict_serve
 from sextant.spec.scenario import HardwareRef
 from sextant.spec.serving import ServeScenario
@@ -45,6 +47,8 @@ PROBE_REQUESTS = 600
 class CapacityEntry(BaseModel):
     gpu: str
     tp: int
+    #: Pipeline stages per replica: more than 1 only where no replica within a node serves.
+    pp: int = 1
     precision: str = "bf16"  # the weights' (the cheapest of those searched)
     capacity_rps: float  # per replica, within the objectives
     replicas: int
@@ -59,6 +63,7 @@ class CapacityEntry(BaseModel):
 class MixPart(BaseModel):
     gpu: str
     tp: int
+    pp: int = 1
     precision: str = "bf16"
     replicas: int
     rate: float  # the share of the traffic routed to this type (in proportion to capacity)
@@ -131,14 +136,15 @@ def _meets(base: ServeScenario, r: ServeResult, q: float) -> bool:
     return ((slo.ttft_ms is None or ttft <= slo.ttft_ms) and (slo.tpot_ms is None or tpot <= slo.tpot_ms))
 
 
-def _with(base: ServeScenario, gpu: str, tp: int, replicas: int, rate: float | None, requests: int) -> ServeScenario:
+def _with(base: ServeScenario, gpu: str, tp: int, replicas: int, rate: float | None, requests: int,  # noqa: PLR0913
+          pp: int = 1) -> ServeScenario:
     """The base scenario on ``replicas`` replicas of ``tp`` GPUs of type ``gpu``, with ``requests``
     requests at ``rate`` (None: all at time 0)."""
     # Only what the scenario set: a field dumped at its default would count as set and keep the
     # serving preset from filling it (CUDA graphs, chunked batching, the KV sizing of its engine).
     tree = base.model_dump(exclude_unset=True)
-    tree["hardware"] = {"gpu": gpu, "gpus": tp * replicas}  # the GPU's usual node
-    tree["deployment"] = {**tree.get("deployment", {}), "tp": tp, "replicas": replicas}
+    tree["hardware"] = {"gpu": gpu, "gpus": tp * pp * replicas}  # the GPU's usual node
+    tree["deployment"] = {**tree.get("deployment", {}), "tp": tp, "pp": pp, "replicas": replicas}
     workload = {k: v for k, v in tree.get("workload", {}).items() if k not in ("rate", "stages", "concurrency")}
     workload["num_requests"] = requests
     if rate is not None:
@@ -154,15 +160,28 @@ def chosen_scenario(base: ServeScenario, plan: CapacityPlan) -> ServeScenario:
         raise SpecError("no GPU type serves this traffic within the objectives: nothing to export", field="emit")
     best = plan.entries[0]
     return _with(_at_precision(base, best.precision), best.gpu, best.tp, best.replicas, plan.rate,
-                 base.workload.num_requests)
+                 base.workload.num_requests, best.pp)
 
 
 def _degrees(gpu: str, base: ServeScenario) -> list[int]:
     """Tensor-parallel degrees to try: the scenario's, else 1, 2, 4, 8 within one node."""
     if "tp" in base.deployment.model_fields_set:
         return [base.deployment.tp]
+    return [t for t in (1, 2, 4, 8) if t <= _node_gpus(gpu)]
+
+
+def _node_gpus(gpu: str) -> int:
     cluster, _ = cluster_and_profile(HardwareRef(gpu=gpu, gpus=1))  # the GPU's usual node
-    return [t for t in (1, 2, 4, 8) if t <= cluster.node.gpus_per_node]
+    return cluster.node.gpus_per_node
+
+
+def _stages(base: ServeScenario) -> list[int]:
+    """Pipeline stages to try when no replica within a node serves: the scenario's, else 2, 4 and
+    8 (those that divide the layers), each stage a whole node of tensor parallelism."""
+    if "pp" in base.deployment.model_fields_set:
+        return [base.deployment.pp] if base.deployment.pp > 1 else []
+    layers = model_of(base.model).num_layers
+    return [p for p in (2, 4, 8) if layers % p == 0]
 
 
 class _Search:
@@ -175,13 +194,13 @@ class _Search:
             self.progress(self.simulations)
         return predict_serve(sc)
 
-    def capacity(self, base: ServeScenario, gpu: str, tp: int) -> float:
+    def capacity(self, base: ServeScenario, gpu: str, tp: int, pp: int = 1) -> float:
         """Highest per-replica Poisson rate within the objectives (0 if even a trickle misses)."""
-        offline = self.simulate(_with(base, gpu, tp, 1, None, PROBE_REQUESTS))
+        offline = self.simulate(_with(base, gpu, tp, 1, None, PROBE_REQUESTS, pp))
         lo, hi = 0.0, offline.requests_per_s
         for _ in range(BISECTION_STEPS):
             mid = (lo + hi) / 2
-            if _meets(base, self.simulate(_with(base, gpu, tp, 1, mid, PROBE_REQUESTS)), self.q):
+            if _meets(base, self.simulate(_with(base, gpu, tp, 1, mid, PROBE_REQUESTS, pp)), self.q):
                 lo = mid
             else:
                 hi = mid
@@ -205,31 +224,19 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
     rejected: dict[str, str] = {}
     entries: list[CapacityEntry] = []
     for gpu in gpus:
-        best: tuple[int, str, int, float] | None = None  # (GPUs, precision, tp, capacity)
+        best: tuple[int, str, int, int, float] | None = None  # (GPUs, precision, tp, pp, capacity)
         for precision, variant in variants.items():
             name = gpu if len(variants) == 1 else f"{gpu} {precision}"
-            layouts[name] = {}
-            for tp in _degrees(gpu, variant):
-                try:
-                    cap = search.capacity(variant, gpu, tp)
-                except SextantError as err:
-                    if err.field == "precision":  # the GPU cannot run these weights at any degree
-                        rejected[name] = str(err).splitlines()[0]
-                        break
-                    rejected[f"{name} tp{tp}"] = str(err).splitlines()[0]
-                    continue
-                if cap <= 0:
-                    rejected[f"{name} tp{tp}"] = "misses the objectives even at a trickle"
-                    continue
-                layouts[name][tp] = cap
+            found = _capacities(search, variant, gpu, name, layouts, rejected)
+            for (tp, pp), cap in found.items():
                 # One GPU type's price: the fewest GPUs cost least; a tie keeps the precision listed first.
-                need = tp * math.ceil(rate / cap)
+                need = tp * pp * math.ceil(rate / cap)
                 if best is None or need < best[0]:
-                    best = (need, precision, tp, cap)
+                    best = (need, precision, tp, pp, cap)
         if best is None:
             continue
-        _, precision, tp, cap = best
-        entries.append(_entry(search, variants[precision], gpu, precision, tp, cap, rate, prices.get(gpu)))
+        _, precision, tp, pp, cap = best
+        entries.append(_entry(search, variants[precision], gpu, precision, (tp, pp), cap, rate, prices.get(gpu)))
     entries.sort(key=lambda e: (not e.meets_slo, e.dollars_per_hour if e.dollars_per_hour is not None else math.inf,
                                 e.gpus))
     mix = _mix(variants, rate, entries, prices, search) if len(entries) > 1 else None
@@ -239,17 +246,55 @@ def plan_capacity(base: ServeScenario, rate: float, gpus: list[str], *, percenti
                         price_sources=price_sources)
 
 
-def _entry(search: _Search, base: ServeScenario, gpu: str, precision: str, tp: int, capacity: float, rate: float,
-           price: float | None) -> CapacityEntry:
+def _capacities(search: _Search, base: ServeScenario, gpu: str, name: str, layouts: dict, rejected: dict) -> dict:
+    """Each replica layout's capacity, (tp, pp) -> requests/s: the degrees within a node, and only
+    when none of them serves, whole nodes pipelined (recorded under ``"{name} pp{pp}"``)."""
+    found: dict[tuple[int, int], float] = {}
+    layouts[name] = {}
+    for tp in _degrees(gpu, base):
+        if not _probe(search, base, gpu, name, tp, 1, layouts[name], rejected, found):
+            return found  # the GPU cannot run these weights at any degree
+    if found:
+        return found
+    tp = max(_degrees(gpu, base))
+    for pp in _stages(base):
+        layouts[f"{name} pp{pp}"] = {}
+        _probe(search, base, gpu, f"{name} pp{pp}", tp, pp, layouts[f"{name} pp{pp}"], rejected, found)
+    return found
+
+
+def _probe(search: _Search, base: ServeScenario, gpu: str, name: str, tp: int, pp: int,  # noqa: PLR0913
+           layout: dict, rejected: dict, found: dict) -> bool:
+    """Measure one layout's capacity into ``layout`` and ``found``, or record why it cannot serve;
+    False when the GPU cannot run the scenario's precision at all."""
+    try:
+        cap = search.capacity(base, gpu, tp, pp)
+    except SextantError as err:
+        if err.field == "precision":
+            rejected[name] = str(err).splitlines()[0]
+            return False
+        rejected[f"{name} tp{tp}"] = str(err).splitlines()[0]
+        return True
+    if cap <= 0:
+        rejected[f"{name} tp{tp}"] = "misses the objectives even at a trickle"
+    else:
+        layout[tp] = found[(tp, pp)] = cap
+    return True
+
+
+def _entry(search: _Search, base: ServeScenario, gpu: str, precision: str, degrees: tuple[int, int],  # noqa: PLR0913
+           capacity: float, rate: float, price: float | None) -> CapacityEntry:
     """The deployment of ``ceil(rate / capacity)`` replicas, simulated whole at the full rate."""
+    tp, pp = degrees
     replicas = math.ceil(rate / capacity)
-    whole = search.simulate(_with(base, gpu, tp, replicas, rate, max(PROBE_REQUESTS, int(20 * rate))))
+    whole = search.simulate(_with(base, gpu, tp, replicas, rate, max(PROBE_REQUESTS, int(20 * rate)), pp))
     ttft, tpot = _percentile(whole, search.q)
-    per_hour = None if price is None else price * tp * replicas
+    per_hour = None if price is None else price * tp * pp * replicas
     per_million = None if per_hour is None else per_hour / (whole.output_tokens_per_s * 3600 / 1e6)
-    return CapacityEntry(gpu=gpu, tp=tp, precision=precision, capacity_rps=capacity, replicas=replicas,
-                         gpus=tp * replicas, dollars_per_hour=per_hour, dollars_per_million_output_tokens=per_million,
-                         ttft_ms=ttft, tpot_ms=tpot, meets_slo=_meets(base, whole, search.q))
+    return CapacityEntry(gpu=gpu, tp=tp, pp=pp, precision=precision, capacity_rps=capacity, replicas=replicas,
+                         gpus=tp * pp * replicas, dollars_per_hour=per_hour,
+                         dollars_per_million_output_tokens=per_million, ttft_ms=ttft, tpot_ms=tpot,
+                         meets_slo=_meets(base, whole, search.q))
 
 
 def _at_precision(base: ServeScenario, precision: str) -> ServeScenario:
@@ -279,7 +324,7 @@ def _mix(variants: dict[str, ServeScenario], rate: float, entries: list[Capacity
     if any(e.gpu not in prices for e in entries):
         return None
     capacity = {e.gpu: e.capacity_rps for e in entries}
-    cost = {e.gpu: prices[e.gpu] * e.tp for e in entries}
+    cost = {e.gpu: prices[e.gpu] * e.tp * e.pp for e in entries}
     counts, dollars = cheapest_mix(rate, capacity, cost)
     single = min(e.dollars_per_hour for e in entries if e.meets_slo) if any(e.meets_slo for e in entries) else math.inf
     if len(counts) < 2 or dollars >= single:
@@ -292,8 +337,8 @@ def _mix(variants: dict[str, ServeScenario], rate: float, entries: list[Capacity
             continue
         share = rate * n * capacity[e.gpu] / total
         base = variants[e.precision]
-        r = search.simulate(_with(base, e.gpu, e.tp, n, share, max(PROBE_REQUESTS, int(20 * share))))
+        r = search.simulate(_with(base, e.gpu, e.tp, n, share, max(PROBE_REQUESTS, int(20 * share)), e.pp))
         ttft, tpot = _percentile(r, search.q)
-        parts.append(MixPart(gpu=e.gpu, tp=e.tp, precision=e.precision, replicas=n, rate=share, ttft_ms=ttft,
+        parts.append(MixPart(gpu=e.gpu, tp=e.tp, pp=e.pp, precision=e.precision, replicas=n, rate=share, ttft_ms=ttft,
                              tpot_ms=tpot, meets_slo=_meets(base, r, search.q)))
     return CapacityMix(parts=parts, dollars_per_hour=dollars, saves_over_cheapest_single=1 - dollars / single)
