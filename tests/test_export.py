@@ -407,3 +407,16 @@ def test_plan_serve_emits_the_best_placement(capsys, tmp_path):
 def test_emit_flags_refuse_a_wrong_format_before_any_work(capsys, argv, message):
     rc, _, err = run(capsys, *argv)
     assert rc == 2 and message in err
+
+
+@pytest.mark.parametrize("fmt,name", [("sglang", "speculative"), ("vllm", "offload-weights"), ("trtllm", "speculative")])
+def test_the_printed_command_line_is_the_argv(fmt, name):
+    """One option per line for reading, but the shell sees exactly the exported words (a value
+    such as SGLang's --chunked-prefill-size -1 stays with its flag)."""
+    import shlex
+
+    launch = export_serve(_serve(name) if name != "speculative" or fmt != "sglang" else parse_serve_scenario(
+        {**SERVE[name], "scheduler": {"batching": "continuous"}}), fmt)
+    assert shlex.split(launch.command_line().replace("\\\n", " ")) == launch.argv
+    if fmt == "sglang":
+        assert "    --chunked-prefill-size -1" in launch.command_line()

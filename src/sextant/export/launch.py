@@ -51,9 +51,9 @@ class LaunchConfig(BaseModel):
         head = next((i for i, w in enumerate(words) if w.startswith("--")), len(words))
         lines: list[str] = [" ".join(words[:head])] if head else []
         for word in words[head:]:
-            if word.startswith("-") and lines:
+            if _OPTION.match(word) and lines:
                 lines.append(word)
-            elif lines and lines[-1].startswith("-") and " " not in lines[-1]:
+            elif lines and _OPTION.match(lines[-1]) and " " not in lines[-1]:
                 lines[-1] += " " + word
             else:
                 lines.append(word)
@@ -73,6 +73,8 @@ class LaunchConfig(BaseModel):
         return "\n".join(lines) + "\n"
 
 
+#: An option word (``--tp``, ``-m``), not a value that starts with a minus (``-1``).
+_OPTION = re.compile(r"--?[A-Za-z]")
 _ENV_REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*\}")
 
 
