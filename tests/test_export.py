@@ -420,3 +420,16 @@ def test_the_printed_command_line_is_the_argv(fmt, name):
     assert shlex.split(launch.command_line().replace("\\\n", " ")) == launch.argv
     if fmt == "sglang":
         assert "    --chunked-prefill-size -1" in launch.command_line()
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "sglang"])
+def test_a_replica_over_two_nodes_is_launched_on_each_with_its_rank(fmt):
+    scenario = parse_serve_scenario({"model": "llama-3.1-405b", "hardware": {"gpu": "h100-sxm", "gpus": 16},
+                                     "deployment": {"tp": 8, "pp": 2}, "workload": {"input_len": 512, "output_len": 64}})
+    launch = export_serve(scenario, fmt)
+    assert "${NODE_RANK}" in launch.argv and any("${MASTER_ADDR}" in a for a in launch.argv)
+    on_node_1 = [a.replace("${NODE_RANK}", "1").replace("${MASTER_ADDR}", "10.0.0.1") for a in launch.argv]
+    got = parse(fmt, on_node_1[3:])  # after `vllm serve MODEL` or `python -m sglang.launch_server`
+    assert (got["--nnodes"], got["--node-rank"]) == (2, 1)
+    assert ': "${NODE_RANK:?' in launch.script() and '--node-rank ${NODE_RANK}' in launch.command_line()
+    assert not any(a.startswith("--data-parallel-size") or a == "--dp-size" for a in launch.argv)

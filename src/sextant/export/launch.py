@@ -65,7 +65,7 @@ class LaunchConfig(BaseModel):
         lines = ["#!/usr/bin/env bash", f"# {self.framework} launch written by sextant (format {self.format})"]
         lines += [f"# - {note}" for note in self.notes]
         lines += ["set -euo pipefail"]
-        for name in sorted({m.group(0)[2:-1] for a in self.argv for m in [_ENV_REFERENCE.fullmatch(a)] if m}):
+        for name in sorted({m.group(0)[2:-1] for a in self.argv for m in _ENV_REFERENCE.finditer(a)}):
             lines.append(f': "${{{name}:?set {name} on each node}}"')
         for name, content in self.files.items():
             lines += [f"cat > {shlex.quote(name)} <<'SEXTANT_EOF'", content.rstrip("\n"), "SEXTANT_EOF"]
@@ -78,9 +78,14 @@ _OPTION = re.compile(r"--?[A-Za-z]")
 _ENV_REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*\}")
 
 
+#: A word of ``${VAR}`` references the shell should expand on each node, and plain characters.
+_EXPANDED = re.compile(r"(?:\$\{[A-Z_][A-Z0-9_]*\}|[A-Za-z0-9_.:/=@%+-])+")
+
+
 def _quote(word: str) -> str:
-    """Shell-quote ``word``, except a ``${VAR}`` the shell should expand on each node."""
-    return word if _ENV_REFERENCE.fullmatch(word) else shlex.quote(word)
+    """Shell-quote ``word``, except one made of ``${VAR}`` references (``${MASTER_ADDR}:5000``)
+    and characters the shell leaves alone, which it should expand on each node."""
+    return word if _ENV_REFERENCE.search(word) and _EXPANDED.fullmatch(word) else shlex.quote(word)
 
 
 def flag(options: list[str], name: str, value: object = None, *, when: bool = True) -> None:

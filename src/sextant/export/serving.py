@@ -133,11 +133,32 @@ def _common_notes(job: ServeJob, fmt: str) -> list[str]:
     return notes
 
 
+def _replica_nodes(job: ServeJob) -> int:
+    """Nodes one replica spans (tp x pp GPUs over the node's GPUs)."""
+    return -(-job.scenario.deployment.gpus_per_replica // job.ctx.cluster.node.gpus_per_node)
+
+
+def _multi_node(job: ServeJob, addr_flag: str, port: str) -> tuple[list[str], list[str]]:
+    """The options and notes of a replica that spans nodes: the same command on each node, told
+    its rank and the first node's address (``$NODE_RANK``, ``$MASTER_ADDR``); several such
+    replicas are started one command set each."""
+    nodes = _replica_nodes(job)
+    if nodes == 1:
+        return [], []
+    notes = [f"one replica spans {nodes} nodes: run this command on each, with NODE_RANK 0..{nodes - 1} and "
+             "MASTER_ADDR the address of node 0"]
+    if job.ctx.replicas > 1:
+        notes.append(f"{job.ctx.replicas} replicas: start this set of nodes once per replica, behind a load balancer")
+    return ["--nnodes", str(nodes), "--node-rank", "${NODE_RANK}", addr_flag, "${MASTER_ADDR}" + port], notes
+
+
 def _vllm(job: ServeJob) -> LaunchConfig:
     s, dep, sch = job.scenario, job.scenario.deployment, job.scenario.scheduler
     o = ["vllm", "serve", job.model_path, "--tensor-parallel-size", str(dep.tp)]
     flag(o, "--pipeline-parallel-size", dep.pp, when=dep.pp > 1)
-    flag(o, "--data-parallel-size", job.ctx.replicas, when=job.ctx.replicas > 1)
+    nodes_args, nodes_notes = _multi_node(job, "--master-addr", "")
+    o += nodes_args
+    flag(o, "--data-parallel-size", job.ctx.replicas, when=job.ctx.replicas > 1 and not nodes_args)
     flag(o, "--enable-expert-parallel", when=dep.ep > 1)
     o += ["--max-num-seqs", str(sch.max_batch), "--block-size", str(sch.block_size),
           "--gpu-memory-utilization", f"{sch.gpu_memory_utilization:g}"]
@@ -155,10 +176,10 @@ def _vllm(job: ServeJob) -> LaunchConfig:
          when=job.longest_request is not None and job.longest_request > job.ctx.model.max_seq_len)
     if s.speculative is not None:
         o += ["--speculative-config", json.dumps({"model": _draft_path(job), "num_speculative_tokens": s.speculative.num_tokens})]
-    notes = _quantization_notes(job, dynamic_fp8=True) + _common_notes(job, "vllm")
+    notes = _quantization_notes(job, dynamic_fp8=True) + _common_notes(job, "vllm") + nodes_notes
     if dep.precision == "fp8":
         notes.append("--quantization fp8 quantizes a 16-bit checkpoint's weights to FP8 as it loads them")
-    if job.ctx.replicas > 1 and job.ctx.replicas * dep.gpus_per_replica > job.ctx.cluster.node.gpus_per_node:
+    if not nodes_args and job.ctx.replicas * dep.gpus_per_replica > job.ctx.cluster.node.gpus_per_node:
         notes.append("data parallelism across nodes: start one `vllm serve` per node with --data-parallel-size-local, "
                      "--data-parallel-start-rank and --data-parallel-address (vLLM's data-parallel deployment guide)")
     return LaunchConfig(format="vllm", framework=VLLM, argv=o, notes=notes)
@@ -175,7 +196,9 @@ def _sglang(job: ServeJob) -> LaunchConfig:
     s, dep, sch = job.scenario, job.scenario.deployment, job.scenario.scheduler
     o = ["python", "-m", "sglang.launch_server", "--model-path", job.model_path, "--tp-size", str(dep.tp)]
     flag(o, "--pp-size", dep.pp, when=dep.pp > 1)
-    flag(o, "--dp-size", job.ctx.replicas, when=job.ctx.replicas > 1)
+    nodes_args, nodes_notes = _multi_node(job, "--dist-init-addr", ":5000")
+    o += nodes_args
+    flag(o, "--dp-size", job.ctx.replicas, when=job.ctx.replicas > 1 and not nodes_args)
     flag(o, "--ep-size", dep.ep, when=dep.ep > 1)
     o += ["--max-running-requests", str(sch.max_batch), "--page-size", str(sch.block_size),
           "--mem-fraction-static", f"{sch.gpu_memory_utilization:g}"]
@@ -196,7 +219,7 @@ def _sglang(job: ServeJob) -> LaunchConfig:
         o += ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", _draft_path(job),
               "--speculative-num-steps", str(s.speculative.num_tokens), "--speculative-eagle-topk", "1",
               "--speculative-num-draft-tokens", str(s.speculative.num_tokens + 1)]
-    notes = _quantization_notes(job, dynamic_fp8=True) + _common_notes(job, "sglang")
+    notes = _quantization_notes(job, dynamic_fp8=True) + _common_notes(job, "sglang") + nodes_notes
     return LaunchConfig(format="sglang", framework=SGLANG, argv=o, notes=notes)
 
 
@@ -225,6 +248,9 @@ def _trtllm(job: ServeJob) -> LaunchConfig:
     if job.ctx.replicas > 1:
         notes.append(f"one command serves one replica of {dep.gpus_per_replica} GPU(s): start {job.ctx.replicas} "
                      "(CUDA_VISIBLE_DEVICES apart) behind a load balancer")
+    if _replica_nodes(job) > 1:
+        notes.append(f"one replica spans {_replica_nodes(job)} nodes: launch it with mpirun over "
+                     f"{dep.gpus_per_replica} ranks through trtllm-llmapi-launch (TensorRT-LLM's multi-node serving)")
     return LaunchConfig(format="trtllm", framework=TRTLLM, argv=o, files={TRTLLM_CONFIG: _yaml(config)}, notes=notes)
 
 
