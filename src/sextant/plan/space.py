@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sextant.resolve.framework import search_limits
-from sextant.resolve.layout import TRAINING_RULES, LayoutCase, Rule
+from sextant.resolve.layout import TRAINING_RULES, LayoutCase, Rule, first_failures
 from sextant.spec.base import Spec
 from sextant.spec.model import ModelSpec
 from sextant.spec.strategy import RECOMPUTE_CODES, SCHEDULE_CODES, Recompute
@@ -227,29 +227,15 @@ def enumerate_space(model: ModelSpec, num_gpus: int, gpus_per_node: int, workloa
         for stage, stage_rules in enumerate(by_stage):
             if stage:
                 chunk = grid.cross(chunk, _STAGES[stage][0])
-            chunk = _apply(chunk, stage_rules, grid.stands_for(chunk, stage),
-                           lambda t: LayoutCase(model, t, workload, num_gpus), rejected)
+            if stage_rules and len(chunk):
+                chunk, _ = first_failures(tuple(stage_rules), chunk, lambda t: LayoutCase(model, t, workload, num_gpus),
+                                          weight=grid.stands_for(chunk, stage), rejected=rejected)
             if not len(chunk):
                 break
         if len(chunk):
             kept.append(chunk)
     table = grid.candidates(kept)
     return Space(candidates=table, total=grid.total, rejected=rejected)
-
-
-def _apply(table: _Columns, rules: list[Rule], weight: np.ndarray, case_of, rejected: dict[str, int]) -> _Columns:
-    """The rows of ``table`` that pass ``rules``; each failing row adds its ``weight`` (the rows of
-    the full space it stands for) under the first rule it fails."""
-    if not rules or not len(table):
-        return table
-    ok = np.ones(len(table), bool)
-    case = case_of(table)
-    for rule in rules:
-        fails = ok & ~np.asarray(rule.passes(case), bool)
-        if fails.any():
-            rejected[rule.reason] = rejected.get(rule.reason, 0) + int(np.broadcast_to(weight, ok.shape)[fails].sum())
-            ok &= ~fails
-    return table.take(np.flatnonzero(ok))
 
 
 class _Grid:

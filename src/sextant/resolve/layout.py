@@ -224,21 +224,24 @@ class _Subset:
         return self._columns[name]
 
 
-def first_failures(rules: tuple[Rule, ...], table: Any, case_of: Callable[[Any], LayoutCase]) -> tuple[Any, dict]:
+def first_failures(rules: tuple[Rule, ...], table: Any, case_of: Callable[[Any], LayoutCase], *,
+                   weight: Any = 1, rejected: dict[str, int] | None = None) -> tuple[Any, dict]:
     """The rows of ``table`` (a column table with ``take``) that pass every rule, and per reason
-    the rows that fail it first (a row failing several counts under the first). Once a quarter of
-    the rows still in play have failed, the rest are gathered (only the columns later rules read),
-    so later rules see fewer rows."""
-    rejected: dict[str, int] = {}
+    the rows that fail it first (a row failing several counts under the first), each counting
+    ``weight`` rows (an array over the table's rows where a row stands for several), added to
+    ``rejected`` when given. Once a quarter of the rows still in play have failed, the rest are
+    gathered (only the columns later rules read), so later rules see fewer rows."""
+    rejected = {} if rejected is None else rejected
     index = np.arange(len(table))
+    weight = np.broadcast_to(np.asarray(weight), index.shape)
     case = case_of(table)
     ok = np.ones(len(table), bool)
     for rule in rules:
         passes = np.asarray(rule.passes(case), bool)
-        newly = int(np.count_nonzero(ok & ~passes))
-        if not newly:
+        fails = ok & ~passes
+        if not fails.any():
             continue
-        rejected[rule.reason] = newly
+        rejected[rule.reason] = rejected.get(rule.reason, 0) + int(weight[index[fails]].sum())
         ok &= passes
         if np.count_nonzero(ok) < 0.75 * ok.size:
             index = index[ok]
