@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "reference": {"spec"},
     "calibrate": {"spec", "catalog", "cost", "resolve", "reference"},
     "measure": {"spec", "cost", "resolve", "train", "reference"},
-    "export": {"spec", "catalog", "cost", "resolve", "train"},
+    "export": {"spec", "catalog", "cost", "resolve", "train", "serve"},
 }
 LEAVES = {"errors", "units", "files"}
 #: The only packages that may import PyTorch (an optional extra: everything else runs without it).

@@ -401,3 +401,12 @@ def test_a_bloom_config_imports_as_the_native_bloom() -> None:
     native = get_model("bloom-176b")
     assert imported.position_embedding == "alibi"
     assert count_params(imported).total == pytest.approx(count_params(native).total, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "mixtral-8x7b", "llama-4-scout", "qwen3-30b-a3b", "llama-3.1-8b"])
+def test_the_moe_layers_named_are_the_ones_counted(name):
+    from sextant.catalog import get_model
+
+    m = get_model(name)
+    assert len(m.moe_layer_indices) == m.num_moe_layers
+    assert all(0 <= i < m.num_layers for i in m.moe_layer_indices)

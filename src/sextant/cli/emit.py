@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from sextant.cli.output import emit_json
-from sextant.export import SERVE_FORMATS, TRAIN_FORMATS
+from sextant.export import PRESETS, SERVE_FORMATS, TRAIN_FORMATS
 
 EMIT_TRAIN = typer.Option(None, "--emit", help=f"Also write the launch of this configuration: {', '.join(TRAIN_FORMATS)}.")
 EMIT_SERVE = typer.Option(None, "--emit", help=f"Also write the launch of this deployment: {', '.join(SERVE_FORMATS)}.")
@@ -51,10 +51,6 @@ def finish(result: Any, launch, out: Path | None, as_json: bool, render) -> None
         typer.echo(launch.script(), nl=False)
 
 
-#: The training preset whose search space is what each framework runs (frameworks.yaml ``search``).
-PLAN_PRESETS = {"megatron": "megatron-core-2024", "torchtitan": "torchtitan-2024", "deepspeed": "deepspeed-zero3-2024"}
-
-
 def launch_for(scenario, fmt: str, *, planned: bool = False):
     """The ``--emit`` launch of ``scenario`` (training or serving, by ``fmt``); a refusal names
     ``--emit``, and for a plan's choice the preset that searches what the framework runs."""
@@ -65,9 +61,9 @@ def launch_for(scenario, fmt: str, *, planned: bool = False):
         return export_train(scenario, fmt) if fmt in TRAIN_FORMATS else export_serve(scenario, fmt)
     except ExportError as err:
         err.field = "emit"
-        if planned and fmt in PLAN_PRESETS and scenario.framework != PLAN_PRESETS[fmt]:
+        if planned and fmt in TRAIN_FORMATS and scenario.framework != PRESETS[fmt]:
             err.args = (f"{err.args[0]} (the plan's best configuration); plan with --framework "
-                        f"{PLAN_PRESETS[fmt]} to search what it runs",)
+                        f"{PRESETS[fmt]} to search what it runs",)
         raise
 
 

@@ -9,8 +9,13 @@ from typing import Any
 #: ``sextant export`` formats of a training scenario and of a serving scenario.
 TRAIN_FORMATS = ("megatron", "torchtitan", "deepspeed")
 SERVE_FORMATS = ("vllm", "sglang", "trtllm")
+#: The preset that predicts each format's framework (frameworks.yaml, serving_frameworks.yaml),
+#: and whose search limits are what that framework runs: named where an export was predicted
+#: with another.
+PRESETS = {"megatron": "megatron-core-2024", "torchtitan": "torchtitan-2024", "deepspeed": "deepspeed-zero3-2024",
+           "vllm": "vllm-v1-0.15", "sglang": "sglang-2025", "trtllm": "trtllm-inflight-2025"}
 
-__all__ = ["SERVE_FORMATS", "TRAIN_FORMATS", "ExportError", "LaunchConfig", "export_serve", "export_train"]
+__all__ = ["PRESETS", "SERVE_FORMATS", "TRAIN_FORMATS", "ExportError", "LaunchConfig", "export_serve", "export_train"]
 
 
 def export_train(scenario, fmt: str):

@@ -81,7 +81,7 @@ def _notes(job: TrainJob) -> list[str]:
         notes.append(f"no optimizer section: pass the {w.optimizer} optimizer to deepspeed.initialize(optimizer=...)")
     if s.precision in ("fp32", "tf32"):
         notes.append("no bf16/fp16 section: DeepSpeed trains in fp32 (TF32 matmuls are torch's setting)")
-    return notes + job.preset_note(NAME, "deepspeed", "deepspeed-zero3-2024")
+    return notes + job.preset_note(NAME, "deepspeed")
 
 
 def _refuse_unsupported(job: TrainJob) -> None:

@@ -41,10 +41,13 @@ class TrainJob:
     def grad_accumulation(self) -> int:
         return self.workload.global_batch // (self.strategy.micro_batch * self.dp)
 
-    def preset_note(self, framework: str, family: str, preset: str) -> list[str]:
-        """A note when the prediction's framework preset is not of the exported framework's
-        ``family`` (frameworks.yaml), naming the ``preset`` that predicts that framework."""
-        if framework_family(self.scenario.framework) == family:
+    def preset_note(self, framework: str, fmt: str) -> list[str]:
+        """A note when the prediction's framework preset is not of the family of the exported
+        format's preset (:data:`sextant.export.PRESETS`), naming that preset."""
+        from sextant.export import PRESETS
+
+        preset = PRESETS[fmt]
+        if framework_family(self.scenario.framework) == framework_family(preset):
             return []
         used = f"the {self.scenario.framework} preset" if self.scenario.framework else "no framework preset"
         return [f"predicted with {used}: `--framework {preset}` predicts {framework}'s kernels, overlap and memory"]

@@ -41,7 +41,7 @@ def export_megatron(job: TrainJob) -> LaunchConfig:
         "a 100-step throughput benchmark on synthetic data (--mock-data, NullTokenizer): set --data-path, "
         "the tokenizer, --train-iters and the learning-rate schedule for a real run",
         "Megatron pads the vocabulary to a multiple of --make-vocab-size-divisible-by (128) x tp",
-        *job.preset_note(NAME, "megatron", "megatron-core-2024"),
+        *job.preset_note(NAME, "megatron"),
     ]
     # Megatron's TP/SP communication overlap needs in-order kernel queues; Megatron FSDP's docs ask
     # for the variable unset, so that its prefetches run beside compute.
@@ -167,13 +167,11 @@ def _moe_args(m: ModelSpec, job: TrainJob) -> list[str]:
 
 
 def moe_layer_pattern(m: ModelSpec) -> str:
-    """``--moe-layer-freq`` as the Python list expression Megatron-LM evaluates (1: an MoE layer):
-    ``first_dense_layers`` dense layers, then one MoE layer every ``layer_freq``."""
-    e = m.moe
-    assert e is not None
-    pattern = [0] * e.first_dense_layers + [int(i % e.layer_freq == 0) for i in range(m.num_layers - e.first_dense_layers)]
+    """``--moe-layer-freq`` as the Python list expression Megatron-LM evaluates (1: an MoE layer),
+    run-length coded: the layers :attr:`ModelSpec.moe_layer_indices` names."""
+    moe = set(m.moe_layer_indices)
     runs: list[tuple[int, int]] = []
-    for bit in pattern:
+    for bit in (int(i in moe) for i in range(m.num_layers)):
         if runs and runs[-1][0] == bit:
             runs[-1] = (bit, runs[-1][1] + 1)
         else:

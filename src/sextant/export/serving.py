@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from sextant.catalog.models import HF_REPOS
+from sextant.export import PRESETS
 from sextant.export.launch import ExportError, LaunchConfig, flag
 from sextant.resolve.serve import ServeContext, resolve_serve
 from sextant.spec.serving import ServeScenario
@@ -26,8 +27,6 @@ SGLANG = "SGLang (server_args.py, main 001067f)"
 TRTLLM = "TensorRT-LLM (trtllm-serve, PyTorch backend, main 44373a3)"
 TRTLLM_CONFIG = "extra-llm-api-config.yml"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-#: The serving preset (serving_frameworks.yaml) that predicts each engine.
-_PRESETS = {"vllm": "vllm-v1-0.15", "sglang": "sglang-2025", "trtllm": "trtllm-inflight-2025"}
 #: 16-bit weights as each engine names the dtype.
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -45,9 +44,13 @@ class ServeJob:
 
 def serve_job(scenario: ServeScenario) -> ServeJob:
     ctx = resolve_serve(scenario)
-    repo = HF_REPOS.get(ctx.model.name.lower(), "").split(" ")[0]
-    path = repo if _REPO_ID.fullmatch(repo) else f"/path/to/{ctx.model.name}"
-    return ServeJob(ctx, path, _longest(scenario))
+    return ServeJob(ctx, _weights_path(ctx.model.name), _longest(scenario))
+
+
+def _weights_path(model: str) -> str:
+    """The model's Hugging Face repository where the catalog knows one, else a placeholder."""
+    repo = HF_REPOS.get(model.lower(), "").split(" ")[0]
+    return repo if _REPO_ID.fullmatch(repo) else f"/path/to/{model}"
 
 
 def _longest(scenario: ServeScenario) -> int | None:
@@ -98,16 +101,14 @@ def _refuse_common(job: ServeJob, fmt: str) -> None:
 
 
 def _offloaded_gib(job: ServeJob) -> float:
-    """GiB of decoder weights per GPU kept in host memory and streamed in: vLLM's and SGLang's
-    ``--cpu-offload-gb`` ("the space in GiB to offload to CPU, per GPU")."""
-    from sextant.cost.params import count_params
-    from sextant.cost.precision import weight_bytes
+    """GiB of weights per GPU the prediction kept in host memory and streamed in (its offload
+    plan's): vLLM's and SGLang's ``--cpu-offload-gb``, "the space in GiB to offload to CPU, per
+    GPU". Only whole dense layers stream here (expert streaming is refused above), so the plan's
+    expert-miss grid, whose range ``max_tokens`` sets, plays no part."""
+    from sextant.serve.offload_plan import plan_offload
     from sextant.units import GiB
 
-    dep, off = job.scenario.deployment, job.scenario.offload
-    weights = count_params(job.ctx.model).layers_total * weight_bytes(dep.precision, dep.weight_group_size,
-                                                                     dep.weight_zero_point)
-    return round(weights / dep.gpus_per_replica * (1 - off.resident_fraction) / GiB, 1)
+    return round(plan_offload(job.ctx, max_tokens=1).host_weight_bytes / GiB, 1)
 
 
 def _quantization_notes(job: ServeJob, dynamic_fp8: bool) -> list[str]:
@@ -128,7 +129,7 @@ def _common_notes(job: ServeJob, fmt: str) -> list[str]:
     preset = job.scenario.framework
     if preset is None or not preset.startswith(fmt):
         used = f"the {preset} preset" if preset else "no framework preset"
-        notes.append(f"predicted with {used}: `--framework {_PRESETS[fmt]}` predicts {_engine_name(fmt)}'s scheduler "
+        notes.append(f"predicted with {used}: `--framework {PRESETS[fmt]}` predicts {_engine_name(fmt)}'s scheduler "
                      "defaults and overheads")
     return notes
 
@@ -187,9 +188,7 @@ def _vllm(job: ServeJob) -> LaunchConfig:
 
 def _draft_path(job: ServeJob) -> str:
     assert job.scenario.speculative is not None
-    name = job.scenario.speculative.draft_model
-    repo = HF_REPOS.get(name.lower(), "").split(" ")[0]
-    return repo if _REPO_ID.fullmatch(repo) else f"/path/to/{name}"
+    return _weights_path(job.scenario.speculative.draft_model)
 
 
 def _sglang(job: ServeJob) -> LaunchConfig:

@@ -76,7 +76,7 @@ def export_torchtitan(job: TrainJob) -> LaunchConfig:
               "selective": "activation-checkpoint:selective"}[s.recompute])
     notes = ["100 steps on the config's dataset (c4 by default); torchtitan reads the tokenizer from "
              "--hf-assets-path (download it with scripts/download_hf_assets.py)",
-             *job.preset_note(NAME, "pytorch-native", "torchtitan-2024")]
+             *job.preset_note(NAME, "torchtitan")]
     if s.recompute == "selective" and s.selective_recompute != "alternate_matmuls":
         notes.append("torchtitan's selective checkpointing is per-op (every second matmul), not the attention "
                      "core the scenario predicted; predict with --framework torchtitan-2024 for its memory")

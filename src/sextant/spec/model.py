@@ -135,3 +135,11 @@ class ModelSpec(Spec):
     @property
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
+
+    @property
+    def moe_layer_indices(self) -> list[int]:
+        """Which layers are MoE (from 0): after ``first_dense_layers`` dense ones, every
+        ``layer_freq``-th; as many as :attr:`num_moe_layers` counts."""
+        if self.moe is None:
+            return []
+        return list(range(self.moe.first_dense_layers, self.num_layers, self.moe.layer_freq))
