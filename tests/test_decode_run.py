@@ -4,13 +4,16 @@ same numbers to the last bit."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serve_strategies import tight_schedulers
 
-from sextant.serve.engine import Engine, _summed
+from sextant.serve.accounting import SecondsLog
+from sextant.serve.engine import Engine
 from sextant.serve.predict import run, summarise
 from sextant.spec.serving import ServeScenario
 
@@ -38,6 +41,16 @@ CASES = {
     "tight cache, swap preemption": _tree(
         scheduler={"gpu_memory_utilization": 0.215, "max_batch": 256, "preemption": "swap"},
         workload={"input_len": 200, "output_len": 1500, "num_requests": 200}),
+    "low rate: runs go on past finishes, prefix caching": _tree(
+        scheduler={"prefix_caching": True, "cuda_graphs": True},
+        workload={"rate": 3.0, "num_requests": 150, "seed": 4, "shared_prefix": {"tokens": 128, "groups": 3},
+                  "input_len": {"distribution": "lognormal", "mean": 300, "stdev": 200, "min": 160, "max": 2000},
+                  "output_len": {"distribution": "lognormal", "mean": 150, "stdev": 120, "max": 900}}),
+    "chunked, tight cache: a prefill waits for the blocks a finish frees": _tree(
+        scheduler={"batching": "chunked", "token_budget": 512, "gpu_memory_utilization": 0.215, "max_batch": 64},
+        workload={"rate": 4.0, "num_requests": 80, "seed": 3, "input_len": {"distribution": "uniform", "mean": 6000,
+                                                                             "stdev": 2500, "max": 12000},
+                  "output_len": {"distribution": "uniform", "mean": 400, "stdev": 300, "max": 900}}),
     "reserved blocks": _tree(scheduler={"kv_allocation": "reserve", "max_batch": 48},
                              workload={"rate": 15.0, "num_requests": 120, "seed": 2}),
     "pipeline engines, least-loaded": _tree(hardware={"gpus": 2}, deployment={"pp": 2},
@@ -106,6 +119,28 @@ def test_a_run_plans_many_iterations_at_once(monkeypatch):
     assert len(starts) == iterations + 1  # the last start finds no work
 
 
+def test_at_low_rates_a_run_goes_on_past_finishes(monkeypatch):
+    """One engine, nothing waiting: a finish frees blocks nobody can use before the next arrival,
+    so a run decodes on with the smaller batch. The engine starts about twice per request (a
+    prefill, then a run up to the next arrival), not once more per finish; with a closed loop,
+    where a finish sends the next request, runs stop at finishes again."""
+    starts = []
+    planned = Engine.start
+    monkeypatch.setattr(Engine, "start", lambda self, now, horizon=np.inf: starts.append(now) or
+                        planned(self, now, horizon))
+    tree = CASES["low rate: runs go on past finishes, prefix caching"]
+    out, _ = _simulated(tree)
+    requests = len(out.table.finish)
+    assert len(starts) < 2.3 * requests
+    finishes_inside = sum(1 for f in out.table.finish if f not in set(starts))
+    assert finishes_inside > requests // 4  # finishes that no plan started from
+    starts.clear()
+    closed = _tree(workload={"concurrency": 4, "num_requests": 60, "output_len": {"distribution": "uniform",
+                                                                                  "mean": 64, "stdev": 30}})
+    out, _ = _simulated(closed)
+    assert set(out.table.finish) <= set(starts) | {out.makespan_s}
+
+
 def test_a_run_stops_before_an_arrival():
     """With arrivals spread out, runs end at each arrival, so that the engine can admit it."""
     out, _ = _simulated(CASES["chunked, Poisson arrivals, mixed lengths"])
@@ -119,19 +154,27 @@ def test_a_run_stops_before_an_arrival():
     assert np.median(waits) < 20 * step
 
 
-@settings(max_examples=40, deadline=None)
-@given(start=st.floats(0.0, 1e3), values=st.lists(st.floats(1e-9, 1.0), min_size=1, max_size=300),
-       count=st.integers(1, 300))
-def test_summed_adds_in_order(start, values, count):
-    """The run's accumulators add per-iteration seconds one at a time, as single iterations do."""
-    count = min(count, len(values))
-    expected = start
-    for v in values[:count]:
-        expected += v
-    constant = start
-    for _ in range(count):
-        constant += values[0]
-    assert _summed([start, start], [np.asarray(values), values[0]], count) == [expected, constant]
+@settings(max_examples=60, deadline=None)
+@given(groups=st.lists(st.tuples(st.integers(1, 40), st.sampled_from(["float", "list", "array"]), st.booleans(),
+                                 st.floats(0.0, 1.0)), min_size=1, max_size=60))
+def test_seconds_log_adds_in_iteration_order(groups):
+    """The log's totals are a running ``total += seconds`` per iteration, to the last bit, whether
+    a group of iterations adds one float each, a list or an array of one per iteration."""
+    log = SecondsLog(("a", "b"), ("gpu",))
+    rng = np.random.default_rng(len(groups))
+    expected = {"a": 0.0, "b": 0.0, "gpu": 0.0}
+    for count, kind, busy, value in groups:
+        per_iteration = rng.uniform(1e-6, 1e-2, count)
+        a = {"float": value, "list": per_iteration.tolist(), "array": per_iteration}[kind]
+        log.add(count, (a, value * 3), {"gpu": a} if busy else {})
+        for i in range(count):
+            seconds = value if kind == "float" else float(per_iteration[i])
+            expected["a"] += seconds
+            expected["b"] += value * 3
+            if busy:
+                expected["gpu"] += seconds
+    parts, resources = log.totals()
+    assert parts == {"a": expected["a"], "b": expected["b"]} and resources == {"gpu": expected["gpu"]}
 
 
 @settings(max_examples=12, deadline=None)
@@ -143,3 +186,81 @@ def test_decode_runs_match_single_iterations_on_random_schedulers(tree):
         _one_at_a_time(mp)
         alone, expected = _simulated(tree)
     assert out.table.finish == alone.table.finish and result == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(total=st.one_of(st.just(0.0), st.floats(0.0, 1e6), st.integers(0, 64).map(float)),
+       value=st.one_of(st.floats(1e-15, 10.0), st.integers(-60, 3).map(lambda e: 2.0 ** e),
+                       st.integers(1, 40).map(lambda i: 0.125 * i), st.just(0.1)),
+       count=st.integers(1, 3000))
+def test_repeated_sum_is_one_addition_at_a_time(total, value, count):
+    """The closed form of a float added many times is the loop's result to the last bit,
+    including the additions that tie (round half to even) and those that cross a binade."""
+    from sextant.serve.accounting import repeated_sum
+
+    expected = total
+    for _ in range(count):
+        expected += value
+    assert repeated_sum(total, value, count) == expected
+
+
+@functools.cache
+def _cost(host: str):
+    """An iteration cost of Llama 3.1 8B on one H100, its host seconds as ``host`` says."""
+    tree = _tree(scheduler={"cuda_graphs": host == "graphed"})
+    cost = run(ServeScenario.model_validate(tree))[2].engines[0].cost
+    if host in ("lagging", "synchronous"):  # a calibrated profile's per-layer launch cost
+        cost.host_s, cost.host_sync = 0.004, host == "synchronous"
+        cost._lines, cost._context_tables = {}, {}
+    return cost
+
+
+@pytest.mark.parametrize("host", ["none", "lagging", "synchronous", "graphed"])
+@settings(max_examples=60, deadline=None)
+@given(seqs=st.integers(1, 12), s0=st.integers(0, 30000), first=st.integers(1, 4000), length=st.integers(1, 300),
+       cut=st.one_of(st.none(), st.floats(0.0, 1.2)))
+def test_decode_run_is_decode_steps_one_at_a_time(host, seqs, s0, first, length, cut):
+    """Every way a run is evaluated (plain Python, the context table, NumPy over the run, each
+    with the host's seconds fixed or per iteration) gives the iterations decode_steps gives one
+    at a time: the same count before the horizon, the same ends and the same totals, to the bit."""
+    from sextant.serve.iteration import IterationCost
+
+    cost = _cost(host)
+    start, per_step = 12.5, float(seqs)
+    estimate = length * cost.decode_steps(seqs, s0 + per_step * first).duration
+    horizon = np.inf if cut is None else start + cut * estimate
+    seconds = SecondsLog(IterationCost.PARTS, IterationCost.RESOURCES)
+    for key in ("gemm", "attention", "gpu", "host_overhead"):
+        seconds.put(key, 3.0)
+    k, end, last = cost.decode_run(seqs, float(s0), per_step, first, length, start, horizon, seconds)
+
+    expected = dict.fromkeys((*IterationCost.PARTS, *IterationCost.RESOURCES), 0.0)
+    expected.update(dict.fromkeys(("gemm", "attention", "gpu", "host_overhead"), 3.0))
+    t = previous = start
+    steps = 0
+    for j in range(first, first + length):
+        if steps and t >= horizon:
+            break
+        one = cost.decode_steps(seqs, s0 + per_step * j)
+        for key, value in zip(IterationCost.PARTS, (one.gemm, one.elementwise, one.communication, one.attention,
+                                                    one.wait, one.host)):
+            expected[key] += value
+        for key, value in one.busy.items():
+            expected[key] += value
+        previous, t = t, t + one.duration
+        steps += 1
+    parts, busy = seconds.totals()
+    assert (k, end, last) == (steps, t, previous)
+    assert {**parts, **busy} == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(phase=st.lists(st.integers(0, 5), min_size=16, max_size=16), first=st.integers(0, 10_000),
+       steps=st.integers(0, 200))
+def test_blocks_taken_counts_each_steps_blocks(phase, first, steps):
+    """The blocks the steps after ``first`` take: the sequences whose phase is each step's
+    residue, added up step by step, as the tabulated cycle counts them."""
+    from sextant.serve.kv_blocks import BlockCycle, blocks_taken
+
+    by_step = sum(phase[(first + i) % 16] for i in range(1, steps + 1))
+    assert blocks_taken(phase, first, steps) == by_step == BlockCycle.after(phase, first).taken(steps)

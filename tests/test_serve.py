@@ -14,8 +14,8 @@ from sextant.cli.app import main
 from sextant.cost.inference import decode_time, prefill_time
 from sextant.errors import SpecError
 from sextant.serve.deploy import deploy_scenario
-from sextant.serve.engine import DONE
 from sextant.serve.predict import engine_config, predict_serve, run
+from sextant.serve.request_table import DONE
 from sextant.serve.requests import Requests, load_trace
 from sextant.spec.serving import ServeScenario
 

@@ -31,60 +31,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-
-from sextant.serve.iteration import DecodeSteps, IterationCost
-from sextant.serve.kv_blocks import BlockCycle
+from sextant.serve.accounting import SecondsLog
+from sextant.serve.iteration import IterationCost
+from sextant.serve.kv_blocks import BlockCycle, blocks_taken
 from sextant.serve.prefix_cache import PrefixCache
+from sextant.serve.request_table import DECODING, DONE, PREFILLING, SWAPPED, WAITING, RequestTable
 
-WAITING, PREFILLING, DECODING, SWAPPED, DONE = range(5)
 #: Fraction of KV blocks vLLM keeps free when admitting prompts (``watermark``, 1%).
 ADMISSION_WATERMARK = 0.01
-
-
-@dataclass
-class RequestTable:
-    """Per-request state shared by every engine of a simulation (plain lists: scalar access in
-    the event loop is faster than NumPy's)."""
-
-    arrival: list[float]
-    inp: list[int]
-    out: list[int]
-    first: list[float] = field(default_factory=list)
-    finish: list[float] = field(default_factory=list)
-    state: list[int] = field(default_factory=list)
-    gen: list[int] = field(default_factory=list)  # tokens generated so far (at the last event)
-    target: list[int] = field(default_factory=list)  # tokens the next prefill must process
-    done: list[int] = field(default_factory=list)  # of which prefilled so far (chunked)
-    held: list[int] = field(default_factory=list)  # KV blocks held outside the decode accounting
-    c0: list[int] = field(default_factory=list)
-    d0: list[int] = field(default_factory=list)
-    epoch: list[int] = field(default_factory=list)
-    #: Shared-prefix group of each request (-1: none) and the prefix's length in tokens.
-    group: list[int] = field(default_factory=list)
-    prefix_tokens: int = 0
-    #: Which repeated whole prompt each request sends (-1: a prompt of its own).
-    prompt: list[int] = field(default_factory=list)
-    shared: list[int] = field(default_factory=list)  # KV blocks reused from the prefix cache
-    preemptions: int = 0
-
-    def __post_init__(self) -> None:
-        n = len(self.arrival)
-        self.first = [-1.0] * n
-        self.finish = [-1.0] * n
-        self.state = [WAITING] * n
-        self.gen = [0] * n
-        self.target = list(self.inp)
-        self.done = [0] * n
-        self.held = [0] * n
-        self.c0 = [0] * n
-        self.d0 = [0] * n
-        self.epoch = [0] * n
-        self.group = list(self.group) if self.group else [-1] * n
-        self.prompt = list(self.prompt) if self.prompt else [-1] * n
-        self.shared = [0] * n
+#: A run up to an arrival evaluates this many times the iterations the last decode iteration's
+#: length predicts, in one piece (a finish shortens iterations; a short piece is continued).
+RUN_LOOKAHEAD = 1.5
 
 
 @dataclass
@@ -135,8 +94,8 @@ class Engine:
         self.finish_heap: list[tuple[int, int, int]] = []
         self.busy = False
         self.outstanding = 0
-        self.parts = dict.fromkeys(IterationCost.PARTS, 0.0)
-        self.resource_busy = dict.fromkeys(IterationCost.RESOURCES, 0.0)
+        #: Seconds per part and per resource, summed in iteration order.
+        self.seconds = SecondsLog(IterationCost.PARTS, IterationCost.RESOURCES)
         self.iterations = 0
         self.trace = trace
         self._plan: tuple | None = None
@@ -146,6 +105,10 @@ class Engine:
         #: Start of the last iteration planned while busy (None when idle): with async
         #: scheduling, the moment the next iteration's batch was chosen.
         self.last_start: float | None = None
+        #: Whether decode runs may go on past a finish (set by the simulator when nothing outside
+        #: the engine observes a finish before the run completes).
+        self.through_finishes = False
+        self._decode_s = math.inf  # the last decode iteration's seconds (to size a run's pieces)
 
     # ---- queue ----------------------------------------------------------------------------
     def enqueue(self, rid: int) -> None:
@@ -355,61 +318,109 @@ class Engine:
         comm += tcomm + swap_s
         device = gemm + ew + comm + attention
         cached = float(sum(r.done[rid] for rid, _ in chunks)) if cost.stream is not None else 0.0
-        device, moved, wait = self._charge(device, dec_tokens + prefill_tokens,
-                                           self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
-                                           prefill_tokens + n_dec, cached, draft_s)
+        device, moved, wait, busy = cost.charge(device, dec_tokens + prefill_tokens,
+                                                self.s0 + g * n_dec * step if n_dec else 0.0, n_dec,
+                                                prefill_tokens + n_dec, cached, draft_s)
         attention -= moved
         host = cost.host(device, graphed=0 < dec_tokens + prefill_tokens <= cost.graph_max_tokens)
         duration = device + host
-        self._account(gemm, ew, comm, attention, host, wait)
+        self._account(gemm, ew, comm, attention, host, wait, busy)
         self.iterations += 1
-        self._plan = ("step", int(decode), chunks)
+        self._plan = ("step", int(decode), chunks, [])
         self.last_start = now
         if self.trace is not None:
             self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
         return now + duration
 
     def _decode_run(self, now: float, horizon: float) -> float:
-        """Plan decode-only iterations from step ``D + 1`` (whose blocks are reserved) up to the
-        next finish; the time the last ends. The run stops early before a step whose blocks are
-        not free (it preempts, one iteration at a time) and before any iteration that would
-        start at or after ``horizon``; with a trace every iteration is planned alone. Between
-        finishes, arrivals and preemptions no decode-only iteration can turn into another kind:
-        nothing was admitted or swapped in this iteration, nothing was preempted to free blocks,
-        and free blocks only shrink while decoding, so nothing will be. Times and accumulated
-        parts are summed in iteration order, so the run is bit-identical to its iterations
-        planned one by one."""
-        cfg, cost = self.cfg, self.cost
-        n, first, g = self.n_dec, self.D + 1, cfg.tokens_per_step
-        one = cost.decode_steps(n, self.s0 + g * n * first)
-        end = now + one.duration
-        steps = 1 if self.trace is not None or end >= horizon else self.finish_heap[0][0] - self.D
-        if steps > 1 and horizon < math.inf:
-            # Decode iterations only lengthen as contexts grow, so no more than this many start
-            # before the horizon (a bound only: the run is cut exactly below).
-            steps = min(steps, 2 + int((horizon - now) / one.duration))
-        blocks = None if steps == 1 or cfg.reserve else BlockCycle.after(self.phase, first)
-        if blocks is not None:
-            steps = 1 + blocks.steps_within(self.free, steps - 1)
-        if steps == 1:
-            self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait)
-            for key, v in one.busy.items():
-                self.resource_busy[key] += v
-            self.iterations += 1
-            self._plan = ("step", 1, [])
-            self.last_start = now
-            if self.trace is not None:
-                self.trace.append(Iteration(now, one.duration, n, 0, 0))
-            return end
-        it = cost.decode_steps(n, self.s0 + g * n * np.arange(first, first + steps))
-        ends = np.cumsum(np.concatenate(([now], it.duration)))[1:]
-        steps = 1 + int(np.searchsorted(ends[:steps - 1], horizon, side="left"))
-        if blocks is not None:
-            self._use(blocks.taken(steps - 1))
-        self._account_steps(it, steps)
-        self._plan = ("step", steps, [])
-        self.last_start = float(ends[steps - 2]) if steps > 1 else now
-        return float(ends[steps - 1])
+        """Plan decode-only iterations from step ``D + 1`` (whose blocks are reserved); the time
+        the last ends. The run stops before a step whose blocks are not free (it preempts, one
+        iteration at a time) and before any iteration that would start at or after ``horizon``
+        (the next arrival); with a trace every iteration is planned alone. It stops at the next
+        finish too, unless the simulator lets it run through finishes (``through_finishes``: a
+        finish is then seen by nothing outside this engine) and nothing waits, is swapped out or
+        is part-way through its prefill, so that the blocks a finish frees can admit nothing: the
+        batch then shrinks and the run goes on (from one arrival to the next at low rates).
+        Between finishes, arrivals and preemptions no decode-only iteration can turn into another
+        kind: nothing was admitted or swapped in this iteration, nothing was preempted to free
+        blocks, and free blocks only shrink while decoding. Times and accumulated parts are
+        summed in iteration order, so the run is bit-identical to its iterations planned one by
+        one (IterationCost.decode_run)."""
+        if self.trace is not None or horizon <= now:
+            return self._decode_step(now)
+        through = self.through_finishes and not (self.waiting or self.swapped or self.prefilling)
+        t, done, finished, reserved = now, 0, [], True
+        last_start = now
+        while True:
+            step = self.D + done  # steps run before this piece
+            length = self._next_finish() - step
+            if horizon < math.inf:
+                length = min(length, 2 + int(RUN_LOOKAHEAD * (horizon - t) / self._decode_s))
+            k, t_next, start = self._run_piece(t, step + 1, length, horizon, reserved)
+            if k == 0:
+                break
+            done, t, last_start, reserved = done + k, t_next, start, False
+            if self._next_finish() == step + k:
+                self._finishers(step + k, t, finished)
+                if not through:
+                    break
+            if k < length or t >= horizon or self.n_dec == 0:
+                break
+        self._plan = ("step", done, [], finished)
+        self.last_start = last_start
+        return t
+
+    def _run_piece(self, t: float, first: int, length: int, horizon: float,
+                   reserved: bool) -> tuple[int, float, float]:
+        """Plan up to ``length`` decode-only iterations over the current batch from step
+        ``first`` at ``t`` (the first one's blocks already taken when ``reserved``), as many as
+        find their blocks and start before ``horizon``: (iterations, end of the last, its start)."""
+        n, block = self.n_dec, self.cfg.block_size
+        after = first if reserved else first - 1  # blocks are counted from the step after this
+        on_demand = not self.cfg.reserve
+        # Each sequence takes at most one block per block_size steps: with that many free, every
+        # step finds its blocks and the cycle need not be tabulated.
+        if on_demand and self.free < n * -(-(length - reserved) // block):
+            length = reserved + BlockCycle.after(self.phase, after).steps_within(self.free, length - reserved)
+            if length == 0:
+                return 0, t, t
+        k, end, last = self.cost.decode_run(n, self.s0, self.cfg.tokens_per_step * n, first, length, t, horizon,
+                                            self.seconds)
+        if on_demand:
+            self._use(blocks_taken(self.phase, after, k - reserved))
+        self.iterations += k
+        self._decode_s = end - last
+        return k, end, last
+
+    def _decode_step(self, now: float) -> float:
+        """One decode-only iteration (its blocks reserved); the time it ends."""
+        n, g = self.n_dec, self.cfg.tokens_per_step
+        one = self.cost.decode_steps(n, self.s0 + g * n * (self.D + 1))
+        self._account(one.gemm, one.elementwise, one.communication, one.attention, one.host, one.wait, one.busy)
+        self.iterations += 1
+        self._plan = ("step", 1, [], [])
+        self.last_start = now
+        if self.trace is not None:
+            self.trace.append(Iteration(now, one.duration, n, 0, 0))
+        return now + one.duration
+
+    def _next_finish(self) -> int:
+        """The step at which the next decoding request finishes (stale heap entries dropped: a
+        request that left decode since it was pushed)."""
+        heap, r = self.finish_heap, self.req
+        while heap and (r.epoch[heap[0][1]] != heap[0][2] or r.state[heap[0][1]] != DECODING):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def _finishers(self, step: int, end: float, finished: list[tuple[int, float]]) -> None:
+        """Take the requests that finish at ``step`` out of decode; their finish at ``end`` is
+        recorded when the iteration completes."""
+        heap, r = self.finish_heap, self.req
+        while heap and heap[0][0] <= step:
+            _, rid, ep = heapq.heappop(heap)
+            if r.epoch[rid] == ep and r.state[rid] == DECODING:
+                self._leave_decode(rid, step)
+                finished.append((rid, end))
 
     def _without_compute(self, now: float, swap_s: float) -> float | None:
         """An iteration with nothing to compute: swaps only, a new choice of batch for requests
@@ -425,7 +436,7 @@ class Engine:
 
     def _idle_swap(self, now: float, seconds: float) -> float:
         self._plan = ("swap",)
-        self.parts["communication"] += seconds
+        self.seconds.add(1, (0.0, 0.0, seconds, 0.0, 0.0, 0.0), {})
         return now + seconds
 
     def _watermark(self) -> int:
@@ -503,17 +514,13 @@ class Engine:
         handoff: list[int] = []
         if plan is None or plan[0] == "swap":
             return handoff
-        _, decode_steps, chunks = plan
+        _, decode_steps, chunks, finished = plan
         r = self.req
         if decode_steps:
             self.D += decode_steps
-            heap = self.finish_heap
-            while heap and heap[0][0] <= self.D:
-                _, rid, ep = heapq.heappop(heap)
-                if r.epoch[rid] != ep or r.state[rid] != DECODING:
-                    continue
-                self._leave_decode(rid, self.D)
-                self._finish(rid, end)
+            self._finishers(self.D, end, finished)
+            for rid, t in finished:
+                self._finish(rid, t)
         for rid, c in chunks:
             if r.state[rid] != PREFILLING:
                 continue
@@ -544,43 +551,16 @@ class Engine:
                 self._finish(rid, end)
         return handoff
 
-    def _account_steps(self, it: DecodeSteps, steps: int) -> None:
-        """Add the first ``steps`` of a run of decode-only iterations, one at a time in order."""
-        p, busy = self.parts, self.resource_busy
-        per_step = {"gemm": it.gemm, "elementwise": it.elementwise, "communication": it.communication,
-                    "attention": it.attention, "host_overhead": it.host, "offload_wait": it.wait}
-        totals = _summed([p[k] for k in per_step] + [busy[k] for k in it.busy],
-                         [*per_step.values(), *it.busy.values()], steps)
-        for key, total in zip([*per_step, *it.busy], totals):
-            (p if key in p else busy)[key] = total
-        self.iterations += steps
+    def _account(self, gemm, ew, comm, attention, host, wait=0.0, busy=None) -> None:
+        """Log one iteration's seconds by part (in IterationCost.PARTS order) and resource."""
+        self.seconds.add(1, (gemm, ew, comm, attention, wait, host), busy or {})
 
-    def _account(self, gemm, ew, comm, attention, host, wait=0.0) -> None:
-        p = self.parts
-        p["gemm"] += gemm
-        p["elementwise"] += ew
-        p["communication"] += comm
-        p["attention"] += attention
-        p["host_overhead"] += host
-        p["offload_wait"] += wait
+    @property
+    def parts(self) -> dict[str, float]:
+        """Seconds per part of an iteration, over every iteration so far."""
+        return self.seconds.totals()[0]
 
-    def _charge(self, device: float, tokens: int, decode_context: float, decode_seqs: int, new_tokens: int,
-                cached_prefill_tokens: float, draft_s: float = 0.0) -> tuple[float, float, float]:
-        """(device seconds, decode attention seconds moved to the CPU, seconds the GPU waits) of an
-        iteration (:meth:`IterationCost.charge`); records each resource's busy time."""
-        device, moved, wait, busy = self.cost.charge(device, tokens, decode_context, decode_seqs, new_tokens,
-                                                     cached_prefill_tokens, draft_s)
-        for k, v in busy.items():
-            self.resource_busy[k] += v
-        return device, moved, wait
-
-
-def _summed(totals: list[float], values: list, count: int) -> list[float]:
-    """Each of ``totals`` plus the first ``count`` of its per-iteration ``values`` (an array, or
-    one float for every iteration), added one at a time in order, as ``count`` separate
-    iterations would have added them (a cumulative sum is sequential; ``np.sum`` is not)."""
-    rows = np.empty((len(totals), count + 1))
-    rows[:, 0] = totals
-    for row, v in zip(rows, values):
-        row[1:] = v[:count] if isinstance(v, np.ndarray) else v
-    return rows.cumsum(axis=1)[:, -1].tolist()
+    @property
+    def resource_busy(self) -> dict[str, float]:
+        """Seconds each resource was busy, over every iteration so far."""
+        return self.seconds.totals()[1]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,8 +18,20 @@ from sextant.cost.inference import (
     token_time,
 )
 from sextant.cost.streaming import Streaming
+from sextant.serve.accounting import SecondsLog
 from sextant.spec.model import ModelSpec
 
+#: Decode runs of up to this many iterations are evaluated in plain Python (see
+#: IterationCost.decode_run): below it, float arithmetic one iteration at a time costs less than
+#: NumPy's per-call overhead (measured crossover on a 2-core cloud VM: 64-128 iterations).
+PYTHON_RUN_MAX = 96
+#: With a context table (see IterationCost._context_table) a run's iterations are a copy; past
+#: this many, that is cheaper than plain Python.
+TABLE_RUN_MIN = 16
+#: Context tables are kept for batches of up to this many sequences, from this many contexts up
+#: to that many (a few MB per batch size at most).
+CONTEXT_TABLE_SEQS = 8
+CONTEXT_TABLE_MIN, CONTEXT_TABLE_MAX = 1 << 12, 1 << 16
 #: Token counts are tabulated in blocks of this many, each the first time an iteration needs one:
 #: a simulation touches few distinct counts (its decode batches and prompt chunks), and a
 #: mixture-of-experts model's cost per count is not small.
@@ -98,6 +112,10 @@ class IterationCost:
         #: CPU's, the draft's the GPU's.
         self.on_host = on_host
         self.iteration_overhead_s = lay.iteration_overhead_s
+        #: Per batch size, the parts of a decode-only iteration that do not depend on its context.
+        self._lines: dict[int, tuple] = {}
+        #: Per small batch size, its plain decode-only iterations at each total context.
+        self._context_tables: dict[int, np.ndarray] = {}
         self.has_table = lay.dev.attention_table is not None
         #: CUDA graphs: iterations of up to ``graph_max_tokens`` tokens run their GEMMs and
         #: element-wise kernels from a captured graph, padded to a captured size; decode-only ones
@@ -204,17 +222,175 @@ class IterationCost:
         The engine's decode-only iteration, evaluated for a whole run at once in the same
         operation order as one at a time, so each entry is bit-identical to the iteration
         computed alone."""
+        line = self._lines.get(seqs)
+        if line is None:
+            line = self._lines[seqs] = self._decode_line(seqs)
+        gemm, tew, tcomm, work, write, launch, graphed, plain, same_host = line
+        attention = self.decode_per_ctx * context + write + launch
         top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
-        tg, tew, tcomm = self.token_parts(seqs)
-        gemm = tg + self.head(seqs)
-        graphed = 0 < seqs <= self.graph_max_tokens
-        attention = self.decode_attention(context, seqs, graphed)
-        device, moved, wait, busy = self.charge(gemm + tew + tcomm + attention, seqs, context, seqs, seqs, 0.0,
+        if plain:  # nothing offloaded or on the host: the GPU's work is the iteration's
+            device = work + attention
+            host = same_host if same_host is not None else self.host(device, top, graphed)
+            return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
+                               attention=attention, host=host, wait=0.0, busy={"gpu": device})
+        device, moved, wait, busy = self.charge(work + attention, seqs, context, seqs, seqs, 0.0,
                                                 top=top, bottom=bottom)
         attention = attention - moved
         host = self.host(device, top, graphed)
         return DecodeSteps(duration=device + host, gemm=gemm, elementwise=tew, communication=tcomm,
                            attention=attention, host=host, wait=wait, busy=busy)
+
+    def decode_run(self, seqs: int, s0: float, per_step: float, first: int, length: int, start: float,
+                   horizon: float, seconds: SecondsLog) -> tuple[int, float, float]:
+        """Plan up to ``length`` decode-only iterations over ``seqs`` sequences from step
+        ``first``, the first starting at ``start``: as many as start before ``horizon``. Step
+        ``j`` attends to ``s0 + per_step * j`` cached tokens in all. Adds their seconds to
+        ``seconds`` and returns (iterations, end of the last, start of the last).
+
+        Each iteration is :meth:`decode_steps`'s, in the same operations, and its seconds are
+        added in iteration order, so the run is bit-identical to its iterations one at a time. A
+        short run is evaluated in plain Python, keeping the running totals as it goes (a handful
+        of NumPy calls costs more than ~50 iterations of float arithmetic); a long one in NumPy,
+        with one sequential cumulative sum for the iterations' ends and the totals."""
+        line = self._lines.get(seqs)
+        if line is None:
+            line = self._lines[seqs] = self._decode_line(seqs)
+        gemm, tew, tcomm, work, write, launch, _, plain, same_host = line
+        if not plain:
+            return self._decode_run_streamed(seqs, s0, per_step, first, length, start, horizon, seconds)
+        if length > (TABLE_RUN_MIN if seqs <= CONTEXT_TABLE_SEQS else PYTHON_RUN_MAX):
+            return self._decode_run_array(seqs, s0, per_step, first, length, start, horizon, seconds)
+        dpc, spare, overhead = self.decode_per_ctx, self.host_s, self.iteration_overhead_s
+        total_a, total_d, total_h = seconds.get("attention"), seconds.get("gpu"), seconds.get("host_overhead")
+        t = last = start
+        j, stop = first, first + length
+        while True:  # one iteration, then the next while it starts before the horizon
+            a = dpc * (s0 + per_step * j) + write + launch
+            d = work + a
+            total_a += a
+            total_d += d
+            last = t
+            if same_host is not None:
+                t = t + (d + same_host)
+            else:
+                h = max(spare - d, 0.0) + overhead
+                total_h += h
+                t = t + (d + h)
+            j += 1
+            if j == stop or t >= horizon:
+                break
+        k, end = j - first, t
+        seconds.put("attention", total_a)
+        seconds.put("gpu", total_d)
+        seconds.put("host_overhead", total_h)
+        seconds.add(k, (gemm, tew, tcomm, 0.0, 0.0, same_host or 0.0), {})
+        return k, end, last
+
+    def _decode_run_array(self, seqs: int, s0: float, per_step: float, first: int, length: int, start: float,
+                          horizon: float, seconds: SecondsLog) -> tuple[int, float, float]:
+        """decode_run for a longer run of plain iterations, in NumPy: each iteration's seconds
+        from the context table where there is one, else computed for the run, then one
+        cumulative sum for the ends and the running totals."""
+        gemm, tew, tcomm, _, _, _, _, _, same_host = self._lines[seqs]
+        varying = ("attention", "gpu") if same_host is not None else ("attention", "gpu", "host_overhead")
+        # The parts every iteration adds alike ride along in the same cumulative sum.
+        alike = [(key, value) for key, value in (("gemm", gemm), ("elementwise", tew), ("communication", tcomm),
+                                                 ("host_overhead", same_host)) if value]
+        keys = (*varying, *(key for key, _ in alike))
+        rows = np.empty((1 + len(keys), length + 1))
+        rows[0, 0] = start
+        for i, key in enumerate(keys, start=1):
+            rows[i, 0] = seconds.get(key)
+        for i, (_, value) in enumerate(alike, start=1 + len(varying)):
+            rows[i, 1:] = value
+        context = s0 + per_step * first  # total context of the first iteration: a whole number
+        table = (self._context_table(seqs, int(context + per_step * length))
+                 if context.is_integer() and per_step.is_integer() else None)
+        if table is not None:
+            c, stride = int(context), int(per_step)
+            rows[:1 + len(varying), 1:] = table[:, c:c + stride * length:stride]
+        else:
+            np.multiply(np.arange(first, first + length, dtype=float), per_step, out=rows[1, 1:])
+            rows[1, 1:] += s0
+            self._fill_plain(seqs, rows[:, 1:])
+        rows.cumsum(axis=1, out=rows)  # sequential along each row: the ends, then running totals
+        ends = rows[0]
+        k = length if horizon == math.inf else 1 + int(ends[1:length].searchsorted(horizon))
+        (last, end), *totals = rows[:, k - 1:k + 1].tolist()
+        for key, (_, total) in zip(keys, totals):
+            seconds.put(key, total)
+        return k, end, last
+
+    def _fill_plain(self, seqs: int, out: np.ndarray) -> None:
+        """Plain decode-only iterations over ``seqs`` sequences, in place: given each one's total
+        context in ``out[1]``, write its (duration, attention, device[, host]) seconds into
+        ``out[0]``, ``out[1]``, ``out[2]`` (and ``out[3]`` where the host's seconds vary), in
+        decode_steps' operations (each commutative, so ``x += c`` is ``c + x``)."""
+        _, _, _, work, write, launch, _, _, same_host = self._lines[seqs]
+        duration, attention, device = out[0], out[1], out[2]
+        attention *= self.decode_per_ctx
+        attention += write
+        attention += launch
+        np.add(attention, work, out=device)
+        if same_host is not None:
+            np.add(device, same_host, out=duration)
+        else:
+            host = out[3]
+            np.subtract(self.host_s, device, out=host)
+            np.maximum(host, 0.0, out=host)
+            host += self.iteration_overhead_s
+            np.add(device, host, out=duration)
+
+    def _context_table(self, seqs: int, top: int) -> np.ndarray | None:
+        """Plain decode-only iterations over ``seqs`` sequences at every total context from 0 past
+        ``top``, as rows (duration, attention, device[, host]); None where that table would be
+        too large. At low arrival rates a simulation decodes a few sequences at a time and
+        revisits the same (sequences, context) pairs a hundredfold, so a run copies its
+        iterations out of the table instead of computing them."""
+        table = self._context_tables.get(seqs)
+        if table is not None and table.shape[1] > top:
+            return table
+        size = max(1 << max(top, 1).bit_length(), CONTEXT_TABLE_MIN)
+        if seqs > CONTEXT_TABLE_SEQS or size > CONTEXT_TABLE_MAX:
+            return None
+        table = np.empty((3 if self._lines[seqs][-1] is not None else 4, size))
+        table[1] = np.arange(size, dtype=float)
+        self._fill_plain(seqs, table)
+        self._context_tables[seqs] = table
+        return table
+
+    def _decode_run_streamed(self, seqs: int, s0: float, per_step: float, first: int, length: int, start: float,
+                             horizon: float, seconds: SecondsLog) -> tuple[int, float, float]:
+        """decode_run for iterations whose weights or KV stream in, or that run on the host."""
+        it = self.decode_steps(seqs, s0 + per_step * np.arange(first, first + length))
+        ends = np.empty(length + 1)
+        ends[0] = start
+        ends[1:] = it.duration
+        ends.cumsum(out=ends)  # sequential: ends[i] is the end of the i-th iteration
+        k = length if horizon == math.inf else 1 + int(ends[1:length].searchsorted(horizon))
+
+        def first_k(v):
+            return v[:k] if isinstance(v, np.ndarray) else v
+        seconds.add(k, (it.gemm, it.elementwise, it.communication, first_k(it.attention), first_k(it.wait),
+                        first_k(it.host)), {key: first_k(v) for key, v in it.busy.items()})
+        last, end = ends[k - 1:k + 1].tolist()
+        return k, end, last
+
+    def _decode_line(self, seqs: int) -> tuple:
+        """What a decode-only iteration over ``seqs`` sequences costs apart from its context: its
+        GEMM, element-wise and communication seconds, their sum, the KV it writes, the attention
+        kernel's launch, whether it replays a CUDA graph, whether its device seconds are the
+        GPU's alone (nothing streamed or on the host), and the host's seconds where they do not
+        depend on the device's (see host(): a replayed graph, a synchronous host, or a host
+        whose layer launches a device-bound iteration always hides), else None."""
+        tg, tew, tcomm = self.token_parts(seqs)
+        gemm = tg + self.head(seqs)
+        graphed = 0 < seqs <= self.graph_max_tokens
+        launch = self.graph_launch_s if graphed else self.launch_s
+        plain = self.stream is None and not self.on_host
+        # Device seconds are positive, so with no host seconds to hide max(host_s - device, 0) is 0.
+        same_host = self.host(0.0, graphed=graphed) if graphed or self.host_sync or self.host_s <= 0.0 else None
+        return gemm, tew, tcomm, gemm + tew + tcomm, self.write_s * seqs, launch, graphed, plain, same_host
 
 
 def _tabulate(blocks: dict[int, list[tuple[float, float, float]]], model: ModelSpec, lay: Layout,
@@ -243,8 +419,7 @@ class Speculation:
         return speculative_tokens_per_step(self.acceptance_rate, self.tokens)
 
 
-@dataclass(frozen=True)
-class DecodeSteps:
+class DecodeSteps(NamedTuple):
     """Seconds of one decode-only iteration (floats), or per iteration of a run of them (arrays,
     one entry per iteration; a float is the same for every iteration)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from itertools import accumulate
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,10 @@ class BlockCycle:
     @classmethod
     def after(cls, phase: list[int], first: int) -> BlockCycle:
         size = len(phase)
-        prefix = [0] * size
-        for r in range(1, size):
-            prefix[r] = prefix[r - 1] + phase[(first + r) % size]
-        return cls(prefix[-1] + phase[first % size], prefix)
+        s = (first + 1) % size
+        turned = phase[s:] + phase[:s]  # the blocks of steps first + 1, first + 2, ..., first + size
+        prefix = [0, *accumulate(turned[:-1])]
+        return cls(prefix[-1] + turned[-1], prefix)
 
     def taken(self, later: int) -> int:
         """Blocks the ``later`` steps after the run's first take."""
@@ -41,3 +42,15 @@ class BlockCycle:
         whole = free // self.cycle  # every step inside whole cycles that fit does
         rest = bisect.bisect_right(self.prefix, free - whole * self.cycle) - 1
         return min(later, whole * len(self.prefix) + rest)
+
+
+def blocks_taken(phase: list[int], first: int, steps: int) -> int:
+    """Blocks the ``steps`` steps after step ``first`` take (``BlockCycle.after(phase,
+    first).taken(steps)``, without tabulating the cycle)."""
+    size = len(phase)
+    whole, rest = divmod(steps, size)
+    s = (first + 1) % size
+    tail = phase[s:s + rest]
+    if len(tail) < rest:
+        tail = tail + phase[:rest - len(tail)]
+    return whole * sum(phase) + sum(tail)

@@ -19,8 +19,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from sextant.serve.engine import Engine, EngineConfig, Iteration, RequestTable
+from sextant.serve.engine import Engine, EngineConfig, Iteration
 from sextant.serve.iteration import IterationCost
+from sextant.serve.request_table import RequestTable
 from sextant.serve.requests import Requests
 from sextant.serve.static_engine import StaticEngine
 
@@ -102,6 +103,12 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
 
     decoders = [make(f"replica{i}" if prefill_engines == 0 else f"decode{i}", config) for i in range(engines)]
     prefillers = [make(f"prefill{i}", prefill_config) for i in range(prefill_engines)] if prefill_config else []
+    # A decode run may go on past a finish when nothing outside its engine looks at that finish
+    # before the run completes: no closed loop sending the next request at the finish, and no
+    # router choosing by outstanding requests (prefill instances already cut runs to one step).
+    through = requests.concurrency is None and (router == "round_robin" or len(decoders) == 1)
+    for e in decoders:
+        e.through_finishes = through
     end, transfers = _run(table, decoders, prefillers, router, kv_transfer_s, progress, requests.concurrency)
     return SimulationOutput(table=table, engines=decoders, prefill_engines=prefillers, makespan_s=end,
                             traces=traces, kv_transfers=transfers)

@@ -46,9 +46,9 @@ class StaticEngine(Engine):
                                         for rid in batch)
         gemm = g + cost.head(n)
         device = gemm + ew + comm + attention
-        device, _, wait = self._charge(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
+        device, _, wait, busy = cost.charge(device, prompt_tokens, 0.0, 0, prompt_tokens, 0.0)
         host = cost.host(device)
-        self._account(gemm, ew, comm, attention, host, wait)
+        self._account(gemm, ew, comm, attention, host, wait, busy)
         self.iterations += 1
         first_token_at = now + device + host
         if self.trace is not None:
@@ -59,7 +59,9 @@ class StaticEngine(Engine):
             it = cost.decode_steps(n, float(prompt_tokens) + n * np.arange(1, steps + 1))
             ends = np.cumsum(np.concatenate(([first_token_at], it.duration)))
             step_end = ends.tolist()
-            self._account_steps(it, steps)
+            self.seconds.add(steps, (it.gemm, it.elementwise, it.communication, it.attention, it.wait, it.host),
+                             it.busy)
+            self.iterations += steps
             if self.trace is not None:
                 self.trace.extend(Iteration(start, float(d), n, 0, 0) for start, d in zip(step_end, it.duration))
         for rid in batch:
