@@ -5,7 +5,8 @@ Each iteration adds its seconds to each running total, one iteration at a time, 
 iterations planned at once gives the totals, to the last bit, that the same iterations planned one
 by one give (floating-point addition is not associative: a sum in another order, or NumPy's
 pairwise ``np.sum``, differs in the last bits). The additions are made in C where that is cheap:
-``functools.reduce`` over a list or a repeated float, a cumulative sum over an array.
+``functools.reduce`` over a list or a float repeated a few times, a closed form for a float repeated
+many times (``repeated_sum``), a cumulative sum over an array.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ def repeated_sum(total: float, value: float, count: int) -> float:
     return total
 
 
-def _plus(total: float, value, count: int) -> float:
-    """added(), with the cases of a decode run's columns first (this runs per column of every
-    iteration group a simulation plans)."""
+def added(total: float, value, count: int) -> float:
+    """``total`` plus ``count`` iterations' seconds, one at a time in order: ``value`` is a float
+    that each iteration adds, or a list or array of one per iteration. (This runs per column of
+    every group of iterations a simulation plans: the cases are in order of frequency.)"""
     cls = value.__class__
     if cls is float:
         if not value:
-            return total
+            return total  # adding 0.0 changes no total (all seconds are non-negative)
         if count == 1:
             return total + value
         if count < CLOSED_FORM_MIN:
@@ -66,25 +68,13 @@ def _plus(total: float, value, count: int) -> float:
         return repeated_sum(total, value, count)
     if cls is list:
         return reduce(operator.add, value, total)
-    return added(total, value, count)
-
-
-def added(total: float, value, count: int) -> float:
-    """``total`` plus ``count`` iterations' seconds, one at a time in order: ``value`` is a float
-    that each iteration adds, or a list or array of one per iteration."""
-    if isinstance(value, float | int):
-        if not value:
-            return total  # adding 0.0 changes no total (all seconds are non-negative)
-        if count >= CLOSED_FORM_MIN:
-            return repeated_sum(total, float(value), count)
-        return total + value if count == 1 else reduce(operator.add, repeat(float(value), count), total)
     if isinstance(value, np.ndarray):
         # A cumulative sum adds one element at a time, in order.
         ends = np.empty(len(value) + 1)
         ends[0] = total
         ends[1:] = value
         return float(ends.cumsum()[-1])
-    return reduce(operator.add, value, total)
+    return added(total, float(value), count)  # another real number (an int, a NumPy scalar)
 
 
 class SecondsLog:
@@ -102,16 +92,10 @@ class SecondsLog:
         seconds per resource; a value is a float for every iteration or a list or array of one
         per iteration."""
         t = self._totals
-        if count == 1:  # one iteration, usually of floats, added inline (the common case)
-            for key, value in zip(self.parts, parts):
-                t[key] = t[key] + value if value.__class__ is float else _plus(t[key], value, 1)
-            for key, value in busy.items():
-                t[key] = t[key] + value if value.__class__ is float else _plus(t[key], value, 1)
-            return
         for key, value in zip(self.parts, parts):
-            t[key] = _plus(t[key], value, count)
+            t[key] = added(t[key], value, count)
         for key, value in busy.items():
-            t[key] = _plus(t[key], value, count)
+            t[key] = added(t[key], value, count)
 
     def get(self, key: str) -> float:
         return self._totals[key]

@@ -310,9 +310,8 @@ class IterationCost:
             c, stride = int(context), int(per_step)
             rows[:1 + len(varying), 1:] = table[:, c:c + stride * length:stride]
         else:
-            np.multiply(np.arange(first, first + length, dtype=float), per_step, out=rows[1, 1:])
-            rows[1, 1:] += s0
-            self._fill_plain(seqs, rows[:, 1:])
+            for i, column in enumerate(self._plain_columns(seqs, s0 + per_step * np.arange(first, first + length))):
+                rows[i, 1:] = column
         rows.cumsum(axis=1, out=rows)  # sequential along each row: the ends, then running totals
         ends = rows[0]
         k = length if horizon == math.inf else 1 + int(ends[1:length].searchsorted(horizon))
@@ -321,25 +320,12 @@ class IterationCost:
             seconds.put(key, total)
         return k, end, last
 
-    def _fill_plain(self, seqs: int, out: np.ndarray) -> None:
-        """Plain decode-only iterations over ``seqs`` sequences, in place: given each one's total
-        context in ``out[1]``, write its (duration, attention, device[, host]) seconds into
-        ``out[0]``, ``out[1]``, ``out[2]`` (and ``out[3]`` where the host's seconds vary), in
-        decode_steps' operations (each commutative, so ``x += c`` is ``c + x``)."""
-        _, _, _, work, write, launch, _, _, same_host = self._lines[seqs]
-        duration, attention, device = out[0], out[1], out[2]
-        attention *= self.decode_per_ctx
-        attention += write
-        attention += launch
-        np.add(attention, work, out=device)
-        if same_host is not None:
-            np.add(device, same_host, out=duration)
-        else:
-            host = out[3]
-            np.subtract(self.host_s, device, out=host)
-            np.maximum(host, 0.0, out=host)
-            host += self.iteration_overhead_s
-            np.add(device, host, out=duration)
+    def _plain_columns(self, seqs: int, context: np.ndarray) -> tuple[np.ndarray, ...]:
+        """decode_steps' plain iterations at each ``context``, as (duration, attention, device)
+        seconds, and host seconds where they vary from one iteration to the next."""
+        it = self.decode_steps(seqs, context)
+        varying_host = (it.host,) if isinstance(it.host, np.ndarray) else ()
+        return (it.duration, it.attention, it.busy["gpu"], *varying_host)
 
     def _context_table(self, seqs: int, top: int) -> np.ndarray | None:
         """Plain decode-only iterations over ``seqs`` sequences at every total context from 0 past
@@ -353,9 +339,7 @@ class IterationCost:
         size = max(1 << max(top, 1).bit_length(), CONTEXT_TABLE_MIN)
         if seqs > CONTEXT_TABLE_SEQS or size > CONTEXT_TABLE_MAX:
             return None
-        table = np.empty((3 if self._lines[seqs][-1] is not None else 4, size))
-        table[1] = np.arange(size, dtype=float)
-        self._fill_plain(seqs, table)
+        table = np.array(self._plain_columns(seqs, np.arange(size, dtype=float)))
         self._context_tables[seqs] = table
         return table
 
