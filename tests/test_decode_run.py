@@ -95,6 +95,37 @@ def test_decode_runs_are_bit_identical_to_single_iterations(name, monkeypatch):
     assert result == expected
 
 
+def _every_iteration_through_the_heap(monkeypatch) -> None:
+    """The event loop completes every iteration itself: no engine runs ahead to the next arrival."""
+    from sextant.serve import simulator
+
+    ahead = simulator._run_ahead
+    monkeypatch.setattr(simulator, "_run_ahead", lambda e, t, horizon, _: ahead(e, t, horizon, False))
+
+
+def _simulated_with_progress(tree: dict):
+    ticks: list[tuple[int, int]] = []
+    res, requests, out = run(ServeScenario.model_validate(tree), progress=lambda done, total: ticks.append(done))
+    return out, summarise(res, requests, out).model_dump(), ticks
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_running_ahead_to_the_next_arrival_changes_nothing(name, monkeypatch):
+    """An engine whose iteration ends before the next arrival completes it and plans the next at
+    once, without a round through the event heap: every time, total, the makespan and the count
+    the progress bar ends at are those of the loop that completes each iteration itself."""
+    out, result, ticks = _simulated_with_progress(CASES[name])
+    _every_iteration_through_the_heap(monkeypatch)
+    alone, expected, alone_ticks = _simulated_with_progress(CASES[name])
+    assert (out.table.first, out.table.finish) == (alone.table.first, alone.table.finish)
+    assert out.makespan_s == alone.makespan_s
+    for mine, theirs in zip(out.engines, alone.engines, strict=True):
+        assert (mine.parts, mine.iterations, mine.peak_used) == (theirs.parts, theirs.iterations, theirs.peak_used)
+    assert result == expected
+    assert ticks[-1] == alone_ticks[-1] == len(out.table.finish)
+    assert ticks == sorted(ticks)
+
+
 def test_tight_cache_cases_do_preempt():
     """The preemption cases above test what they claim to: blocks run out mid-run."""
     for name in ("tight cache, recompute preemption", "tight cache, swap preemption"):
@@ -186,6 +217,11 @@ def test_decode_runs_match_single_iterations_on_random_schedulers(tree):
         _one_at_a_time(mp)
         alone, expected = _simulated(tree)
     assert out.table.finish == alone.table.finish and result == expected
+    with pytest.MonkeyPatch.context() as mp:
+        _every_iteration_through_the_heap(mp)
+        through_heap, expected = _simulated(tree)
+    assert out.table.finish == through_heap.table.finish and result == expected
+    assert out.makespan_s == through_heap.makespan_s
 
 
 @settings(max_examples=400, deadline=None)
@@ -217,21 +253,23 @@ def _cost(host: str):
 
 @pytest.mark.parametrize("host", ["none", "lagging", "synchronous", "graphed"])
 @settings(max_examples=60, deadline=None)
-@given(seqs=st.integers(1, 12), s0=st.integers(0, 30000), first=st.integers(1, 4000), length=st.integers(1, 300),
-       cut=st.one_of(st.none(), st.floats(0.0, 1.2)))
-def test_decode_run_is_decode_steps_one_at_a_time(host, seqs, s0, first, length, cut):
-    """Every way a run is evaluated (plain Python, the context table, NumPy over the run, each
-    with the host's seconds fixed or per iteration) gives the iterations decode_steps gives one
-    at a time: the same count before the horizon, the same ends and the same totals, to the bit."""
+@given(seqs=st.integers(1, 12), s0=st.one_of(st.integers(0, 30000), st.floats(0.0, 30000.0)),
+       first=st.integers(1, 4000), length=st.integers(1, 300), cut=st.one_of(st.none(), st.floats(0.0, 1.2)),
+       tokens_per_step=st.sampled_from([1.0, 2.0, 1.7]))
+def test_decode_run_is_decode_steps_one_at_a_time(host, seqs, s0, first, length, cut, tokens_per_step):
+    """Every way a run is evaluated (plain Python stepping whole contexts or computing each,
+    the context table, NumPy over the run, each with the host's seconds fixed or per iteration)
+    gives the iterations decode_steps gives one at a time: the same count before the horizon,
+    the same ends and the same totals, to the bit (contexts are fractional with speculative
+    decoding's expected tokens per step)."""
     from sextant.serve.iteration import IterationCost
 
     cost = _cost(host)
-    start, per_step = 12.5, float(seqs)
+    start, per_step = 12.5, tokens_per_step * seqs
     estimate = length * cost.decode_steps(seqs, s0 + per_step * first).duration
     horizon = np.inf if cut is None else start + cut * estimate
     seconds = SecondsLog(IterationCost.PARTS, IterationCost.RESOURCES)
-    for key in ("gemm", "attention", "gpu", "host_overhead"):
-        seconds.put(key, 3.0)
+    seconds.store(("gemm", "attention", "gpu", "host_overhead"), [3.0] * 4)
     k, end, last = cost.decode_run(seqs, float(s0), per_step, first, length, start, horizon, seconds)
 
     expected = dict.fromkeys((*IterationCost.PARTS, *IterationCost.RESOURCES), 0.0)
@@ -264,3 +302,18 @@ def test_blocks_taken_counts_each_steps_blocks(phase, first, steps):
 
     by_step = sum(phase[(first + i) % 16] for i in range(1, steps + 1))
     assert blocks_taken(phase, first, steps) == by_step == BlockCycle.after(phase, first).taken(steps)
+    assert blocks_taken(phase, first, steps, sum(phase)) == by_step
+
+
+@settings(max_examples=100, deadline=None)
+@given(iterations=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.booleans()), min_size=1,
+                           max_size=30))
+def test_seconds_log_adds_one_iteration_as_add_does(iterations):
+    """add_one is add(1, ...) for an iteration's real numbers (floats, ints, NumPy scalars)."""
+    one, many = SecondsLog(("a", "b"), ("gpu",)), SecondsLog(("a", "b"), ("gpu",))
+    for a, b, scalar in iterations:
+        parts = (np.float64(a), 0) if scalar else (a, b)
+        one.add_one(parts, {"gpu": a + b})
+        many.add(1, parts, {"gpu": a + b})
+    assert one.totals() == many.totals()
+    assert all(type(v) is float for totals in one.totals() for v in totals.values())

@@ -79,31 +79,46 @@ def added(total: float, value, count: int) -> float:
 
 class SecondsLog:
     """Seconds per key (an iteration's parts, the resources it keeps busy), added one group of
-    iterations at a time: ``add(count, parts, busy)``; ``totals()`` is every key's sum. A caller
-    that adds iteration by iteration itself (a decode run evaluated in plain Python) reads a
-    running total with ``get`` and stores it back with ``put``."""
+    iterations at a time: ``add(count, parts, busy)``, or one with ``add_one``; ``totals()`` is
+    every key's sum. A caller that adds iteration by iteration itself (a decode run evaluated in
+    plain Python or NumPy) reads and writes ``running``, or ``values`` and ``store``."""
 
     def __init__(self, parts: tuple[str, ...], resources: tuple[str, ...]) -> None:
         self.parts, self.resources = parts, resources
-        self._totals = dict.fromkeys((*parts, *resources), 0.0)
+        #: Each key's sum so far (a caller adding iteration by iteration reads and writes it).
+        self.running = dict.fromkeys((*parts, *resources), 0.0)
 
     def add(self, count: int, parts: tuple, busy: dict) -> None:
         """``count`` iterations that add ``parts`` (in the order of ``self.parts``) and ``busy``
         seconds per resource; a value is a float for every iteration or a list or array of one
         per iteration."""
-        t = self._totals
+        t = self.running
         for key, value in zip(self.parts, parts):
             t[key] = added(t[key], value, count)
         for key, value in busy.items():
             t[key] = added(t[key], value, count)
 
-    def get(self, key: str) -> float:
-        return self._totals[key]
+    def add_one(self, parts: tuple, busy: dict) -> None:
+        """One iteration's seconds: ``add(1, parts, busy)`` with real numbers, without a call per
+        key (this runs for every iteration planned alone)."""
+        t = self.running
+        for key, value in zip(self.parts, parts):
+            if value:  # adding 0.0 changes no total
+                t[key] = t[key] + (value if value.__class__ is float else float(value))
+        for key, value in busy.items():
+            if value:
+                t[key] = t[key] + (value if value.__class__ is float else float(value))
 
-    def put(self, key: str, total: float) -> None:
-        self._totals[key] = total
+    def values(self, keys: tuple[str, ...]) -> list[float]:
+        """The running totals of ``keys``, in order."""
+        t = self.running
+        return [t[key] for key in keys]
+
+    def store(self, keys: tuple[str, ...], totals: list[float]) -> None:
+        """Set the running totals of ``keys`` (a caller that added to them itself)."""
+        self.running.update(zip(keys, totals))
 
     def totals(self) -> tuple[dict[str, float], dict[str, float]]:
         """(seconds per part, seconds per resource) so far."""
-        t = self._totals
+        t = self.running
         return {k: t[k] for k in self.parts}, {k: t[k] for k in self.resources}

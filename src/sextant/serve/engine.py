@@ -109,6 +109,9 @@ class Engine:
         #: the engine observes a finish before the run completes).
         self.through_finishes = False
         self._decode_s = math.inf  # the last decode iteration's seconds (to size a run's pieces)
+        #: Seconds of an iteration that prefills one prompt chunk alone, by (chunk, tokens cached
+        #: before it, prompt): see start.
+        self._lone_prefills: dict[tuple[int, int, int], tuple] = {}
 
     # ---- queue ----------------------------------------------------------------------------
     def enqueue(self, rid: int) -> None:
@@ -133,16 +136,12 @@ class Engine:
         if self.prefix.blocks > self.free:
             self.prefix.shrink_to(self.free)
 
-    def _steps_left(self, rid: int) -> int:
-        g = self.cfg.tokens_per_step
-        remaining = self.req.out[rid] - self.req.gen[rid]
-        return remaining if g == 1.0 else int(math.ceil(remaining / g))
-
     def _enter_decode(self, rid: int) -> bool:
         """After a prefill (or a swap-in): start decoding, or finish if nothing is left.
         Returns True if the request finished."""
-        r = self.req
-        steps = self._steps_left(rid)
+        r, g = self.req, self.cfg.tokens_per_step
+        remaining = r.out[rid] - r.gen[rid]
+        steps = remaining if g == 1.0 else int(math.ceil(remaining / g))
         if steps <= 0:
             return True
         c0 = r.inp[rid] + r.gen[rid] - 1
@@ -150,7 +149,6 @@ class Engine:
         r.c0[rid] = c0
         r.d0[rid] = self.D
         r.epoch[rid] += 1
-        g = self.cfg.tokens_per_step
         self.n_dec += 1
         self.s0 += c0 - g * self.D
         if not self.cfg.reserve:
@@ -297,18 +295,40 @@ class Engine:
                 and not cost.on_host):
             return self._decode_run(now, horizon)
         n_dec = self.n_dec if decode else 0
-        g = cfg.tokens_per_step
+        # A lone prompt (vLLM's prefill-first iterations at low load) costs what its length and
+        # cached prefix say, whatever else the engine holds: costed once per (chunk, cached) pair.
+        alone = (chunks[0][1], r.done[chunks[0][0]], r.target[chunks[0][0]]) \
+            if not n_dec and len(chunks) == 1 and swap_s == 0.0 and cost.stream is None else None
+        seconds = self._lone_prefills.get(alone) if alone else None
+        if seconds is None:
+            seconds = self._iteration_seconds(chunks, n_dec, swap_s)
+            if alone:
+                self._lone_prefills[alone] = seconds
+        gemm, ew, comm, attention, host, wait, busy, duration, prefill_tokens = seconds
+        self._account(gemm, ew, comm, attention, host, wait, busy)
+        self.iterations += 1
+        self._plan = ("step", int(decode), chunks, [])
+        self.last_start = now
+        if self.trace is not None:
+            self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
+        return now + duration
+
+    def _iteration_seconds(self, chunks: list[tuple[int, int]], n_dec: int, swap_s: float) -> tuple:
+        """What an iteration that decodes ``n_dec`` sequences (at step D + 1) and prefills
+        ``chunks`` costs: (GEMM, element-wise, communication, attention, host, offload wait
+        seconds, busy seconds per resource, duration, prompt tokens)."""
+        r, cost, g = self.req, self.cost, self.cfg.tokens_per_step
         step = self.D + 1
-        prefill_tokens = sum(c for _, c in chunks)
-        completing = sum(1 for rid, c in chunks if r.done[rid] + c >= r.target[rid])
         attention = gemm = ew = comm = draft_s = 0.0
-        dec_tokens = 0
+        dec_tokens = prefill_tokens = completing = 0
         if n_dec:
             draft_s, attention, dec_tokens = cost.decode_work(n_dec, self.s0 + g * n_dec * step)
             gemm = draft_s
         if chunks:
             for rid, c in chunks:
                 done = r.done[rid]
+                prefill_tokens += c
+                completing += done + c >= r.target[rid]
                 ratio = cost.efficiency_ratio(done + c) if cost.has_table else 1.0
                 attention += cost.prefill_attention(c, done, ratio)
             attention += cost.launch_s
@@ -323,14 +343,7 @@ class Engine:
                                                 prefill_tokens + n_dec, cached, draft_s)
         attention -= moved
         host = cost.host(device, graphed=0 < dec_tokens + prefill_tokens <= cost.graph_max_tokens)
-        duration = device + host
-        self._account(gemm, ew, comm, attention, host, wait, busy)
-        self.iterations += 1
-        self._plan = ("step", int(decode), chunks, [])
-        self.last_start = now
-        if self.trace is not None:
-            self.trace.append(Iteration(now, duration, n_dec, prefill_tokens, len(chunks)))
-        return now + duration
+        return gemm, ew, comm, attention, host, wait, busy, device + host, prefill_tokens
 
     def _decode_run(self, now: float, horizon: float) -> float:
         """Plan decode-only iterations from step ``D + 1`` (whose blocks are reserved); the time
@@ -351,19 +364,21 @@ class Engine:
         through = self.through_finishes and not (self.waiting or self.swapped or self.prefilling)
         t, done, finished, reserved = now, 0, [], True
         last_start = now
+        next_finish = self._next_finish()  # (nothing leaves decode within a piece)
         while True:
             step = self.D + done  # steps run before this piece
-            length = self._next_finish() - step
+            length = next_finish - step
             if horizon < math.inf:
                 length = min(length, 2 + int(RUN_LOOKAHEAD * (horizon - t) / self._decode_s))
             k, t_next, start = self._run_piece(t, step + 1, length, horizon, reserved)
             if k == 0:
                 break
             done, t, last_start, reserved = done + k, t_next, start, False
-            if self._next_finish() == step + k:
+            if next_finish == step + k:
                 self._finishers(step + k, t, finished)
                 if not through:
                     break
+                next_finish = self._next_finish()
             if k < length or t >= horizon or self.n_dec == 0:
                 break
         self._plan = ("step", done, [], finished)
@@ -387,7 +402,7 @@ class Engine:
         k, end, last = self.cost.decode_run(n, self.s0, self.cfg.tokens_per_step * n, first, length, t, horizon,
                                             self.seconds)
         if on_demand:
-            self._use(blocks_taken(self.phase, after, k - reserved))
+            self._use(blocks_taken(self.phase, after, k - reserved, n))
         self.iterations += k
         self._decode_s = end - last
         return k, end, last
@@ -440,6 +455,7 @@ class Engine:
         return now + seconds
 
     def _watermark(self) -> int:
+        """Blocks kept free when admitting a prompt while others run (none when reserving)."""
         return int(ADMISSION_WATERMARK * self.cfg.capacity_blocks) if not self.cfg.reserve else 0
 
     def _admit_prefills(self, budget: int) -> list[tuple[int, int]]:
@@ -448,7 +464,7 @@ class Engine:
         cfg, r = self.cfg, self.req
         chunks: list[tuple[int, int]] = []
         chunked = cfg.batching == "chunked"
-        if budget <= 0:
+        if budget <= 0 or not (self.prefilling or self.waiting):
             return chunks
         for rid in self.prefilling:
             if budget <= 0:
@@ -553,7 +569,7 @@ class Engine:
 
     def _account(self, gemm, ew, comm, attention, host, wait=0.0, busy=None) -> None:
         """Log one iteration's seconds by part (in IterationCost.PARTS order) and resource."""
-        self.seconds.add(1, (gemm, ew, comm, attention, wait, host), busy or {})
+        self.seconds.add_one((gemm, ew, comm, attention, wait, host), busy or {})
 
     @property
     def parts(self) -> dict[str, float]:

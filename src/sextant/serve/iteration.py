@@ -18,7 +18,7 @@ from sextant.cost.inference import (
     token_time,
 )
 from sextant.cost.streaming import Streaming
-from sextant.serve.accounting import SecondsLog
+from sextant.serve.accounting import SecondsLog, added
 from sextant.spec.model import ModelSpec
 
 #: Decode runs of up to this many iterations are evaluated in plain Python (see
@@ -113,7 +113,7 @@ class IterationCost:
         self.on_host = on_host
         self.iteration_overhead_s = lay.iteration_overhead_s
         #: Per batch size, the parts of a decode-only iteration that do not depend on its context.
-        self._lines: dict[int, tuple] = {}
+        self._lines: dict[int, DecodeLine] = {}
         #: Per small batch size, its plain decode-only iterations at each total context.
         self._context_tables: dict[int, np.ndarray] = {}
         self.has_table = lay.dev.attention_table is not None
@@ -222,10 +222,7 @@ class IterationCost:
         The engine's decode-only iteration, evaluated for a whole run at once in the same
         operation order as one at a time, so each entry is bit-identical to the iteration
         computed alone."""
-        line = self._lines.get(seqs)
-        if line is None:
-            line = self._lines[seqs] = self._decode_line(seqs)
-        gemm, tew, tcomm, work, write, launch, graphed, plain, same_host = line
+        gemm, tew, tcomm, work, write, launch, graphed, plain, same_host, *_ = self._line(seqs)
         attention = self.decode_per_ctx * context + write + launch
         top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
         if plain:  # nothing offloaded or on the host: the GPU's work is the iteration's
@@ -252,72 +249,77 @@ class IterationCost:
         short run is evaluated in plain Python, keeping the running totals as it goes (a handful
         of NumPy calls costs more than ~50 iterations of float arithmetic); a long one in NumPy,
         with one sequential cumulative sum for the iterations' ends and the totals."""
-        line = self._lines.get(seqs)
-        if line is None:
-            line = self._lines[seqs] = self._decode_line(seqs)
-        gemm, tew, tcomm, work, write, launch, _, plain, same_host = line
+        line = self._line(seqs)
+        gemm, tew, tcomm, work, write, launch, _, plain, same_host, *_ = line
         if not plain:
             return self._decode_run_streamed(seqs, s0, per_step, first, length, start, horizon, seconds)
         if length > (TABLE_RUN_MIN if seqs <= CONTEXT_TABLE_SEQS else PYTHON_RUN_MAX):
-            return self._decode_run_array(seqs, s0, per_step, first, length, start, horizon, seconds)
-        dpc, spare, overhead = self.decode_per_ctx, self.host_s, self.iteration_overhead_s
-        total_a, total_d, total_h = seconds.get("attention"), seconds.get("gpu"), seconds.get("host_overhead")
+            return self._decode_run_array(line, seqs, s0, per_step, first, length, start, horizon, seconds)
+        running = seconds.running
+        total_a, total_d, total_h = running["attention"], running["gpu"], running["host_overhead"]
         t = last = start
-        j, stop = first, first + length
-        while True:  # one iteration, then the next while it starts before the horizon
-            a = dpc * (s0 + per_step * j) + write + launch
-            d = work + a
-            total_a += a
-            total_d += d
-            last = t
-            if same_host is not None:
+        context = s0 + per_step * first
+        if same_host is not None and context.is_integer() and per_step.is_integer():
+            # Whole contexts (below 2^53) step exactly, so each is s0 + per_step * j to the bit.
+            dpc = self.decode_per_ctx
+            for k in range(1, length + 1):  # noqa: B007 (k: the iterations planned, read after the loop)
+                a = dpc * context + write + launch
+                d = work + a
+                total_a += a
+                total_d += d
+                last = t
                 t = t + (d + same_host)
-            else:
-                h = max(spare - d, 0.0) + overhead
-                total_h += h
-                t = t + (d + h)
-            j += 1
-            if j == stop or t >= horizon:
-                break
-        k, end = j - first, t
-        seconds.put("attention", total_a)
-        seconds.put("gpu", total_d)
-        seconds.put("host_overhead", total_h)
-        seconds.add(k, (gemm, tew, tcomm, 0.0, 0.0, same_host or 0.0), {})
-        return k, end, last
+                if t >= horizon:  # the next would start at or after it
+                    break
+                context += per_step
+        else:
+            dpc, spare, overhead = self.decode_per_ctx, self.host_s, self.iteration_overhead_s
+            for j in range(first, first + length):
+                a = dpc * (s0 + per_step * j) + write + launch
+                d = work + a
+                total_a += a
+                total_d += d
+                last = t
+                if same_host is not None:
+                    t = t + (d + same_host)
+                else:
+                    h = max(spare - d, 0.0) + overhead
+                    total_h += h
+                    t = t + (d + h)
+                if t >= horizon:
+                    break
+            k = j - first + 1
+        running["attention"], running["gpu"], running["host_overhead"] = total_a, total_d, total_h
+        for key, value in line.alike:  # what every iteration adds alike (same_host when fixed)
+            running[key] = added(running[key], value, k)
+        return k, t, last
 
-    def _decode_run_array(self, seqs: int, s0: float, per_step: float, first: int, length: int, start: float,
-                          horizon: float, seconds: SecondsLog) -> tuple[int, float, float]:
+    def _decode_run_array(self, line: DecodeLine, seqs: int, s0: float, per_step: float, first: int, length: int,
+                          start: float, horizon: float, seconds: SecondsLog) -> tuple[int, float, float]:
         """decode_run for a longer run of plain iterations, in NumPy: each iteration's seconds
         from the context table where there is one, else computed for the run, then one
-        cumulative sum for the ends and the running totals."""
-        gemm, tew, tcomm, _, _, _, _, _, same_host = self._lines[seqs]
-        varying = ("attention", "gpu") if same_host is not None else ("attention", "gpu", "host_overhead")
-        # The parts every iteration adds alike ride along in the same cumulative sum.
-        alike = [(key, value) for key, value in (("gemm", gemm), ("elementwise", tew), ("communication", tcomm),
-                                                 ("host_overhead", same_host)) if value]
-        keys = (*varying, *(key for key, _ in alike))
+        cumulative sum for the ends and the running totals (the parts every iteration adds alike
+        ride along as constant rows: DecodeLine.run_keys)."""
+        keys, varying = line.run_keys, line.run_varying
         rows = np.empty((1 + len(keys), length + 1))
-        rows[0, 0] = start
-        for i, key in enumerate(keys, start=1):
-            rows[i, 0] = seconds.get(key)
-        for i, (_, value) in enumerate(alike, start=1 + len(varying)):
-            rows[i, 1:] = value
+        rows[:, 0] = [start, *seconds.values(keys)]
+        rows[1 + varying:, 1:] = line.run_constants
         context = s0 + per_step * first  # total context of the first iteration: a whole number
         table = (self._context_table(seqs, int(context + per_step * length))
                  if context.is_integer() and per_step.is_integer() else None)
         if table is not None:
             c, stride = int(context), int(per_step)
-            rows[:1 + len(varying), 1:] = table[:, c:c + stride * length:stride]
+            rows[:1 + varying, 1:] = table[:, c:c + stride * length:stride]
         else:
             for i, column in enumerate(self._plain_columns(seqs, s0 + per_step * np.arange(first, first + length))):
                 rows[i, 1:] = column
-        rows.cumsum(axis=1, out=rows)  # sequential along each row: the ends, then running totals
+        # Sequential along each row: the ends, then running totals (add.accumulate is cumsum
+        # without its dispatch, a microsecond a run).
+        np.add.accumulate(rows, axis=1, out=rows)
         ends = rows[0]
         k = length if horizon == math.inf else 1 + int(ends[1:length].searchsorted(horizon))
-        (last, end), *totals = rows[:, k - 1:k + 1].tolist()
-        for key, (_, total) in zip(keys, totals):
-            seconds.put(key, total)
+        seconds.store(keys, rows[1:, k].tolist())
+        last, end = ends[k - 1:k + 1].tolist()
         return k, end, last
 
     def _plain_columns(self, seqs: int, context: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -360,7 +362,14 @@ class IterationCost:
         last, end = ends[k - 1:k + 1].tolist()
         return k, end, last
 
-    def _decode_line(self, seqs: int) -> tuple:
+    def _line(self, seqs: int) -> DecodeLine:
+        """The batch's DecodeLine, made the first time a run or an iteration needs it."""
+        line = self._lines.get(seqs)
+        if line is None:
+            line = self._lines[seqs] = self._decode_line(seqs)
+        return line
+
+    def _decode_line(self, seqs: int) -> DecodeLine:
         """What a decode-only iteration over ``seqs`` sequences costs apart from its context: its
         GEMM, element-wise and communication seconds, their sum, the KV it writes, the attention
         kernel's launch, whether it replays a CUDA graph, whether its device seconds are the
@@ -374,7 +383,13 @@ class IterationCost:
         plain = self.stream is None and not self.on_host
         # Device seconds are positive, so with no host seconds to hide max(host_s - device, 0) is 0.
         same_host = self.host(0.0, graphed=graphed) if graphed or self.host_sync or self.host_s <= 0.0 else None
-        return gemm, tew, tcomm, gemm + tew + tcomm, self.write_s * seqs, launch, graphed, plain, same_host
+        varying = ("attention", "gpu") if same_host is not None else ("attention", "gpu", "host_overhead")
+        # The parts every iteration adds alike ride along in the same cumulative sum.
+        alike = [(key, value) for key, value in (("gemm", gemm), ("elementwise", tew), ("communication", tcomm),
+                                                 ("host_overhead", same_host)) if value]
+        return DecodeLine(gemm, tew, tcomm, gemm + tew + tcomm, self.write_s * seqs, launch, graphed, plain,
+                          same_host, (*varying, *(key for key, _ in alike)), len(varying),
+                          np.array([[value] for _, value in alike]).reshape(len(alike), 1), tuple(alike))
 
 
 def _tabulate(blocks: dict[int, list[tuple[float, float, float]]], model: ModelSpec, lay: Layout,
@@ -401,6 +416,27 @@ class Speculation:
     def tokens_per_step(self) -> float:
         """Expected tokens per sequence and verification step."""
         return speculative_tokens_per_step(self.acceptance_rate, self.tokens)
+
+
+class DecodeLine(NamedTuple):
+    """What a decode-only iteration over a batch costs apart from its context (see
+    IterationCost._decode_line), and how a run of them is laid out in NumPy."""
+
+    gemm: float
+    elementwise: float
+    communication: float
+    work: float  # the three above, summed
+    write: float  # seconds to write the batch's new KV
+    launch: float  # the attention kernel's launch
+    graphed: bool
+    plain: bool  # device seconds are the GPU's alone: nothing streamed or on the host
+    same_host: float | None  # host seconds where they do not depend on the device's
+    #: IterationCost._decode_run_array's running totals: their keys, how many of them vary from
+    #: one iteration to the next, and the per-iteration constants of the others (a column).
+    run_keys: tuple[str, ...]
+    run_varying: int
+    run_constants: np.ndarray
+    alike: tuple[tuple[str, float], ...]  # the constant keys and their seconds
 
 
 class DecodeSteps(NamedTuple):

@@ -44,13 +44,16 @@ class BlockCycle:
         return min(later, whole * len(self.prefix) + rest)
 
 
-def blocks_taken(phase: list[int], first: int, steps: int) -> int:
+def blocks_taken(phase: list[int], first: int, steps: int, cycle: int | None = None) -> int:
     """Blocks the ``steps`` steps after step ``first`` take (``BlockCycle.after(phase,
-    first).taken(steps)``, without tabulating the cycle)."""
+    first).taken(steps)``, without tabulating the cycle); ``cycle`` is ``sum(phase)`` where the
+    caller knows it (an engine's decoding sequences, each in one phase)."""
+    if steps == 0:
+        return 0
     size = len(phase)
     whole, rest = divmod(steps, size)
     s = (first + 1) % size
     tail = phase[s:s + rest]
     if len(tail) < rest:
         tail = tail + phase[:rest - len(tail)]
-    return whole * sum(phase) + sum(tail)
+    return (whole * (sum(phase) if cycle is None else cycle) if whole else 0) + sum(tail)

@@ -114,6 +114,26 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
                             traces=traces, kv_transfers=transfers)
 
 
+def _run_ahead(e: Engine, t: float, horizon: float, ahead: bool) -> tuple[float | None, int, float]:
+    """Plan ``e``'s next iteration at ``t``; while it ends before ``horizon`` (the next arrival)
+    and ``ahead``, complete it and plan the next at once. Until that arrival nothing reaches the
+    engine and nothing reads its state (other engines' events are their own; handoffs from
+    prefill instances cut the horizon to ``t``), so this is the event loop's own order of
+    events, without a round through the event heap per iteration. Not in a closed loop, where
+    each finish sends the next request (the event loop releases it). Returns (end of the
+    iteration left planned, or None when the engine is idle; requests finished; the last
+    completion, or 0)."""
+    end = e.start(t, horizon)
+    finished, completed = 0, 0.0
+    while ahead and end is not None and end < horizon:
+        before = e.outstanding
+        e.complete(end)
+        finished += before - e.outstanding
+        completed = end
+        end = e.start(end, horizon)
+    return end, finished, completed
+
+
 def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], router: str,  # noqa: C901
          kv_transfer_s: Callable[[int], float] | None,
          progress: Callable[[int, int], None] | None,
@@ -132,22 +152,24 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
     n = len(table.arrival)
     arrivals = table.arrival
     transfers: list[tuple[int, float, float]] = []
-    now = 0.0
-    done = 0
-    next_arrival = 0
+    now, done, next_arrival = 0.0, 0, 0
     if concurrency is not None:
         for i in range(concurrency, n):
             arrivals[i] = math.inf  # sent when an earlier request finishes
     released = min(concurrency or n, n)
+    latest = 0.0  # the last iteration an engine completed within kick (see there)
 
     def kick(e: Engine, t: float) -> None:
-        nonlocal seq
+        nonlocal seq, done, latest
         if e.busy:
             return
         # An engine may plan decode-only iterations up to the next arrival; with prefill
         # instances, handed-off prompts can reach it at any time, so it plans one at a time.
         horizon = t if prefillers else arrivals[next_arrival] if next_arrival < n else math.inf
-        end = e.start(t, horizon)
+        end, finished, completed = _run_ahead(e, t, horizon, concurrency is None)
+        latest, done = max(latest, completed), done + finished
+        if progress is not None and finished:
+            progress(done, n)
         if end is not None:
             e.busy = True
             seq += 1
@@ -162,7 +184,7 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
                 e = front.pick()
                 e.enqueue(next_arrival)
                 next_arrival += 1
-                if not e.busy:
+                if not e.busy and e not in woken:  # (a kick may run an engine until it is idle)
                     woken.append(e)
             for e in woken:
                 kick(e, now)
@@ -191,4 +213,4 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
             e = back.pick()
             e.enqueue(payload)
             kick(e, now)
-    return now, transfers
+    return max(now, latest), transfers
