@@ -8,6 +8,11 @@ Poisson arrivals from 1 to 100 requests per second and offline. Prints per rate 
 seconds of the whole prediction and the iterations simulated. Issue 31's targets on a 2-core
 machine: 100k requests at any rate from 1 to 100 requests/s in under 3 s; with --million, a
 million requests at 5 requests/s in under 20 s of CPU.
+
+A shared VM's speed drifts by a third within an hour; for a comparison it cannot move, count
+instructions per request (deterministic to about 1%): run a rate at two request counts under
+``valgrind --tool=callgrind --callgrind-out-file=/dev/null`` (with ``PYTHONHASHSEED=0``) and
+divide the difference of the "Collected" counts by the difference of the requests.
 """
 
 from __future__ import annotations
