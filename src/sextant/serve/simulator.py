@@ -117,12 +117,12 @@ def simulate(requests: Requests, *, cost: IterationCost, config: EngineConfig, e
 def _run_ahead(e: Engine, t: float, horizon: float, ahead: bool) -> tuple[float | None, int, float]:
     """Plan ``e``'s next iteration at ``t``; while it ends before ``horizon`` (the next arrival)
     and ``ahead``, complete it and plan the next at once. Until that arrival nothing reaches the
-    engine and nothing reads its state (other engines' events are their own; handoffs from
-    prefill instances cut the horizon to ``t``), so this is the event loop's own order of
-    events, without a round through the event heap per iteration. Not in a closed loop, where
-    each finish sends the next request (the event loop releases it). Returns (end of the
-    iteration left planned, or None when the engine is idle; requests finished; the last
-    completion, or 0)."""
+    engine and nothing reads its state (other engines' events are their own), so this is the
+    event loop's own order of events, without a round through the event heap per iteration.
+    Not in a closed loop, where each finish sends the next request, nor when disaggregated,
+    where a prefill instance's completion hands its prompts on (the event loop does both).
+    Returns (end of the iteration left planned, or None when the engine is idle; requests
+    finished; the last completion, or 0)."""
     end = e.start(t, horizon)
     finished, completed = 0, 0.0
     while ahead and end is not None and end < horizon:
@@ -166,7 +166,7 @@ def _run(table: RequestTable, decoders: list[Engine], prefillers: list[Engine], 
         # An engine may plan decode-only iterations up to the next arrival; with prefill
         # instances, handed-off prompts can reach it at any time, so it plans one at a time.
         horizon = t if prefillers else arrivals[next_arrival] if next_arrival < n else math.inf
-        end, finished, completed = _run_ahead(e, t, horizon, concurrency is None)
+        end, finished, completed = _run_ahead(e, t, horizon, concurrency is None and not prefillers)
         latest, done = max(latest, completed), done + finished
         if progress is not None and finished:
             progress(done, n)
