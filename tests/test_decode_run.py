@@ -126,6 +126,41 @@ def test_running_ahead_to_the_next_arrival_changes_nothing(name, monkeypatch):
     assert ticks == sorted(ticks)
 
 
+class _Forgetful(dict):
+    """A memo that keeps nothing."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+LONE_CHUNKS = _tree(scheduler={"batching": "chunked", "token_budget": 512},
+                    workload={"rate": 0.5, "num_requests": 40, "seed": 6, "output_len": 8,
+                              "input_len": {"distribution": "uniform", "mean": 768, "stdev": 256, "min": 512,
+                                            "max": 1024}})
+
+
+@pytest.mark.parametrize("name", ["low rate: runs go on past finishes, prefix caching", "lone chunks",
+                                  "KV cache on NVMe, attention on the GPU"])
+def test_a_lone_prefill_costed_once_is_the_one_costed_each_time(name, monkeypatch):
+    """An iteration that prefills one prompt chunk alone is costed once per (chunk, cached
+    tokens, prompt); recomputed every time, every number is the same to the bit. In "lone
+    chunks" a 512-token chunk is a whole prompt, the first half of one or its second half
+    (a different head and attention), at a rate where each is prefilled alone."""
+    tree = LONE_CHUNKS if name == "lone chunks" else CASES[name]
+    out, result = _simulated(tree)
+    assert any(e._lone_prefills for e in out.engines) == (name != "KV cache on NVMe, attention on the GPU")
+    planned = Engine.__init__
+
+    def forgetful(self, *args, **kwargs):
+        planned(self, *args, **kwargs)
+        self._lone_prefills = _Forgetful()
+    monkeypatch.setattr(Engine, "__init__", forgetful)
+    alone, expected = _simulated(tree)
+    assert (out.table.first, out.table.finish) == (alone.table.first, alone.table.finish)
+    assert [e.parts for e in out.engines] == [e.parts for e in alone.engines]
+    assert result == expected
+
+
 def test_tight_cache_cases_do_preempt():
     """The preemption cases above test what they claim to: blocks run out mid-run."""
     for name in ("tight cache, recompute preemption", "tight cache, swap preemption"):

@@ -295,10 +295,12 @@ class Engine:
                 and not cost.on_host):
             return self._decode_run(now, horizon)
         n_dec = self.n_dec if decode else 0
-        # A lone prompt (vLLM's prefill-first iterations at low load) costs what its length and
-        # cached prefix say, whatever else the engine holds: costed once per (chunk, cached) pair.
-        alone = (chunks[0][1], r.done[chunks[0][0]], r.target[chunks[0][0]]) \
-            if not n_dec and len(chunks) == 1 and swap_s == 0.0 and cost.stream is None else None
+        # A lone prompt chunk (vLLM's prefill-first iterations at low load) costs what its
+        # length, the tokens cached before it and its prompt say, whatever else the engine holds.
+        alone = None
+        if not n_dec and len(chunks) == 1 and swap_s == 0.0 and cost.stream is None:
+            rid, c = chunks[0]
+            alone = (c, r.done[rid], r.target[rid])
         seconds = self._lone_prefills.get(alone) if alone else None
         if seconds is None:
             seconds = self._iteration_seconds(chunks, n_dec, swap_s)
