@@ -13,8 +13,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from sextant.errors import SpecError
+
+#: libyaml's safe loader where PyYAML was built with it (the wheels are): the same objects as the
+#: pure-Python one (every packaged file compared), about 8x faster; `predict train` reads nine.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 #: Largest user file read whole (a trace of ~10M requests is about 300 MB).
 MAX_USER_FILE_BYTES = 1 << 30
@@ -46,6 +53,12 @@ def read_user_text(path: str | Path, *, field: str, kind: str, error: type[SpecE
         raise fail(f"{p} is not UTF-8 text (a {kind} file is)") from None
     except (OSError, ValueError) as err:
         raise fail(f"cannot read {str(p)[:200]}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, through libyaml where available. Raises ``yaml.YAMLError`` (with
+    its ``problem_mark``) on text that is not YAML."""
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
 
 
 def write_trace_events(path: str | Path, events: list[dict], meta: dict) -> None:

@@ -7,15 +7,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from sextant.errors import UnknownNameError
+from sextant.files import parse_yaml
 
 
 @cache
 def load_yaml(filename: str) -> dict[str, Any]:
     text = resources.files("sextant.catalog").joinpath("data", filename).read_text()
-    data = yaml.safe_load(text)
+    data = parse_yaml(text)
     if not isinstance(data, dict):
         raise TypeError(f"catalog file {filename} must hold a mapping")
     return data

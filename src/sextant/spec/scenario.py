@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from sextant.errors import ScenarioError
-from sextant.files import read_user_text
+from sextant.files import parse_yaml, read_user_text
 from sextant.spec.base import Spec
 from sextant.spec.limits import MAX_GPUS, MAX_MEMORY_GIB
 from sextant.spec.model import ModelSpec
@@ -129,7 +129,7 @@ def read_tree(path: str | Path, keys: str) -> dict[str, Any]:
     path = Path(path)
     text = read_user_text(path, field="scenario", kind="scenario", error=ScenarioError)
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from sextant.errors import ScenarioError
+from sextant.files import parse_yaml
 from sextant.resolve.train import TrainContext
 from sextant.spec.base import Spec
 from sextant.spec.profile import KERNEL_EFFICIENCY_FIELDS, OPTIONAL_KERNEL_EFFICIENCY_FIELDS
@@ -76,7 +76,7 @@ class FitEntry(Spec):
 def load_fits() -> list[FitEntry]:
     text = resources.files("sextant.validate").joinpath("data", "fits.yaml").read_text()
     try:
-        return [FitEntry.model_validate(item) for item in yaml.safe_load(text)]
+        return [FitEntry.model_validate(item) for item in parse_yaml(text)]
     except ValidationError as err:
         raise ScenarioError(format_validation_error(err), field="fits.yaml") from None
 

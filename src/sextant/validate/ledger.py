@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from sextant.catalog.frameworks import get_framework
 from sextant.errors import ScenarioError
-from sextant.files import read_user_text
+from sextant.files import parse_yaml, read_user_text
 from sextant.resolve.layout import resolve_dp
 from sextant.spec.base import Spec
 from sextant.spec.scenario import TrainScenario, format_validation_error
@@ -135,7 +135,7 @@ def load_rows(row_type: type[R], path: str | Path | None, builtin: str) -> list[
         text = read_user_text(path, field="ledger", kind="ledger", error=ScenarioError)
         where = str(path)
     try:
-        data = yaml.safe_load(text) or []
+        data = parse_yaml(text) or []
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise ScenarioError(f"{where} is not valid YAML" + (f" at line {mark.line + 1}" if mark else ""),

@@ -20,11 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field
 
 from sextant.catalog.models import get_model
 from sextant.errors import ScenarioError, SextantError
+from sextant.files import parse_yaml
 from sextant.serve.predict import ServeResult, StageLatency, predict_serve
 from sextant.spec.base import Spec
 from sextant.spec.serving import ServeScenario
@@ -89,7 +89,7 @@ def load_fit_record() -> dict[str, Any]:
     """What scripts/fit_serving_latency.py recorded: the fitted per-kernel graph cost and its
     leave-one-source-out errors ({} before the first fit)."""
     text = resources.files("sextant.validate").joinpath("data", "serving-fit.yaml")
-    return yaml.safe_load(text.read_text()) if text.is_file() else {}
+    return parse_yaml(text.read_text()) if text.is_file() else {}
 
 
 def load_latency_ledger(path: str | Path | None = None) -> list[ServeLatencyRow]:
