@@ -1,4 +1,4 @@
-"""Pictures of results with matplotlib (an optional extra: ``pip install 'sextant[plot]'``).
+"""Pictures of results with matplotlib (an optional extra: ``pip install 'sextant-llm[plot]'``).
 
 Each ``plot_*`` function draws one result into a PNG, SVG or PDF file (by the name's suffix) and
 returns the numbers it drew, so that a test can hold the picture to the result it came from.
@@ -34,7 +34,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise SpecError("pictures need matplotlib: pip install 'sextant[plot]'", field="--plot") from None
+        raise SpecError("pictures need matplotlib: pip install 'sextant-llm[plot]'", field="--plot") from None
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 

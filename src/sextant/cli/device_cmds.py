@@ -32,7 +32,7 @@ class MeasureKind(str, Enum):
 
 def _require_torch() -> None:
     if importlib.util.find_spec("torch") is None:
-        raise SpecError("PyTorch is not installed; pip install 'sextant[torch]' (CPU: pip install torch==2.13.0)",
+        raise SpecError("PyTorch is not installed; pip install 'sextant-llm[torch]' (CPU: pip install torch==2.13.0)",
                         field="device")
 
 

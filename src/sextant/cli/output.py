@@ -10,7 +10,7 @@ import typer
 
 #: ``--plot FILE``: the picture of a result (sextant.plots), shared by the commands that draw one.
 PLOT = typer.Option(None, "--plot", help="Draw the result into this PNG, SVG or PDF file (needs matplotlib: "
-                                         "pip install 'sextant[plot]').")
+                                         "pip install 'sextant-llm[plot]').")
 
 
 def check_top(top: int) -> None:
