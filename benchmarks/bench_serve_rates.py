@@ -9,10 +9,9 @@ seconds of the whole prediction and the iterations simulated. Issue 31's targets
 machine: 100k requests at any rate from 1 to 100 requests/s in under 3 s; with --million, a
 million requests at 5 requests/s in under 20 s of CPU.
 
-A shared VM's speed drifts by a third within an hour; for a comparison it cannot move, count
-instructions per request (deterministic to about 1%): run a rate at two request counts under
-``valgrind --tool=callgrind --callgrind-out-file=/dev/null`` (with ``PYTHONHASHSEED=0``) and
-divide the difference of the "Collected" counts by the difference of the requests.
+A shared VM's speed drifts by a third within an hour; for a comparison it cannot move,
+benchmarks/bench_serve_instructions.py counts the instructions per request of the same scenario
+under valgrind (deterministic to about 1%), beside another commit's tree with --vs.
 """
 
 from __future__ import annotations
