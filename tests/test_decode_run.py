@@ -161,6 +161,18 @@ def test_a_lone_prefill_costed_once_is_the_one_costed_each_time(name, monkeypatc
     assert result == expected
 
 
+@pytest.mark.parametrize("name", ["low rate: runs go on past finishes, prefix caching", "pipeline engines, least-loaded"])
+def test_running_ahead_traces_every_iteration_in_order(name, monkeypatch):
+    """With --trace-out every iteration is planned alone; running ahead records them in the
+    same order, at the same times, as the loop that completes each through the event heap."""
+    scenario = ServeScenario.model_validate(CASES[name])
+    out = run(scenario, trace=True)[2]
+    _every_iteration_through_the_heap(monkeypatch)
+    alone = run(scenario, trace=True)[2]
+    assert out.traces == alone.traces and sum(len(t) for t in out.traces.values()) > 1000
+    assert out.makespan_s == alone.makespan_s
+
+
 def test_tight_cache_cases_do_preempt():
     """The preemption cases above test what they claim to: blocks run out mid-run."""
     for name in ("tight cache, recompute preemption", "tight cache, swap preemption"):
