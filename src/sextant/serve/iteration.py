@@ -222,8 +222,8 @@ class IterationCost:
         The engine's decode-only iteration, evaluated for a whole run at once in the same
         operation order as one at a time, so each entry is bit-identical to the iteration
         computed alone."""
-        gemm, tew, tcomm, work, write, launch, graphed, plain, same_host, *_ = self._line(seqs)
-        attention = self.decode_per_ctx * context + write + launch
+        gemm, tew, tcomm, work, _, _, graphed, plain, same_host, *_ = self._line(seqs)
+        attention = self.decode_attention(context, seqs, graphed)
         top, bottom = (np.maximum, np.minimum) if isinstance(context, np.ndarray) else (max, min)
         if plain:  # nothing offloaded or on the host: the GPU's work is the iteration's
             device = work + attention
@@ -263,7 +263,7 @@ class IterationCost:
             # Whole contexts (below 2^53) step exactly, so each is s0 + per_step * j to the bit.
             dpc = self.decode_per_ctx
             for k in range(1, length + 1):  # noqa: B007 (k: the iterations planned, read after the loop)
-                a = dpc * context + write + launch
+                a = dpc * context + write + launch  # decode_attention, inline (same operations)
                 d = work + a
                 total_a += a
                 total_d += d
@@ -426,8 +426,8 @@ class DecodeLine(NamedTuple):
     elementwise: float
     communication: float
     work: float  # the three above, summed
-    write: float  # seconds to write the batch's new KV
-    launch: float  # the attention kernel's launch
+    write: float  # seconds to write the batch's new KV  (these two: decode_attention's terms,
+    launch: float  # the attention kernel's launch        for decode_run's inline copy)
     graphed: bool
     plain: bool  # device seconds are the GPU's alone: nothing streamed or on the host
     same_host: float | None  # host seconds where they do not depend on the device's
